@@ -1,0 +1,53 @@
+"""One exception hierarchy, so callers (CLI, Airflow tasks) can map errors to an outcome.
+
+``retryable`` tells a task whether another attempt may succeed (throttling, a server that
+went away) or whether failing fast is right (bad input, bad configuration).
+"""
+
+from __future__ import annotations
+
+
+class TilescopeError(Exception):
+    """Base of every error tilescope raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(TilescopeError):
+    """A parameter or setting is invalid (slice size, thresholds, unknown model name...)."""
+
+
+class BadImageError(TilescopeError):
+    """The input is not a usable image: missing, empty, not an image, truncated, corrupt."""
+
+
+class ImageTooLargeError(BadImageError):
+    """The image declares more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class ModelError(TilescopeError):
+    """A model could not be loaded or failed to run."""
+
+
+class ModelUnavailableError(ModelError):
+    """Model weights could not be obtained (cache empty and the package registry unreachable)."""
+
+
+class ModelThrottledError(ModelError):
+    """A remote model refused for load reasons (throttling, 5xx, timeout); worth retrying."""
+
+    retryable = True
+
+
+class ModelOutputError(ModelError):
+    """A model answered, but its output could not be understood."""
+
+
+class StorageError(TilescopeError):
+    """Reading or writing an object store failed for a reason other than the image itself."""
+
+    retryable = True
+
+
+class RegionsFailedError(TilescopeError):
+    """Too many regions failed for the run's ``min_success_ratio``."""

@@ -1,0 +1,42 @@
+"""The one interface every model backend implements (embedded ONNX, Bedrock, HTTP...).
+
+Callers hand a batch of RGB slices and get one :class:`Detections` per slice, in that
+slice's own pixel coordinates. Batching is the backend's business: the ONNX backend runs
+slices on a thread pool over one shared session, a remote backend may send them in parallel.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from tilescope.detections import Detections
+
+
+class DetectionModel(ABC):
+    """A detector: RGB uint8 arrays (H, W, 3) in, detections in slice pixels out."""
+
+    #: registry name, e.g. ``"nanodet-coco"``
+    name: str = ""
+    #: the slice size the model was trained for; used when the caller asks for ``auto``
+    preferred_slice_size: int = 640
+
+    @property
+    @abstractmethod
+    def category_names(self) -> Sequence[str]:
+        """Category name per category id (index = id)."""
+
+    @abstractmethod
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections for each image, boxes in that image's pixel coordinates."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to free
+        """Free sessions, threads or connections."""
+
+    def __enter__(self) -> DetectionModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,61 @@
+"""The overlay picture: detections drawn with labels on a downscaled copy of the image."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tilescope.detections import Detections
+
+#: long side of the overlay picture, in pixels
+DEFAULT_OVERLAY_SIDE = 2048
+
+
+def category_colour(category_id: int) -> tuple[int, int, int]:
+    """A stable, well-separated colour per category (golden-ratio hue walk)."""
+    import colorsys
+
+    hue = (category_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
+                   detections: Detections, category_names: Sequence[str], *,
+                   regions: Sequence[Sequence[int]] = (), failed: Sequence[int] = ()) -> bytes:
+    """PNG bytes of ``thumbnail`` with boxes, labels and (optionally) the region grid.
+
+    ``thumbnail`` is the whole image downscaled; detections are in full-image pixels.
+    ``regions`` are region boxes [x1, y1, x2, y2]; those whose position is in ``failed`` are
+    hatched red so a partial result is visible at a glance.
+    """
+    canvas = Image.fromarray(np.ascontiguousarray(thumbnail)).convert("RGB")
+    scale_x = canvas.width / image_width
+    scale_y = canvas.height / image_height
+    draw = ImageDraw.Draw(canvas, "RGBA")
+    font = ImageFont.load_default(size=max(10, canvas.width // 120))
+    failed_set = set(failed)
+    for position, (x1, y1, x2, y2) in enumerate(regions):
+        outline = (255, 40, 40, 255) if position in failed_set else (255, 255, 255, 90)
+        fill = (255, 40, 40, 60) if position in failed_set else None
+        draw.rectangle([x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y],
+                       outline=outline, fill=fill, width=1)
+    width = max(1, canvas.width // 600)
+    for box, score, category in zip(detections.boxes, detections.scores,
+                                    detections.category_ids, strict=True):
+        colour = category_colour(int(category))
+        x1, y1, x2, y2 = box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        name = category_names[category] if 0 <= category < len(category_names) else str(category)
+        label = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
+        text_y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
+        draw.rectangle([x1, text_y, x1 + (right - left) + 4, text_y + (bottom - top) + 2],
+                       fill=(*colour, 200))
+        draw.text((x1 + 2, text_y), label, fill=(0, 0, 0), font=font)
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", optimize=False)
+    return out.getvalue()

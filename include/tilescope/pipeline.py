@@ -1,0 +1,140 @@
+"""The stages of a sliced-inference run, shared by every driver.
+
+``image → plan_image → analyze_region (per region) → synthesize → Result``. The CLI calls
+these in a loop in one process; the Airflow DAG calls the very same functions as tasks, so
+both give identical results by construction and every stage is testable without Airflow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from tilescope.detections import Detections
+from tilescope.errors import RegionsFailedError
+from tilescope.models.base import DetectionModel
+from tilescope.params import InferenceParams
+from tilescope.postprocess.combine import merge
+from tilescope.readers.base import ImageReader
+from tilescope.results import ImageInfo, RegionFinding, Result
+from tilescope.slicing import Region, SlicePlan, parse_grid, plan_slices, sahi_auto_slice_params
+
+#: ``progress(done_slices, total_slices)`` callback type
+Progress = Callable[[int, int], None]
+
+
+def slice_geometry(width: int, height: int, params: InferenceParams,
+                   model_slice_size: int) -> tuple[int, int, int, int]:
+    """``(slice_w, slice_h, overlap_x, overlap_y)`` in pixels for this image and parameters."""
+    if params.slice_size == "auto":
+        return sahi_auto_slice_params(width, height)
+    size = int(params.slice_size or model_slice_size)
+    overlap = int(params.overlap * size)  # SAHI truncates the same way
+    return size, size, overlap, overlap
+
+
+def plan_image(width: int, height: int, params: InferenceParams, model_slice_size: int,
+               **grid_options: int) -> SlicePlan:
+    """Slices and regions for an image of this size."""
+    slice_w, slice_h, overlap_x, overlap_y = slice_geometry(width, height, params,
+                                                            model_slice_size)
+    return plan_slices(width, height, slice_w, slice_h, overlap_x, overlap_y,
+                       grid=parse_grid(params.grid), **grid_options)
+
+
+def merge_detections(dets: Detections, params: InferenceParams) -> Detections:
+    """Merge with the run's postprocess settings."""
+    return merge(dets, strategy=params.postprocess, metric=params.match_metric,  # type: ignore[arg-type]
+                 threshold=params.match_threshold, class_agnostic=params.class_agnostic)
+
+
+def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
+                   params: InferenceParams, *, attempt: int = 1) -> RegionFinding:
+    """Run the model over one region's slices; detections come back in full-image pixels."""
+    started = time.perf_counter()
+    box = region.box
+    crop = reader.read(box)
+    read_done = time.perf_counter()
+    slices = region.slices()
+    views = [crop[s.y1 - box.y1:s.y2 - box.y1, s.x1 - box.x1:s.x2 - box.x1] for s in slices]
+    per_slice = model.predict(views)
+    model_done = time.perf_counter()
+    dets = Detections.concat(d.shifted(s.x1, s.y1) for d, s in zip(per_slice, slices, strict=True))
+    dets = dets.select(dets.scores >= params.score_threshold)
+    merged = merge_detections(dets, params)
+    finished = time.perf_counter()
+    return RegionFinding(
+        index=region.index, name=region.name, row=region.row, col=region.col,
+        box=box.as_list(), slice_count=region.slice_count, detections=merged, attempts=attempt,
+        seconds={"read": read_done - started, "model": model_done - read_done,
+                 "merge": finished - model_done, "total": finished - started})
+
+
+def full_image_detections(reader: ImageReader, model: DetectionModel,
+                          params: InferenceParams) -> Detections:
+    """One model call on the whole (downscaled) image, as SAHI's ``perform_standard_pred``."""
+    (dets,) = model.predict([reader.read_all()])
+    return dets.select(dets.scores >= params.score_threshold)
+
+
+def failed_finding(region: Region, error: str, attempts: int = 1) -> RegionFinding:
+    """The finding recorded for a region whose task did not succeed."""
+    return RegionFinding(index=region.index, name=region.name, row=region.row, col=region.col,
+                         box=region.box.as_list(), slice_count=region.slice_count,
+                         status="failed", attempts=attempts, error=error)
+
+
+def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFinding],
+               params: InferenceParams, model: DetectionModel | None = None, *,
+               model_name: str | None = None, category_names: Sequence[str] | None = None,
+               full_image: Detections | None = None,
+               seconds: dict[str, float] | None = None) -> Result:
+    """Merge every region's findings into one result, enforcing ``min_success_ratio``.
+
+    Regions without a finding count as failed. Below the ratio, :class:`RegionsFailedError`
+    names the failed regions; at or above it, the result is marked partial.
+    """
+    by_index = {f.index: f for f in findings}
+    complete = [by_index.get(r.index) or failed_finding(r, "no finding") for r in plan.regions]
+    failed = [f for f in complete if f.status != "success"]
+    ratio = 1 - len(failed) / len(complete) if complete else 1.0
+    if failed and ratio < params.min_success_ratio:
+        names = ", ".join(f.name for f in failed[:20]) + (" …" if len(failed) > 20 else "")
+        raise RegionsFailedError(
+            f"{len(failed)} of {len(complete)} regions failed ({names}): success ratio "
+            f"{ratio:.3f} is below min_success_ratio {params.min_success_ratio}")
+    started = time.perf_counter()
+    parts = [f.detections for f in complete if f.status == "success"]
+    if full_image is not None:
+        parts.append(full_image)
+    merged = merge_detections(Detections.concat(parts), params)
+    merged = merged.clipped(image.width, image.height).sorted_by_score()
+    timing = dict(seconds or {})
+    timing["synthesize"] = time.perf_counter() - started
+    timing.setdefault("model", float(sum(f.seconds.get("model", 0.0) for f in complete)))
+    names = list(category_names if category_names is not None else model.category_names)
+    return Result(image=image, model=model_name or (model.name if model else params.model),
+                  params=params.to_dict(), plan=plan.summary(), regions=complete,
+                  detections=merged, category_names=names, seconds=timing,
+                  coco_category_ids=getattr(model, "coco_category_ids", None))
+
+
+def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
+              model: DetectionModel, *, progress: Progress | None = None) -> Result:
+    """The whole pipeline in this process over an opened image: plan, analyze each region,
+    synthesize. ``Result.seconds["total"]`` covers these stages (not opening the image)."""
+    started = time.perf_counter()
+    plan = plan_image(image.width, image.height, params, model.preferred_slice_size)
+    findings: list[RegionFinding] = []
+    done = 0
+    if progress:
+        progress(0, plan.slice_count)
+    for region in plan.regions:
+        findings.append(analyze_region(reader, region, model, params))
+        done += region.slice_count
+        if progress:
+            progress(done, plan.slice_count)
+    full = full_image_detections(reader, model, params) if params.full_image_pass else None
+    result = synthesize(image, plan, findings, params, model, full_image=full)
+    result.seconds["total"] = time.perf_counter() - started
+    return result

@@ -1,0 +1,36 @@
+"""Recognize image formats from their first bytes, not from names or Content-Type headers."""
+
+from __future__ import annotations
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+#: bytes needed by :func:`sniff_format`
+SNIFF_BYTES = 16
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by the leading bytes, or ``None`` if it is not one we read."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def describe_head(head: bytes) -> str:
+    """A short printable hint of what the bytes look like, for error messages."""
+    text = head[:12]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in text):
+        return repr(text.decode("ascii"))
+    return text.hex(" ")

@@ -1,0 +1,114 @@
+"""Tiled TIFF (whole-slide scans, GeoTIFF/COG-style tiling) read tile by tile with tifffile.
+
+Over a seekable file — a local file or :class:`~tilescope.storage.RangedS3File` — only the
+tiles that intersect the requested box are fetched and decoded, so reading a region costs
+memory in proportion to the region, not to the image. Strip-organised TIFFs fall back to a
+one-time full decode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import IO
+
+import numpy as np
+
+from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.readers.base import (
+    DEFAULT_MAX_PIXELS,
+    ImageHeader,
+    ImageReader,
+    clip_box,
+    downscale,
+    to_rgb8,
+)
+from tilescope.slicing import Box
+
+
+class TiffReader(ImageReader):
+    """The first (full-resolution) page of a TIFF, read tile by tile where it is tiled."""
+
+    def __init__(self, handle: IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 name: str = "image") -> None:
+        import tifffile
+
+        self._name = name
+        try:
+            self._tiff = tifffile.TiffFile(handle)
+            page = self._tiff.pages.first
+        except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
+            raise BadImageError(f"{name} is not a readable TIFF: {exc}") from exc
+        self._page = page
+        width, height = int(page.imagewidth), int(page.imagelength)
+        if width * height > max_pixels and not page.is_tiled:
+            # Tiled images are read by region, so only strip images need a full-decode guard.
+            raise ImageTooLargeError(f"{name} declares {width}×{height} = {width * height:,} "
+                                     f"pixels in strips, over the limit of {max_pixels:,}")
+        self._tiled = bool(page.is_tiled) and page.planarconfig == 1 and page.imagedepth == 1
+        self._full: np.ndarray | None = None
+        self.tiles_read = 0
+        self.header = ImageHeader(format="TIFF", width=width, height=height,
+                                  mode=f"{page.dtype}x{page.samplesperpixel}",
+                                  frames=len(self._tiff.pages), tiled=self._tiled)
+
+    def _decode_tile(self, index: int) -> tuple[np.ndarray, int, int]:
+        """Tile ``index`` as (pixels, x, y) — pixels cropped to the image at the edges."""
+        page = self._page
+        handle = self._tiff.filehandle
+        handle.seek(page.dataoffsets[index])
+        data = handle.read(page.databytecounts[index])
+        try:
+            segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:
+            raise BadImageError(f"{self._name}: tile {index} is corrupt: {exc}") from exc
+        self.tiles_read += 1
+        y, x = int(indices[2]), int(indices[3])
+        tile = segment[0]
+        return tile[: self.height - y, : self.width - x], x, y
+
+    def read(self, box: Box) -> np.ndarray:
+        box = clip_box(box, self.width, self.height)
+        if not self._tiled:
+            return self._read_full()[box.y1:box.y2, box.x1:box.x2]
+        page = self._page
+        tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
+        tiles_across = math.ceil(self.width / tile_w)
+        out = np.zeros((box.height, box.width, 3), np.uint8)
+        for tile_row in range(box.y1 // tile_h, math.ceil(box.y2 / tile_h)):
+            for tile_col in range(box.x1 // tile_w, math.ceil(box.x2 / tile_w)):
+                tile, x, y = self._decode_tile(tile_row * tiles_across + tile_col)
+                x1, y1 = max(box.x1, x), max(box.y1, y)
+                x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
+                out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = to_rgb8(
+                    tile[y1 - y:y2 - y, x1 - x:x2 - x])
+        return out
+
+    def _read_full(self) -> np.ndarray:
+        if self._full is None:
+            try:
+                self._full = to_rgb8(self._page.asarray())
+            except Exception as exc:
+                raise BadImageError(f"{self._name} is truncated or corrupt (TIFF): {exc}") from exc
+        return self._full
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        if not self._tiled:
+            return downscale(self._read_full(), max_side)
+        # Downscale tile by tile so a gigapixel image never sits in memory whole.
+        import cv2
+
+        scale = min(1.0, max_side / max(self.width, self.height))
+        out_w, out_h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        out = np.zeros((out_h, out_w, 3), np.uint8)
+        for index in range(len(self._page.dataoffsets)):
+            tile, x, y = self._decode_tile(index)
+            x1, y1 = round(x * scale), round(y * scale)
+            x2 = min(out_w, round((x + tile.shape[1]) * scale))
+            y2 = min(out_h, round((y + tile.shape[0]) * scale))
+            if x2 > x1 and y2 > y1:
+                out[y1:y2, x1:x2] = cv2.resize(to_rgb8(tile), (x2 - x1, y2 - y1),
+                                               interpolation=cv2.INTER_AREA)
+        return out
+
+    def close(self) -> None:
+        self._tiff.close()

@@ -1,0 +1,199 @@
+"""Typed results: what a region task returns, and the document a run stores.
+
+``RegionFinding`` is deliberately small (it travels through Airflow's XCom); ``Result`` is the
+whole run, serialised to one JSON document and exported to COCO.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tilescope.detections import Detections
+
+RESULT_SCHEMA = "tilescope.result/1"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The input image: where it came from, its size and the sha256 that names its results."""
+
+    uri: str
+    width: int
+    height: int
+    sha256: str
+    format: str
+    bytes: int
+
+    @property
+    def image_id(self) -> str:
+        """Results live under ``results/<image_id>/``: the content hash, shortened."""
+        return self.sha256[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "width": self.width, "height": self.height,
+                "sha256": self.sha256, "format": self.format, "bytes": self.bytes,
+                "image_id": self.image_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageInfo:
+        return cls(str(data["uri"]), int(data["width"]), int(data["height"]),
+                   str(data["sha256"]), str(data["format"]), int(data["bytes"]))
+
+
+def detections_to_compact(dets: Detections) -> dict[str, list]:
+    """Columnar lists rounded to what matters (0.1 px, 4-digit scores): small and JSON-able."""
+    return {"boxes": np.round(dets.boxes.astype(np.float64), 1).tolist(),
+            "scores": np.round(dets.scores.astype(np.float64), 4).tolist(),
+            "category_ids": dets.category_ids.tolist()}
+
+
+def detections_from_compact(data: dict[str, list]) -> Detections:
+    if not data.get("scores"):
+        return Detections.empty()
+    return Detections(np.asarray(data["boxes"], np.float32), np.asarray(data["scores"]),
+                      np.asarray(data["category_ids"]))
+
+
+@dataclass
+class RegionFinding:
+    """One region's outcome: detections in full-image pixels (merged inside the region),
+    timings in seconds, and which attempt produced it."""
+
+    index: int
+    name: str
+    row: int
+    col: int
+    box: list[int]
+    slice_count: int
+    detections: Detections = field(default_factory=Detections.empty)
+    status: str = "success"
+    attempts: int = 1
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self, *, with_detections: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "index": self.index, "name": self.name, "row": self.row, "col": self.col,
+            "box": list(self.box), "slice_count": self.slice_count, "status": self.status,
+            "attempts": self.attempts, "detections_count": len(self.detections),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "error": self.error,
+        }
+        if with_detections:
+            data["detections"] = detections_to_compact(self.detections)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegionFinding:
+        dets = data.get("detections")
+        return cls(index=int(data["index"]), name=str(data["name"]), row=int(data["row"]),
+                   col=int(data["col"]), box=[int(v) for v in data["box"]],
+                   slice_count=int(data["slice_count"]),
+                   detections=detections_from_compact(dets) if dets else Detections.empty(),
+                   status=str(data.get("status", "success")),
+                   attempts=int(data.get("attempts", 1)),
+                   seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
+                   error=data.get("error"))
+
+
+@dataclass
+class Result:
+    """A finished (or partial) run over one image."""
+
+    image: ImageInfo
+    model: str
+    params: dict[str, Any]
+    plan: dict[str, Any]
+    regions: list[RegionFinding]
+    detections: Detections
+    category_names: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    coco_category_ids: list[int] | None = None
+    description: str | None = None
+
+    @property
+    def failed_regions(self) -> list[str]:
+        return [r.name for r in self.regions if r.status != "success"]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_regions)
+
+    @property
+    def status(self) -> str:
+        return "partial" if self.partial else "complete"
+
+    def category_name(self, category_id: int) -> str:
+        if 0 <= category_id < len(self.category_names):
+            return self.category_names[category_id]
+        return str(category_id)
+
+    def counts(self) -> dict[str, int]:
+        """Detections per category name, most frequent first."""
+        counter = Counter(self.category_name(int(c)) for c in self.detections.category_ids)
+        return dict(counter.most_common())
+
+    def summary(self) -> dict[str, Any]:
+        total = self.seconds.get("total", 0.0)
+        model = self.seconds.get("model", 0.0)
+        return {"detections": len(self.detections), "counts": self.counts(),
+                "regions": len(self.regions), "failed_regions": len(self.failed_regions),
+                "model_seconds": round(model, 3), "total_seconds": round(total, 3),
+                "model_share": round(model / total, 3) if total else None,
+                "description": self.description or describe_counts(self.counts())}
+
+    def detection_records(self) -> list[dict[str, Any]]:
+        """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""
+        boxes = self.detections.boxes.astype(np.float64)
+        xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]), 2)
+        scores = np.round(self.detections.scores.astype(np.float64), 4)
+        return [{"bbox": xywh[i].tolist(), "score": float(scores[i]),
+                 "category_id": int(c), "category_name": self.category_name(int(c))}
+                for i, c in enumerate(self.detections.category_ids)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results JSON document."""
+        return {
+            "schema": RESULT_SCHEMA,
+            "image": self.image.to_dict(),
+            "model": self.model,
+            "params": self.params,
+            "plan": self.plan,
+            "status": self.status,
+            "partial": self.partial,
+            "failed_regions": self.failed_regions,
+            "summary": self.summary(),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "regions": [r.to_dict(with_detections=False) for r in self.regions],
+            "detections": self.detection_records(),
+        }
+
+    def to_coco(self, image_id: int = 1) -> dict[str, Any]:
+        """A COCO document: ``images``, ``categories`` and scored ``annotations``.
+
+        ``annotations`` alone is the COCO *results* format evaluation tools read.
+        """
+        ids = self.coco_category_ids or [i + 1 for i in range(len(self.category_names))]
+        annotations = []
+        for number, record in enumerate(self.detection_records(), start=1):
+            x, y, w, h = record["bbox"]
+            annotations.append({"id": number, "image_id": image_id,
+                                "category_id": ids[record["category_id"]], "bbox": [x, y, w, h],
+                                "area": round(w * h, 2), "iscrowd": 0, "score": record["score"]})
+        return {
+            "info": {"description": f"tilescope {self.model} on {self.image.uri}"},
+            "images": [{"id": image_id, "file_name": self.image.uri.rsplit("/", 1)[-1],
+                        "width": self.image.width, "height": self.image.height}],
+            "categories": [{"id": ids[i], "name": n} for i, n in enumerate(self.category_names)],
+            "annotations": annotations,
+        }
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """A deterministic one-line scene summary, e.g. ``"12 persons, 3 kites"``."""
+    if not counts:
+        return "nothing detected"
+    return ", ".join(f"{n} {name}{'' if n == 1 else 's'}" for name, n in counts.items())

@@ -1,0 +1,59 @@
+"""Serialise a :class:`~tilescope.results.Result` into the files a run stores.
+
+Shared by the CLI (local paths) and the DAG's store task (``s3://`` keys): the same bytes
+either way, written through :func:`tilescope.storage.write_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tilescope.overlay import DEFAULT_OVERLAY_SIDE, render_overlay
+from tilescope.readers.base import ImageReader
+from tilescope.results import Result
+from tilescope.storage import write_bytes
+
+
+def result_json(result: Result) -> bytes:
+    return json.dumps(result.to_dict(), indent=1).encode()
+
+
+def coco_json(result: Result) -> bytes:
+    return json.dumps(result.to_coco()).encode()
+
+
+def overlay_png(result: Result, reader: ImageReader,
+                max_side: int = DEFAULT_OVERLAY_SIDE) -> bytes:
+    """The overlay picture, with failed regions marked."""
+    failed = [i for i, r in enumerate(result.regions) if r.status != "success"]
+    return render_overlay(reader.thumbnail(max_side), result.image.width, result.image.height,
+                          result.detections, result.category_names,
+                          regions=[r.box for r in result.regions] if len(result.regions) > 1
+                          else (), failed=failed)
+
+
+@dataclass(frozen=True)
+class OutputTargets:
+    """Where to write each artefact (a path or ``s3://`` URI); ``None`` skips it."""
+
+    result: str | None = None
+    coco: str | None = None
+    overlay: str | None = None
+
+
+def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
+                  client: Any = None) -> dict[str, str]:
+    """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""
+    written: dict[str, str] = {}
+    if targets.coco:
+        write_bytes(targets.coco, coco_json(result), "application/json", client=client)
+        written["coco"] = targets.coco
+    if targets.overlay:
+        write_bytes(targets.overlay, overlay_png(result, reader), "image/png", client=client)
+        written["overlay"] = targets.overlay
+    if targets.result:  # last, so a reader who sees the result JSON finds its companions too
+        write_bytes(targets.result, result_json(result), "application/json", client=client)
+        written["result"] = targets.result
+    return written

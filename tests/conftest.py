@@ -1,0 +1,65 @@
+"""Shared fixtures: real sample photos, a real S3 server (moto) on loopback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """``sample("kite")`` → path of a real photo (scikit-image wheel or Debian's darknet)."""
+    from tilescope.samples import sample_path
+
+    return sample_path
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (random port); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_server: str, monkeypatch: pytest.MonkeyPatch):
+    """A boto3 client for the moto server, with the environment pointing at it too."""
+    import boto3
+    import requests
+    from botocore.config import Config
+
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                        config=Config(signature_version="s3v4",
+                                      s3={"addressing_style": "path"}))
+
+
+@pytest.fixture
+def tmp_image(tmp_path: Path):
+    """``tmp_image(array, "x.png", **save_options)`` → path of the array saved with Pillow."""
+    import numpy as np
+    from PIL import Image
+
+    def save(array: np.ndarray, name: str = "image.png", mode: str | None = None,
+             **options) -> Path:
+        path = tmp_path / name
+        Image.fromarray(array, mode=mode).save(path, **options) if mode else \
+            Image.fromarray(array).save(path, **options)
+        return path
+
+    return save
