@@ -92,7 +92,8 @@ def _resize_bilinear(x: np.ndarray, size: np.ndarray, node: Mapping[str, Any]) -
 
 def _sparse_to_dense(idx: np.ndarray, shape: np.ndarray, vals: np.ndarray, default: np.ndarray):
     out = np.full(np.atleast_1d(shape).astype(int), default, dtype=vals.dtype)
-    for row, v in zip(idx.reshape(len(idx), -1), np.broadcast_to(vals, (len(idx),)), strict=True):
+    rows = idx.reshape(len(idx), -1) if idx.size else np.zeros((0, out.ndim), int)
+    for row, v in zip(rows, np.broadcast_to(vals, (len(rows),)), strict=True):
         out[tuple(row)] = v
     return out
 

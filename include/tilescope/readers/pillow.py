@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import replace
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -75,7 +76,7 @@ class PillowReader(ImageReader):
             raise ImageTooLargeError(
                 f"{name} declares {width}×{height} = {width * height:,} pixels, "
                 f"over the limit of {max_pixels:,}")
-        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        orientation = _orientation(image)
         if orientation in _SWAPS_AXES:
             width, height = height, width
         self._image = image
@@ -87,6 +88,10 @@ class PillowReader(ImageReader):
         if self._pixels is None:
             self._pixels = self._decode(self._image)
             self._image.close()
+            height, width = self._pixels.shape[:2]
+            if (width, height) != (self.width, self.height):
+                # EXIF seen only after the pixel data (PNG eXIf after IDAT): trust the pixels.
+                self.header = replace(self.header, width=width, height=height)
         return self._pixels
 
     def _decode(self, image: Image.Image) -> np.ndarray:
@@ -94,12 +99,13 @@ class PillowReader(ImageReader):
             with _pixel_limit(self._max_pixels):
                 image.load()
                 image = ImageOps.exif_transpose(image) or image
-                return _as_rgb_array(image)
+                pixels = _as_rgb_array(image)
         except ImageTooLargeError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise BadImageError(f"{self._name} is truncated or corrupt "
                                 f"({self.header.format}): {exc}") from exc
+        return pixels
 
     def read(self, box: Box) -> np.ndarray:
         box = clip_box(box, self.width, self.height)
@@ -120,6 +126,20 @@ class PillowReader(ImageReader):
 
     def close(self) -> None:
         self._image.close()
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation (1–8) from the header alone.
+
+    Pillow's PNG ``getexif()`` decodes the whole image when the eXIf chunk is not before
+    the pixel data, so PNGs only use an early chunk; a late one is caught after decoding.
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a malformed EXIF block must not make the image unreadable
+        return 1
 
 
 def _as_rgb_array(image: Image.Image) -> np.ndarray:
