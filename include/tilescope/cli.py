@@ -114,6 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
     options = {"score_threshold": args.score_threshold, **_model_options(args.model_option)}
     # Open (and validate) the image before paying for the model; decode it once.
     reader, image = open_image(args.image, max_pixels=args.max_pixels)
+    reader.validate()
     progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
     with reader, load_model(args.model, **options) as model:
         result = run_image(reader, image, params, model, progress=progress)

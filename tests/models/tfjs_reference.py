@@ -36,15 +36,16 @@ def _same(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _windows(
-    x: np.ndarray, node: Mapping[str, Any], kh: int, kw: int, fill: float
-) -> np.ndarray:
+def _windows(x: np.ndarray, node: Mapping[str, Any], kh: int, kw: int, fill: float) -> np.ndarray:
     """(N, OH, OW, C, kh, kw) windows of NHWC ``x`` with TF padding/stride/dilation."""
     strides = _ints(node, "strides", [1, 1, 1, 1])
     dil = _ints(node, "dilations", [1, 1, 1, 1])
     padding = _s(node, "padding", "VALID")
     if padding == "SAME":
-        pads = [_same(x.shape[1], kh, strides[1], dil[1]), _same(x.shape[2], kw, strides[2], dil[2])]
+        pads = [
+            _same(x.shape[1], kh, strides[1], dil[1]),
+            _same(x.shape[2], kw, strides[2], dil[2]),
+        ]
     elif padding == "EXPLICIT":
         ex = _ints(node, "explicit_paddings", [0] * 8)
         pads = [(ex[2], ex[3]), (ex[4], ex[5])]
@@ -81,12 +82,14 @@ def _resize_bilinear(x: np.ndarray, size: np.ndarray, node: Mapping[str, Any]) -
 
     ylo, yhi, yf = weights(int(size[0]), x.shape[1])
     xlo, xhi, xf = weights(int(size[1]), x.shape[2])
-    top = x[:, ylo][:, :, xlo] * (1 - xf)[None, None, :, None] + x[:, ylo][:, :, xhi] * xf[
-        None, None, :, None
-    ]
-    bot = x[:, yhi][:, :, xlo] * (1 - xf)[None, None, :, None] + x[:, yhi][:, :, xhi] * xf[
-        None, None, :, None
-    ]
+    top = (
+        x[:, ylo][:, :, xlo] * (1 - xf)[None, None, :, None]
+        + x[:, ylo][:, :, xhi] * xf[None, None, :, None]
+    )
+    bot = (
+        x[:, yhi][:, :, xlo] * (1 - xf)[None, None, :, None]
+        + x[:, yhi][:, :, xhi] * xf[None, None, :, None]
+    )
     return (top * (1 - yf)[None, :, None, None] + bot * yf[None, :, None, None]).astype(np.float32)
 
 
@@ -117,7 +120,7 @@ def run_reference(
     feeds: Mapping[str, np.ndarray],
     outputs: Sequence[str],
 ) -> list[np.ndarray]:
-    """Evaluate ``outputs`` (node names) of a TF.js graph on ``feeds`` (placeholder name → array)."""
+    """``outputs`` (node refs) of a TF.js graph evaluated on ``feeds`` (placeholder → array)."""
     by_name = {n["name"]: n for n in nodes}
     cache: dict[str, list[np.ndarray]] = {}
 
@@ -174,8 +177,10 @@ def run_reference(
             return [_resize_bilinear(ins[0], ins[1], node)]
         if op in ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"):
             out = _conv(ins[0], ins[1], node)
-            fused = [base64.b64decode(s).decode() for s in _attr(node, "fused_ops")
-                     .get("list", {}).get("s", [])]
+            fused = [
+                base64.b64decode(s).decode()
+                for s in _attr(node, "fused_ops").get("list", {}).get("s", [])
+            ]
             if fused[:1] == ["BiasAdd"]:
                 out = out + ins[2]
                 fused = fused[1:]

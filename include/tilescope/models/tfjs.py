@@ -445,9 +445,7 @@ class _Converter:
                 raise TfjsConversionError(f"{node['name']}: unsupported op {op}")
             handler(self, node)
 
-    def finish(
-        self, outputs: Sequence[tuple[str, str]], graph_name: str
-    ) -> onnx.GraphProto:
+    def finish(self, outputs: Sequence[tuple[str, str]], graph_name: str) -> onnx.GraphProto:
         """Graph with ``outputs`` = (TF tensor ref, ONNX output name), unused nodes dropped."""
         infos = []
         for ref, out_name in outputs:
@@ -705,7 +703,9 @@ def _pad(c: _Converter, node: Mapping[str, Any]) -> None:
     c.emit("Pad", inputs, [out], mode="constant")
     shape = None
     if x.shape is not None:
-        shape = tuple(d + int(a + b) if d >= 0 else -1 for d, (a, b) in zip(x.shape, paddings))
+        shape = tuple(
+            d + int(a + b) if d >= 0 else -1 for d, (a, b) in zip(x.shape, paddings, strict=True)
+        )
     c.bind(node, _Value(x.dtype, shape, out, x.perm))
 
 
@@ -790,7 +790,7 @@ def _spatial(
         (t, b), (left, r) = (
             _same_pads(size[i], kernel[i], stride[i], dilation[i]) for i in range(2)
         )
-        pads = [t, left, b, r]
+        pads = [b, r, t, left]
     elif padding == "SAME":
         attrs["auto_pad"] = "SAME_UPPER"
         pads = []
@@ -825,8 +825,9 @@ def _nchw_input(c: _Converter, node: Mapping[str, Any], x: _Value) -> tuple[str,
     return c.in_layout(x, want, node["name"] + "/x"), shape
 
 
-def _bind_nchw(c: _Converter, node: Mapping[str, Any], out: str, shape: Shape | None,
-               dtype: np.dtype) -> None:
+def _bind_nchw(
+    c: _Converter, node: Mapping[str, Any], out: str, shape: Shape | None, dtype: np.dtype
+) -> None:
     nhwc = _attr_str(node, "data_format", "NHWC") != "NCHW"
     perm = _NCHW_AS_NHWC if nhwc else _identity(4)
     tf_shape = tuple(shape[i] for i in perm) if shape is not None else None
@@ -924,8 +925,9 @@ def _resize(c: _Converter, node: Mapping[str, Any]) -> None:
         c.emit("Resize", [source, "", "", sizes], [out], **attrs)
     elif shape is not None and -1 not in shape[2:]:
         scales = np.array([1, 1, height / shape[2], width / shape[3]], np.float32)
-        c.emit("Resize", [source, "", c.initializer(node["name"] + "/scales", scales)], [out],
-               **attrs)
+        c.emit(
+            "Resize", [source, "", c.initializer(node["name"] + "/scales", scales)], [out], **attrs
+        )
     else:
         raise TfjsConversionError(f"{node['name']}: resize needs a known input size")
     out_shape = (shape[0], shape[1], height, width)

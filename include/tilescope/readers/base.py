@@ -54,6 +54,9 @@ class ImageReader(ABC):
         """The whole image."""
         return self.read(Box(0, 0, self.width, self.height))
 
+    def validate(self) -> None:  # noqa: B027 - lazily-decoding readers have nothing to do
+        """Decode now whatever must be decoded anyway, so corrupt input fails early."""
+
     @abstractmethod
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole image downscaled so its long side is at most ``max_side``."""

@@ -107,6 +107,9 @@ class PillowReader(ImageReader):
                                 f"({self.header.format}): {exc}") from exc
         return pixels
 
+    def validate(self) -> None:
+        self._decoded()
+
     def read(self, box: Box) -> np.ndarray:
         box = clip_box(box, self.width, self.height)
         return self._decoded()[box.y1:box.y2, box.x1:box.x2]

@@ -1,0 +1,229 @@
+"""NanoDet (COCO, 416×416) on onnxruntime: the embedded default detector.
+
+Input rule (measured on this model): a slice larger than 416 px is shrunk with area
+interpolation (aspect ratio kept), a smaller one is *never* enlarged; it is placed top-left
+on a 416² canvas filled with the normalization mean, so the padding is exactly 0 after
+normalization. Channels are fed **BGR**, normalized per channel with NanoDet's mean/std.
+
+Decoding: per cell 80 sigmoid class scores and 4×11 bins of a distribution-focal-loss box
+(left, top, right, bottom distances); softmax over the bins, expectation × stride is the
+distance from the cell *centre* ((col + 0.5)·stride, (row + 0.5)·stride). Boxes are scaled
+back to slice pixels, clipped to the slice, then per-slice class-aware NMS.
+
+Slices of one :meth:`NanoDetModel.predict` call run concurrently on a thread pool over one
+shared session: ``InferenceSession.run`` releases the GIL, so ``parallel_slices`` sessions'
+worth of throughput costs one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from tilescope.detections import Detections
+from tilescope.errors import ConfigError, ModelError
+from tilescope.models.base import DetectionModel
+from tilescope.models.coco import COCO_NAMES
+from tilescope.postprocess.combine import nms
+
+__all__ = ["INPUT_SIZE", "NanoDetModel", "decode_nanodet", "preprocess"]
+
+INPUT_SIZE: Final = 416
+STRIDES: Final = (8, 16, 32)
+REG_BINS: Final = 11  # reg_max + 1 distribution bins per box side
+NUM_CLASSES: Final = 80
+_MEAN_BGR: Final = np.array([103.53, 116.28, 123.675], np.float32)
+_STD_BGR: Final = np.array([57.375, 57.12, 58.395], np.float32)
+_INPUT_NAME: Final = "input_1"
+_SCORE_OUTPUTS: Final = ("Identity", "Identity_1", "Identity_2")  # strides 8, 16, 32
+_BOX_OUTPUTS: Final = ("Identity_3", "Identity_4", "Identity_5")
+
+
+def _build_lut() -> np.ndarray:
+    """uint8 value → normalized float, per *RGB* input channel (index 0 = R).
+
+    A 256-entry table makes BGR swap + mean/std normalization one gather per channel.
+    """
+    values = np.arange(256, dtype=np.float32)[:, None]
+    mean_rgb, std_rgb = _MEAN_BGR[::-1], _STD_BGR[::-1]
+    return np.ascontiguousarray(((values - mean_rgb) / std_rgb).T)  # (3 RGB, 256)
+
+
+_LUT: Final = _build_lut()
+
+
+def preprocess(image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """NCHW BGR-normalized network input for an RGB uint8 slice, and the resize factor.
+
+    ``factor`` < 1 when the slice was shrunk; boxes on the canvas divided by it are in slice
+    pixels. ``out`` (1, 3, 416, 416) float32 is reused when given.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ConfigError(f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    factor = min(1.0, INPUT_SIZE / max(height, width))
+    if factor < 1.0:
+        size = (
+            max(1, min(INPUT_SIZE, round(width * factor))),
+            max(1, min(INPUT_SIZE, round(height * factor))),
+        )
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        height, width = image.shape[:2]
+    if out is None:
+        out = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+    else:
+        out.fill(0.0)
+    for bgr_channel in range(3):
+        rgb_channel = 2 - bgr_channel
+        out[0, bgr_channel, :height, :width] = _LUT[rgb_channel][image[:, :, rgb_channel]]
+    return out, factor
+
+
+def _cell_centres(stride: int) -> np.ndarray:
+    """(cells, 2) x/y centres of a stride's grid, row-major like the network's outputs."""
+    n = INPUT_SIZE // stride
+    rows, cols = np.divmod(np.arange(n * n, dtype=np.float32), n)
+    return np.stack([(cols + 0.5) * stride, (rows + 0.5) * stride], axis=1)
+
+
+_CENTRES: Final = {stride: _cell_centres(stride) for stride in STRIDES}
+_BIN_INDEX: Final = np.arange(REG_BINS, dtype=np.float32)
+
+
+def decode_nanodet(
+    scores: Sequence[np.ndarray], boxes: Sequence[np.ndarray], score_threshold: float
+) -> Detections:
+    """Candidate detections on the 416² canvas from the per-stride network outputs.
+
+    ``scores[k]`` is (cells, 80), ``boxes[k]`` (cells, 44) for stride ``STRIDES[k]``. Every
+    (cell, class) pair at or above the threshold becomes a detection (multi-label, as in
+    NanoDet's own post-processing); box distributions are only decoded for those cells.
+    """
+    parts = []
+    for stride, score, dist in zip(STRIDES, scores, boxes, strict=True):
+        cells, classes = np.nonzero(score >= score_threshold)
+        if not len(cells):
+            continue
+        unique_cells, inverse = np.unique(cells, return_inverse=True)
+        logits = dist[unique_cells].reshape(-1, 4, REG_BINS)
+        weights = np.exp(logits - logits.max(axis=2, keepdims=True))
+        sides = (weights @ _BIN_INDEX) / weights.sum(axis=2) * stride  # (n, 4) l, t, r, b
+        centres = _CENTRES[stride][unique_cells]
+        xyxy = np.concatenate([centres - sides[:, :2], centres + sides[:, 2:]], axis=1)
+        parts.append(Detections(xyxy[inverse], score[cells, classes], classes))
+    return Detections.concat(parts)
+
+
+class NanoDetModel(DetectionModel):
+    """NanoDet-m COCO detector (80 classes), 416×416 input, on onnxruntime CPU."""
+
+    name = "nanodet-coco"
+    preferred_slice_size = INPUT_SIZE
+
+    def __init__(
+        self,
+        score_threshold: float = 0.4,
+        nms_threshold: float = 0.5,
+        intra_op_threads: int = 1,
+        parallel_slices: int | None = None,
+        model_path: str | Path | None = None,
+    ) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise ConfigError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if intra_op_threads < 1:
+            raise ConfigError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        parallel = parallel_slices if parallel_slices is not None else (os.cpu_count() or 1)
+        if parallel < 1:
+            raise ConfigError(f"parallel_slices must be >= 1, got {parallel_slices}")
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.parallel_slices = parallel
+        if model_path is None:
+            from tilescope.models.weights import ensure_nanodet_onnx
+
+            model_path = ensure_nanodet_onnx()
+        self.model_path = Path(model_path)
+        self._session = self._open_session(self.model_path, intra_op_threads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._buffers = threading.local()
+
+    @staticmethod
+    def _open_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads must not spin: slices run on several threads at once and a
+        # spinning pool steals the CPU the other slices need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+            raise ModelError(f"cannot load NanoDet model {path}: {exc}") from exc
+
+    @property
+    def category_names(self) -> Sequence[str]:
+        return COCO_NAMES
+
+    def _input_buffer(self) -> np.ndarray:
+        """A per-thread input canvas, so concurrent slices never share one."""
+        buffer = getattr(self._buffers, "canvas", None)
+        if buffer is None:
+            buffer = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+            self._buffers.canvas = buffer
+        return buffer
+
+    def predict_one(self, image: np.ndarray) -> Detections:
+        """Detections of one RGB uint8 slice, in its pixel coordinates."""
+        session = self._session
+        if session is None:
+            raise ModelError("NanoDetModel is closed")
+        height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            return Detections.empty()
+        tensor, factor = preprocess(image, self._input_buffer())
+        try:
+            outputs = session.run([*_SCORE_OUTPUTS, *_BOX_OUTPUTS], {_INPUT_NAME: tensor})
+        except Exception as exc:
+            raise ModelError(f"NanoDet inference failed: {exc}") from exc
+        scores = [o[0] for o in outputs[:3]]
+        boxes = [o[0] for o in outputs[3:]]
+        dets = decode_nanodet(scores, boxes, self.score_threshold)
+        if not len(dets):
+            return dets
+        dets = dets.scaled(1.0 / factor).clipped(width, height)
+        return nms(dets, self.nms_threshold, "iou", class_agnostic=False)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.parallel_slices, thread_name_prefix="nanodet"
+                )
+            return self._pool
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        if len(images) <= 1 or self.parallel_slices == 1:
+            return [self.predict_one(image) for image in images]
+        return list(self._executor().map(self.predict_one, images))
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._session = None  # type: ignore[assignment]

