@@ -19,15 +19,12 @@ from tilescope.models.base import DetectionModel
 class BrightBlobModel(DetectionModel):
     name = "bright-blobs"
     preferred_slice_size = 256
+    CATEGORY_NAMES = ("white", "yellow")
 
     def __init__(self, fail_on: set[tuple[int, int]] | None = None) -> None:
         self.calls = 0
         self.slices_seen = 0
         self._fail_on = fail_on or set()
-
-    @property
-    def category_names(self) -> Sequence[str]:
-        return ["white", "yellow"]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         self.calls += 1

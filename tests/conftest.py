@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported: give the test session its own
+# AIRFLOW_HOME (SQLite metadata DB) and point the DAGs folder at the repository's dags/.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tilescope-airflow-"))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("TILESCOPE_RETRY_DELAY_SECONDS", "1")
+os.environ.setdefault("TILESCOPE_REGION_RETRIES", "1")
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +77,13 @@ def tmp_image(tmp_path: Path):
         return path
 
     return save
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated Airflow metadata database for ``dag.test()`` (once per session)."""
+    home = os.environ["AIRFLOW_HOME"]
+    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return home

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from blob_model import BrightBlobModel, blob_image
+
 from tilescope.errors import ConfigError, RegionsFailedError
 from tilescope.params import InferenceParams
 from tilescope.pipeline import analyze_region, failed_finding, plan_image, run_image, synthesize
@@ -160,3 +160,12 @@ def test_params_digest_is_stable_and_sensitive():
     assert a.digest() == InferenceParams.from_dict(a.to_dict()).digest()
     assert a.digest() != InferenceParams(overlap=0.25).digest()
     assert InferenceParams.from_dict({"slice_size": "", "unknown": 1}).slice_size is None
+
+
+def test_result_round_trips_through_its_json(scene):
+    reader, info, _ = scene
+    params = InferenceParams(slice_size=256, overlap=0.3, grid="2x2", score_threshold=0.1)
+    result = run_image(reader, info, params, BrightBlobModel())
+    again = Result.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.to_dict() == result.to_dict()
+    assert again.to_coco() == result.to_coco()

@@ -89,6 +89,14 @@ def test_image_smaller_than_slice_is_one_slice() -> None:
     assert [s.as_list() for s in plan.slices()] == [[0, 0, 300, 200]]
 
 
+@pytest.mark.parametrize("grid", [None, (2, 3), (50, 50)])
+def test_plan_rebuilds_from_its_summary(grid) -> None:
+    from tilescope.slicing import SlicePlan
+
+    plan = plan_slices(5000, 3000, 416, 416, 83, 83, grid=grid, min_slices_per_region=8)
+    assert SlicePlan.from_summary(plan.summary()) == plan
+
+
 def test_region_round_trips_through_dict() -> None:
     region = plan_slices(3000, 2000, 416, 416, 83, 83, grid=(2, 2)).regions[3]
     data = region.to_dict()

@@ -87,6 +87,7 @@ def failed_finding(region: Region, error: str, attempts: int = 1) -> RegionFindi
 def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFinding],
                params: InferenceParams, model: DetectionModel | None = None, *,
                model_name: str | None = None, category_names: Sequence[str] | None = None,
+               coco_category_ids: Sequence[int] | None = None,
                full_image: Detections | None = None,
                seconds: dict[str, float] | None = None) -> Result:
     """Merge every region's findings into one result, enforcing ``min_success_ratio``.
@@ -116,7 +117,8 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
     return Result(image=image, model=model_name or (model.name if model else params.model),
                   params=params.to_dict(), plan=plan.summary(), regions=complete,
                   detections=merged, category_names=names, seconds=timing,
-                  coco_category_ids=getattr(model, "coco_category_ids", None))
+                  coco_category_ids=list(coco_category_ids) if coco_category_ids else
+                  (list(model.COCO_CATEGORY_IDS) if model and model.COCO_CATEGORY_IDS else None))
 
 
 def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,

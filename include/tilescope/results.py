@@ -168,8 +168,31 @@ class Result:
             "summary": self.summary(),
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "regions": [r.to_dict(with_detections=False) for r in self.regions],
+            "category_names": list(self.category_names),
+            "coco_category_ids": self.coco_category_ids,
             "detections": self.detection_records(),
         }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Result:
+        """Rebuild a result from its JSON document (inverse of :meth:`to_dict`)."""
+        names: dict[int, str] = {}
+        records = doc.get("detections") or []
+        for record in records:
+            names[int(record["category_id"])] = str(record["category_name"])
+        category_names = doc.get("category_names") or [
+            names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+        boxes = np.array([r["bbox"] for r in records], np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        dets = Detections(boxes, np.array([r["score"] for r in records]),
+                          np.array([r["category_id"] for r in records]))
+        return cls(image=ImageInfo.from_dict(doc["image"]), model=str(doc["model"]),
+                   params=dict(doc["params"]), plan=dict(doc["plan"]),
+                   regions=[RegionFinding.from_dict(r) for r in doc.get("regions", [])],
+                   detections=dets, category_names=list(category_names),
+                   seconds={k: float(v) for k, v in (doc.get("seconds") or {}).items()},
+                   coco_category_ids=doc.get("coco_category_ids"),
+                   description=(doc.get("summary") or {}).get("description"))
 
     def to_coco(self, image_id: int = 1) -> dict[str, Any]:
         """A COCO document: ``images``, ``categories`` and scored ``annotations``.

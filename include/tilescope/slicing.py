@@ -113,6 +113,14 @@ class SlicePlan:
         """All slices in image pixels."""
         return [s for r in self.regions for s in r.slices()]
 
+    @classmethod
+    def from_summary(cls, summary: dict) -> SlicePlan:
+        """The same plan again from its :meth:`summary` (planning is deterministic)."""
+        return plan_slices(int(summary["width"]), int(summary["height"]),
+                           int(summary["slice_width"]), int(summary["slice_height"]),
+                           int(summary["overlap_x"]), int(summary["overlap_y"]),
+                           grid=(int(summary["grid_rows"]), int(summary["grid_cols"])))
+
     def summary(self) -> dict:
         return {"width": self.width, "height": self.height, "slice_width": self.slice_width,
                 "slice_height": self.slice_height, "overlap_x": self.overlap_x,

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tilescope.overlay import DEFAULT_OVERLAY_SIDE, render_overlay
 from tilescope.readers.base import ImageReader
 from tilescope.results import Result
@@ -24,11 +26,11 @@ def coco_json(result: Result) -> bytes:
     return json.dumps(result.to_coco()).encode()
 
 
-def overlay_png(result: Result, reader: ImageReader,
-                max_side: int = DEFAULT_OVERLAY_SIDE) -> bytes:
-    """The overlay picture, with failed regions marked."""
+def overlay_png(result: Result, thumbnail: np.ndarray) -> bytes:
+    """The overlay picture drawn on ``thumbnail`` (the whole image downscaled), failed
+    regions marked."""
     failed = [i for i, r in enumerate(result.regions) if r.status != "success"]
-    return render_overlay(reader.thumbnail(max_side), result.image.width, result.image.height,
+    return render_overlay(thumbnail, result.image.width, result.image.height,
                           result.detections, result.category_names,
                           regions=[r.box for r in result.regions] if len(result.regions) > 1
                           else (), failed=failed)
@@ -51,7 +53,8 @@ def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
         write_bytes(targets.coco, coco_json(result), "application/json", client=client)
         written["coco"] = targets.coco
     if targets.overlay:
-        write_bytes(targets.overlay, overlay_png(result, reader), "image/png", client=client)
+        png = overlay_png(result, reader.thumbnail(DEFAULT_OVERLAY_SIDE))
+        write_bytes(targets.overlay, png, "image/png", client=client)
         written["overlay"] = targets.overlay
     if targets.result:  # last, so a reader who sees the result JSON finds its companions too
         write_bytes(targets.result, result_json(result), "application/json", client=client)

@@ -154,7 +154,7 @@ def test_pixel_limit_is_configurable() -> None:
 def test_pillow_global_limit_is_restored() -> None:
     before = Image.MAX_IMAGE_PIXELS
     reader_for_bytes(encode(Image.fromarray(gradient()), "PNG"), max_pixels=5000)
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_one_pixel_and_extreme_aspect_images() -> None:

@@ -20,13 +20,17 @@ class DetectionModel(ABC):
 
     #: registry name, e.g. ``"nanodet-coco"``
     name: str = ""
+    #: fixed vocabulary (index = category id), readable without loading the model
+    CATEGORY_NAMES: tuple[str, ...] = ()
+    #: official COCO ids per category for COCO-trained models (used by the COCO export)
+    COCO_CATEGORY_IDS: tuple[int, ...] | None = None
     #: the slice size the model was trained for; used when the caller asks for ``auto``
     preferred_slice_size: int = 640
 
     @property
-    @abstractmethod
     def category_names(self) -> Sequence[str]:
         """Category name per category id (index = id)."""
+        return self.CATEGORY_NAMES
 
     @abstractmethod
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:

@@ -26,13 +26,36 @@ def available_models() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTERED})
 
 
-def load_model(name: str, **options: Any) -> DetectionModel:
-    """Build the model registered under ``name``; unknown names raise :class:`ConfigError`."""
+def model_factory(name: str) -> Callable[..., DetectionModel]:
+    """The class or factory registered under ``name`` (nothing is loaded or instantiated)."""
     if name in _REGISTERED:
-        return _REGISTERED[name](**options)
+        return _REGISTERED[name]
     target = _BUILTIN.get(name)
     if target is None:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     module_name, _, attr = target.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(**options)
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def model_slice_size(name: str) -> int:
+    """The slice size a model prefers, without loading its weights (planning needs only this)."""
+    return int(getattr(model_factory(name), "preferred_slice_size", 640))
+
+
+def model_categories(name: str) -> list[str]:
+    """A fixed-vocabulary model's category names, read from its class (``CATEGORY_NAMES``)."""
+    names = getattr(model_factory(name), "CATEGORY_NAMES", None)
+    if not names:
+        raise ConfigError(f"model {name!r} does not declare CATEGORY_NAMES")
+    return list(names)
+
+
+def model_coco_ids(name: str) -> list[int] | None:
+    """Official COCO category ids per category, for models trained on COCO (else ``None``)."""
+    ids = getattr(model_factory(name), "COCO_CATEGORY_IDS", None)
+    return list(ids) if ids else None
+
+
+def load_model(name: str, **options: Any) -> DetectionModel:
+    """Build the model registered under ``name``; unknown names raise :class:`ConfigError`."""
+    return model_factory(name)(**options)

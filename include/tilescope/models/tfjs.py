@@ -790,7 +790,7 @@ def _spatial(
         (t, b), (left, r) = (
             _same_pads(size[i], kernel[i], stride[i], dilation[i]) for i in range(2)
         )
-        pads = [b, r, t, left]
+        pads = [t, left, b, r]
     elif padding == "SAME":
         attrs["auto_pad"] = "SAME_UPPER"
         pads = []

@@ -69,12 +69,10 @@ MatchMetric = Literal["iou", "ios"]
 _STRATEGIES = ("nms", "nmm", "greedynmm")
 _METRICS = ("iou", "ios")
 
-# Up to this many boxes the all-pairs matrix is cheaper than building the grid.
+# Up to this many boxes the all-pairs matrix is cheaper than sorting into strips.
 _DENSE_MAX = 96
-# A box covering more cells than this is paired by brute force instead of through the grid.
-_MAX_CELLS_PER_BOX = 64
-# Budget for brute-force work (big boxes x all boxes) before the grid cell is enlarged instead.
-_BRUTE_FORCE_BUDGET = 20_000_000
+# Strip entries (box x strip) allowed per box on average before the strips are made taller.
+_MAX_ENTRIES_PER_BOX = 32
 # Candidate pairs are generated and filtered in chunks of about this many, to bound memory.
 _PAIR_CHUNK = 2_000_000
 # NMS rounds before the remaining (chain-like) part is finished by a sequential loop.
@@ -166,8 +164,9 @@ class _Context:
         self.scores = np.ascontiguousarray(dets.scores, dtype=np.float32)
         self.cats = np.ascontiguousarray(dets.category_ids, dtype=np.int32)
         self.class_agnostic = class_agnostic
-        # SAHI's rank: score descending, then x1, y1, x2, y2 ascending, then input order.
-        self.order = np.lexsort((self.y2, self.x2, self.y1, self.x1, -self.scores))
+        # SAHI's formula, so the float32 values (and hence threshold decisions) are identical.
+        self.area = (self.x2 - self.x1) * (self.y2 - self.y1)
+        self.order = _rank_order(self.scores, self.x1, self.y1, self.x2, self.y2)
         self.rank = np.empty(self.n, dtype=np.int64)
         self.rank[self.order] = np.arange(self.n)
         if class_agnostic:
@@ -175,6 +174,30 @@ class _Context:
         else:
             # Dense category codes in ascending id order (SAHI iterates np.unique's order).
             self.group = np.unique(self.cats, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def _rank_order(
+    scores: np.ndarray, x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray
+) -> np.ndarray:
+    """SAHI's processing order: score descending, then x1, y1, x2, y2 ascending, then index.
+
+    Same result as SAHI's ``np.lexsort((y2, x2, y1, x1, -scores))`` in about a quarter of the
+    time: one stable sort on an exact (score, x1) integer key, then a full lexsort only over
+    the entries that tie on it.
+    """
+    k1 = (_sortable_bits(-scores) << np.uint64(32)) | _sortable_bits(x1)
+    order = np.argsort(k1, kind="stable")
+    ks = k1[order]
+    tie = np.flatnonzero(ks[1:] == ks[:-1])
+    if len(tie):
+        in_tie = np.zeros(len(order), dtype=bool)
+        in_tie[tie] = True
+        in_tie[tie + 1] = True
+        pos = np.flatnonzero(in_tie)
+        sub = order[pos]
+        k2 = (_sortable_bits(y1[sub]) << np.uint64(32)) | _sortable_bits(x2[sub])
+        order[pos] = sub[np.lexsort((_sortable_bits(y2[sub]), k2, ks[pos]))]
+    return order
 
 
 def _check_metric(metric: str) -> str:
@@ -215,24 +238,34 @@ def _match_edges(ctx: _Context, metric: str, threshold: float) -> tuple[np.ndarr
     """
     if ctx.n <= _DENSE_MAX:
         a, b = _dense_pairs(ctx)
+        match = (
+            _pair_metric(
+                (ctx.x1[a], ctx.y1[a], ctx.x2[a], ctx.y2[a], ctx.area[a]),
+                (ctx.x1[b], ctx.y1[b], ctx.x2[b], ctx.y2[b], ctx.area[b]),
+                metric,
+            )
+            >= threshold
+        )
+        a, b = a[match], b[match]
     else:
-        a, b = _grid_pairs(ctx)
-    match = _pair_metric(ctx, a, b, metric) >= threshold
-    a, b = a[match], b[match]
+        a, b = _strip_matches(ctx, metric, threshold)
     flip = ctx.rank[a] > ctx.rank[b]
     return np.where(flip, b, a), np.where(flip, a, b)
 
 
-def _pair_metric(ctx: _Context, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """IoU or IoS of each pair in float32, in the exact operation order SAHI uses."""
-    x1, y1, x2, y2 = ctx.x1, ctx.y1, ctx.x2, ctx.y2
-    iw = np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b])
-    ih = np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b])
+def _pair_metric(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...], metric: str) -> np.ndarray:
+    """IoU or IoS of paired boxes ``(x1, y1, x2, y2, area)`` in float32, as SAHI computes it.
+
+    Same formulas and operation order as SAHI's numpy backend, so ``>= threshold`` falls the
+    same way on every boundary case; a zero (or negative) denominator gives 0.
+    """
+    px1, py1, px2, py2, parea = p
+    qx1, qy1, qx2, qy2, qarea = q
+    iw = np.minimum(px2, qx2) - np.maximum(px1, qx1)
+    ih = np.minimum(py2, qy2) - np.maximum(py1, qy1)
     inter = np.maximum(np.float32(0), iw) * np.maximum(np.float32(0), ih)
-    area_a = (x2[a] - x1[a]) * (y2[a] - y1[a])
-    area_b = (x2[b] - x1[b]) * (y2[b] - y1[b])
-    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
-    out = np.zeros(len(a), dtype=np.float32)
+    denom = parea + qarea - inter if metric == "iou" else np.minimum(parea, qarea)
+    out = np.zeros(len(inter), dtype=np.float32)
     np.divide(inter, denom, out=out, where=denom > 0)
     return out
 
@@ -249,117 +282,97 @@ def _dense_pairs(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _grid_pairs(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of boxes that overlap (each once), found through a uniform grid of cells.
+def _sortable_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> uint64 whose unsigned order is the float order (-0.0 and 0.0 equal)."""
+    u = (values + np.float32(0)).view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000)).astype(np.uint64)
 
-    Every box is entered in each cell it touches; boxes sharing a cell are paired, and a pair is
-    kept only in the cell holding the top-left corner of the two boxes' intersection, which both
-    overlapping boxes touch - so each overlapping pair comes out exactly once. Boxes touching
-    more than ``_MAX_CELLS_PER_BOX`` cells are paired by brute force against every box.
+
+def _strip_matches(ctx: _Context, metric: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of boxes with ``metric >= threshold`` (each once), by a sweep within y-strips.
+
+    The plane is cut into horizontal strips about twice the median box height. Each box is
+    entered in every strip it touches, and the entries are sorted by (category when
+    class-aware, strip, x1) in one exact integer key. Within a strip, the boxes that overlap
+    entry ``p`` in x are exactly the following entries whose ``x1`` is below ``p``'s ``x2``,
+    found by one ``searchsorted``. A pair is only kept in the strip holding the larger of the
+    two ``y1`` - a strip both boxes touch when they overlap - so it comes out exactly once.
+    The candidate pairs are then tested in y and thresholded in chunks to bound memory.
     """
+    empty = np.zeros(0, dtype=np.int64)
     # Only boxes with positive width and height can have a positive intersection.
     valid = np.flatnonzero((ctx.x2 > ctx.x1) & (ctx.y2 > ctx.y1))
-    empty = np.zeros(0, dtype=np.int64)
     if len(valid) < 2:
         return empty, empty
-    x1 = ctx.x1[valid].astype(np.float64)
     y1 = ctx.y1[valid].astype(np.float64)
-    x2 = ctx.x2[valid].astype(np.float64)
     y2 = ctx.y2[valid].astype(np.float64)
-    group = None if ctx.group is None else ctx.group[valid]
-    ox, oy = float(x1.min()), float(y1.min())
-    extent = max(float(x2.max()) - ox, float(y2.max()) - oy, 1e-30)
-    size = np.maximum(x2 - x1, y2 - y1)
-    cell = 2.0 * float(np.median(size))
-    # Bound the grid to 2**20 cells a side so integer cell keys cannot overflow.
-    cell = max(cell, extent / 2**20)
+    oy = float(y1.min())
+    extent = max(float(y2.max()) - oy, 1e-30)
+    height = max(2.0 * float(np.median(y2 - y1)), extent / 2**20)
     nvalid = len(valid)
     while True:
-        cx0 = np.floor((x1 - ox) / cell).astype(np.int64)
-        cx1 = np.floor((x2 - ox) / cell).astype(np.int64)
-        cy0 = np.floor((y1 - oy) / cell).astype(np.int64)
-        cy1 = np.floor((y2 - oy) / cell).astype(np.int64)
-        nx, ny = cx1 - cx0 + 1, cy1 - cy0 + 1
-        ncells = nx * ny
-        big = ncells > _MAX_CELLS_PER_BOX
-        nbig = int(big.sum())
-        if nbig * nvalid <= _BRUTE_FORCE_BUDGET or cell >= extent:
+        s0 = np.floor((y1 - oy) / height).astype(np.int64)
+        s1 = np.floor((y2 - oy) / height).astype(np.int64)
+        counts = s1 - s0 + 1
+        n_ent = int(counts.sum())
+        if n_ent <= _MAX_ENTRIES_PER_BOX * nvalid or height >= extent:
             break
-        cell *= 2.0
+        height *= 2.0
 
+    ent = np.repeat(np.arange(nvalid, dtype=np.int64), counts)
+    strip = np.arange(n_ent, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    first = strip == 0  # the entry is in its box's first strip
+    strip += s0[ent]
+    if ctx.group is not None:
+        strip += ctx.group[valid][ent] * (int(s1.max()) + 1)
+        if int(strip.max()) >= 2**32:
+            strip = np.unique(strip, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    hi_key = strip.astype(np.uint64) << np.uint64(32)
+    box = valid[ent]
+    key = hi_key | _sortable_bits(ctx.x1[box])
+    srt = np.argsort(key)
+    key, box, first, hi_key = key[srt], box[srt], first[srt], hi_key[srt]
+    # Partners of entry p: the entries after it (same strip) with x1 < x2 of p.
+    end = np.searchsorted(key, hi_key | _sortable_bits(ctx.x2[box]), side="left")
+    partners = end - np.arange(1, n_ent + 1)
+    np.maximum(partners, 0, out=partners)
+
+    ex1, ey1, ex2, ey2, earea = (
+        ctx.x1[box],
+        ctx.y1[box],
+        ctx.x2[box],
+        ctx.y2[box],
+        ctx.area[box],
+    )
+    total = np.cumsum(partners)
     parts_a: list[np.ndarray] = []
     parts_b: list[np.ndarray] = []
-
-    # --- grid part --------------------------------------------------------
-    small = np.flatnonzero(~big)
-    if len(small) > 1:
-        counts = ncells[small]
-        ent_box = np.repeat(small, counts)
-        starts = np.cumsum(counts) - counts
-        k = np.arange(len(ent_box), dtype=np.int64) - np.repeat(starts, counts)
-        enx = nx[ent_box]
-        ex = cx0[ent_box] + k % enx
-        ey = cy0[ent_box] + k // enx
-        ncols = int(cx1.max()) + 1
-        nrows = int(cy1.max()) + 1
-        key = ey * ncols + ex
-        if group is not None:
-            if (int(group.max()) + 1) * ncols * nrows >= 2**62:
-                key = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
-                key += group[ent_box] * len(key)
-            else:
-                key += group[ent_box] * (ncols * nrows)
-        srt = np.argsort(key)
-        key = key[srt]
-        ent_box, ex, ey = ent_box[srt], ex[srt], ey[srt]
-        # Each entry is paired with the entries after it in the same cell.
-        bounds = np.flatnonzero(np.diff(key)) + 1
-        cell_end = np.repeat(
-            np.append(bounds, len(key)), np.diff(np.concatenate(([0], bounds, [len(key)])))
-        )
-        partners = cell_end - np.arange(len(key)) - 1
-        total = np.cumsum(partners)
-        done = 0
-        lo = 0
-        n_ent = len(key)
-        while lo < n_ent:
-            hi = int(np.searchsorted(total, done + _PAIR_CHUNK, side="right"))
-            hi = max(hi, lo + 1)
-            cnt = partners[lo:hi]
-            npairs = int(cnt.sum())
-            if npairs:
-                p = np.repeat(np.arange(lo, hi, dtype=np.int64), cnt)
-                off = np.arange(npairs, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-                q = p + 1 + off
-                a, b = ent_box[p], ent_box[q]
-                # Keep the pair only in the cell of its intersection's top-left corner.
-                keep = (ex[p] == np.maximum(cx0[a], cx0[b])) & (ey[p] == np.maximum(cy0[a], cy0[b]))
-                a, b = a[keep], b[keep]
-                keep = (np.minimum(x2[a], x2[b]) > np.maximum(x1[a], x1[b])) & (
-                    np.minimum(y2[a], y2[b]) > np.maximum(y1[a], y1[b])
+    lo, done = 0, 0
+    while lo < n_ent:
+        hi = max(int(np.searchsorted(total, done + _PAIR_CHUNK, side="right")), lo + 1)
+        cnt = partners[lo:hi]
+        npairs = int(total[hi - 1]) - done
+        done = int(total[hi - 1])
+        if npairs:
+            p = np.repeat(np.arange(lo, hi, dtype=np.int64), cnt)
+            q = np.arange(npairs, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt - 1, cnt) + p
+            # One strip per pair, and the two boxes must overlap in y as well.
+            ok = (first[p] | first[q]) & (ey1[q] < ey2[p]) & (ey1[p] < ey2[q])
+            p, q = p[ok], q[ok]
+            ok = (
+                _pair_metric(
+                    (ex1[p], ey1[p], ex2[p], ey2[p], earea[p]),
+                    (ex1[q], ey1[q], ex2[q], ey2[q], earea[q]),
+                    metric,
                 )
-                parts_a.append(a[keep])
-                parts_b.append(b[keep])
-            done = int(total[hi - 1])
-            lo = hi
-
-    # --- brute-force part for boxes spanning many cells ---------------------
-    if nbig:
-        bigs = np.flatnonzero(big)
-        others_ok = ~big
-        for h in bigs.tolist():
-            ov = (x1 < x2[h]) & (x2 > x1[h]) & (y1 < y2[h]) & (y2 > y1[h])
-            ov &= others_ok | (np.arange(nvalid) > h)  # big-big pairs once
-            ov[h] = False
-            if group is not None:
-                ov &= group == group[h]
-            b = np.flatnonzero(ov)
-            parts_a.append(np.full(len(b), h, dtype=np.int64))
-            parts_b.append(b)
-
+                >= threshold
+            )
+            parts_a.append(box[p[ok]])
+            parts_b.append(box[q[ok]])
+        lo = hi
     if not parts_a:
         return empty, empty
-    return valid[np.concatenate(parts_a)], valid[np.concatenate(parts_b)]
+    return np.concatenate(parts_a), np.concatenate(parts_b)
 
 
 # ---------------------------------------------------------------------------
@@ -624,11 +637,12 @@ def _merge_scalar(
     this only avoids numpy's per-call overhead for the long tail of a few very large groups.
     """
     bx1, by1, bx2, by2, bs, bc = state
-    mx1, my1, mx2, my2, ms, mc = (a.tolist() for a in member)
     for g in range(na):
         c1, d1, c2, d2 = float(bx1[g]), float(by1[g]), float(bx2[g]), float(by2[g])
         score, cat = float(bs[g]), int(bc[g])
-        for i in range(int(starts[g]) + t0, int(starts[g] + lens[g])):
+        lo, hi = int(starts[g]) + t0, int(starts[g] + lens[g])
+        mx1, my1, mx2, my2, ms, mc = (a[lo:hi].tolist() for a in member)
+        for i in range(hi - lo):
             p1, q1, p2, q2 = mx1[i], my1[i], mx2[i], my2[i]
             w = max(min(c2, p2) - max(c1, p1), 0.0)
             h = max(min(d2, q2) - max(d1, q1), 0.0)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import replace
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -1,0 +1,168 @@
+"""
+### tiled_inference — sliced object detection on one image in S3
+
+One run per image: **preprocess** validates the object and plans a grid of regions (each a
+block of model-sized, overlapping slices), staging the decoded pixels once as a tiled TIFF
+in `scratch/`; **analyze** is mapped over the regions — one task instance per region,
+bounded by the `tilescope` pool, retried per region — and reads only its region's tiles;
+**synthesize** merges detections across slice and region borders, tolerating failed regions
+down to `min_success_ratio`; **store** writes `results/<image-id>/<params-hash>/`
+(`result.json`, `coco.json`, `overlay.png`), upserts the SQL catalog row, emits an Asset
+event on `s3://<bucket>/results/`, and removes the run's scratch objects.
+
+Trigger it from the UI form, the REST API (`conf: {"image_uri": "s3://bucket/key", ...}`)
+or the `s3_arrivals` DAG. Clearing a failed `analyze` instance (with downstream) re-runs
+just that region and completes the result: scratch is kept until `store` succeeds.
+
+Connections: `aws_default` (S3; `endpoint_url` in extra for local servers) and
+`tilescope_catalog` (sqlite file path as host, or postgres). Logic lives in
+`include/tilescope/steps.py`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+
+_AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
+_CATALOG_CONN_ID = os.getenv("TILESCOPE_CATALOG_CONN_ID", "tilescope_catalog")
+_BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
+_POOL = os.getenv("TILESCOPE_POOL", "tilescope")
+_POOL_SLOTS = int(os.getenv("TILESCOPE_POOL_SLOTS", "4"))
+_REGION_RETRIES = int(os.getenv("TILESCOPE_REGION_RETRIES", "3"))
+_RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS", "10")))
+# High enough that the pool, not Airflow's per-DAG default of 16, caps mapped concurrency.
+_MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
+
+RESULTS_ASSET = Asset(f"s3://{_BUCKET}/results/", extra={"producer": "tiled_inference"})
+
+
+def _s3_client() -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=_AWS_CONN_ID).get_conn()
+
+
+def _params() -> Any:
+    from tilescope.params import InferenceParams
+
+    return InferenceParams.from_dict(get_current_context()["params"])
+
+
+def _catalog_url() -> str | None:
+    from airflow.sdk import BaseHook
+
+    from tilescope.catalog import url_from_connection
+
+    try:
+        conn = BaseHook.get_connection(_CATALOG_CONN_ID)
+    except Exception:  # connection not defined: the catalog is optional, the log says so
+        print(f"no '{_CATALOG_CONN_ID}' connection: skipping the SQL catalog")
+        return None
+    return url_from_connection(conn.conn_type, host=conn.host, login=conn.login,
+                               password=conn.password, port=conn.port, schema=conn.schema)
+
+
+@dag(
+    schedule=None,
+    catchup=False,
+    doc_md=__doc__,
+    tags=["tilescope", "inference"],
+    max_active_runs=int(os.getenv("TILESCOPE_MAX_ACTIVE_RUNS", "4")),
+    max_active_tasks=_MAX_ACTIVE_TASKS,
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    params={
+        "image_uri": Param("s3://tilescope/incoming/kite.jpg", type="string",
+                           pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+",
+                           title="Image", description="s3://bucket/key of the image"),
+        "model": Param("nanodet-coco", type="string", title="Model",
+                       description="registered model name"),
+        "slice_size": Param("model", type="string", pattern=r"^(model|auto|[0-9]{2,4})$",
+                            title="Slice size",
+                            description="pixels, 'model' (its input size) or 'auto' (SAHI)"),
+        "overlap": Param(0.2, type="number", minimum=0, exclusiveMaximum=0.9,
+                         title="Overlap ratio"),
+        "grid": Param("auto", type="string", pattern=r"^(auto|[1-9][0-9]*x[1-9][0-9]*)$",
+                      title="Region grid", description="auto or ROWSxCOLS, e.g. 3x4"),
+        "postprocess": Param("greedynmm", enum=["greedynmm", "nmm", "nms"]),
+        "match_metric": Param("ios", enum=["ios", "iou"]),
+        "match_threshold": Param(0.5, type="number", minimum=0, maximum=1),
+        "class_agnostic": Param(False, type="boolean"),
+        "score_threshold": Param(0.3, type="number", minimum=0, maximum=1),
+        "full_image_pass": Param(False, type="boolean"),
+        "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
+                                   description="below it the run fails; above, 'partial'"),
+    },
+)
+def tiled_inference() -> None:
+    @task
+    def preprocess() -> list[dict[str, Any]]:
+        """Validate, plan, stage pixels. Returns the region list (what analyze maps over);
+        everything else goes to the ``prepared`` XCom."""
+        from tilescope.models import load_model, model_slice_size
+        from tilescope.steps import prepare
+
+        context = get_current_context()
+        params = _params()
+        model = None
+        if params.full_image_pass:
+            model = load_model(params.model, score_threshold=params.score_threshold)
+        prepared = prepare(context["params"]["image_uri"], params, client=_s3_client(),
+                           run=context["run_id"], model_slice_size=model_slice_size(params.model),
+                           full_image_model=model)
+        regions = prepared.pop("regions")
+        context["ti"].xcom_push(key="prepared", value=prepared)
+        return regions
+
+    @task(map_index_template="{{ region_label }}")
+    def analyze(region: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
+        from tilescope.models import load_model
+        from tilescope.steps import analyze as analyze_step
+
+        context = get_current_context()
+        context["region_label"] = f"{region['name']} · {region['slice_count']} slices"
+        params = _params()
+        with load_model(params.model, score_threshold=params.score_threshold) as model:
+            return analyze_step(region, prepared["source_uri"], params, model,
+                                client=_s3_client(), scratch_prefix=prepared["scratch_prefix"],
+                                attempt=int(context["ti"].try_number))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def synthesize(prepared: dict[str, Any], findings: Any) -> str:
+        from tilescope.steps import combine, save_result
+
+        params = _params()
+        client = _s3_client()
+        # findings[:] is one bulk XCom read; failed regions simply have no entry.
+        result = combine(prepared, list(findings[:]), params, params.model, client=client)
+        return save_result(result, prepared["scratch_prefix"], client)
+
+    @task(outlets=[RESULTS_ASSET])
+    def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
+        from tilescope.steps import store as store_step
+
+        context = get_current_context()
+        summary = store_step(result_uri, prepared, _params(), client=_s3_client(),
+                             catalog_url=_catalog_url(), run_id=context["run_id"])
+        context["outlet_events"][RESULTS_ASSET].extra = {
+            "image_id": summary["image_id"], "image_uri": summary["image_uri"],
+            "status": summary["status"], "detections": summary["detections"],
+            "counts": summary["counts"], "result": summary["keys"]["result"]}
+        return summary
+
+    regions = preprocess()
+    prepared = regions["prepared"]
+    findings = analyze.override(
+        pool=_POOL,
+        retries=_REGION_RETRIES,
+        retry_delay=_RETRY_DELAY,
+        retry_exponential_backoff=True,
+        max_active_tis_per_dagrun=_MAX_ACTIVE_TASKS,
+    ).partial(prepared=prepared).expand(region=regions)
+    store(synthesize(prepared, findings), prepared)
+
+
+tiled_inference()

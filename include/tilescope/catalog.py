@@ -1,0 +1,113 @@
+"""The SQL catalog: one row per (image content, parameters), upserted by the store step.
+
+SQLAlchemy Core over any URL: a SQLite file by default, PostgreSQL in production (the DAG
+builds the URL from an Airflow connection). The unique key on ``(image_sha256, params_hash)``
+makes a re-run update its row instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from tilescope.results import Result
+
+METADATA = sa.MetaData()
+
+RESULTS = sa.Table(
+    "tilescope_results",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("image_sha256", sa.String(64), nullable=False),
+    sa.Column("params_hash", sa.String(32), nullable=False),
+    sa.Column("image_id", sa.String(32), nullable=False, index=True),
+    sa.Column("image_uri", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detections", sa.Integer, nullable=False),
+    sa.Column("regions", sa.Integer, nullable=False),
+    sa.Column("failed_regions", sa.Text, nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),
+    sa.Column("result_keys", sa.Text, nullable=False),
+    sa.Column("seconds", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("image_sha256", "params_hash", name="uq_tilescope_image_params"),
+)
+
+
+def connect(url: str) -> sa.Engine:
+    """An engine for ``url`` with the catalog's tables created if missing."""
+    engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    METADATA.create_all(engine)
+    return engine
+
+
+def _upsert(engine: sa.Engine, values: dict[str, Any], update: dict[str, Any]) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other dialects: plain insert, the unique key still protects
+        return sa.insert(RESULTS).values(**values)
+    return insert(RESULTS).values(**values).on_conflict_do_update(
+        index_elements=["image_sha256", "params_hash"], set_=update)
+
+
+def record_result(engine: sa.Engine, result: Result, params_hash: str,
+                  result_keys: dict[str, str], run_id: str | None = None) -> None:
+    """Insert or update the row of this image and parameters."""
+    now = datetime.now(UTC)
+    row = {
+        "image_sha256": result.image.sha256, "params_hash": params_hash,
+        "image_id": result.image.image_id, "image_uri": result.image.uri,
+        "width": result.image.width, "height": result.image.height, "model": result.model,
+        "status": result.status, "detections": len(result.detections),
+        "regions": len(result.regions), "failed_regions": json.dumps(result.failed_regions),
+        "counts": json.dumps(result.counts()), "result_keys": json.dumps(result_keys),
+        "seconds": json.dumps({k: round(v, 4) for k, v in result.seconds.items()}),
+        "run_id": run_id, "created_at": now, "updated_at": now,
+    }
+    update = {k: v for k, v in row.items() if k not in ("image_sha256", "params_hash",
+                                                         "created_at")}
+    with engine.begin() as conn:
+        conn.execute(_upsert(engine, row, update))
+
+
+def find_results(engine: sa.Engine, image_sha256: str | None = None) -> list[dict[str, Any]]:
+    """Catalog rows (optionally of one image), newest first, JSON columns decoded."""
+    query = sa.select(RESULTS).order_by(RESULTS.c.updated_at.desc())
+    if image_sha256:
+        query = query.where(RESULTS.c.image_sha256 == image_sha256)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    for row in rows:
+        for column in ("failed_regions", "counts", "result_keys", "seconds"):
+            row[column] = json.loads(row[column])
+    return rows
+
+
+def url_from_connection(conn_type: str, *, host: str | None = None, login: str | None = None,
+                        password: str | None = None, port: int | None = None,
+                        schema: str | None = None) -> str:
+    """An SQLAlchemy URL from an Airflow connection's fields (``sqlite`` or ``postgres``).
+
+    For SQLite the connection's host is the database file path.
+    """
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        if not host:
+            raise ValueError("a sqlite catalog connection needs the database file as its host")
+        return f"sqlite:///{host}"
+    if kind in ("postgres", "postgresql"):
+        url = sa.URL.create("postgresql+psycopg2", username=login or None,
+                            password=password or None, host=host or "127.0.0.1",
+                            port=port or 5432, database=schema or "postgres")
+        return url.render_as_string(hide_password=False)
+    raise ValueError(f"unsupported catalog connection type {conn_type!r} (sqlite or postgres)")

@@ -1,0 +1,245 @@
+"""The DAG's task bodies as plain functions: small JSON-able dicts in and out, S3 in between.
+
+``prepare`` (preprocess) validates the image, plans regions and writes the decoded pixels once
+to a scratch *tiled* TIFF, so every region task fetches only the tiles it needs with ranged
+GETs instead of decoding the whole image again. ``analyze`` runs one region;
+``synthesize`` merges; ``store`` writes the artefacts. Nothing here imports Airflow, so each
+step is unit-testable against any S3 server, and the XComs stay small by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.models.base import DetectionModel
+from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.params import InferenceParams
+from tilescope.pipeline import analyze_region, full_image_detections, plan_image, synthesize
+from tilescope.readers import TiffReader, reader_for_bytes
+from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.results import (
+    ImageInfo,
+    RegionFinding,
+    Result,
+    detections_from_compact,
+    detections_to_compact,
+)
+from tilescope.slicing import Region, SlicePlan
+from tilescope.storage import (
+    RangedS3File,
+    object_size,
+    parse_s3_uri,
+    read_bytes,
+    write_bytes,
+)
+from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
+
+#: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
+XCOM_BUDGET_BYTES = 48 * 1024
+#: default refusal size for an input object (the pixel limit guards decoding separately)
+DEFAULT_MAX_BYTES = 2 * 1024**3
+SCRATCH_TILE = 512
+THUMBNAIL_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class ScratchLayout:
+    """Where one run keeps its intermediate objects: ``scratch/<image_id>/<run>/``."""
+
+    bucket: str
+    image_id: str
+    run: str
+
+    @property
+    def prefix(self) -> str:
+        return f"scratch/{self.image_id}/{safe_key_part(self.run)}/"
+
+    def uri(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+
+def safe_key_part(text: str) -> str:
+    """``text`` made safe for one S3 key segment (run ids contain ``:`` and ``+``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
+
+
+def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
+    """``s3://bucket/results/<image_id>/<params digest>/``: the same image and parameters
+    always land on the same keys, so a re-run overwrites instead of duplicating."""
+    return f"s3://{bucket}/results/{image_id}/{params.digest()}/"
+
+
+def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
+            model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+            max_bytes: int = DEFAULT_MAX_BYTES,
+            full_image_model: DetectionModel | None = None) -> dict[str, Any]:
+    """Validate the image, plan its regions, stage its pixels for region tasks.
+
+    Returns ``{"image", "plan", "regions", "source_uri", "thumbnail_uri", "scratch_prefix",
+    "full_image"}`` — boxes and keys only, never pixels. ``full_image`` holds the detections
+    of one whole-image pass when ``full_image_model`` is given (the image is decoded here).
+    """
+    size = object_size(image_uri, client)
+    if size == 0:
+        raise BadImageError(f"{image_uri} is empty (0 bytes)")
+    if size > max_bytes:
+        raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
+                                 f"{max_bytes:,}")
+    data = read_bytes(image_uri, client)
+    reader = reader_for_bytes(data, max_pixels=max_pixels, name=image_uri)
+    with reader:
+        reader.validate()
+        image = ImageInfo(uri=image_uri, width=reader.width, height=reader.height,
+                          sha256=hashlib.sha256(data).hexdigest(),
+                          format=reader.header.format, bytes=len(data))
+        del data
+        plan = plan_image(image.width, image.height, params, model_slice_size)
+        scratch = ScratchLayout(parse_s3_uri(image_uri).bucket, image.image_id, run)
+        if isinstance(reader, TiffReader) and reader.header.tiled:
+            source_uri = image_uri  # already tiled: regions read its tiles directly
+        else:
+            source_uri = scratch.uri("pixels.tif")
+            _upload_tiled_tiff(reader.read_all(), source_uri, client)
+        full_image = None
+        if full_image_model is not None:
+            full_image = detections_to_compact(
+                full_image_detections(reader, full_image_model, params))
+        thumbnail_uri = scratch.uri("thumbnail.png")
+        write_bytes(thumbnail_uri, _png(reader.thumbnail(THUMBNAIL_SIDE)), "image/png", client)
+    return {"image": image.to_dict(), "plan": plan.summary(),
+            "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
+            "thumbnail_uri": thumbnail_uri, "full_image": full_image,
+            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}"}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _upload_tiled_tiff(pixels: np.ndarray, uri: str, client: Any) -> None:
+    """Write ``pixels`` as an uncompressed tiled TIFF (lossless, no encode cost) and upload it
+    with a managed multipart transfer, staging on local disk rather than in memory."""
+    import tifffile
+
+    loc = parse_s3_uri(uri)
+    with tempfile.NamedTemporaryFile(suffix=".tif", dir=os.environ.get("TILESCOPE_TMP")) as tmp:
+        tifffile.imwrite(tmp.name, pixels, tile=(SCRATCH_TILE, SCRATCH_TILE), photometric="rgb")
+        client.upload_file(tmp.name, loc.bucket, loc.key,
+                           ExtraArgs={"ContentType": "image/tiff"})
+
+
+def open_source(source_uri: str, client: Any) -> ImageReader:
+    """A reader over the staged pixels that fetches only the tiles a region needs."""
+    return TiffReader(RangedS3File(source_uri, client), name=source_uri)
+
+
+def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
+            model: DetectionModel, *, client: Any, scratch_prefix: str,
+            attempt: int = 1) -> dict[str, Any]:
+    """One region → a finding dict small enough for an XCom (large detections go to S3)."""
+    with open_source(source_uri, client) as reader:
+        finding = analyze_region(reader, Region.from_dict(region), model, params,
+                                 attempt=attempt)
+    data = finding.to_dict()
+    if len(json.dumps(data)) > XCOM_BUDGET_BYTES:
+        uri = f"{scratch_prefix}findings/region-{finding.index:04d}.json"
+        write_bytes(uri, json.dumps(data["detections"]).encode(), "application/json", client)
+        data["detections"] = None
+        data["detections_uri"] = uri
+    return data
+
+
+def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:
+    """A finding dict from :func:`analyze`, with offloaded detections fetched back."""
+    finding = RegionFinding.from_dict(data)
+    if data.get("detections_uri"):
+        finding.detections = detections_from_compact(
+            json.loads(read_bytes(data["detections_uri"], client)))
+    return finding
+
+
+def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
+            params: InferenceParams, model_name: str, *, client: Any) -> Result:
+    """Merge the findings of every region (``min_success_ratio`` enforced) into a Result.
+
+    ``findings`` may miss regions (their tasks failed): they count as failed regions.
+    """
+    plan = SlicePlan.from_summary(prepared["plan"])
+    loaded = [load_finding(f, client) for f in findings if f]
+    return synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
+                      model_name=model_name, category_names=model_categories(model_name),
+                      coco_category_ids=model_coco_ids(model_name),
+                      full_image=detections_from_compact(prepared["full_image"])
+                      if prepared.get("full_image") else None)
+
+
+def save_result(result: Result, scratch_prefix: str, client: Any) -> str:
+    """Park the synthesized result in scratch for the store step (it is too big for XCom)."""
+    uri = f"{scratch_prefix}result.json"
+    write_bytes(uri, result_json(result), "application/json", client)
+    return uri
+
+
+def result_targets(bucket: str, image_id: str, params: InferenceParams) -> OutputTargets:
+    prefix = results_prefix(bucket, image_id, params)
+    return OutputTargets(result=f"{prefix}result.json", coco=f"{prefix}coco.json",
+                         overlay=f"{prefix}overlay.png")
+
+
+def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
+          client: Any, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
+    """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
+    remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
+    from PIL import Image
+
+    result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
+    bucket = parse_s3_uri(result.image.uri).bucket
+    targets = result_targets(bucket, result.image.image_id, params)
+    with Image.open(io.BytesIO(read_bytes(prepared["thumbnail_uri"], client))) as thumb:
+        thumbnail = np.asarray(thumb.convert("RGB"))
+    write_bytes(targets.coco, coco_json(result), "application/json", client)
+    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
+    write_bytes(targets.result, result_json(result), "application/json", client)  # last
+    keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    if catalog_url:
+        from tilescope.catalog import connect, record_result
+
+        engine = connect(catalog_url)
+        try:
+            record_result(engine, result, params.digest(), keys, run_id)
+        finally:
+            engine.dispose()
+    deleted = delete_prefix(prepared["scratch_prefix"], client)
+    return {"image_id": result.image.image_id, "image_uri": result.image.uri,
+            "status": result.status, "detections": len(result.detections),
+            "counts": result.counts(), "failed_regions": result.failed_regions,
+            "keys": keys, "scratch_objects_deleted": deleted}
+
+
+def delete_prefix(prefix_uri: str, client: Any) -> int:
+    """Delete every object under an ``s3://bucket/prefix/`` (scratch clean-up)."""
+    loc = parse_s3_uri(prefix_uri)
+    if not loc.key.startswith("scratch/"):
+        raise ValueError(f"refusing to delete outside scratch/: {prefix_uri}")
+    deleted = 0
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
