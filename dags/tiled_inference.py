@@ -27,11 +27,8 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
 
-_AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
-_CATALOG_CONN_ID = os.getenv("TILESCOPE_CATALOG_CONN_ID", "tilescope_catalog")
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _POOL = os.getenv("TILESCOPE_POOL", "tilescope")
-_POOL_SLOTS = int(os.getenv("TILESCOPE_POOL_SLOTS", "4"))
 _REGION_RETRIES = int(os.getenv("TILESCOPE_REGION_RETRIES", "3"))
 _RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS", "10")))
 # High enough that the pool, not Airflow's per-DAG default of 16, caps mapped concurrency.
@@ -40,30 +37,10 @@ _MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
 RESULTS_ASSET = Asset(f"s3://{_BUCKET}/results/", extra={"producer": "tiled_inference"})
 
 
-def _s3_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=_AWS_CONN_ID).get_conn()
-
-
 def _params() -> Any:
     from tilescope.params import InferenceParams
 
     return InferenceParams.from_dict(get_current_context()["params"])
-
-
-def _catalog_url() -> str | None:
-    from airflow.sdk import BaseHook
-
-    from tilescope.catalog import url_from_connection
-
-    try:
-        conn = BaseHook.get_connection(_CATALOG_CONN_ID)
-    except Exception:  # connection not defined: the catalog is optional, the log says so
-        print(f"no '{_CATALOG_CONN_ID}' connection: skipping the SQL catalog")
-        return None
-    return url_from_connection(conn.conn_type, host=conn.host, login=conn.login,
-                               password=conn.password, port=conn.port, schema=conn.schema)
 
 
 @dag(
@@ -102,51 +79,59 @@ def tiled_inference() -> None:
     def preprocess() -> list[dict[str, Any]]:
         """Validate, plan, stage pixels. Returns the region list (what analyze maps over);
         everything else goes to the ``prepared`` XCom."""
+        from tilescope.airflow_adapters import s3_client, task_outcome
         from tilescope.models import load_model, model_slice_size
         from tilescope.steps import prepare
 
         context = get_current_context()
-        params = _params()
-        model = None
-        if params.full_image_pass:
-            model = load_model(params.model, score_threshold=params.score_threshold)
-        prepared = prepare(context["params"]["image_uri"], params, client=_s3_client(),
-                           run=context["run_id"], model_slice_size=model_slice_size(params.model),
-                           full_image_model=model)
+        with task_outcome():
+            params = _params()
+            model = None
+            if params.full_image_pass:
+                model = load_model(params.model, score_threshold=params.score_threshold)
+            prepared = prepare(context["params"]["image_uri"], params, client=s3_client(),
+                               run=context["run_id"],
+                               model_slice_size=model_slice_size(params.model),
+                               full_image_model=model)
         regions = prepared.pop("regions")
         context["ti"].xcom_push(key="prepared", value=prepared)
         return regions
 
     @task(map_index_template="{{ region_label }}")
     def analyze(region: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
+        from tilescope.airflow_adapters import s3_client, task_outcome
         from tilescope.models import load_model
         from tilescope.steps import analyze as analyze_step
 
         context = get_current_context()
         context["region_label"] = f"{region['name']} · {region['slice_count']} slices"
         params = _params()
-        with load_model(params.model, score_threshold=params.score_threshold) as model:
+        with task_outcome(), load_model(params.model,
+                                        score_threshold=params.score_threshold) as model:
             return analyze_step(region, prepared["source_uri"], params, model,
-                                client=_s3_client(), scratch_prefix=prepared["scratch_prefix"],
+                                client=s3_client(), scratch_prefix=prepared["scratch_prefix"],
                                 attempt=int(context["ti"].try_number))
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
+        from tilescope.airflow_adapters import s3_client, task_outcome
         from tilescope.steps import combine, save_result
 
         params = _params()
-        client = _s3_client()
-        # findings[:] is one bulk XCom read; failed regions simply have no entry.
-        result = combine(prepared, list(findings[:]), params, params.model, client=client)
-        return save_result(result, prepared["scratch_prefix"], client)
+        client = s3_client()
+        with task_outcome():
+            # findings[:] is one bulk XCom read; failed regions simply have no entry.
+            result = combine(prepared, list(findings[:]), params, params.model, client=client)
+            return save_result(result, prepared["scratch_prefix"], client)
 
     @task(outlets=[RESULTS_ASSET])
     def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
+        from tilescope.airflow_adapters import catalog_url, s3_client
         from tilescope.steps import store as store_step
 
         context = get_current_context()
-        summary = store_step(result_uri, prepared, _params(), client=_s3_client(),
-                             catalog_url=_catalog_url(), run_id=context["run_id"])
+        summary = store_step(result_uri, prepared, _params(), client=s3_client(),
+                             catalog_url=catalog_url(), run_id=context["run_id"])
         context["outlet_events"][RESULTS_ASSET].extra = {
             "image_id": summary["image_id"], "image_uri": summary["image_uri"],
             "status": summary["status"], "detections": summary["detections"],

@@ -26,11 +26,15 @@ class ImageTooLargeError(BadImageError):
 
 
 class ModelError(TilescopeError):
-    """A model could not be loaded or failed to run."""
+    """A model failed to run; another attempt may succeed (a crashed or overloaded backend)."""
+
+    retryable = True
 
 
 class ModelUnavailableError(ModelError):
     """Model weights could not be obtained (cache empty and the package registry unreachable)."""
+
+    retryable = False
 
 
 class ModelThrottledError(ModelError):

@@ -44,6 +44,8 @@ class InferenceParams:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= float(self.overlap) < 0.9:
             raise ConfigError(f"overlap must be in [0, 0.9), got {self.overlap}")
+        if self.slice_size == "model":
+            object.__setattr__(self, "slice_size", None)
         if self.slice_size not in (None, "auto"):
             try:
                 size = int(self.slice_size)
@@ -59,8 +61,8 @@ class InferenceParams:
         """Build from a dict (DAG params, JSON), ignoring keys that are not parameters."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        if values.get("slice_size") in ("", 0):
-            values["slice_size"] = None
+        if values.get("slice_size") in ("", 0, "model"):
+            values["slice_size"] = None  # the model's own input size
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tilescope.models.base import DetectionModel
 from tilescope.params import InferenceParams
 from tilescope.postprocess.combine import merge
 from tilescope.readers.base import ImageReader
-from tilescope.results import ImageInfo, RegionFinding, Result
+from tilescope.results import ImageInfo, RegionFinding, Result, quantize
 from tilescope.slicing import Region, SlicePlan, parse_grid, plan_slices, sahi_auto_slice_params
 
 #: ``progress(done_slices, total_slices)`` callback type
@@ -61,7 +61,7 @@ def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
     model_done = time.perf_counter()
     dets = Detections.concat(d.shifted(s.x1, s.y1) for d, s in zip(per_slice, slices, strict=True))
     dets = dets.select(dets.scores >= params.score_threshold)
-    merged = merge_detections(dets, params)
+    merged = quantize(merge_detections(dets, params))
     finished = time.perf_counter()
     return RegionFinding(
         index=region.index, name=region.name, row=region.row, col=region.col,
@@ -74,7 +74,7 @@ def full_image_detections(reader: ImageReader, model: DetectionModel,
                           params: InferenceParams) -> Detections:
     """One model call on the whole (downscaled) image, as SAHI's ``perform_standard_pred``."""
     (dets,) = model.predict([reader.read_all()])
-    return dets.select(dets.scores >= params.score_threshold)
+    return quantize(dets.select(dets.scores >= params.score_threshold))
 
 
 def failed_finding(region: Region, error: str, attempts: int = 1) -> RegionFinding:

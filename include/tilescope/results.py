@@ -44,10 +44,25 @@ class ImageInfo:
                    str(data["sha256"]), str(data["format"]), int(data["bytes"]))
 
 
+BOX_DECIMALS = 2
+SCORE_DECIMALS = 4
+
+
+def quantize(dets: Detections) -> Detections:
+    """Detections rounded to what results keep (0.01 px, 4-digit scores).
+
+    Region findings are quantized where they are made, so a finding that travelled through
+    JSON (an XCom) and one that stayed in memory (the CLI) are the same numbers.
+    """
+    return Detections(np.round(dets.boxes.astype(np.float64), BOX_DECIMALS),
+                      np.round(dets.scores.astype(np.float64), SCORE_DECIMALS),
+                      dets.category_ids)
+
+
 def detections_to_compact(dets: Detections) -> dict[str, list]:
-    """Columnar lists rounded to what matters (0.1 px, 4-digit scores): small and JSON-able."""
-    return {"boxes": np.round(dets.boxes.astype(np.float64), 1).tolist(),
-            "scores": np.round(dets.scores.astype(np.float64), 4).tolist(),
+    """Columnar lists rounded as :func:`quantize` does: small and JSON-able."""
+    return {"boxes": np.round(dets.boxes.astype(np.float64), BOX_DECIMALS).tolist(),
+            "scores": np.round(dets.scores.astype(np.float64), SCORE_DECIMALS).tolist(),
             "category_ids": dets.category_ids.tolist()}
 
 
@@ -74,12 +89,17 @@ class RegionFinding:
     attempts: int = 1
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    #: the count when the boxes themselves were not kept (result documents list regions
+    #: without their boxes, which are merged into the image-level detections)
+    detections_count: int | None = None
 
     def to_dict(self, *, with_detections: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
             "index": self.index, "name": self.name, "row": self.row, "col": self.col,
             "box": list(self.box), "slice_count": self.slice_count, "status": self.status,
-            "attempts": self.attempts, "detections_count": len(self.detections),
+            "attempts": self.attempts,
+            "detections_count": len(self.detections) if self.detections_count is None
+            or len(self.detections) else self.detections_count,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "error": self.error,
         }
         if with_detections:
@@ -96,7 +116,8 @@ class RegionFinding:
                    status=str(data.get("status", "success")),
                    attempts=int(data.get("attempts", 1)),
                    seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
-                   error=data.get("error"))
+                   error=data.get("error"),
+                   detections_count=None if dets else data.get("detections_count"))
 
 
 @dataclass
@@ -148,8 +169,9 @@ class Result:
     def detection_records(self) -> list[dict[str, Any]]:
         """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""
         boxes = self.detections.boxes.astype(np.float64)
-        xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]), 2)
-        scores = np.round(self.detections.scores.astype(np.float64), 4)
+        xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]),
+                        BOX_DECIMALS)
+        scores = np.round(self.detections.scores.astype(np.float64), SCORE_DECIMALS)
         return [{"bbox": xywh[i].tolist(), "score": float(scores[i]),
                  "category_id": int(c), "category_name": self.category_name(int(c))}
                 for i, c in enumerate(self.detections.category_ids)]

@@ -53,15 +53,21 @@ def test_tiled_inference_shape(dagbag):
 
 
 def test_params_refuse_bad_values_at_trigger_time(dagbag):
-    from airflow.sdk.definitions.param import ParamsDict
+    import copy
+
+    from airflow.sdk.definitions.param import ParamValidationError
 
     dag = dagbag.dags["tiled_inference"]
-    good = {"image_uri": "s3://bucket/incoming/x.jpg"}
-    ParamsDict({**dag.params, **good}).validate()
+    good = {"image_uri": "s3://bucket/incoming/x.jpg", "grid": "3x4", "slice_size": "640"}
+    params = copy.deepcopy(dag.params)
+    for key, value in good.items():
+        params[key] = value
+    params.validate()
     for bad in ({"image_uri": "/local/path.jpg"}, {"overlap": 0.95}, {"grid": "3"},
-                {"score_threshold": 2}, {"postprocess": "wbf"}, {"slice_size": "huge"}):
-        params = dag.params.deepcopy()
-        for key, value in {**good, **bad}.items():
-            params[key] = value
-        with pytest.raises(Exception, match="Invalid input|validat|not valid"):
+                {"score_threshold": 2}, {"postprocess": "wbf"}, {"slice_size": "huge"},
+                {"min_success_ratio": -0.1}):
+        params = copy.deepcopy(dag.params)
+        with pytest.raises(ParamValidationError):
+            for key, value in bad.items():
+                params[key] = value
             params.validate()

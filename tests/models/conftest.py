@@ -53,6 +53,7 @@ def _load_module(name: str, path: Path) -> ModuleType:
 @pytest.fixture(scope="session")
 def run_reference() -> Callable[..., list]:
     """The numpy TF-semantics interpreter of ``tfjs_reference.py`` (import-mode independent)."""
-    module = _load_module("tilescope_tests_tfjs_reference", Path(__file__).with_name(
-        "tfjs_reference.py"))
+    module = _load_module(
+        "tilescope_tests_tfjs_reference", Path(__file__).with_name("tfjs_reference.py")
+    )
     return module.run_reference

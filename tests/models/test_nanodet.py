@@ -120,8 +120,9 @@ def test_small_slice_is_not_enlarged_and_padding_is_zero() -> None:
     assert tensor.shape == (1, 3, INPUT_SIZE, INPUT_SIZE) and tensor.dtype == np.float32
     expected_rgb = (image.astype(np.float32) - _MEAN_RGB) / _STD_RGB
     # channel 0 of the network input is *blue*
-    np.testing.assert_allclose(tensor[0, :, :150, :200], expected_rgb[..., ::-1].transpose(2, 0, 1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tensor[0, :, :150, :200], expected_rgb[..., ::-1].transpose(2, 0, 1), rtol=1e-5, atol=1e-5
+    )
     assert not tensor[0, :, 150:, :].any() and not tensor[0, :, :, 200:].any()
 
 
@@ -234,8 +235,12 @@ def test_empty_inputs(nanodet: NanoDetModel) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"score_threshold": 1.5}, {"nms_threshold": 0}, {"intra_op_threads": 0},
-     {"parallel_slices": 0}],
+    [
+        {"score_threshold": 1.5},
+        {"nms_threshold": 0},
+        {"intra_op_threads": 0},
+        {"parallel_slices": 0},
+    ],
 )
 def test_invalid_options(options: dict[str, float], nanodet_onnx) -> None:
     with pytest.raises(ConfigError):

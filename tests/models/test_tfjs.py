@@ -136,32 +136,55 @@ def onnx_tf_style_graph() -> tuple[GraphWriter, list[str]]:
     nchw, nhwc = g.ints("to_nchw", [0, 3, 1, 2]), g.ints("to_nhwc", [0, 2, 3, 1])
     p = g.op("pad", "Pad", [x, g.ints("pads", [[0, 0], [0, 0], [1, 1], [1, 1]])])
     t = g.op("t1", "Transpose", [p, nhwc])
-    c = g.op("conv1", "Conv2D", [t, g.const("w1", RNG.normal(size=(3, 3, 3, 8)))],
-             **conv_attrs(2))
+    c = g.op("conv1", "Conv2D", [t, g.const("w1", RNG.normal(size=(3, 3, 3, 8)))], **conv_attrs(2))
     a = g.op("bias1", "Add", [c, g.const("b1", RNG.normal(size=8))])
     l1 = g.op("lrelu1", "LeakyRelu", [g.op("t2", "Transpose", [a, nchw])], alpha={"f": 0.1})
     t3 = g.op("t3", "Transpose", [l1, nhwc])
-    c2 = g.op("conv2", "Conv2D", [t3, g.const("w2", RNG.normal(size=(1, 1, 8, 8)))],
-              **conv_attrs())
+    c2 = g.op("conv2", "Conv2D", [t3, g.const("w2", RNG.normal(size=(1, 1, 8, 8)))], **conv_attrs())
     a2 = g.op("bias2", "Add", [c2, g.const("b2", RNG.normal(size=8))])
     l2 = g.op("lrelu2", "LeakyRelu", [g.op("t4", "Transpose", [a2, nchw])], alpha={"f": 0.1})
     cat = g.op("cat", "ConcatV2", [l1, l2, g.ints("axis", 1)], N={"i": "2"})  # [1,16,6,5]
-    pv = g.op("padv2", "PadV2", [cat, g.ints("pads2", [[0, 0], [0, 0], [0, 1], [0, 1]]),
-                                 g.const("pad_value", -3.0)])
-    mp = g.op("pool", "MaxPool", [g.op("t5", "Transpose", [pv, nhwc])],
-              ksize=ints_attr([1, 2, 2, 1]), strides=ints_attr([1, 2, 2, 1]),
-              padding=s_attr("VALID"), data_format=s_attr("NHWC"))  # NHWC [1,3,3,16]
-    rz = g.op("resize", "ResizeBilinear", [mp, g.ints("size", [6, 5])],
-              half_pixel_centers={"b": True}, align_corners={"b": False})
+    pv = g.op(
+        "padv2",
+        "PadV2",
+        [cat, g.ints("pads2", [[0, 0], [0, 0], [0, 1], [0, 1]]), g.const("pad_value", -3.0)],
+    )
+    mp = g.op(
+        "pool",
+        "MaxPool",
+        [g.op("t5", "Transpose", [pv, nhwc])],
+        ksize=ints_attr([1, 2, 2, 1]),
+        strides=ints_attr([1, 2, 2, 1]),
+        padding=s_attr("VALID"),
+        data_format=s_attr("NHWC"),
+    )  # NHWC [1,3,3,16]
+    rz = g.op(
+        "resize",
+        "ResizeBilinear",
+        [mp, g.ints("size", [6, 5])],
+        half_pixel_centers={"b": True},
+        align_corners={"b": False},
+    )
     s = g.op("sum", "AddV2", [g.op("t6", "Transpose", [rz, nchw]), cat])
-    sp = g.op("split", "SplitV", [s, g.ints("sizes", [10, -1]), g.ints("split_dim", 1)],
-              num_split={"i": "2"})
+    sp = g.op(
+        "split",
+        "SplitV",
+        [s, g.ints("sizes", [10, -1]), g.ints("split_dim", 1)],
+        num_split={"i": "2"},
+    )
     sig = g.op("sig", "Sigmoid", [sp])
     # the shape arithmetic onnx-tf emits: SparseToDense(empty) + const, folded by the converter
     where = g.ints("where", np.zeros((0, 1)), "DT_INT64")
-    dense = g.op("std", "SparseToDense", [where, g.ints("dshape", [3], "DT_INT64"),
-                                          g.ints("gather", np.zeros(0), "DT_INT64"),
-                                          g.ints("zeros", 0, "DT_INT64")])
+    dense = g.op(
+        "std",
+        "SparseToDense",
+        [
+            where,
+            g.ints("dshape", [3], "DT_INT64"),
+            g.ints("gather", np.zeros(0), "DT_INT64"),
+            g.ints("zeros", 0, "DT_INT64"),
+        ],
+    )
     target = g.op("target", "AddV2", [g.ints("base_shape", [1, 10, -1], "DT_INT64"), dense])
     r1 = g.op("reshape1", "Reshape", [sig, target])
     g.op("Identity", "Identity", [g.op("t7", "Transpose", [r1, g.ints("p021", [0, 2, 1])])])
@@ -174,36 +197,57 @@ def nhwc_graph() -> tuple[GraphWriter, list[str]]:
     """A TF-native NHWC network: fused convs, depthwise, SAME padding, arithmetic, Mean."""
     g = GraphWriter(float16=False)
     x = g.input("image", [1, 11, 13, 4])
-    f = g.op("fused", "_FusedConv2D",
-             [x, g.const("fw", RNG.normal(size=(3, 3, 4, 6))), g.const("fb", RNG.normal(size=6))],
-             **conv_attrs(2, "SAME"), fused_ops=strs_attr(["BiasAdd", "Relu"]),
-             num_args={"i": "1"})  # [1,6,7,6]
-    d = g.op("dw", "FusedDepthwiseConv2dNative",
-             [f, g.const("dw_w", RNG.normal(size=(3, 3, 6, 2))),
-              g.const("dw_b", RNG.normal(size=12))],
-             **conv_attrs(1, "SAME"), fused_ops=strs_attr(["BiasAdd", "Relu6"]),
-             num_args={"i": "1"})  # [1,6,7,12]
+    f = g.op(
+        "fused",
+        "_FusedConv2D",
+        [x, g.const("fw", RNG.normal(size=(3, 3, 4, 6))), g.const("fb", RNG.normal(size=6))],
+        **conv_attrs(2, "SAME"),
+        fused_ops=strs_attr(["BiasAdd", "Relu"]),
+        num_args={"i": "1"},
+    )  # [1,6,7,6]
+    d = g.op(
+        "dw",
+        "FusedDepthwiseConv2dNative",
+        [f, g.const("dw_w", RNG.normal(size=(3, 3, 6, 2))), g.const("dw_b", RNG.normal(size=12))],
+        **conv_attrs(1, "SAME"),
+        fused_ops=strs_attr(["BiasAdd", "Relu6"]),
+        num_args={"i": "1"},
+    )  # [1,6,7,12]
     # a Pad on a tensor the converter keeps in NCHW while TF sees NHWC (not before a
     # MaxPool: onnxruntime's PadFusion wrongly folds zero pads into MaxPool pads)
     d = g.op("pad", "Pad", [d, g.ints("pads", [[0, 0], [1, 2], [0, 1], [0, 0]])])  # [1,9,8,12]
-    d2 = g.op("dw2", "DepthwiseConv2dNative", [d, g.const("dw2_w", RNG.normal(size=(3, 3, 12, 1)))],
-              **{**conv_attrs(1, "SAME"), "dilations": ints_attr([1, 2, 2, 1])})
+    d2 = g.op(
+        "dw2",
+        "DepthwiseConv2dNative",
+        [d, g.const("dw2_w", RNG.normal(size=(3, 3, 12, 1)))],
+        **{**conv_attrs(1, "SAME"), "dilations": ints_attr([1, 2, 2, 1])},
+    )
     m = g.op("mul", "Mul", [d2, g.const("scale", RNG.normal(size=12))])
     s = g.op("sub", "Sub", [m, g.const("half", 0.5)])
     r = g.op("div", "RealDiv", [s, g.const("two", 2.0)])
     r6 = g.op("relu6", "Relu6", [r])
-    mp = g.op("pool", "MaxPool", [r6], ksize=ints_attr([1, 3, 3, 1]),
-              strides=ints_attr([1, 2, 2, 1]), padding=s_attr("SAME"))  # [1,4,4,12]
-    rz = g.op("resize", "ResizeBilinear", [mp, g.ints("size", [5, 7])],
-              align_corners={"b": True})
-    g.op("Identity", "Identity", [g.op("mean", "Mean", [rz, g.ints("axes", [1, 2])],
-                                       keep_dims={"b": False})])
+    mp = g.op(
+        "pool",
+        "MaxPool",
+        [r6],
+        ksize=ints_attr([1, 3, 3, 1]),
+        strides=ints_attr([1, 2, 2, 1]),
+        padding=s_attr("SAME"),
+    )  # [1,4,4,12]
+    rz = g.op("resize", "ResizeBilinear", [mp, g.ints("size", [5, 7])], align_corners={"b": True})
+    g.op(
+        "Identity",
+        "Identity",
+        [g.op("mean", "Mean", [rz, g.ints("axes", [1, 2])], keep_dims={"b": False})],
+    )
     g.op("Identity_1", "Identity", [g.op("relu", "Relu", [rz])])
     return g, ["Identity", "Identity_1"]
 
 
 def check_against_reference(
-    writer: GraphWriter, outputs: list[str], feeds: dict[str, np.ndarray],
+    writer: GraphWriter,
+    outputs: list[str],
+    feeds: dict[str, np.ndarray],
     run_reference: Callable[..., list[np.ndarray]],
 ) -> onnx.ModelProto:
     model, shards = writer.model(outputs)
@@ -283,18 +327,28 @@ def test_decode_weights_float16_affine_and_multiple_shards() -> None:
     quantized = np.array([0, 1, 255], np.uint8)
     raw = np.arange(3, dtype=np.float32)
     blob = (
-        halfs.astype("<f2").tobytes() + ints.astype("<i4").tobytes()
-        + quantized.tobytes() + raw.astype("<f4").tobytes()
+        halfs.astype("<f2").tobytes()
+        + ints.astype("<i4").tobytes()
+        + quantized.tobytes()
+        + raw.astype("<f4").tobytes()
     )
     manifest = [
         {
             "paths": ["a.bin", "b.bin"],  # one group split over two shards
             "weights": [
-                {"name": "h", "shape": [2, 2], "dtype": "float32",
-                 "quantization": {"dtype": "float16", "original_dtype": "float32"}},
+                {
+                    "name": "h",
+                    "shape": [2, 2],
+                    "dtype": "float32",
+                    "quantization": {"dtype": "float16", "original_dtype": "float32"},
+                },
                 {"name": "i", "shape": [3], "dtype": "int32"},
-                {"name": "q", "shape": [3], "dtype": "float32",
-                 "quantization": {"dtype": "uint8", "scale": 0.5, "min": -1.0}},
+                {
+                    "name": "q",
+                    "shape": [3],
+                    "dtype": "float32",
+                    "quantization": {"dtype": "uint8", "scale": 0.5, "min": -1.0},
+                },
                 {"name": "f", "shape": [3], "dtype": "float32"},
             ],
         }

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelError
 from tilescope.models.base import DetectionModel
-from tilescope.models.coco import COCO_NAMES
+from tilescope.models.coco import COCO_CATEGORY_IDS, COCO_NAMES
 from tilescope.postprocess.combine import nms
 
 __all__ = ["INPUT_SIZE", "NanoDetModel", "decode_nanodet", "preprocess"]
@@ -127,6 +127,8 @@ class NanoDetModel(DetectionModel):
 
     name = "nanodet-coco"
     preferred_slice_size = INPUT_SIZE
+    CATEGORY_NAMES = COCO_NAMES
+    COCO_CATEGORY_IDS = COCO_CATEGORY_IDS
 
     def __init__(
         self,

@@ -458,7 +458,9 @@ class _Converter:
             dims = [d if d >= 0 else None for d in value.shape] if value.shape else None
             infos.append(helper.make_tensor_value_info(out_name, _onnx_dtype(value.dtype), dims))
         names = [name for _, name in outputs]
-        self.onnx_nodes = _fold_conv_bias(self.onnx_nodes, self.initializers, set(names))
+        self.onnx_nodes = _fold_conv_bias(
+            self.onnx_nodes, self.initializers, self.initializer, set(names)
+        )
         nodes = self._live_nodes(names)
         used = {i for n in nodes for i in n.input}
         inits = [t for name, t in self.initializers.items() if name in used]
@@ -479,7 +481,10 @@ class _Converter:
 
 
 def _fold_conv_bias(
-    nodes: list[onnx.NodeProto], initializers: dict[str, TensorProto], outputs: set[str]
+    nodes: list[onnx.NodeProto],
+    initializers: Mapping[str, TensorProto],
+    add_initializer: Callable[[str, np.ndarray], str],
+    outputs: set[str],
 ) -> list[onnx.NodeProto]:
     """``Add(Conv(x), per-channel constant)`` → one ``Conv`` with that bias.
 
@@ -506,9 +511,7 @@ def _fold_conv_bias(
             if bias.shape[0] != 1 or bias.shape[2:] != (1, 1) or bias.shape[1] not in (1, channels):
                 continue
             vector = np.broadcast_to(bias.reshape(-1), (channels,)).astype(np.float32)
-            name = f"{conv.name}/bias"
-            initializers[name] = numpy_helper.from_array(np.ascontiguousarray(vector), name)
-            conv.input.append(name)
+            conv.input.append(add_initializer(f"{conv.name}/bias", vector))
             conv.output[0] = node.output[0]
             del convs[x]
             dropped.add(id(node))

@@ -57,6 +57,7 @@ Intentional differences from SAHI:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -69,8 +70,9 @@ MatchMetric = Literal["iou", "ios"]
 _STRATEGIES = ("nms", "nmm", "greedynmm")
 _METRICS = ("iou", "ios")
 
-# Up to this many boxes the all-pairs matrix is cheaper than sorting into strips.
-_DENSE_MAX = 96
+# Up to this many boxes (one slice's worth) an all-pairs matrix with Python-int bitset rows
+# is cheapest: per-call overhead, not asymptotics, is what counts there.
+_SMALL_MAX = 128
 # Strip entries (box x strip) allowed per box on average before the strips are made taller.
 _MAX_ENTRIES_PER_BOX = 32
 # Candidate pairs are generated and filtered in chunks of about this many, to bound memory.
@@ -102,6 +104,8 @@ def nms(
     n = len(dets)
     if n == 0:
         return Detections.empty()
+    if n <= _SMALL_MAX and threshold > 0:
+        return _small(dets, "nms", metric, threshold, class_agnostic)
     ctx = _Context(dets, class_agnostic)
     if threshold <= 0:
         kept = _match_all_tops(ctx)
@@ -133,6 +137,8 @@ def merge(
     n = len(dets)
     if n == 0:
         return Detections.empty()
+    if n <= _SMALL_MAX and threshold > 0:
+        return _small(dets, strategy, metric, threshold, class_agnostic)
     ctx = _Context(dets, class_agnostic)
     if threshold <= 0:
         owner, member_key = _match_all_groups(ctx, strategy)
@@ -236,19 +242,7 @@ def _match_edges(ctx: _Context, metric: str, threshold: float) -> tuple[np.ndarr
     Only for ``threshold > 0``: then a match needs a positive intersection, so only boxes that
     overlap need to be looked at.
     """
-    if ctx.n <= _DENSE_MAX:
-        a, b = _dense_pairs(ctx)
-        match = (
-            _pair_metric(
-                (ctx.x1[a], ctx.y1[a], ctx.x2[a], ctx.y2[a], ctx.area[a]),
-                (ctx.x1[b], ctx.y1[b], ctx.x2[b], ctx.y2[b], ctx.area[b]),
-                metric,
-            )
-            >= threshold
-        )
-        a, b = a[match], b[match]
-    else:
-        a, b = _strip_matches(ctx, metric, threshold)
+    a, b = _strip_matches(ctx, metric, threshold)
     flip = ctx.rank[a] > ctx.rank[b]
     return np.where(flip, b, a), np.where(flip, a, b)
 
@@ -268,18 +262,6 @@ def _pair_metric(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...], metric: s
     out = np.zeros(len(inter), dtype=np.float32)
     np.divide(inter, denom, out=out, where=denom > 0)
     return out
-
-
-def _dense_pairs(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs ``a < b`` that overlap (and share a category when class-aware); small n only."""
-    x1, y1, x2, y2 = ctx.x1, ctx.y1, ctx.x2, ctx.y2
-    ok = (np.minimum(x2[:, None], x2[None, :]) > np.maximum(x1[:, None], x1[None, :])) & (
-        np.minimum(y2[:, None], y2[None, :]) > np.maximum(y1[:, None], y1[None, :])
-    )
-    if ctx.group is not None:
-        ok &= ctx.group[:, None] == ctx.group[None, :]
-    a, b = np.nonzero(np.triu(ok, 1))
-    return a, b
 
 
 def _sortable_bits(values: np.ndarray) -> np.ndarray:
@@ -633,27 +615,155 @@ def _merge_scalar(
 ) -> None:
     """Finish the merge of the first ``na`` groups from position ``t0`` with Python floats.
 
-    Python float arithmetic is IEEE double like numpy's float64, so the results are identical;
-    this only avoids numpy's per-call overhead for the long tail of a few very large groups.
+    Only avoids numpy's per-call overhead for the long tail of a few very large groups.
     """
     bx1, by1, bx2, by2, bs, bc = state
     for g in range(na):
-        c1, d1, c2, d2 = float(bx1[g]), float(by1[g]), float(bx2[g]), float(by2[g])
-        score, cat = float(bs[g]), int(bc[g])
         lo, hi = int(starts[g]) + t0, int(starts[g] + lens[g])
-        mx1, my1, mx2, my2, ms, mc = (a[lo:hi].tolist() for a in member)
-        for i in range(hi - lo):
-            p1, q1, p2, q2 = mx1[i], my1[i], mx2[i], my2[i]
-            w = max(min(c2, p2) - max(c1, p1), 0.0)
-            h = max(min(d2, q2) - max(d1, q1), 0.0)
-            inter = w * h
-            area_c = (c2 - c1) * (d2 - d1)
-            area_p = (p2 - p1) * (q2 - q1)
-            denom = area_c + area_p - inter if is_iou else min(area_c, area_p)
-            if denom == 0 or not inter / denom >= threshold:
-                continue
-            if not score > ms[i]:
-                cat = mc[i]
-            score = max(score, ms[i])
-            c1, d1, c2, d2 = min(c1, p1), min(d1, q1), max(c2, p2), max(d2, q2)
-        bx1[g], by1[g], bx2[g], by2[g], bs[g], bc[g] = c1, d1, c2, d2, score, cat
+        cols = [a[lo:hi].tolist() for a in member]
+        out = _merge_group(
+            [float(bx1[g]), float(by1[g]), float(bx2[g]), float(by2[g])],
+            float(bs[g]),
+            int(bc[g]),
+            zip(*cols, strict=True),
+            is_iou,
+            threshold,
+        )
+        (bx1[g], by1[g], bx2[g], by2[g]), bs[g], bc[g] = out
+
+
+def _merge_group(
+    box: list[float],
+    score: float,
+    cat: int,
+    members: Iterable[tuple[float, float, float, float, float, int]],
+    is_iou: bool,
+    threshold: float,
+) -> tuple[list[float], float, int]:
+    """SAHI's ``_apply_merge`` for one keeper, in Python floats (IEEE double = numpy float64).
+
+    Each member ``(x1, y1, x2, y2, score, category)`` is merged only if it still matches the
+    merged box so far; a zero denominator is SAHI's 0/0 = nan, i.e. no match.
+    """
+    c1, d1, c2, d2 = box
+    for p1, q1, p2, q2, ms, mc in members:
+        inter = max(min(c2, p2) - max(c1, p1), 0.0) * max(min(d2, q2) - max(d1, q1), 0.0)
+        area_c = (c2 - c1) * (d2 - d1)
+        area_p = (p2 - p1) * (q2 - q1)
+        denom = area_c + area_p - inter if is_iou else min(area_c, area_p)
+        if denom == 0 or not inter / denom >= threshold:
+            continue
+        if not score > ms:  # SAHI's get_merged_category: strict ">" gives ties to the member
+            cat = mc
+        score = max(score, ms)
+        c1, d1, c2, d2 = min(c1, p1), min(d1, q1), max(c2, p2), max(d2, q2)
+    return [c1, d1, c2, d2], score, cat
+
+
+# ---------------------------------------------------------------------------
+# Small inputs
+# ---------------------------------------------------------------------------
+
+
+def _small(
+    dets: Detections, strategy: str, metric: str, threshold: float, class_agnostic: bool
+) -> Detections:
+    """Any strategy on a few boxes (``threshold > 0``): one all-pairs matrix, then Python loops.
+
+    Same semantics as the sparse path (and SAHI's dense numpy path): boxes are processed in
+    rank order, and each row of the match matrix, restricted to later-ranked boxes, is a Python
+    int bitset, so suppressing or claiming a whole row is a single ``|`` / ``& ~``.
+    """
+    n = len(dets)
+    boxes = dets.boxes
+    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -dets.scores))
+    b = boxes[order]
+    s = dets.scores[order]
+    c = dets.category_ids[order]
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area = (x2 - x1) * (y2 - y1)
+    iw = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
+    ih = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+    inter = np.maximum(np.float32(0), iw) * np.maximum(np.float32(0), ih)
+    if metric == "iou":
+        denom = area[:, None] + area[None, :] - inter
+    else:
+        denom = np.minimum(area[:, None], area[None, :])
+    ratio = np.zeros((n, n), dtype=np.float32)
+    np.divide(inter, denom, out=ratio, where=denom > 0)
+    match = ratio >= threshold
+    if not class_agnostic:
+        match &= c[:, None] == c[None, :]
+    if strategy == "nmm":
+        # NMM only claims dominated boxes: lower score, or equal score and equal coordinates.
+        tie = np.triu(match, 1) & (s[:, None] == s[None, :])
+        if tie.any():
+            ti, tj = np.nonzero(tie)
+            match[ti, tj] = (b[ti] == b[tj]).all(axis=1)
+    packed = np.packbits(np.triu(match, 1), axis=1, bitorder="little")
+    width = packed.shape[1]
+    raw = packed.tobytes()
+    rows = [int.from_bytes(raw[i * width : (i + 1) * width], "little") for i in range(n)]
+    cats = c.tolist()
+
+    if strategy == "nms":
+        keep: list[int] = []
+        done = 0
+        for i in range(n):
+            if not (done >> i) & 1:
+                keep.append(i)
+                done |= rows[i]
+        if not class_agnostic:
+            scores = s.tolist()
+            keep.sort(key=lambda i: (-scores[i], cats[i], i))
+        return dets.select(order[np.array(keep, dtype=np.int64)])
+
+    groups: dict[int, list[int]] = {}
+    done = 0
+    if strategy == "greedynmm":
+        for i in range(n):
+            if not (done >> i) & 1:
+                m = rows[i] & ~done
+                done |= m
+                groups[i] = _bits(m)
+    else:
+        owner = list(range(n))
+        index = order.tolist()
+        for i in range(n):
+            if not (done >> i) & 1:
+                done |= 1 << i
+                groups[i] = []
+            m = rows[i] & ~done
+            if m:
+                done |= m
+                js = sorted(_bits(m), key=index.__getitem__)  # SAHI appends in index order
+                for j in js:
+                    owner[j] = owner[i]
+                groups[owner[i]].extend(js)
+
+    keepers = list(groups)
+    if not class_agnostic:
+        keepers.sort(key=lambda k: (cats[k], k))
+    cols = [col.tolist() for col in (b[:, 0], b[:, 1], b[:, 2], b[:, 3], s)]
+    bx1, by1, bx2, by2, sc = cols
+    out_boxes, out_scores, out_cats = [], [], []
+    is_iou = metric == "iou"
+    for k in keepers:
+        members = ((bx1[j], by1[j], bx2[j], by2[j], sc[j], cats[j]) for j in groups[k])
+        box, score, cat = _merge_group(
+            [bx1[k], by1[k], bx2[k], by2[k]], sc[k], cats[k], members, is_iou, threshold
+        )
+        out_boxes.append(box)
+        out_scores.append(score)
+        out_cats.append(cat)
+    return Detections(np.array(out_boxes), np.array(out_scores), np.array(out_cats))
+
+
+def _bits(mask: int) -> list[int]:
+    """Positions of the set bits of ``mask``, ascending."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out

@@ -107,7 +107,7 @@ def identities_json(creds: S3Credentials) -> str:
 
 
 def weed_argv(weed: Path, data_dir: Path, identities: Path, ports: SeaweedPorts) -> list[str]:
-    """The ``weed mini`` command line (never ``weed server -s3``: it degrades after a few buckets)."""
+    """The ``weed mini`` command line (not ``weed server -s3``: it fails after a few buckets)."""
     return [str(weed), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.config={identities}", "-master.telemetry=false", "-webdav=false",
             "-admin.ui=false", "-s3.allowDeleteBucketNotEmpty=false",

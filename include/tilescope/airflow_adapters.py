@@ -1,0 +1,52 @@
+"""The few Airflow-specific pieces the DAG files share (imported only inside tasks).
+
+Connections become plain clients/URLs here, and tilescope's error classes become Airflow
+outcomes: bad input fails the task at once (no retry can fix it), transient errors retry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tilescope.errors import TilescopeError
+
+AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
+CATALOG_CONN_ID = os.getenv("TILESCOPE_CATALOG_CONN_ID", "tilescope_catalog")
+
+
+def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
+    """A boto3 S3 client from an Airflow AWS connection (endpoint_url in its extra)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def catalog_url(conn_id: str = CATALOG_CONN_ID) -> str | None:
+    """The SQL catalog's SQLAlchemy URL from an Airflow connection, or ``None`` if undefined."""
+    from airflow.sdk import BaseHook
+
+    from tilescope.catalog import url_from_connection
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # undefined connection: the catalog is optional, and the log says so
+        print(f"no '{conn_id}' connection defined: the SQL catalog is skipped")
+        return None
+    return url_from_connection(conn.conn_type, host=conn.host, login=conn.login,
+                               password=conn.password, port=conn.port, schema=conn.schema)
+
+
+@contextmanager
+def task_outcome() -> Iterator[None]:
+    """Turn non-retryable tilescope errors into an immediate task failure (no retries)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except TilescopeError as exc:
+        if exc.retryable:
+            raise
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
