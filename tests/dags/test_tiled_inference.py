@@ -97,11 +97,14 @@ def test_kite_end_to_end_equals_the_cli(dag, airflow_env, sample):
     client = airflow_env["client"]
     data = Path(sample("kite")).read_bytes()
     uri = upload(client, "incoming/kite.jpg", data)
-    conf = {"image_uri": uri, "grid": "2x2"}
+    conf = {"image_uri": uri, "grid": "2x2", "model": "nanodet-coco", "slice_size": "model",
+            "overlap": 0.2, "postprocess": "greedynmm", "match_metric": "ios",
+            "match_threshold": 0.5, "class_agnostic": False, "score_threshold": 0.3,
+            "full_image_pass": False, "min_success_ratio": 1.0}
     run = dag.test(run_conf=conf)
     assert str(run.state) == "success"
 
-    params = InferenceParams.from_dict({**dag.params, **conf} | {"slice_size": None})
+    params = InferenceParams.from_dict(conf)
     prefix = f"results/{__import__('hashlib').sha256(data).hexdigest()[:16]}/{params.digest()}/"
     assert sorted(keys_under(client, prefix)) == sorted(
         prefix + name for name in ("result.json", "coco.json", "overlay.png"))
@@ -166,7 +169,9 @@ def test_failed_region_is_retried_then_partial(dag, airflow_env, sample):
 def test_failed_region_below_min_success_ratio_fails_the_run(dag, airflow_env, sample):
     client = airflow_env["client"]
     uri = upload(client, "incoming/poisoned.png", poisoned_kite(sample))
-    run = dag.test(run_conf={"image_uri": uri, "grid": "2x2", "model": "poisoned-nanodet"})
+    # dag.test() keeps the previous run's conf in dag.params: state every value that matters.
+    run = dag.test(run_conf={"image_uri": uri, "grid": "2x2", "model": "poisoned-nanodet",
+                             "min_success_ratio": 1.0})
     assert str(run.state) == "failed"
     assert task_tries(dag.dag_id, run.run_id, "synthesize")[-1][0] == "failed"
     assert task_tries(dag.dag_id, run.run_id, "store")[-1][0] == "upstream_failed"
@@ -177,7 +182,7 @@ def test_failed_region_below_min_success_ratio_fails_the_run(dag, airflow_env, s
 def test_bad_image_fails_in_preprocess_and_keeps_the_original(dag, airflow_env):
     client = airflow_env["client"]
     uri = upload(client, "incoming/notes.jpg", b"this is not a picture")
-    run = dag.test(run_conf={"image_uri": uri})
+    run = dag.test(run_conf={"image_uri": uri, "model": "nanodet-coco"})
     assert str(run.state) == "failed"
     assert task_tries(dag.dag_id, run.run_id, "preprocess")[-1][0] == "failed"
     assert keys_under(client, "incoming/") == ["incoming/notes.jpg"]

@@ -214,7 +214,7 @@ def nhwc_graph() -> tuple[GraphWriter, list[str]]:
         num_args={"i": "1"},
     )  # [1,6,7,12]
     # a Pad on a tensor the converter keeps in NCHW while TF sees NHWC (not before a
-    # MaxPool: onnxruntime's PadFusion wrongly folds zero pads into MaxPool pads)
+    # MaxPool: onnxruntime's Pad_Fusion wrongly folds zero pads into MaxPool pads)
     d = g.op("pad", "Pad", [d, g.ints("pads", [[0, 0], [1, 2], [0, 1], [0, 0]])])  # [1,9,8,12]
     d2 = g.op(
         "dw2",
