@@ -1,0 +1,33 @@
+"""``make bench``: every benchmark, printed as ratios measured in the same run.
+
+    python bench/run.py [--size 8192] [--merge-sizes 10000 100000 300000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=8192, help="mosaic side for end to end")
+    parser.add_argument("--merge-sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI-sized)")
+    args = parser.parse_args()
+    size = 2048 if args.quick else args.size
+    merge_sizes = [10_000] if args.quick else args.merge_sizes
+    print("== merge only: tilescope vs SAHI 0.12.8 postprocess ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "merge_bench.py"), "--sizes",
+                    *map(str, merge_sizes)], check=True)
+    print(f"\n== end to end: {size}×{size} mosaic of real photos ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "e2e_bench.py"), "--size", str(size)], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
