@@ -1,4 +1,9 @@
-"""Name → model factory, with lazy imports so a backend's dependencies load only when used."""
+"""Name → model factory, with lazy imports so a backend's dependencies load only when used.
+
+Three sources, first match wins: :func:`register_model` in this process, the built-in table,
+and installed packages that declare an entry point in the ``tilescope.models`` group (how a
+user plugs a model into Airflow workers, which are separate processes).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,13 @@ _BUILTIN: dict[str, str] = {
     "nanodet-coco": "tilescope.models.nanodet:NanoDetModel",
 }
 _REGISTERED: dict[str, Callable[..., DetectionModel]] = {}
+ENTRY_POINT_GROUP = "tilescope.models"
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def register_model(name: str, factory: Callable[..., DetectionModel]) -> None:
@@ -23,7 +35,7 @@ def register_model(name: str, factory: Callable[..., DetectionModel]) -> None:
 
 def available_models() -> list[str]:
     """Every name :func:`load_model` accepts."""
-    return sorted({*_BUILTIN, *_REGISTERED})
+    return sorted({*_BUILTIN, *_REGISTERED, *_entry_points()})
 
 
 def model_factory(name: str) -> Callable[..., DetectionModel]:
@@ -32,7 +44,11 @@ def model_factory(name: str) -> Callable[..., DetectionModel]:
         return _REGISTERED[name]
     target = _BUILTIN.get(name)
     if target is None:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        entry_point = _entry_points().get(name)
+        if entry_point is None:
+            raise ConfigError(f"unknown model {name!r}; available: "
+                              f"{', '.join(available_models())}")
+        return entry_point.load()
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
