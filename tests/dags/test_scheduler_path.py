@@ -1,0 +1,157 @@
+"""tiled_inference under the real scheduler (LocalExecutor, SQLite, components on free ports):
+the pool caps concurrent regions, and clearing a failed region completes the result."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "tilescope"
+POOL_SLOTS = 2
+
+POISON_MODULE = '''
+import os
+import numpy as np
+from tilescope.errors import ModelError
+from tilescope.models.nanodet import NanoDetModel
+
+class PoisonedNanoDet(NanoDetModel):
+    """Fails on slices with a magenta marker while the flag file exists (a fixable fault)."""
+
+    def predict(self, images):
+        flag = os.environ["TILESCOPE_TEST_POISON_FLAG"]
+        for image in images:
+            marker = np.all(image == np.array([255, 0, 255], np.uint8), axis=2).sum() > 100
+            if marker and os.path.exists(flag):
+                raise ModelError("poisoned slice (magenta marker)")
+        return super().predict(images)
+'''
+
+
+def plugin_dir(root: Path) -> Path:
+    """A importable package declaring the test model as a ``tilescope.models`` entry point."""
+    root.mkdir()
+    (root / "poison_model.py").write_text(textwrap.dedent(POISON_MODULE))
+    info = root / "poison_model-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: poison-model\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[tilescope.models]\npoisoned-nanodet = poison_model:PoisonedNanoDet\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, s3_server):
+    from tilescope.stack.airflow_stack import AirflowStack
+    from tilescope.stack.procs import free_ports
+    from tilescope.stack.provision import ensure_pool
+
+    tmp = tmp_path_factory.mktemp("scheduler")
+    flag = tmp / "poison.flag"
+    catalog = tmp / "catalog.sqlite"
+    env = {
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_TILESCOPE_CATALOG": json.dumps({"conn_type": "sqlite",
+                                                      "host": str(catalog)}),
+        "PYTHONPATH": str(plugin_dir(tmp / "plugins")),
+        "TILESCOPE_TEST_POISON_FLAG": str(flag),
+        "TILESCOPE_REGION_RETRIES": "1",
+        "TILESCOPE_RETRY_DELAY_SECONDS": "1",
+    }
+    (port,) = free_ports(1)
+    airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
+                           components=("api-server", "scheduler", "dag-processor"),
+                           extra_env=env)
+    airflow.migrate()
+    airflow.start()
+    try:
+        airflow.wait_ready(timeout=240)
+        api = airflow.api()
+        ensure_pool(api, "tilescope", POOL_SLOTS)
+        from tilescope.stack.provision import unpause, wait_for_dag
+
+        wait_for_dag(api, "tiled_inference", timeout=240)
+        unpause(api, "tiled_inference")
+        yield {"airflow": airflow, "api": api, "flag": flag, "catalog": catalog}
+    finally:
+        airflow.stop()
+
+
+def analyze_intervals(db: Path, run_id: str) -> list[tuple[datetime, datetime, int]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT start_date, end_date, map_index FROM task_instance WHERE "
+            "dag_id='tiled_inference' AND task_id='analyze' AND run_id=?", (run_id,)).fetchall()
+    return [(datetime.fromisoformat(s), datetime.fromisoformat(e), i) for s, e, i in rows]
+
+
+def max_overlap(intervals) -> int:
+    events = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals],
+                    key=lambda ev: (ev[0], ev[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_pool_caps_concurrent_regions(stack, s3_client, sample):
+    from tilescope.stack.provision import trigger, wait_for_run
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    s3_client.put_object(Bucket=BUCKET, Key="incoming/kite.jpg",
+                         Body=Path(sample("kite")).read_bytes())
+    run = trigger(stack["api"], "tiled_inference",
+                  {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4"})
+    state = wait_for_run(stack["api"], "tiled_inference", run["dag_run_id"], timeout=600)
+    assert state == "success"
+    intervals = analyze_intervals(stack["airflow"].db_path, run["dag_run_id"])
+    assert len(intervals) == 12
+    assert 2 <= max_overlap(intervals) <= POOL_SLOTS
+    listing = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+    assert sum(o["Key"].endswith("result.json") for o in listing["Contents"]) == 1
+
+
+def test_clearing_a_failed_region_completes_the_result(stack, s3_client, sample):
+    from tilescope.stack.provision import trigger, wait_for_run
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    pixels = np.array(Image.open(sample("kite")).convert("RGB"))
+    pixels[800:830, 1100:1130] = (255, 0, 255)  # only in region r1c1 of a 2x2 grid
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    s3_client.put_object(Bucket=BUCKET, Key="incoming/poisoned.png", Body=out.getvalue())
+    stack["flag"].write_text("fail")
+    api = stack["api"]
+    run_id = trigger(api, "tiled_inference", {
+        "image_uri": f"s3://{BUCKET}/incoming/poisoned.png", "grid": "2x2",
+        "model": "poisoned-nanodet", "min_success_ratio": 1.0})["dag_run_id"]
+    assert wait_for_run(api, "tiled_inference", run_id, timeout=600) == "failed"
+    tis = api.request("GET", f"/api/v2/dags/tiled_inference/dagRuns/{run_id}/taskInstances")
+    states = {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
+    assert states[("analyze", 3)] == "failed" and states[("synthesize", -1)] == "failed"
+
+    stack["flag"].unlink()  # the fault is fixed; clear the failed region with its downstream
+    api.request("POST", "/api/v2/dags/tiled_inference/clearTaskInstances", {
+        "dry_run": False, "dag_run_id": run_id, "task_ids": [["analyze", 3]],
+        "include_downstream": True, "only_failed": False, "reset_dag_runs": True})
+    assert wait_for_run(api, "tiled_inference", run_id, timeout=600) == "success"
+    tis = api.request("GET", f"/api/v2/dags/tiled_inference/dagRuns/{run_id}/taskInstances")
+    tries = {(t["task_id"], t["map_index"]): t["try_number"] for t in tis["task_instances"]}
+    assert tries[("analyze", 0)] == 1 and tries[("preprocess", -1)] == 1  # only r1c1 re-ran
+    with sqlite3.connect(stack["catalog"]) as conn:
+        statuses = conn.execute("SELECT status, failed_regions FROM tilescope_results "
+                                "WHERE image_uri LIKE '%poisoned.png'").fetchall()
+    assert statuses == [("complete", "[]")]
