@@ -121,7 +121,7 @@ def test_result_document_and_coco_export(scene, tmp_path):
     assert len(doc["detections"]) == len(truth)
     first = doc["detections"][0]
     assert set(first) == {"bbox", "score", "category_id", "category_name"}
-    x, y, w, h = first["bbox"]
+    _x, _y, w, h = first["bbox"]
     assert w > 0 and h > 0 and first["category_name"] in ("white", "yellow")
     assert sum(doc["summary"]["counts"].values()) == len(truth)
     assert doc["summary"]["model_seconds"] <= doc["summary"]["total_seconds"]

@@ -31,7 +31,7 @@ def test_slices_equal_sahi(width: int, height: int, slice_size: int, overlap: fl
     assert ours == theirs
 
 
-@pytest.mark.parametrize(("width", "height"), SIZES + [(640, 480), (2048, 4096), (20000, 900)])
+@pytest.mark.parametrize(("width", "height"), [*SIZES, (640, 480), (2048, 4096), (20000, 900)])
 def test_auto_slice_params_equal_sahi(width: int, height: int) -> None:
     slice_w, slice_h, overlap_x, overlap_y = sahi_auto_slice_params(width, height)
     assert (overlap_x, overlap_y, slice_w, slice_h) == get_auto_slice_params(height, width)

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from blob_model import BrightBlobModel, blob_image
 from PIL import Image
 
-from blob_model import BrightBlobModel, blob_image
 from tilescope.errors import BadImageError, ImageTooLargeError
 from tilescope.models import register_model
 from tilescope.params import InferenceParams
