@@ -26,6 +26,10 @@ def main() -> int:
                     *map(str, merge_sizes)], check=True)
     print(f"\n== end to end: {size}×{size} mosaic of real photos ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "e2e_bench.py"), "--size", str(size)], check=True)
+    dag_size = 1024 if args.quick else 4096
+    print(f"\n== the DAG through the real scheduler: {dag_size}×{dag_size} mosaic ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "dag_bench.py"), "--size", str(dag_size)],
+                   check=True)
     return 0
 
 

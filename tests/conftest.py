@@ -87,3 +87,32 @@ def airflow_db() -> str:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return home
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request, tmp_path) -> Iterator[str]:
+    """A fresh SQL database: a SQLite file, and a database of its own on the machine's
+    PostgreSQL (127.0.0.1:5432, created and dropped here; skipped where none runs)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("TILESCOPE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1/postgres")
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(f"no PostgreSQL at {admin_url}: {exc.__class__.__name__}")
+    name = f"tilescope_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
