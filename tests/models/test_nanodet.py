@@ -24,6 +24,7 @@ from tilescope.models.nanodet import (
     decode_nanodet,
     preprocess,
 )
+from tilescope.models.registry import model_categories, model_coco_ids, model_slice_size
 
 _MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
 _STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
@@ -209,6 +210,9 @@ def test_decode_is_multi_label_and_thresholded() -> None:
 
 
 def test_registry_builds_nanodet(nanodet_onnx) -> None:
+    assert model_slice_size("nanodet-coco") == 416
+    assert model_categories("nanodet-coco") == list(COCO_NAMES)
+    assert model_coco_ids("nanodet-coco") == list(COCO_CATEGORY_IDS)
     model = load_model("nanodet-coco", model_path=nanodet_onnx, parallel_slices=1)
     try:
         assert isinstance(model, NanoDetModel)

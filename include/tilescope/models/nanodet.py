@@ -109,9 +109,11 @@ def decode_nanodet(
     """
     parts = []
     for stride, score, dist in zip(STRIDES, scores, boxes, strict=True):
-        cells, classes = np.nonzero(score >= score_threshold)
-        if not len(cells):
+        # flatnonzero + divmod: 2-D np.nonzero is ~100x slower on these (cells, 80) masks
+        hits = np.flatnonzero(score >= score_threshold)
+        if not len(hits):
             continue
+        cells, classes = np.divmod(hits, score.shape[1])
         unique_cells, inverse = np.unique(cells, return_inverse=True)
         logits = dist[unique_cells].reshape(-1, 4, REG_BINS)
         weights = np.exp(logits - logits.max(axis=2, keepdims=True))
@@ -176,10 +178,6 @@ class NanoDetModel(DetectionModel):
             )
         except Exception as exc:  # onnxruntime raises its own, undocumented exception types
             raise ModelError(f"cannot load NanoDet model {path}: {exc}") from exc
-
-    @property
-    def category_names(self) -> Sequence[str]:
-        return COCO_NAMES
 
     def _input_buffer(self) -> np.ndarray:
         """A per-thread input canvas, so concurrent slices never share one."""

@@ -21,6 +21,12 @@ How it works:
 
 The output is deterministic: same input, same onnx version → same serialized bytes, so
 callers can pin a sha256 of the result.
+
+Caveat (onnxruntime 1.31, not this converter): ORT's basic-level ``Pad_Fusion`` folds a
+*zero* ``Pad`` followed by ``MaxPool`` into the pool's pads, which MaxPool treats as -inf,
+so results differ on negative inputs. Run graphs with that pattern with
+``disabled_optimizers=["Pad_Fusion"]``. NanoDet pads with -inf before its MaxPool, which
+ORT leaves alone.
 """
 
 from __future__ import annotations
