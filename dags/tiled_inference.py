@@ -37,6 +37,20 @@ _MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
 RESULTS_ASSET = Asset(f"s3://{_BUCKET}/results/", extra={"producer": "tiled_inference"})
 
 
+def _quarantine_claimed(error: Exception) -> None:
+    """Bad input from s3_arrivals: set the original aside with the reason, then fail."""
+    from tilescope.airflow_adapters import catalog_engine, s3_client
+    from tilescope.claims import Claim
+    from tilescope.intake import quarantine_claimed
+
+    context = get_current_context()
+    claim = context["params"].get("claim")
+    if claim:
+        quarantine_claimed(s3_client(), catalog_engine(required=True), Claim.from_dict(claim),
+                           reason=str(error), error_class=type(error).__name__,
+                           run_id=context["run_id"])
+
+
 def _params() -> Any:
     from tilescope.params import InferenceParams
 
@@ -72,6 +86,9 @@ def _params() -> Any:
         "full_image_pass": Param(False, type="boolean"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
                                    description="below it the run fails; above, 'partial'"),
+        "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
+                       description="the claimed object version; its original is moved to "
+                                   "processed/ or quarantine/ when the run ends"),
     },
 )
 def tiled_inference() -> None:
@@ -84,7 +101,7 @@ def tiled_inference() -> None:
         from tilescope.steps import prepare
 
         context = get_current_context()
-        with task_outcome():
+        with task_outcome(on_bad_input=_quarantine_claimed):
             params = _params()
             model = None
             if params.full_image_pass:
@@ -147,7 +164,27 @@ def tiled_inference() -> None:
         retry_exponential_backoff=True,
         max_active_tis_per_dagrun=_MAX_ACTIVE_TASKS,
     ).partial(prepared=prepared).expand(region=regions)
-    store(synthesize(prepared, findings), prepared)
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def finalize() -> str:
+        """Settle the run: move a claimed original to processed/ (or leave it quarantined or
+        claimable again), and fail — as the last task — whenever no result was stored."""
+        from tilescope.airflow_adapters import catalog_engine, fail, s3_client
+        from tilescope.claims import Claim
+        from tilescope.intake import settle
+
+        context = get_current_context()
+        stored = context["ti"].xcom_pull(task_ids="store") is not None
+        claim = context["params"].get("claim")
+        outcome = "stored" if stored else "failed"
+        if claim:
+            outcome = settle(s3_client(), catalog_engine(required=True),
+                             Claim.from_dict(claim), stored=stored)
+        if not stored:
+            fail(f"no result stored ({outcome}); see the failed task's log")
+        return outcome
+
+    stored = store(synthesize(prepared, findings), prepared)
+    stored >> finalize()
 
 
 tiled_inference()

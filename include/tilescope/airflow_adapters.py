@@ -7,7 +7,7 @@ outcomes: bad input fails the task at once (no retry can fix it), transient erro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,14 +39,41 @@ def catalog_url(conn_id: str = CATALOG_CONN_ID) -> str | None:
                                password=conn.password, port=conn.port, schema=conn.schema)
 
 
-@contextmanager
-def task_outcome() -> Iterator[None]:
-    """Turn non-retryable tilescope errors into an immediate task failure (no retries)."""
+def catalog_engine(conn_id: str = CATALOG_CONN_ID, *, required: bool = False) -> Any:
+    """A SQLAlchemy engine on the catalog (tables created), or ``None`` when not configured.
+
+    ``required``: claims cannot be exactly-once without it, so the arrivals path refuses to
+    run rather than silently processing twice.
+    """
+    from tilescope.catalog import connect
+
+    url = catalog_url(conn_id)
+    if url is None:
+        if required:
+            fail(f"the '{conn_id}' connection (SQL catalog) is required for claims")
+        return None
+    return connect(url)
+
+
+def fail(message: str) -> None:
+    """Fail the task now, without retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    raise AirflowFailException(message)
+
+
+@contextmanager
+def task_outcome(on_bad_input: Callable[[TilescopeError], None] | None = None
+                 ) -> Iterator[None]:
+    """Turn non-retryable tilescope errors into an immediate task failure (no retries).
+
+    ``on_bad_input`` runs first for such errors (e.g. to quarantine the original).
+    """
     try:
         yield
     except TilescopeError as exc:
         if exc.retryable:
             raise
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        if on_bad_input is not None:
+            on_bad_input(exc)
+        fail(f"{type(exc).__name__}: {exc}")
