@@ -30,10 +30,13 @@ lint: venv
 bench: model
 	$(BIN)/python bench/run.py
 
+# The embedded stack: SeaweedFS S3 + Airflow 3 (api-server, scheduler, dag-processor,
+# triggerer), pool and connections checked, a sample image processed. `make stop` ends it.
 run: model
-	$(BIN)/python -m tilescope.cli predict "$$($(BIN)/tilescope sample kite)" \
-		--out .state/results/kite.json --coco .state/results/kite.coco.json \
-		--overlay .state/results/kite.png
+	$(BIN)/python -m tilescope.stack up
+
+stop: venv
+	$(BIN)/python -m tilescope.stack down
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

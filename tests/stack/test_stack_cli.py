@@ -98,7 +98,8 @@ def _fake_weed(tmp_path: Path) -> Path:
 
 def test_busy_port_is_one_line_and_starts_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("TILESCOPE_WEED", str(_fake_weed(tmp_path)))
-    api_port, s3_port = procs.free_ports(2)
+    api_port, *candidates = procs.free_ports(20)
+    s3_port = next(p for p in candidates if p < 55536)  # its gRPC port is +10000
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", s3_port))
         busy.listen()
@@ -183,3 +184,12 @@ def test_module_entry_point_prints_help() -> None:
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0
     assert all(word in done.stdout for word in ("up", "down", "status"))
+
+
+def test_out_of_range_seaweed_port_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TILESCOPE_WEED", str(_fake_weed(tmp_path)))
+    (api_port,) = procs.free_ports(1)
+    code = main(["--state-dir", str(tmp_path / "state"), "up", "--s3-port", "60000",
+                 "--api-port", str(api_port), "--no-trigger"])
+    err = capsys.readouterr().err
+    assert code != 0 and "seaweed s3 grpc 70000" in err and err.count("\n") == 1

@@ -14,11 +14,14 @@ components — which must agree on them — share them across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -109,6 +112,10 @@ class AirflowStack:
         })
         if self.plugins_folder is not None:
             env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(self.plugins_folder)
+        # Tasks that run this environment's tools (airflow, tilescope, weed) find them even
+        # when the venv is not activated.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
+                                       env.get("PATH", "/usr/bin:/bin")])
         env.update(self.extra_env)
         return env
 
@@ -136,14 +143,21 @@ class AirflowStack:
         The stamp saves a full Airflow start-up (~5-10 s on 2 cores) on every restart;
         a different installed version runs the migration again. True if it ran.
         """
-        stamp = self.home / ".migrated-version"
-        version = metadata.version("apache-airflow")
-        if not force and self.db_path.exists() and stamp.exists() \
-                and stamp.read_text().strip() == version:
+        if not force and not self.needs_migration():
             return False
         self.run_cli(["db", "migrate"])
-        stamp.write_text(version + "\n")
+        self._stamp.write_text(metadata.version("apache-airflow") + "\n")
         return True
+
+    @property
+    def _stamp(self) -> Path:
+        return self.home / ".migrated-version"
+
+    def needs_migration(self) -> bool:
+        """True unless the installed Airflow version already migrated this DB."""
+        if not self.db_path.exists() or not self._stamp.exists():
+            return True
+        return self._stamp.read_text().strip() != metadata.version("apache-airflow")
 
     def argv(self, component: str) -> list[str]:
         base = airflow_command()
@@ -186,11 +200,29 @@ class AirflowStack:
         return out
 
     def wait_ready(self, timeout: float = 180.0, components: Sequence[str] | None = None) -> None:
-        """Block until the API answers and reports each started component healthy."""
+        """Block until the API reports each started component healthy and tasks can start.
+
+        The task execution API (``/execution``) builds itself on its first request, which
+        takes ~13 s on 2 busy cores; a task starting meanwhile times out (5 s) and retries.
+        So readiness includes one request to it, sent in the background as soon as the
+        api-server answers (overlapping the other components' start-up).
+        """
         wanted = list(components or self.records or self.components)
+        deadline = time.monotonic() + timeout
+        warmup: list[threading.Thread] = []
+        warm = threading.Event()
+
+        def warm_execution_api() -> None:
+            with contextlib.suppress(Exception):
+                remaining = max(deadline - time.monotonic(), 1.0)
+                AirflowApi(self.base_url, timeout=remaining).request("GET", "/execution/health")
+                warm.set()
 
         def ready() -> bool:
             status = self.health()
+            if "api-server" in wanted and not warmup:
+                warmup.append(threading.Thread(target=warm_execution_api, daemon=True))
+                warmup[0].start()
             if status.get("metadatabase") != "healthy":
                 return False
             return all(status.get(_HEALTH_KEYS[c]) == "healthy" for c in wanted
@@ -199,9 +231,21 @@ class AirflowStack:
         def running() -> bool:
             return all(procs.is_alive(self.records[c]) for c in wanted if c in self.records)
 
+        def execution_api() -> bool:
+            if warmup and warmup[0].is_alive():
+                warmup[0].join(timeout=1.0)
+                return warm.is_set()
+            if not warm.is_set():
+                warm_execution_api()
+            return warm.is_set()
+
         try:
             procs.wait_for(ready, timeout, f"Airflow on {self.base_url}", interval=0.5,
                            alive=running)
+            if "api-server" in wanted:
+                procs.wait_for(execution_api, max(deadline - time.monotonic(), 1.0),
+                               f"Airflow execution API on {self.base_url}", interval=0.1,
+                               alive=running)
         except StackError as exc:
             dead = [c for c in wanted if c in self.records
                     and not procs.is_alive(self.records[c])]

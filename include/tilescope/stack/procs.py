@@ -105,15 +105,23 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path,
 def stop(records: Iterable[ProcessRecord], timeout: float = 20.0) -> list[str]:
     """Stop services together: SIGTERM each group, wait ``timeout`` s, SIGKILL the rest.
 
-    Returns the names of the services that had to be killed. Records whose leader is gone
-    are skipped, but leftovers of their session (orphaned grandchildren) are still killed.
+    Returns the names of the services that had to be killed. When a leader is already gone,
+    the leftovers of its session (orphaned grandchildren) are still stopped.
     """
     sessions: dict[str, int] = {}
     for record in records:
         if is_alive(record):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGTERM)
-        sessions[record.name] = record.pid
+            sessions[record.name] = record.pid
+            continue
+        current = _stat(record.pid)
+        if current is None or current[0] == "Z":  # leader gone: orphans may remain
+            for pid in session_members(record.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            sessions[record.name] = record.pid
+        # else: the PID now belongs to an unrelated process, whose session is not ours.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in sessions.values():

@@ -85,8 +85,11 @@ def aws_connection_fields(endpoint: str, access_key: str, secret_key: str,
 
 
 def sqlite_connection_fields(path: str) -> dict[str, Any]:
-    """Fields equal to the URI ``sqlite:////ABS/PATH`` (Airflow parses its path into schema)."""
-    return {"schema": path}
+    """The database file as ``host``: what ``SqliteHook`` and ``catalog.url_from_connection`` read.
+
+    (Airflow would parse the URI ``sqlite:////ABS/PATH`` into ``schema`` instead.)
+    """
+    return {"host": path}
 
 
 def dag_exists(api: Api, dag_id: str) -> bool:

@@ -87,6 +87,10 @@ class SeaweedPorts:
             grpc = getattr(self, f"{name}_grpc")
             out[f"seaweed {name}"] = http
             out[f"seaweed {name} grpc"] = int(grpc) if grpc is not None else http + GRPC_OFFSET
+        bad = [f"{what} {port}" for what, port in out.items() if not 0 < port < 65536]
+        if bad:
+            raise StackError(f"invalid SeaweedFS port(s): {', '.join(bad)} (a gRPC port is "
+                             f"its HTTP port + {GRPC_OFFSET}, so HTTP ports must be < 55536)")
         return out
 
     def flags(self) -> list[str]:
