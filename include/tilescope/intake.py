@@ -1,11 +1,13 @@
 """The arrival side of a run: claim new objects, screen them, and settle each claim.
 
 Glue between :mod:`tilescope.arrivals` (S3 objects) and :mod:`tilescope.claims` (SQL rows),
-shared by the ``s3_arrivals`` DAG (claiming) and the ``tiled_inference`` DAG (settling).
+shared by the ``s3_arrivals`` DAG (claiming a listing), the ``s3_events`` DAG (claiming
+notified versions) and the ``tiled_inference`` DAG (settling).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from tilescope.arrivals import (
     DEFAULT_SUFFIXES,
     INCOMING,
+    Arrival,
     list_arrivals,
     move_to_processed,
     quarantine,
@@ -109,3 +112,92 @@ def settle(client: Any, engine: sa.Engine, owned: Claim, *, stored: bool) -> str
         return QUARANTINED
     mark(engine, owned, FAILED, error="pipeline run failed", only_if=(CLAIMED, TRIGGERED))
     return FAILED
+
+
+@dataclass
+class NotifiedIntake:
+    """Outcome of :func:`claim_notified`: claims to start now, what was quarantined, what was
+    skipped and why, and how many claims were left for the next run (over the per-run cap)."""
+
+    claims: list[Claim]
+    rejected: list[dict[str, str]]
+    skipped: list[dict[str, str]]
+    backlog: int
+
+
+def current_version(client: Any, arrival: Arrival) -> Arrival | None:
+    """The object as it is now (HEAD), or ``None`` if it is gone.
+
+    A notification says a version *was* created; by the time it is read the object may
+    have been moved (processed through another path) or replaced by a newer version.
+    """
+    try:
+        head = client.head_object(Bucket=arrival.bucket, Key=arrival.key)
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return Arrival(arrival.bucket, arrival.key, str(head["ETag"]).strip('"'),
+                   int(head["ContentLength"]))
+
+
+def claim_notified(client: Any, engine: sa.Engine, arrivals: Iterable[Arrival],
+                   policy: IntakePolicy, run_id: str | None = None,
+                   reoffer_after_seconds: float = 0.0) -> NotifiedIntake:
+    """Claim the notified versions (screened, non-images quarantined at once), like
+    :func:`claim_arrivals` does for a listing — but for exactly the versions named.
+
+    Unfinished claims (claimed, never marked triggered) come first once they are
+    ``reoffer_after_seconds`` old: with runs overlapping, a younger one is most likely being
+    triggered by its own run right now, and re-offering it would only add a no-op trigger.
+    A notified version that is itself still unfinished is re-offered at once (this task's
+    earlier try claimed it, then died). A version already triggered or settled, gone, or
+    superseded by a newer upload (which has a notification of its own) is skipped.
+    Every notified version is claimed — the queue message is gone, so nothing may be left
+    unclaimed — but at most ``per_tick_limit`` are returned to start now; the rest stay
+    ``claimed`` (``backlog``) for a run that re-offers them.
+    """
+    batch = unfinished(engine, older_than_seconds=reoffer_after_seconds)
+    seen = {(c.bucket, c.key, c.etag) for c in batch}
+    rejected: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
+
+    def skip(arrival: Arrival, why: str) -> None:
+        skipped.append({"key": arrival.key, "etag": arrival.etag, "reason": why})
+
+    for notified in arrivals:
+        if (notified.bucket, notified.key, notified.etag) in seen:
+            continue
+        seen.add((notified.bucket, notified.key, notified.etag))
+        if notified.etag:
+            known = status_of(engine, notified.bucket, notified.key, notified.etag)
+            if known and known["status"] == CLAIMED:  # claimed, never triggered: again
+                batch.append(Claim(known["bucket"], known["key"], known["etag"],
+                                   int(known["size"]), int(known["attempts"])))
+                continue
+            if known and known["status"] != FAILED:  # a duplicate delivery
+                skip(notified, f"already {known['status']}")
+                continue
+        arrival = current_version(client, notified)
+        if arrival is None:
+            skip(notified, "gone since notified (moved or deleted)")
+            continue
+        if notified.etag and arrival.etag != notified.etag:
+            skip(notified, f"superseded by version {arrival.etag} (notified on its own)")
+            continue
+        reason = screen(client, arrival, policy.suffixes)
+        owned = claim(engine, arrival.bucket, arrival.key, arrival.etag, arrival.size,
+                      policy.max_attempts, policy.retry_after_seconds)
+        if owned is None:
+            skip(arrival, "claimed elsewhere, or resting/out of attempts after a failure")
+            continue
+        if reason is not None:
+            quarantine(client, arrival.bucket, arrival.key, arrival.etag, reason=reason,
+                       error_class="NotAnImage", run_id=run_id)
+            mark(engine, owned, QUARANTINED, error=reason)
+            rejected.append({"key": arrival.key, "reason": reason})
+            continue
+        batch.append(owned)
+    limit = max(policy.per_tick_limit, 1)
+    return NotifiedIntake(batch[:limit], rejected, skipped, max(len(batch) - limit, 0))

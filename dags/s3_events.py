@@ -1,0 +1,161 @@
+"""
+### s3_events — start a `tiled_inference` run as soon as S3 says an image arrived
+
+Event-driven twin of `s3_arrivals`: the bucket sends **S3 event notifications**
+(`s3:ObjectCreated:*`, prefix `incoming/`) to an **SQS queue**; an `AssetWatcher` on the
+asset `s3://<bucket>/incoming/` runs the common-messaging `MessageQueueTrigger`
+(`scheme="sqs"`) in the **triggerer**, which long-polls the queue, deletes what it receives,
+and turns each batch of messages (up to 10) into an asset event; each asset event starts a
+run of this DAG at once. No listing, no worker slot held while waiting. Up to
+`TILESCOPE_EVENTS_MAX_ACTIVE_RUNS` (default 4) runs overlap — claims make that safe, and a
+run waiting behind a busy one would add that run's whole duration to the latency; events
+recorded while that many are busy are batched into one run.
+
+`claim_events` reads the run's `triggering_asset_events`, parses the S3 records (keys
+URL-decoded; `s3:TestEvent`, non-creations, other buckets and keys outside `incoming/`
+ignored), re-reads each object with HEAD (gone or superseded versions are skipped), and then
+**claims, screens and triggers exactly like `s3_arrivals`**: one claim per (bucket, key,
+ETag) in the SQL catalog, non-images to `quarantine/` with a `<key>.error.json`,
+deterministic run ids. SQS delivers at least once: a duplicate message finds the version
+already claimed and starts nothing. At most `TILESCOPE_EVENTS_PER_RUN` runs are started per
+run; the rest stay claimed and `continue_backlog` emits an event on the same asset so
+another run picks them up.
+
+Both DAGs share the claims, so they can run side by side: keep `s3_arrivals` on a slow
+schedule as a sweep for what notifications cannot cover (objects uploaded before the
+notification existed, failed claims due for another attempt, a message lost if the triggerer
+died between deleting it and recording the event).
+
+**Only defined when `TILESCOPE_SQS_QUEUE_URL` is set** (no queue, no watcher, no DAG).
+Settings: `TILESCOPE_SQS_WAIT_SECONDS` (long poll, default 20), `TILESCOPE_SQS_IDLE_SECONDS`
+(pause between empty polls, default 0), `TILESCOPE_EVENTS_REOFFER_AFTER_SECONDS` (when
+another run's unfinished claim counts as abandoned, default 600), plus the `TILESCOPE_BUCKET`,
+`TILESCOPE_INCOMING_PREFIX`, `TILESCOPE_IMAGE_SUFFIXES`, `TILESCOPE_ARRIVALS_*` and
+`TILESCOPE_AWS_CONN_ID` settings of `s3_arrivals`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+
+_QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
+_BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
+_PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
+_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES",
+                            ".jpg,.jpeg,.png,.tif,.tiff,.webp,.bmp,.gif").split(","))
+_PER_RUN = int(os.getenv("TILESCOPE_EVENTS_PER_RUN", "200"))  # < max_map_length (1024)
+_MAX_ACTIVE_RUNS = int(os.getenv("TILESCOPE_EVENTS_MAX_ACTIVE_RUNS", "4"))
+# Unfinished claims of other runs are re-offered only once this old (their claimer died).
+_REOFFER_AFTER = float(os.getenv("TILESCOPE_EVENTS_REOFFER_AFTER_SECONDS", "600"))
+_BACKLOG = "tilescope_backlog"  # marks the DAG's own "claims left over" asset events
+_MAX_ATTEMPTS = int(os.getenv("TILESCOPE_ARRIVALS_MAX_ATTEMPTS", "3"))
+_RETRY_AFTER = float(os.getenv("TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS", "300"))
+_WAIT_SECONDS = int(os.getenv("TILESCOPE_SQS_WAIT_SECONDS", "20"))  # SQS allows 0..20
+_IDLE_SECONDS = int(os.getenv("TILESCOPE_SQS_IDLE_SECONDS", "0"))
+_AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
+
+
+def _events_asset(queue_url: str) -> Asset:
+    """The asset "objects arriving under incoming/", watched through the SQS queue.
+
+    Long polling (``wait_time_seconds`` up to 20) returns as soon as a message arrives and
+    costs ~3 requests a minute when idle, so ``waiter_delay`` (the pause after an empty
+    poll) defaults to 0. Ten messages per receive is SQS's maximum.
+    """
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue_url, aws_conn_id=_AWS_CONN_ID,
+                                  max_messages=10, wait_time_seconds=_WAIT_SECONDS,
+                                  waiter_delay=_IDLE_SECONDS)
+    return Asset(name="tilescope_incoming_events", uri=f"s3://{_BUCKET}/{_PREFIX}",
+                 watchers=[AssetWatcher(name="tilescope_sqs", trigger=trigger)])
+
+
+def build(queue_url: str) -> Any:
+    """The DAG, watching ``queue_url``."""
+    events = _events_asset(queue_url)
+
+    @dag(
+        dag_id="s3_events",
+        schedule=[events],
+        catchup=False,
+        max_active_runs=_MAX_ACTIVE_RUNS,  # beyond it, waiting events batch into one run
+        doc_md=__doc__,
+        tags=["tilescope", "arrivals", "events"],
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    )
+    def s3_events() -> None:
+        @task
+        def claim_events() -> list[dict[str, Any]]:
+            """Claim the notified image versions; quarantine non-images."""
+            from tilescope.airflow_adapters import catalog_engine, s3_client
+            from tilescope.intake import IntakePolicy, claim_notified, trigger_requests
+            from tilescope.notifications import read_notifications
+
+            context = get_current_context()
+            asset_events = [e for evs in context["triggering_asset_events"].values()
+                            for e in evs]
+            notes = read_notifications(asset_events, prefix=_PREFIX, buckets={_BUCKET})
+            for why in notes.skipped:
+                print(f"ignored {why}")
+            policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_RUN,
+                                  max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER)
+            # A backlog event names no versions: it asks for every unfinished claim, now.
+            backlog_run = any(_BACKLOG in (e.extra or {}) for e in asset_events)
+            intake = claim_notified(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
+                                    notes.arrivals, policy, run_id=context["run_id"],
+                                    reoffer_after_seconds=0.0 if backlog_run else _REOFFER_AFTER)
+            for item in intake.skipped:
+                print(f"skipped {item['key']} ({item['etag']}): {item['reason']}")
+            for item in intake.rejected:
+                print(f"quarantined {item['key']}: {item['reason']}")
+            print(f"{len(asset_events)} asset event(s), {len(notes.arrivals)} notified "
+                  f"version(s): starting {len(intake.claims)}, backlog {intake.backlog}")
+            context["ti"].xcom_push(key="backlog", value=intake.backlog)
+            return trigger_requests(intake.claims)
+
+        @task
+        def mark_triggered(requests: list[dict[str, Any]]) -> int:
+            """The runs exist now: their claims leave the 'unfinished' list."""
+            from tilescope.airflow_adapters import catalog_engine
+            from tilescope.claims import Claim
+            from tilescope.intake import mark_triggered as mark_step
+
+            claims = [Claim.from_dict(r["conf"]["claim"]) for r in requests]
+            return mark_step(catalog_engine(required=True), claims)
+
+        @task(outlets=[events])
+        def continue_backlog() -> int:
+            """This run left claims over its cap: emit an event on the watched asset so
+            another run takes them (as unfinished claims) — no message will come for them.
+            Skipped, emitting nothing, otherwise. Only this run's own backlog counts: claims
+            of an overlapping run are that run's business, and counting them would make
+            every busy run spawn an extra one."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            context = get_current_context()
+            backlog = int(context["ti"].xcom_pull(task_ids="claim_events", key="backlog") or 0)
+            if not backlog:
+                raise AirflowSkipException("no backlog")
+            context["outlet_events"][events].extra = {_BACKLOG: backlog}
+            return backlog
+
+        requests = claim_events()
+        started = TriggerDagRunOperator.partial(
+            task_id="start_pipelines",
+            trigger_dag_id="tiled_inference",
+            skip_when_already_exists=True,  # same claim → same run id → never a second run
+            wait_for_completion=False,
+        ).expand_kwargs(requests)
+        started >> mark_triggered(requests) >> continue_backlog()
+
+    return s3_events()
+
+
+if _QUEUE_URL:
+    s3_events_dag = build(_QUEUE_URL)
