@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
@@ -78,7 +78,8 @@ def s3_arrivals() -> None:
             print(f"quarantined {item['key']}: {item['reason']}")
         return trigger_requests(claims)
 
-    @task
+    # A start skipped because its run already exists (a re-offered claim) still counts.
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def mark_triggered(requests: list[dict[str, Any]]) -> int:
         """The runs exist now: their claims leave the 'unfinished' list."""
         from tilescope.airflow_adapters import catalog_engine

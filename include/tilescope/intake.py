@@ -62,11 +62,18 @@ def claim_arrivals(client: Any, engine: sa.Engine, bucket: str, policy: IntakePo
             break  # back-pressure: the rest waits for the next tick, unclaimed
         if (arrival.key, arrival.etag) in seen:
             continue
-        reason = screen(client, arrival, policy.suffixes)
+        # Claim first: versions already owned (in flight) cost one SQL insert, not a GET.
         owned = claim(engine, bucket, arrival.key, arrival.etag, arrival.size,
                       policy.max_attempts, policy.retry_after_seconds)
         if owned is None:
             continue
+        try:
+            reason = screen(client, arrival, policy.suffixes)
+        except Exception as exc:
+            if _missing(exc):  # deleted since the listing: nothing to start, nothing lost
+                mark(engine, owned, FAILED, error="object vanished before screening")
+                continue
+            raise
         if reason is not None:
             quarantine(client, bucket, arrival.key, arrival.etag, reason=reason,
                        error_class="NotAnImage", run_id=run_id)
@@ -75,6 +82,11 @@ def claim_arrivals(client: Any, engine: sa.Engine, bucket: str, policy: IntakePo
             continue
         batch.append(owned)
     return batch, rejected
+
+
+def _missing(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("NoSuchKey", "404", "NotFound")
 
 
 def trigger_requests(claims: list[Claim]) -> list[dict[str, Any]]:

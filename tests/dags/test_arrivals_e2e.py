@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from airflow_support import running_airflow
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -18,41 +20,47 @@ BUCKET = "tilescope"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, s3_server):
-    from tilescope.stack.airflow_stack import AirflowStack
-    from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool, unpause, wait_for_dag
+def metadata_db() -> str | None:
+    """A database of its own on the machine's PostgreSQL for Airflow's metadata (hundreds of
+    concurrent runs lock a SQLite file); ``None`` where no PostgreSQL runs."""
+    import uuid
 
-    tmp = tmp_path_factory.mktemp("arrivals")
-    catalog = tmp / "catalog.sqlite"
+    import sqlalchemy as sa
+
+    admin_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception:
+        yield None
+        return
+    name = f"airflow_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, s3_server, metadata_db):
     env = {
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
-        "AIRFLOW_CONN_TILESCOPE_CATALOG": json.dumps({"conn_type": "sqlite",
-                                                      "host": str(catalog)}),
         "TILESCOPE_ARRIVALS_SCHEDULE": "none",
         "TILESCOPE_ARRIVALS_WAIT_SECONDS": "20",
         "TILESCOPE_ARRIVALS_POKE_SECONDS": "2",
-        "TILESCOPE_MAX_ACTIVE_RUNS": "8",
-        "AIRFLOW__CORE__PARALLELISM": "8",
+        "TILESCOPE_MAX_ACTIVE_RUNS": "16",
+        "AIRFLOW__CORE__PARALLELISM": "16",
     }
-    (port,) = free_ports(1)
-    airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                           components=("api-server", "scheduler", "dag-processor",
-                                       "triggerer"), extra_env=env)
-    airflow.migrate()
-    airflow.start()
-    try:
-        airflow.wait_ready(timeout=240)
-        api = airflow.api()
-        ensure_pool(api, "tilescope", 2)
-        for dag_id in ("tiled_inference", "s3_arrivals"):
-            wait_for_dag(api, dag_id, timeout=240)
-            unpause(api, dag_id)
-        yield {"airflow": airflow, "api": api, "catalog": catalog}
-    finally:
-        airflow.stop()
+    if metadata_db:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
+    with running_airflow(tmp_path_factory.mktemp("arrivals"), s3_server,
+                         dags=("tiled_inference", "s3_arrivals"), extra_env=env) as running:
+        yield {"airflow": running.airflow, "api": running.api, "catalog": running.catalog,
+               "postgres": metadata_db is not None}
 
 
 def small_jpeg(sample, name: str, box: tuple[int, int, int, int]) -> bytes:
@@ -70,11 +78,11 @@ def run_arrivals(api) -> str:
     from tilescope.stack.provision import trigger, wait_for_run
 
     run_id = trigger(api, "s3_arrivals", {})["dag_run_id"]
-    assert wait_for_run(api, "s3_arrivals", run_id, timeout=600) == "success"
+    assert wait_for_run(api, "s3_arrivals", run_id, timeout=1800) == "success"
     return run_id
 
 
-def wait_for_pipelines(api, expected: int, timeout: float = 900) -> dict[str, str]:
+def wait_for_pipelines(api, expected: int, timeout: float = 1800) -> dict[str, str]:
     """Block until ``expected`` tiled_inference runs exist and all have finished."""
     deadline = time.monotonic() + timeout
     while True:
@@ -124,3 +132,68 @@ def test_images_processed_bad_input_quarantined_nothing_lost(stack, s3_client, s
     # Nothing new: the next tick's sensor times out quietly and starts nothing.
     run_arrivals(stack["api"])
     assert len(wait_for_pipelines(stack["api"], expected=4)) == 4
+
+
+@pytest.mark.timeout(3000)
+def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample):
+    """200 images arrive in waves while pipelines run; a claimer 'crashes' between claim and
+    trigger; an unchanged re-upload is ignored and a changed one is processed again."""
+    from tilescope.catalog import connect
+    from tilescope.claims import claim
+
+    if not stack["postgres"]:
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432 for Airflow's metadata under a burst "
+                    "(a SQLite metadata DB locks under hundreds of concurrent runs)")
+    s3 = s3_client
+    s3.create_bucket(Bucket=BUCKET)
+    base = Image.open(sample("kite")).convert("RGB")
+    before = len(wait_for_pipelines(stack["api"], expected=0))
+
+    def image(i: int) -> bytes:
+        out = io.BytesIO()
+        x, y = (i * 37) % 1100, (i * 53) % 700
+        base.crop((x, y, x + 200, y + 150)).save(out, format="JPEG", quality=85)
+        return out.getvalue()
+
+    total = int(os.environ.get("TILESCOPE_TEST_BURST", "200"))
+    wave_size = total // 4
+    etags = {}
+    engine = connect(f"sqlite:///{stack['catalog']}")
+    for wave in range(4):
+        for i in range(wave * wave_size, total if wave == 3 else (wave + 1) * wave_size):
+            key = f"incoming/burst/{i:03d}.jpg"
+            etags[key] = s3.put_object(Bucket=BUCKET, Key=key, Body=image(i))["ETag"]
+        if wave == 1:  # a claimer died right after claiming these two, before triggering
+            for i in (wave_size, wave_size + 1):
+                key = f"incoming/burst/{i:03d}.jpg"
+                assert claim(engine, BUCKET, key, etags[key], 1) is not None
+        run_arrivals(stack["api"])
+    for _ in range(total // 50 + 3):  # drain: per-tick limit 50, waves overlapped pipelines
+        wait_for_pipelines(stack["api"], expected=0)
+        if not keys(s3, "incoming/"):
+            break
+        run_arrivals(stack["api"])
+    assert keys(s3, "incoming/") == [], "arrivals did not drain"
+    states = wait_for_pipelines(stack["api"], expected=before + total)
+    assert len(states) == before + total and list(states.values()).count("failed") <= 1
+
+    with sqlite3.connect(stack["catalog"]) as conn:
+        rows = conn.execute("SELECT image_uri, COUNT(*) FROM tilescope_results WHERE "
+                            "image_uri LIKE '%/burst/%' GROUP BY image_uri").fetchall()
+        claims = conn.execute("SELECT key, COUNT(*), MAX(status) FROM tilescope_claims WHERE "
+                              "key LIKE 'incoming/burst/%' GROUP BY key").fetchall()
+    assert len(rows) == total and all(count == 1 for _, count in rows)
+    assert len(claims) == total and all(c == 1 and s == "processed" for _, c, s in claims)
+    assert len(keys(s3, "processed/burst/")) == total
+
+    # The same bytes again under the same key (same ETag): not processed again.
+    key = "incoming/burst/007.jpg"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image(7))
+    run_arrivals(stack["api"])
+    assert len(wait_for_pipelines(stack["api"], expected=0)) == before + total
+    assert keys(s3, "incoming/") == [key]  # left alone: that version was processed already
+    # Changed bytes (new ETag): a new version, processed.
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image(7) + b"\0")
+    run_arrivals(stack["api"])
+    assert len(wait_for_pipelines(stack["api"], expected=before + total + 1)) == \
+        before + total + 1

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from airflow_support import running_airflow
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -53,42 +54,19 @@ def aws(s3_server):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, s3_server, aws):
-    from tilescope.stack.airflow_stack import AirflowStack
-    from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool, unpause, wait_for_dag
-
-    tmp = tmp_path_factory.mktemp("s3_events")
-    catalog = tmp / "catalog.sqlite"
     env = {
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
-        "AIRFLOW_CONN_TILESCOPE_CATALOG": json.dumps({"conn_type": "sqlite",
-                                                      "host": str(catalog)}),
         "TILESCOPE_SQS_QUEUE_URL": aws["queue_url"],
         "TILESCOPE_ARRIVALS_SCHEDULE": "none",  # only the event path starts runs here
         "TILESCOPE_EVENTS_PER_RUN": "1",  # so that a 2-image message leaves a backlog
     }
-    (port,) = free_ports(1)
-    airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                           components=("api-server", "scheduler", "dag-processor",
-                                       "triggerer"), extra_env=env)
-    try:  # stop() ends whatever started, whichever step fails
-        airflow.migrate()
-        airflow.start()
-        airflow.wait_ready(timeout=240)
-        api = airflow.api()
-        ensure_pool(api, "tilescope", 2)
-        for dag_id in ("tiled_inference", "s3_events"):
-            wait_for_dag(api, dag_id, timeout=240)
-            unpause(api, dag_id)
+    with running_airflow(tmp_path_factory.mktemp("s3_events"), s3_server,
+                         dags=("tiled_inference", "s3_events"), extra_env=env) as running:
+        api = running.api
         # Watchers are registered only for unpaused DAGs, when the file is parsed: ask for
         # that parse now instead of waiting for the next periodic one.
         token = api.request("GET", "/api/v2/dags/s3_events/details")["file_token"]
         api.request("PUT", f"/api/v2/parseDagFile/{token}")
-        yield {"airflow": airflow, "api": api, "catalog": catalog}
-    finally:
-        airflow.stop()
+        yield {"airflow": running.airflow, "api": api, "catalog": running.catalog}
 
 
 def wait(what: str, check, timeout: float, interval: float = 0.5) -> Any:

@@ -4,7 +4,6 @@ the pool caps concurrent regions, and clearing a failed region completes the res
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 import textwrap
 from datetime import datetime
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from airflow_support import running_airflow
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -52,41 +52,19 @@ def plugin_dir(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, s3_server):
-    from tilescope.stack.airflow_stack import AirflowStack
-    from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool
-
     tmp = tmp_path_factory.mktemp("scheduler")
     flag = tmp / "poison.flag"
-    catalog = tmp / "catalog.sqlite"
     env = {
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
-        "AIRFLOW_CONN_TILESCOPE_CATALOG": json.dumps({"conn_type": "sqlite",
-                                                      "host": str(catalog)}),
         "PYTHONPATH": str(plugin_dir(tmp / "plugins")),
         "TILESCOPE_TEST_POISON_FLAG": str(flag),
         "TILESCOPE_REGION_RETRIES": "1",
         "TILESCOPE_RETRY_DELAY_SECONDS": "1",
     }
-    (port,) = free_ports(1)
-    airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                           components=("api-server", "scheduler", "dag-processor"),
-                           extra_env=env)
-    airflow.migrate()
-    airflow.start()
-    try:
-        airflow.wait_ready(timeout=240)
-        api = airflow.api()
-        ensure_pool(api, "tilescope", POOL_SLOTS)
-        from tilescope.stack.provision import unpause, wait_for_dag
-
-        wait_for_dag(api, "tiled_inference", timeout=240)
-        unpause(api, "tiled_inference")
-        yield {"airflow": airflow, "api": api, "flag": flag, "catalog": catalog}
-    finally:
-        airflow.stop()
+    with running_airflow(tmp, s3_server, dags=("tiled_inference",), extra_env=env,
+                         components=("api-server", "scheduler", "dag-processor"),
+                         pool_slots=POOL_SLOTS) as running:
+        yield {"airflow": running.airflow, "api": running.api, "flag": flag,
+               "catalog": running.catalog}
 
 
 def analyze_intervals(db: Path, run_id: str) -> list[tuple[datetime, datetime, int]]:
