@@ -1,0 +1,43 @@
+"""The SQL catalog on SQLite and on the machine's PostgreSQL: one row per image + params."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tilescope.catalog import connect, find_results, record_result, url_from_connection
+from tilescope.detections import Detections
+from tilescope.results import ImageInfo, RegionFinding, Result
+
+
+def result(status_failed: bool = False, n: int = 3) -> Result:
+    region = RegionFinding(0, "r0c0", 0, 0, [0, 0, 10, 10], 1,
+                           status="failed" if status_failed else "success")
+    dets = Detections(np.tile([[1, 1, 5, 5]], (n, 1)), np.full(n, 0.9), np.zeros(n))
+    return Result(ImageInfo("s3://b/incoming/x.jpg", 10, 10, "ab" * 32, "JPEG", 100), "m",
+                  {}, {}, [region], dets, ["person"], seconds={"total": 1.0, "model": 0.5})
+
+
+def test_upsert_keeps_one_row_per_image_and_params(sql_url):
+    engine = connect(sql_url)
+    keys = {"result": "s3://b/results/x/result.json"}
+    record_result(engine, result(status_failed=True, n=2), "p1", keys, "run-1")
+    record_result(engine, result(n=3), "p1", keys, "run-2")  # a re-run: same row, updated
+    record_result(engine, result(n=1), "p2", keys, "run-3")  # other params: another row
+    rows = find_results(engine, "ab" * 32)
+    assert len(rows) == 2
+    p1 = next(r for r in rows if r["params_hash"] == "p1")
+    assert p1["status"] == "complete" and p1["detections"] == 3 and p1["run_id"] == "run-2"
+    assert p1["counts"] == {"person": 3} and p1["result_keys"] == keys
+    assert p1["failed_regions"] == []
+
+
+def test_url_from_airflow_connection_fields():
+    assert url_from_connection("sqlite", host="/data/c.sqlite") == "sqlite:////data/c.sqlite"
+    url = url_from_connection("postgres", host="db", login="u", password="p@ss", port=5433,
+                              schema="tilescope")
+    assert url == "postgresql+psycopg2://u:p%40ss@db:5433/tilescope"
+    with pytest.raises(ValueError):
+        url_from_connection("mysql", host="x")
+    with pytest.raises(ValueError):
+        url_from_connection("sqlite")
