@@ -1,9 +1,9 @@
 """The DAG through the real scheduler: wall time from trigger to stored result, vs SAHI.
 
-Starts a moto S3 server and Airflow (api-server, scheduler, dag-processor; LocalExecutor,
-SQLite) in a temp dir, uploads a mosaic of real photos, triggers ``tiled_inference`` and
-waits for the run. Prints wall, the orchestration overhead share (wall − model-only) / wall,
-and the ratio against SAHI on the same image and model (measured by ``e2e_bench.py``).
+Starts SeaweedFS and Airflow (LocalExecutor) in a temp dir (see ``stack_bench.py``),
+uploads a mosaic of real photos, triggers ``tiled_inference`` and waits for the run.
+Prints wall, the orchestration overhead share (wall − model-only) / wall, and the ratio
+against SAHI on the same image and model (measured by ``e2e_bench.py``).
 
     python bench/dag_bench.py [--size 4096] [--pool-slots 2]
 """
@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 
 def main() -> int:
@@ -31,54 +30,30 @@ def main() -> int:
     parser.add_argument("--grid", default="auto")
     args = parser.parse_args()
 
-    import boto3
-    from moto.server import ThreadedMotoServer
     from PIL import Image
 
     from tilescope.samples import build_mosaic
-    from tilescope.stack.airflow_stack import AirflowStack
-    from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool, trigger, unpause, wait_for_dag, wait_for_run
+    from tilescope.stack.provision import trigger, wait_for_run
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / f"mosaic-{args.size}.jpg"
         Image.fromarray(build_mosaic(args.size)).save(image, quality=92)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-        server.start()
-        host, s3_port = server.get_host_and_port()
-        endpoint = f"http://{host}:{s3_port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
-        s3.create_bucket(Bucket="tilescope")
-        s3.upload_file(str(image), "tilescope", f"incoming/{image.name}")
-        (port,) = free_ports(1)
-        airflow = AirflowStack(
-            home=Path(tmp) / "airflow", dags_folder=REPO / "dags", port=port,
-            components=("api-server", "scheduler", "dag-processor"),
-            extra_env={"AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-                "conn_type": "aws", "login": "bench", "password": "bench",
-                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})})
-        airflow.migrate()
-        airflow.start()
-        try:
-            airflow.wait_ready(timeout=300)
-            api = airflow.api()
-            ensure_pool(api, "tilescope", args.pool_slots)
-            wait_for_dag(api, "tiled_inference", timeout=300)
-            unpause(api, "tiled_inference")
+        with bench_stack(Path(tmp) / "stack", pool_slots=args.pool_slots,
+                         dags=("tiled_inference",)) as stack:
+            stack.s3.upload_file(str(image), BUCKET, f"incoming/{image.name}")
             started = time.perf_counter()
-            run = trigger(api, "tiled_inference", {
-                "image_uri": f"s3://tilescope/incoming/{image.name}", "grid": args.grid})
-            state = wait_for_run(api, "tiled_inference", run["dag_run_id"], timeout=3600)
+            run = trigger(stack.api, "tiled_inference", {
+                "image_uri": f"s3://{BUCKET}/incoming/{image.name}", "grid": args.grid})
+            state = wait_for_run(stack.api, "tiled_inference", run["dag_run_id"],
+                                 timeout=3600)
             wall = time.perf_counter() - started
-            with sqlite3.connect(airflow.db_path) as conn:
-                regions = conn.execute(
-                    "SELECT COUNT(*) FROM task_instance WHERE task_id='analyze' AND run_id=?",
-                    (run["dag_run_id"],)).fetchone()[0]
-        finally:
-            airflow.stop()
-            server.stop()
+            tis = stack.api.request(
+                "GET", f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}"
+                "/taskInstances?limit=2000")["task_instances"]
+            dag_run = stack.api.request(
+                "GET", f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}")
+            regions = sum(1 for t in tis if t["task_id"] == "analyze")
+            _print_timeline(dag_run, tis)
         if state != "success":
             print(f"run ended {state}")
             return 1
@@ -96,6 +71,25 @@ def main() -> int:
           f"overhead {overhead:.0%}")
     print("RESULT " + json.dumps(summary))
     return 0
+
+
+def _print_timeline(dag_run: dict, tis: list[dict]) -> None:
+    """When each task was queued, started and ended, relative to the run's start."""
+    from datetime import datetime
+
+    origin = datetime.fromisoformat(dag_run["start_date"])
+
+    def at(value: str | None) -> float:
+        return (datetime.fromisoformat(value) - origin).total_seconds() if value else float("nan")
+
+    print(f"{'task':22}{'queued':>8}{'start':>8}{'end':>8}{'ran s':>8}")
+    for ti in sorted(tis, key=lambda t: t.get("start_date") or ""):
+        index = ti.get("map_index", -1)
+        name = f"{ti['task_id']}[{index}]" if index is not None and index >= 0 else ti["task_id"]
+        print(f"{name:22}{at(ti.get('queued_when')):8.1f}{at(ti.get('start_date')):8.1f}"
+              f"{at(ti.get('end_date')):8.1f}"
+              f"{at(ti.get('end_date')) - at(ti.get('start_date')):8.1f}")
+    print(f"{'run':22}{'':8}{0.0:8.1f}{at(dag_run.get('end_date')):8.1f}")
 
 
 def _measure(side: str, image: Path) -> dict:

@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, printed as ratios measured in the same run.
 
-    python bench/run.py [--size 8192] [--merge-sizes 10000 100000 300000] [--quick]
+    python bench/run.py [--size 8192] [--merge-sizes 10000 100000 300000] [--burst 1000]
+                        [--quick]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=8192, help="mosaic side for end to end")
     parser.add_argument("--merge-sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
+    parser.add_argument("--burst", type=int, default=1000, help="images in the arrival burst")
     parser.add_argument("--quick", action="store_true", help="small sizes (CI-sized)")
     args = parser.parse_args()
     size = 2048 if args.quick else args.size
@@ -29,6 +31,10 @@ def main() -> int:
     dag_size = 1024 if args.quick else 4096
     print(f"\n== the DAG through the real scheduler: {dag_size}×{dag_size} mosaic ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "dag_bench.py"), "--size", str(dag_size)],
+                   check=True)
+    burst = 50 if args.quick else args.burst
+    print(f"\n== a burst of {burst} arrivals through s3_arrivals ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "burst_bench.py"), "--count", str(burst)],
                    check=True)
     return 0
 
