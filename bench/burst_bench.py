@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--per-tick", type=int, default=50)
     args = parser.parse_args()
 
-    from tilescope.stack.provision import trigger, wait_for_run
+    from tilescope.stack.provision import list_runs, trigger, wait_for_run
 
     env = {"TILESCOPE_ARRIVALS_SCHEDULE": "none", "TILESCOPE_ARRIVALS_WAIT_SECONDS": "20",
            "TILESCOPE_ARRIVALS_POKE_SECONDS": "2", "TILESCOPE_MAX_ACTIVE_RUNS": "16",
@@ -76,9 +76,8 @@ def main() -> int:
             else:
                 time.sleep(2)
         wall = time.perf_counter() - started
-        runs = stack.api.request("GET", "/api/v2/dags/tiled_inference/dagRuns?limit=10000")
         waits = [(datetime.fromisoformat(r["start_date"]) - uploaded_at).total_seconds()
-                 for r in runs["dag_runs"] if r.get("start_date")]
+                 for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")]
         metadata = stack.metadata
     summary = {"images": args.count, "pool_slots": args.pool_slots, "per_tick": args.per_tick,
                "upload_s": round(upload_s, 1), "all_stored_s": round(wall, 1),

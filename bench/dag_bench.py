@@ -33,7 +33,7 @@ def main() -> int:
     from PIL import Image
 
     from tilescope.samples import build_mosaic
-    from tilescope.stack.provision import trigger, wait_for_run
+    from tilescope.stack.provision import paged, trigger, wait_for_run
 
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / f"mosaic-{args.size}.jpg"
@@ -47,9 +47,8 @@ def main() -> int:
             state = wait_for_run(stack.api, "tiled_inference", run["dag_run_id"],
                                  timeout=3600)
             wall = time.perf_counter() - started
-            tis = stack.api.request(
-                "GET", f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}"
-                "/taskInstances?limit=2000")["task_instances"]
+            tis = paged(stack.api, f"/api/v2/dags/tiled_inference/dagRuns/"
+                        f"{run['dag_run_id']}/taskInstances", "task_instances")
             dag_run = stack.api.request(
                 "GET", f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}")
             regions = sum(1 for t in tis if t["task_id"] == "analyze")

@@ -86,8 +86,9 @@ def wait_for_pipelines(api, expected: int, timeout: float = 1800) -> dict[str, s
     """Block until ``expected`` tiled_inference runs exist and all have finished."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = api.request("GET", "/api/v2/dags/tiled_inference/dagRuns?limit=1000")
-        states = {r["dag_run_id"]: r["state"] for r in runs["dag_runs"]}
+        from tilescope.stack.provision import list_runs
+
+        states = {r["dag_run_id"]: r["state"] for r in list_runs(api, "tiled_inference")}
         if len(states) >= expected and all(s in ("success", "failed") for s in states.values()):
             return states
         assert time.monotonic() < deadline, f"runs still going: {states}"

@@ -80,7 +80,9 @@ def wait(what: str, check, timeout: float, interval: float = 0.5) -> Any:
 
 
 def runs(api, dag_id: str) -> list[dict[str, Any]]:
-    return api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+    from tilescope.stack.provision import list_runs
+
+    return list_runs(api, dag_id)
 
 
 def finished(api, dag_id: str, count: int) -> list[dict[str, Any]] | None:

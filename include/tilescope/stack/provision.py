@@ -150,3 +150,21 @@ def wait_for_run(api: Api, dag_id: str, run_id: str, timeout: float = 300.0) -> 
         if time.monotonic() > deadline:
             raise StackError(f"run {run_id} of {dag_id} still {state} after {timeout:.0f} s")
         time.sleep(1.0)
+
+
+def paged(api: Api, path: str, key: str, page: int = 100) -> list[dict]:
+    """Every item of a list endpoint. The REST API caps a page at ``[api]
+    maximum_page_limit`` (100 by default), so a single request silently misses the rest."""
+    items: list[dict] = []
+    separator = "&" if "?" in path else "?"
+    while True:
+        answer = api.request("GET", f"{path}{separator}limit={page}&offset={len(items)}")
+        batch = answer.get(key, [])
+        items.extend(batch)
+        if not batch or len(items) >= int(answer.get("total_entries", 0)):
+            return items
+
+
+def list_runs(api: Api, dag_id: str) -> list[dict]:
+    """Every run of ``dag_id``."""
+    return paged(api, f"/api/v2/dags/{_quote(dag_id)}/dagRuns?order_by=run_after", "dag_runs")
