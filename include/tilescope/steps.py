@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from tilescope.results import (
     detections_from_compact,
     detections_to_compact,
 )
-from tilescope.slicing import Region, SlicePlan
+from tilescope.slicing import Box, Region, SlicePlan
 from tilescope.storage import (
     RangedS3File,
     object_size,
@@ -109,7 +110,7 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             source_uri = image_uri  # already tiled: regions read its tiles directly
         else:
             source_uri = scratch.uri("pixels.tif")
-            _upload_tiled_tiff(reader.read_all(), source_uri, client)
+            _upload_tiled_tiff(reader, source_uri, client)
         full_image = None
         if full_image_model is not None:
             full_image = detections_to_compact(
@@ -130,14 +131,29 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _upload_tiled_tiff(pixels: np.ndarray, uri: str, client: Any) -> None:
-    """Write ``pixels`` as an uncompressed tiled TIFF (lossless, no encode cost) and upload it
+def _tiles(reader: ImageReader, size: int) -> Iterator[np.ndarray]:
+    """The image as ``size``² tiles in row-major order, edge tiles zero-padded (as TIFF
+    stores them), read one at a time so no second full copy of the image is made."""
+    for y in range(0, reader.height, size):
+        for x in range(0, reader.width, size):
+            pixels = reader.read(Box(x, y, x + size, y + size))
+            if pixels.shape[:2] != (size, size):
+                tile = np.zeros((size, size, 3), np.uint8)
+                tile[: pixels.shape[0], : pixels.shape[1]] = pixels
+                pixels = tile
+            yield pixels
+
+
+def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
+    """Write the image as an uncompressed tiled TIFF (lossless, no encode cost) and upload it
     with a managed multipart transfer, staging on local disk rather than in memory."""
     import tifffile
 
     loc = parse_s3_uri(uri)
     with tempfile.NamedTemporaryFile(suffix=".tif", dir=os.environ.get("TILESCOPE_TMP")) as tmp:
-        tifffile.imwrite(tmp.name, pixels, tile=(SCRATCH_TILE, SCRATCH_TILE), photometric="rgb")
+        tifffile.imwrite(tmp.name, _tiles(reader, SCRATCH_TILE),
+                         shape=(reader.height, reader.width, 3), dtype=np.uint8,
+                         tile=(SCRATCH_TILE, SCRATCH_TILE), photometric="rgb")
         client.upload_file(tmp.name, loc.bucket, loc.key,
                            ExtraArgs={"ContentType": "image/tiff"})
 

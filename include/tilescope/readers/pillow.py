@@ -63,7 +63,7 @@ class PillowReader(ImageReader):
         self._data = data
         self._name = name
         self._max_pixels = max_pixels
-        self._pixels: np.ndarray | None = None
+        self._rgb: Image.Image | None = None
         try:
             with _pixel_limit(max_pixels):
                 image = Image.open(io.BytesIO(data))
@@ -84,51 +84,64 @@ class PillowReader(ImageReader):
                                   mode=image.mode, orientation=orientation,
                                   frames=int(getattr(image, "n_frames", 1)), tiled=False)
 
-    def _decoded(self) -> np.ndarray:
-        if self._pixels is None:
-            self._pixels = self._decode(self._image)
-            self._image.close()
-            height, width = self._pixels.shape[:2]
+    def _decoded(self) -> Image.Image:
+        """The decoded, upright RGB image, kept as a Pillow image.
+
+        Kept in Pillow's own buffer rather than as a numpy copy: a region is converted only
+        when it is read, so the whole image is in memory once (SAHI holds it twice).
+        """
+        if self._rgb is None:
+            self._rgb = self._decode(self._image)
+            if self._rgb is not self._image:
+                self._image.close()
+            width, height = self._rgb.size
             if (width, height) != (self.width, self.height):
                 # EXIF seen only after the pixel data (PNG eXIf after IDAT): trust the pixels.
                 self.header = replace(self.header, width=width, height=height)
-        return self._pixels
+        return self._rgb
 
-    def _decode(self, image: Image.Image) -> np.ndarray:
+    def _decode(self, image: Image.Image) -> Image.Image:
         try:
             with _pixel_limit(self._max_pixels):
                 image.load()
-                image = ImageOps.exif_transpose(image) or image
-                pixels = _as_rgb_array(image)
+                if _orientation(image) != 1:  # exif_transpose copies even when upright
+                    image = ImageOps.exif_transpose(image) or image
+                return _as_rgb_image(image)
         except ImageTooLargeError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise BadImageError(f"{self._name} is truncated or corrupt "
                                 f"({self.header.format}): {exc}") from exc
-        return pixels
 
     def validate(self) -> None:
         self._decoded()
 
     def read(self, box: Box) -> np.ndarray:
         box = clip_box(box, self.width, self.height)
-        return self._decoded()[box.y1:box.y2, box.x1:box.x2]
+        return np.asarray(self._decoded().crop((box.x1, box.y1, box.x2, box.y2)))
 
     def read_all(self) -> np.ndarray:
-        return self._decoded()
+        return np.asarray(self._decoded())
 
     def thumbnail(self, max_side: int) -> np.ndarray:
-        if self._pixels is None and self.header.format == "JPEG":
+        if self._rgb is None and self.header.format == "JPEG":
             # JPEG can decode at 1/2, 1/4, 1/8 scale directly: a small preview costs little.
             image = Image.open(io.BytesIO(self._data))
             scale = max_side / max(self.width, self.height)
             target = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
             image.draft("RGB", target)
-            return downscale(self._decode(image), max_side)
-        return downscale(self._decoded(), max_side)
+            return downscale(np.asarray(self._decode(image)), max_side)
+        image = self._decoded()
+        scale = max_side / max(image.width, image.height)
+        if scale >= 1:
+            return np.asarray(image)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return np.asarray(image.resize(size, Image.Resampling.BOX))
 
     def close(self) -> None:
         self._image.close()
+        if self._rgb is not None:
+            self._rgb.close()
 
 
 def _orientation(image: Image.Image) -> int:
@@ -145,15 +158,16 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _as_rgb_array(image: Image.Image) -> np.ndarray:
-    """RGB ``uint8`` pixels for any Pillow mode; transparency is composited over white."""
+def _as_rgb_image(image: Image.Image) -> Image.Image:
+    """An RGB image for any Pillow mode; transparency is composited over white, 16-bit and
+    float images are scaled to 8 bits (not clipped)."""
     mode = image.mode
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return to_rgb8(np.asarray(image))
+        return Image.fromarray(to_rgb8(np.asarray(image)))
     if mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image)
+        return image.convert("RGB")
+    return image
