@@ -160,7 +160,9 @@ def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
 
 def open_source(source_uri: str, client: Any) -> ImageReader:
     """A reader over the staged pixels that fetches only the tiles a region needs."""
-    return TiffReader(RangedS3File(source_uri, client), name=source_uri)
+    # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
+    return TiffReader(io.BufferedReader(RangedS3File(source_uri, client),
+                                        buffer_size=64 << 10), name=source_uri)
 
 
 def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,

@@ -51,12 +51,29 @@ class TiffReader(ImageReader):
                                   mode=f"{page.dtype}x{page.samplesperpixel}",
                                   frames=len(self._tiff.pages), tiled=self._tiled)
 
-    def _decode_tile(self, index: int) -> tuple[np.ndarray, int, int]:
-        """Tile ``index`` as (pixels, x, y) — pixels cropped to the image at the edges."""
+    def _read_tiles(self, indices: list[int]) -> dict[int, bytes]:
+        """The encoded bytes of ``indices``; a run of tiles stored back to back (one tile row
+        of a tiled TIFF, usually) is fetched with one read — one ranged GET over S3."""
         page = self._page
         handle = self._tiff.filehandle
-        handle.seek(page.dataoffsets[index])
-        data = handle.read(page.databytecounts[index])
+        offsets, counts = page.dataoffsets, page.databytecounts
+        start = min(offsets[i] for i in indices)
+        end = max(offsets[i] + counts[i] for i in indices)
+        if end - start <= 2 * sum(counts[i] for i in indices):
+            handle.seek(start)
+            blob = handle.read(end - start)
+            return {i: blob[offsets[i] - start:offsets[i] - start + counts[i]] for i in indices}
+        out = {}
+        for i in indices:
+            handle.seek(offsets[i])
+            out[i] = handle.read(counts[i])
+        return out
+
+    def _decode_tile(self, index: int, data: bytes | None = None) -> tuple[np.ndarray, int, int]:
+        """Tile ``index`` as (pixels, x, y) — pixels cropped to the image at the edges."""
+        page = self._page
+        if data is None:
+            data = self._read_tiles([index])[index]
         try:
             segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as exc:
@@ -75,8 +92,11 @@ class TiffReader(ImageReader):
         tiles_across = math.ceil(self.width / tile_w)
         out = np.zeros((box.height, box.width, 3), np.uint8)
         for tile_row in range(box.y1 // tile_h, math.ceil(box.y2 / tile_h)):
-            for tile_col in range(box.x1 // tile_w, math.ceil(box.x2 / tile_w)):
-                tile, x, y = self._decode_tile(tile_row * tiles_across + tile_col)
+            indices = [tile_row * tiles_across + tile_col for tile_col in
+                       range(box.x1 // tile_w, math.ceil(box.x2 / tile_w))]
+            encoded = self._read_tiles(indices)
+            for index in indices:
+                tile, x, y = self._decode_tile(index, encoded[index])
                 x1, y1 = max(box.x1, x), max(box.y1, y)
                 x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
                 out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = to_rgb8(
