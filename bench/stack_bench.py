@@ -6,7 +6,6 @@ PostgreSQL when one runs (a burst of hundreds of runs locks a SQLite file), else
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,32 +26,10 @@ class BenchStack:
 
 
 @contextmanager
-def _postgres_database() -> Iterator[str | None]:
-    import sqlalchemy as sa
-
-    admin_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception:
-        yield None
-        return
-    name = f"airflow_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
-@contextmanager
 def bench_stack(tmp: Path, *, pool_slots: int, dags: tuple[str, ...],
                 extra_env: Mapping[str, str] | None = None) -> Iterator[BenchStack]:
     from tilescope.stack.airflow_stack import AirflowStack
+    from tilescope.stack.postgres import throwaway_database
     from tilescope.stack.procs import free_ports
     from tilescope.stack.provision import ensure_pool, unpause, wait_for_dag
     from tilescope.stack.seaweed import SeaweedPorts, start_seaweed
@@ -63,7 +40,7 @@ def bench_stack(tmp: Path, *, pool_slots: int, dags: tuple[str, ...],
         seaweed.ensure_bucket(BUCKET)
         creds = seaweed.credentials
         catalog = tmp / "catalog.sqlite"
-        with _postgres_database() as metadata_url:
+        with throwaway_database("airflow_bench") as metadata_url:
             env = {
                 "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
                     "conn_type": "aws", "login": creds.access_key,

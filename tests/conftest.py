@@ -96,23 +96,9 @@ def sql_url(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
         return
-    import uuid
+    from tilescope.stack.postgres import ADMIN_URL, throwaway_database
 
-    import sqlalchemy as sa
-
-    admin_url = os.environ.get("TILESCOPE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1/postgres")
-    try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:
-        pytest.skip(f"no PostgreSQL at {admin_url}: {exc.__class__.__name__}")
-    name = f"tilescope_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with throwaway_database("tilescope_test") as url:
+        if url is None:
+            pytest.skip(f"no PostgreSQL at {ADMIN_URL}")
+        yield url

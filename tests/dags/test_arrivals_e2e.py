@@ -23,27 +23,10 @@ BUCKET = "tilescope"
 def metadata_db() -> str | None:
     """A database of its own on the machine's PostgreSQL for Airflow's metadata (hundreds of
     concurrent runs lock a SQLite file); ``None`` where no PostgreSQL runs."""
-    import uuid
+    from tilescope.stack.postgres import throwaway_database
 
-    import sqlalchemy as sa
-
-    admin_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception:
-        yield None
-        return
-    name = f"airflow_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with throwaway_database("airflow_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
