@@ -25,8 +25,9 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import TriggerRule, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
+
+from tilescope.airflow_adapters import start_claimed_pipelines
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
@@ -78,26 +79,9 @@ def s3_arrivals() -> None:
             print(f"quarantined {item['key']}: {item['reason']}")
         return trigger_requests(claims)
 
-    # A start skipped because its run already exists (a re-offered claim) still counts.
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def mark_triggered(requests: list[dict[str, Any]]) -> int:
-        """The runs exist now: their claims leave the 'unfinished' list."""
-        from tilescope.airflow_adapters import catalog_engine
-        from tilescope.claims import Claim
-        from tilescope.intake import mark_triggered as mark_step
-
-        claims = [Claim.from_dict(r["conf"]["claim"]) for r in requests]
-        return mark_step(catalog_engine(required=True), claims)
-
     requests = claim_arrivals()
-    started = TriggerDagRunOperator.partial(
-        task_id="start_pipelines",
-        trigger_dag_id="tiled_inference",
-        skip_when_already_exists=True,  # same claim → same run id → never a second run
-        wait_for_completion=False,
-    ).expand_kwargs(requests)
     wait >> requests
-    started >> mark_triggered(requests)
+    start_claimed_pipelines(requests)
 
 
 s3_arrivals()

@@ -40,8 +40,9 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+
+from tilescope.airflow_adapters import start_claimed_pipelines
 
 _QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
@@ -119,16 +120,6 @@ def build(queue_url: str) -> Any:
             context["ti"].xcom_push(key="backlog", value=intake.backlog)
             return trigger_requests(intake.claims)
 
-        @task
-        def mark_triggered(requests: list[dict[str, Any]]) -> int:
-            """The runs exist now: their claims leave the 'unfinished' list."""
-            from tilescope.airflow_adapters import catalog_engine
-            from tilescope.claims import Claim
-            from tilescope.intake import mark_triggered as mark_step
-
-            claims = [Claim.from_dict(r["conf"]["claim"]) for r in requests]
-            return mark_step(catalog_engine(required=True), claims)
-
         @task(outlets=[events])
         def continue_backlog() -> int:
             """This run left claims over its cap: emit an event on the watched asset so
@@ -146,13 +137,7 @@ def build(queue_url: str) -> Any:
             return backlog
 
         requests = claim_events()
-        started = TriggerDagRunOperator.partial(
-            task_id="start_pipelines",
-            trigger_dag_id="tiled_inference",
-            skip_when_already_exists=True,  # same claim → same run id → never a second run
-            wait_for_completion=False,
-        ).expand_kwargs(requests)
-        started >> mark_triggered(requests) >> continue_backlog()
+        start_claimed_pipelines(requests) >> continue_backlog()
 
     return s3_events()
 

@@ -77,3 +77,33 @@ def task_outcome(on_bad_input: Callable[[TilescopeError], None] | None = None
         if on_bad_input is not None:
             on_bad_input(exc)
         fail(f"{type(exc).__name__}: {exc}")
+
+
+def start_claimed_pipelines(requests: Any, trigger_dag_id: str = "tiled_inference") -> Any:
+    """Inside a DAG: one ``tiled_inference`` run per claim, then mark the claims triggered.
+
+    Shared by ``s3_arrivals`` and ``s3_events``. Run ids come from the claims, so a start
+    whose run already exists (a re-offered claim) is *skipped* — and still counts as started:
+    ``mark_triggered`` runs unless a start failed. Returns the ``mark_triggered`` task.
+    """
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import TriggerRule, task
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def mark_triggered(requests: list[dict[str, Any]]) -> int:
+        """The runs exist now: their claims leave the 'unfinished' list."""
+        from tilescope.claims import Claim
+        from tilescope.intake import mark_triggered as mark_step
+
+        claims = [Claim.from_dict(r["conf"]["claim"]) for r in requests]
+        return mark_step(catalog_engine(required=True), claims)
+
+    started = TriggerDagRunOperator.partial(
+        task_id="start_pipelines",
+        trigger_dag_id=trigger_dag_id,
+        skip_when_already_exists=True,  # same claim → same run id → never a second run
+        wait_for_completion=False,
+    ).expand_kwargs(requests)
+    marked = mark_triggered(requests)
+    started >> marked
+    return marked
