@@ -8,7 +8,9 @@ bounded by the `tilescope` pool, retried per region — and reads only its regio
 **synthesize** merges detections across slice and region borders, tolerating failed regions
 down to `min_success_ratio`; **store** writes `results/<image-id>/<params-hash>/`
 (`result.json`, `coco.json`, `overlay.png`), upserts the SQL catalog row, emits an Asset
-event on `s3://<bucket>/results/`, and removes the run's scratch objects.
+event on `s3://<bucket>/results/`, and removes the run's scratch objects; **finalize** (last,
+`all_done`) moves an arrival's original to `processed/` — or leaves it in `quarantine/`, or
+releases its claim for another attempt — and fails whenever no result was stored.
 
 Trigger it from the UI form, the REST API (`conf: {"image_uri": "s3://bucket/key", ...}`)
 or the `s3_arrivals` DAG. Clearing a failed `analyze` instance (with downstream) re-runs
