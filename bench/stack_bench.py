@@ -31,7 +31,7 @@ def bench_stack(tmp: Path, *, pool_slots: int, dags: tuple[str, ...],
     from tilescope.stack.airflow_stack import AirflowStack
     from tilescope.stack.postgres import throwaway_database
     from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool, unpause, wait_for_dag
+    from tilescope.stack.provision import serving
     from tilescope.stack.seaweed import SeaweedPorts, start_seaweed
 
     seaweed = start_seaweed(tmp / "s3", SeaweedPorts.free())
@@ -55,18 +55,8 @@ def bench_stack(tmp: Path, *, pool_slots: int, dags: tuple[str, ...],
             (port,) = free_ports(1)
             airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
                                    extra_env=env)
-            try:
-                airflow.migrate()
-                airflow.start()
-                airflow.wait_ready(timeout=300)
-                api = airflow.api()
-                ensure_pool(api, "tilescope", pool_slots)
-                for dag_id in dags:
-                    wait_for_dag(api, dag_id, timeout=300)
-                    unpause(api, dag_id)
+            with serving(airflow, dags=dags, pool_slots=pool_slots, timeout=300) as api:
                 yield BenchStack(airflow, api, seaweed.client(), catalog,
                                  "postgresql" if metadata_url else "sqlite")
-            finally:
-                airflow.stop()
     finally:
         seaweed.stop()

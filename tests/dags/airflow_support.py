@@ -40,22 +40,12 @@ def running_airflow(tmp: Path, s3_server: str, *, dags: Sequence[str],
     """Airflow up and ready, pool ``tilescope`` checked, ``dags`` parsed and unpaused."""
     from tilescope.stack.airflow_stack import AirflowStack
     from tilescope.stack.procs import free_ports
-    from tilescope.stack.provision import ensure_pool, unpause, wait_for_dag
+    from tilescope.stack.provision import serving
 
     catalog = tmp / "catalog.sqlite"
     env = {**connection_env(s3_server, catalog), **(extra_env or {})}
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
                            components=tuple(components), extra_env=env)
-    try:  # stop() ends whatever started, whichever step fails
-        airflow.migrate()
-        airflow.start()
-        airflow.wait_ready(timeout=240)
-        api = airflow.api()
-        ensure_pool(api, "tilescope", pool_slots)
-        for dag_id in dags:
-            wait_for_dag(api, dag_id, timeout=240)
-            unpause(api, dag_id)
+    with serving(airflow, dags=dags, pool_slots=pool_slots) as api:
         yield RunningAirflow(airflow, api, catalog)
-    finally:
-        airflow.stop()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from tilescope.stack.api import Api, ApiError
@@ -168,3 +169,23 @@ def paged(api: Api, path: str, key: str, page: int = 100) -> list[dict]:
 def list_runs(api: Api, dag_id: str) -> list[dict]:
     """Every run of ``dag_id``."""
     return paged(api, f"/api/v2/dags/{_quote(dag_id)}/dagRuns?order_by=run_after", "dag_runs")
+
+
+@contextmanager
+def serving(airflow: Any, *, dags: Sequence[str], pool_slots: int,
+            timeout: float = 240.0) -> Iterator[Api]:
+    """Start an ``AirflowStack``, wait until it runs tasks, check the ``tilescope`` pool and
+    unpause ``dags`` once parsed; yields the REST client. Every process started is stopped
+    on the way out, whichever step failed (tests and benchmarks share this)."""
+    try:
+        airflow.migrate()
+        airflow.start()
+        airflow.wait_ready(timeout=timeout)
+        api = airflow.api()
+        ensure_pool(api, POOL, pool_slots)
+        for dag_id in dags:
+            wait_for_dag(api, dag_id, timeout=timeout)
+            unpause(api, dag_id)
+        yield api
+    finally:
+        airflow.stop()
