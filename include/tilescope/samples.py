@@ -1,7 +1,7 @@
 """Real sample photos for demos, tests and benchmarks, obtained from packages (never a hub).
 
 * scikit-image's wheel bundles ``astronaut``, ``coffee``, ``chelsea``, ``motorcycle_left``,
-  ``rocket``...
+  ``rocket``, and ``page`` (a photographed book page, for the text-regions model)...
 * Debian's ``darknet`` package ships ``kite`` (1352×900, many small people and kites),
   ``dog``, ``person``, ``horses``, ``eagle``, ``giraffe``. When the package is not installed
   the .deb is fetched with ``apt-get download`` and unpacked into the cache (no root install).
@@ -19,7 +19,8 @@ import numpy as np
 
 from tilescope.models.weights import cache_root
 
-SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "motorcycle_left", "rocket")
+SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "motorcycle_left", "rocket",
+                   "page")  # page: a photographed page of text (grey)
 DARKNET_SAMPLES = ("kite", "dog", "person", "horses", "eagle", "giraffe")
 _DARKNET_DIR = Path("/usr/share/darknet/data")
 

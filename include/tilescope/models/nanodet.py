@@ -10,28 +10,25 @@ Decoding: per cell 80 sigmoid class scores and 4×11 bins of a distribution-foca
 distance from the cell *centre* ((col + 0.5)·stride, (row + 0.5)·stride). Boxes are scaled
 back to slice pixels, clipped to the slice, then per-slice class-aware NMS.
 
-Slices of one :meth:`NanoDetModel.predict` call run concurrently on a thread pool over one
-shared session: ``InferenceSession.run`` releases the GIL, so ``parallel_slices`` sessions'
-worth of throughput costs one copy of the weights.
+Slices of one :meth:`NanoDetModel.predict` call run concurrently over one shared session
+(:mod:`tilescope.models.onnx_cpu`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelError
 from tilescope.models.base import DetectionModel
 from tilescope.models.coco import COCO_CATEGORY_IDS, COCO_NAMES
+from tilescope.models.onnx_cpu import SlicePool, open_cpu_session, slice_workers
 from tilescope.postprocess.combine import nms
 
 __all__ = ["INPUT_SIZE", "NanoDetModel", "decode_nanodet", "preprocess"]
@@ -144,11 +141,7 @@ class NanoDetModel(DetectionModel):
             raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < nms_threshold <= 1.0:
             raise ConfigError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
-        if intra_op_threads < 1:
-            raise ConfigError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-        parallel = parallel_slices if parallel_slices is not None else (os.cpu_count() or 1)
-        if parallel < 1:
-            raise ConfigError(f"parallel_slices must be >= 1, got {parallel_slices}")
+        parallel = slice_workers(parallel_slices)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.parallel_slices = parallel
@@ -157,27 +150,9 @@ class NanoDetModel(DetectionModel):
 
             model_path = ensure_nanodet_onnx()
         self.model_path = Path(model_path)
-        self._session = self._open_session(self.model_path, intra_op_threads)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._session = open_cpu_session(self.model_path, intra_op_threads, "NanoDet")
+        self._pool = SlicePool(parallel, "nanodet")
         self._buffers = threading.local()
-
-    @staticmethod
-    def _open_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads must not spin: slices run on several threads at once and a
-        # spinning pool steals the CPU the other slices need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            return ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
-            raise ModelError(f"cannot load NanoDet model {path}: {exc}") from exc
 
     def _input_buffer(self) -> np.ndarray:
         """A per-thread input canvas, so concurrent slices never share one."""
@@ -208,22 +183,9 @@ class NanoDetModel(DetectionModel):
         dets = dets.scaled(1.0 / factor).clipped(width, height)
         return nms(dets, self.nms_threshold, "iou", class_agnostic=False)
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=self.parallel_slices, thread_name_prefix="nanodet"
-                )
-            return self._pool
-
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        if len(images) <= 1 or self.parallel_slices == 1:
-            return [self.predict_one(image) for image in images]
-        return list(self._executor().map(self.predict_one, images))
+        return self._pool.map(self.predict_one, images)
 
     def close(self) -> None:
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        self._pool.close()
         self._session = None  # type: ignore[assignment]

@@ -17,6 +17,13 @@ from tilescope.models.base import DetectionModel
 # name -> "module:factory"; the factory is called with keyword options.
 _BUILTIN: dict[str, str] = {
     "nanodet-coco": "tilescope.models.nanodet:NanoDetModel",
+    "bedrock-converse": "tilescope.models.bedrock:BedrockConverseModel",
+    "rekognition": "tilescope.models.rekognition:RekognitionModel",
+    "sagemaker": "tilescope.models.sagemaker:SageMakerModel",
+    "sagemaker-async": "tilescope.models.sagemaker:SageMakerAsyncModel",
+    "http": "tilescope.models.http:HttpModel",
+    "kserve-v2": "tilescope.models.http:KServeV2Model",
+    "text-regions": "tilescope.models.text_regions:TextRegionsModel",
 }
 _REGISTERED: dict[str, Callable[..., DetectionModel]] = {}
 ENTRY_POINT_GROUP = "tilescope.models"
@@ -59,8 +66,14 @@ def model_slice_size(name: str) -> int:
 
 
 def model_categories(name: str) -> list[str]:
-    """A fixed-vocabulary model's category names, read from its class (``CATEGORY_NAMES``)."""
-    names = getattr(model_factory(name), "CATEGORY_NAMES", None)
+    """A fixed-vocabulary model's category names, read from its class (``CATEGORY_NAMES``).
+
+    Open-vocabulary models have none up front (``[]``): their findings carry their names.
+    """
+    factory = model_factory(name)
+    names = getattr(factory, "CATEGORY_NAMES", None)
+    if not names and getattr(factory, "open_vocabulary", False):
+        return []
     if not names:
         raise ConfigError(f"model {name!r} does not declare CATEGORY_NAMES")
     return list(names)
