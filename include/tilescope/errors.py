@@ -25,6 +25,18 @@ class ImageTooLargeError(BadImageError):
     """The image declares more pixels than the configured limit (decompression-bomb guard)."""
 
 
+class ImageBlockedError(BadImageError):
+    """The moderation gate refused the image (or could not decide, failing closed)."""
+
+    def __init__(self, message: str, verdict: dict | None = None,
+                 image: dict | None = None) -> None:
+        super().__init__(message)
+        #: the moderation verdict (``tilescope.moderation.Verdict.to_dict()``)
+        self.verdict = verdict or {}
+        #: the image's ``ImageInfo.to_dict()``, so the refusal can be recorded as a result
+        self.image = image or {}
+
+
 class ModelError(TilescopeError):
     """A model failed to run; another attempt may succeed (a crashed or overloaded backend)."""
 
@@ -45,6 +57,13 @@ class ModelThrottledError(ModelError):
 
 class ModelOutputError(ModelError):
     """A model answered, but its output could not be understood."""
+
+
+class ModelRequestError(ModelError):
+    """A remote model refused the request itself (invalid input, 4xx, access denied, unknown
+    endpoint): the same request would be refused again, so it fails fast."""
+
+    retryable = False
 
 
 class StorageError(TilescopeError):

@@ -26,6 +26,10 @@ class DetectionModel(ABC):
     COCO_CATEGORY_IDS: tuple[int, ...] | None = None
     #: the slice size the model was trained for; used when the caller asks for ``auto``
     preferred_slice_size: int = 640
+    #: ``True`` for models that name categories at run time (cloud models answering with
+    #: label strings): ``category_names`` then grows as names appear, and each region's
+    #: finding carries the names its ids refer to (see ``tilescope.models.vocabulary``)
+    open_vocabulary: bool = False
 
     @property
     def category_names(self) -> Sequence[str]:
