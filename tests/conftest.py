@@ -15,9 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration when first imported: give the test session its own
-# AIRFLOW_HOME (SQLite metadata DB) and point the DAGs folder at the repository's dags/.
+# AIRFLOW_HOME (SQLite metadata DB) and point the DAGs and plugins folders at the repository's.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tilescope-airflow-"))
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("TILESCOPE_RETRY_DELAY_SECONDS", "1")
 os.environ.setdefault("TILESCOPE_REGION_RETRIES", "1")

@@ -227,8 +227,12 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
-    with Image.open(io.BytesIO(read_bytes(prepared["thumbnail_uri"], client))) as thumb:
+    thumbnail_png = read_bytes(prepared["thumbnail_uri"], client)
+    with Image.open(io.BytesIO(thumbnail_png)) as thumb:
         thumbnail = np.asarray(thumb.convert("RGB"))
+    # The plain picture outlives scratch: the results viewer draws its boxes over it.
+    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+                thumbnail_png, "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
     write_bytes(targets.result, result_json(result), "application/json", client)  # last

@@ -46,6 +46,7 @@ def running_airflow(tmp: Path, s3_server: str, *, dags: Sequence[str],
     env = {**connection_env(s3_server, catalog), **(extra_env or {})}
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                           components=tuple(components), extra_env=env)
+                           plugins_folder=REPO / "plugins", components=tuple(components),
+                           extra_env=env)
     with serving(airflow, dags=dags, pool_slots=pool_slots) as api:
         yield RunningAirflow(airflow, api, catalog)

@@ -107,7 +107,7 @@ def test_kite_end_to_end_equals_the_cli(dag, airflow_env, sample):
     params = InferenceParams.from_dict(conf)
     prefix = f"results/{__import__('hashlib').sha256(data).hexdigest()[:16]}/{params.digest()}/"
     assert sorted(keys_under(client, prefix)) == sorted(
-        prefix + name for name in ("result.json", "coco.json", "overlay.png"))
+        prefix + name for name in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
     doc = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"].read())
     assert doc["status"] == "complete" and doc["plan"]["regions"] == 4
     assert doc["summary"]["counts"]["person"] >= 10

@@ -1,0 +1,275 @@
+"""The viewer's FastAPI app, mounted by the api-server under ``/tilescope`` (see the plugin).
+
+Every route sits behind Airflow's own authentication — the same ``get_user`` dependency and
+DAG permission check as ``/api/v2`` (the browser's ``_token`` cookie or a bearer token) —
+so an unauthenticated request gets 401 (JSON routes) or a redirect to the login page (the
+HTML page), never data. S3 is read here, with the api-server's ``aws_default``
+connection; the browser only ever sees this app's URLs.
+
+Routes (``{run}`` = ``dags/{dag_id}/runs/{run_id}``):
+
+* ``GET /viewer/{run}[?region=N]`` — the page (canvas, grid, boxes, filters);
+* ``GET /api/{run}/plan`` — image size and regions (once);
+* ``GET /api/{run}/states`` — every region's live state in one DB query (polled);
+* ``GET /api/{run}/findings?since=ISO`` — region boxes written since a cursor;
+* ``GET /api/{run}/result`` — the merged detections from ``result.json``;
+* ``GET /api/{run}/image?side=N`` — the run's thumbnail, downscaled, as JPEG;
+* ``GET /api/{run}/object?key=K`` — one of the run's own result/scratch objects.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tilescope.errors import BadImageError, StorageError
+from tilescope.storage import S3Location, read_bytes
+from tilescope.viewer import links, metadata
+from tilescope.viewer.images import downscale, parse_side
+from tilescope.viewer.keys import (
+    RunPrefixes,
+    ViewerInputError,
+    resolve_key,
+    run_prefixes,
+    validate_dag_id,
+    validate_region,
+    validate_run_id,
+)
+from tilescope.viewer.shaping import (
+    MAPPED_TASK,
+    finding_payload,
+    plan_payload,
+    result_payload,
+    states_payload,
+)
+
+RUN_PATH = "/dags/{dag_id}/runs/{run_id}"
+_MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg",
+                ".jpeg": "image/jpeg"}
+# Each route checks the caller may read this DAG's runs / task instances / XComs, exactly
+# as Airflow's REST API would (dag_id comes from the path).
+CanReadRun = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
+CanReadTasks = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
+CanReadXComs = Depends(requires_access_dag("GET", DagAccessEntity.XCOM))
+
+
+@cache
+def _s3_client() -> Any:
+    """One boto3 client per api-server process (thread-safe), from ``aws_default``."""
+    from tilescope.airflow_adapters import s3_client
+
+    return s3_client()
+
+
+def _ui_base() -> str:
+    from airflow.configuration import conf
+
+    return links.base_path(conf.get("api", "base_url", fallback="/"))
+
+
+def _checked(dag_id: str, run_id: str) -> tuple[str, str]:
+    validate_dag_id(dag_id)
+    validate_run_id(run_id)
+    if dag_id not in links.viewer_dags():
+        raise HTTPException(404, f"{dag_id} is not a tilescope pipeline DAG")
+    return dag_id, run_id
+
+
+def _run(session: Any, dag_id: str, run_id: str) -> metadata.RunInfo:
+    dag_id, run_id = _checked(dag_id, run_id)
+    run = metadata.find_run(session, dag_id, run_id)
+    if run is None:
+        raise HTTPException(404, f"no run {run_id!r} of {dag_id}")
+    return run
+
+
+def _prepared(session: Any, run: metadata.RunInfo) -> dict[str, Any] | None:
+    return metadata.xcom_value(session, run.dag_id, run.run_id, "preprocess", key="prepared")
+
+
+def _stored(session: Any, run: metadata.RunInfo) -> dict[str, Any] | None:
+    return metadata.xcom_value(session, run.dag_id, run.run_id, "store")
+
+
+def _prefixes(session: Any, run: metadata.RunInfo) -> RunPrefixes | None:
+    return run_prefixes(run.run_id, _prepared(session, run), _stored(session, run))
+
+
+def _category_names(conf: dict[str, Any]) -> list[str]:
+    from tilescope.models.registry import model_categories
+    from tilescope.params import InferenceParams
+
+    try:
+        return model_categories(str(conf.get("model") or InferenceParams().model))
+    except Exception:  # an unknown or open-vocabulary model: the page shows class ids
+        return []
+
+
+def _read(location: S3Location) -> bytes:
+    try:
+        return read_bytes(location.uri, _s3_client())
+    except BadImageError as exc:
+        raise HTTPException(404, f"{location.key} does not exist (any more)") from exc
+    except StorageError as exc:
+        raise HTTPException(502, f"S3 read failed: {exc}") from exc
+
+
+def _parse_since(since: str | None) -> datetime | None:
+    if not since:
+        return None
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError as exc:
+        raise ViewerInputError(f"since must be an ISO timestamp, got {since!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _page(static_dir: Path, config: dict[str, Any]) -> str:
+    """The page with its CSS, script and configuration inlined (one authenticated request)."""
+    html = (static_dir / "viewer.html").read_text()
+    blob = json.dumps(config).replace("<", "\\u003c")
+    return (html.replace("/*VIEWER_CSS*/", (static_dir / "viewer.css").read_text())
+                .replace("/*VIEWER_CONFIG*/", blob)
+                .replace("/*VIEWER_JS*/", (static_dir / "viewer.js").read_text()))
+
+
+def create_app(static_dir: Path) -> FastAPI:
+    """The viewer app; ``static_dir`` holds ``viewer.html``, ``viewer.css``, ``viewer.js``."""
+    app = FastAPI(title="tilescope results viewer", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.exception_handler(ViewerInputError)
+    async def refused(request: Request, exc: ViewerInputError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A person opening the page without a (valid) session goes to Airflow's login and
+        # comes back; API callers get the status code and no data.
+        needs_login = exc.status_code == 401 or (
+            exc.status_code == 403 and exc.detail == "Invalid JWT token")
+        if needs_login and request.url.path.startswith(f"{request.scope.get('root_path', '')}"
+                                                       "/viewer/"):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            login = get_auth_manager().get_url_login(next_url=str(request.url))
+            return RedirectResponse(login, status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.get(f"/viewer{RUN_PATH}", response_class=HTMLResponse, dependencies=[CanReadRun])
+    def viewer(request: Request, dag_id: str, run_id: str,
+               region: Annotated[str | None, Query()] = None) -> HTMLResponse:
+        dag_id, run_id = _checked(dag_id, run_id)
+        root = request.scope.get("root_path", "")
+        ui = _ui_base()
+        config = {"dag_id": dag_id, "run_id": run_id, "region": validate_region(region),
+                  "api": links.viewer_api(root, dag_id, run_id), "ui_base": ui,
+                  "run_url": links.run_page(ui, dag_id, run_id),
+                  "log_prefix": links.task_log(ui, dag_id, run_id, MAPPED_TASK) + "/mapped/"}
+        return HTMLResponse(_page(static_dir, config),
+                            headers={"Cache-Control": "no-store",
+                                     "X-Content-Type-Options": "nosniff"})
+
+    @app.get(f"/api{RUN_PATH}/plan", dependencies=[CanReadRun, CanReadXComs])
+    def plan(dag_id: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+        run = _run(session, dag_id, run_id)
+        prepared = _prepared(session, run)
+        regions = metadata.xcom_value(session, dag_id, run_id, "preprocess")
+        return {"dag_id": dag_id, "run_id": run_id, "run_state": run.state,
+                "image_uri": run.conf.get("image_uri"),
+                "category_names": _category_names(run.conf),
+                **plan_payload(regions if isinstance(regions, list) else None, prepared)}
+
+    @app.get(f"/api{RUN_PATH}/states", dependencies=[CanReadRun, CanReadTasks])
+    def states(dag_id: str, run_id: str, session: SessionDep,
+               regions: Annotated[int, Query(ge=0, le=100_000)] = 0) -> dict[str, Any]:
+        run = _run(session, dag_id, run_id)
+        payload = states_payload(metadata.task_rows(session, dag_id, run_id), regions,
+                                 run.state)
+        payload["polled_at"] = datetime.now(UTC).isoformat()
+        return payload
+
+    @app.get(f"/api{RUN_PATH}/findings", dependencies=[CanReadRun, CanReadXComs])
+    def findings(dag_id: str, run_id: str, session: SessionDep,
+                 since: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+        run = _run(session, dag_id, run_id)
+        moment = _parse_since(since)
+        rows = metadata.xcom_values_since(session, dag_id, run_id, MAPPED_TASK, moment)
+        prefixes = _prefixes(session, run) if rows else None
+        out = []
+        for _, _, value in rows:
+            if not isinstance(value, dict) or "index" not in value:
+                continue
+            detections = None
+            if value.get("detections_uri") and prefixes is not None:
+                try:
+                    location = resolve_key(str(value["detections_uri"]), prefixes)
+                    detections = json.loads(_read(location))
+                except (HTTPException, ViewerInputError):
+                    detections = None  # scratch already cleaned up: the result has them
+            out.append(finding_payload(value, detections))
+        cursor = rows[-1][1].isoformat() if rows else since
+        return {"cursor": cursor, "findings": out}
+
+    @app.get(f"/api{RUN_PATH}/result", dependencies=[CanReadRun, CanReadXComs])
+    def result(dag_id: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+        run = _run(session, dag_id, run_id)
+        prefixes = _prefixes(session, run)
+        location = prefixes.object("result.json", where="results") if prefixes else None
+        if location is None:
+            raise HTTPException(404, "no result stored for this run yet")
+        payload = result_payload(json.loads(_read(location)))
+        payload["artifacts"] = {name: prefixes.results + name
+                                for name in ("result.json", "coco.json", "overlay.png")}
+        return payload
+
+    @app.get(f"/api{RUN_PATH}/image", dependencies=[CanReadRun, CanReadXComs])
+    def image(dag_id: str, run_id: str, session: SessionDep,
+              side: Annotated[str | None, Query(max_length=5)] = None) -> Response:
+        run = _run(session, dag_id, run_id)
+        max_side = parse_side(side)
+        prefixes = _prefixes(session, run)
+        if prefixes is None:
+            raise HTTPException(404, "the run has no image yet")
+        # After store the thumbnail lives beside the result; before, in the run's scratch.
+        for where in ("results", "scratch"):
+            location = prefixes.object("thumbnail.png", where=where)
+            if location is None:
+                continue
+            try:
+                data = _read(location)
+            except HTTPException:
+                continue
+            preview = downscale(data, max_side)
+            return Response(preview.data, media_type=preview.media_type,
+                            headers={"Cache-Control": "private, max-age=60",
+                                     "X-Image-Size": f"{preview.width}x{preview.height}"})
+        raise HTTPException(404, "no thumbnail stored for this run")
+
+    @app.get(f"/api{RUN_PATH}/object", dependencies=[CanReadRun, CanReadXComs])
+    def stored_object(dag_id: str, run_id: str, session: SessionDep,
+                      key: Annotated[str, Query(max_length=2048)]) -> Response:
+        run = _run(session, dag_id, run_id)
+        prefixes = _prefixes(session, run)
+        if prefixes is None:
+            raise HTTPException(404, "the run has no objects yet")
+        location = resolve_key(key, prefixes)
+        suffix = "." + location.key.rsplit(".", 1)[-1].lower()
+        name = location.key.rsplit("/", 1)[-1]
+        return Response(_read(location), media_type=_MEDIA_TYPES[suffix],
+                        headers={"Content-Disposition": f'inline; filename="{name}"',
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "private, max-age=60"})
+
+    return app

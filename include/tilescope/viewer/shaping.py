@@ -1,0 +1,146 @@
+"""The viewer's JSON: run plan, live region states, region findings and the final result.
+
+Pure functions from what Airflow stores (task-instance rows, XCom values, ``result.json``)
+to compact, columnar payloads the page can draw directly: a 1,000-region run is one list
+of states, not 1,000 objects to poll.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+#: Airflow task-instance states as the viewer colours them; anything else shows as "none"
+REGION_STATES = ("none", "scheduled", "queued", "running", "success", "failed",
+                 "up_for_retry", "upstream_failed", "skipped", "removed", "deferred",
+                 "restarting", "up_for_reschedule")
+#: the DAG's single tasks whose states the page shows next to the grid
+STAGE_TASKS = ("preprocess", "synthesize", "store", "finalize")
+MAPPED_TASK = "analyze"
+TERMINAL_RUN_STATES = ("success", "failed")
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task-instance row as read from the metadata DB."""
+
+    task_id: str
+    map_index: int
+    state: str | None
+    try_number: int
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+
+def viewer_state(state: str | None) -> str:
+    """An Airflow state string (or ``None``) as one of :data:`REGION_STATES`."""
+    value = str(state.value if hasattr(state, "value") else state or "none")
+    return value if value in REGION_STATES else "none"
+
+
+def plan_payload(regions: Sequence[dict[str, Any]] | None,
+                 prepared: dict[str, Any] | None) -> dict[str, Any]:
+    """Image size and the region grid, from preprocess's XComs (``None`` before it ran)."""
+    image = (prepared or {}).get("image") or {}
+    plan = (prepared or {}).get("plan") or {}
+    rows = [{"index": int(r["index"]), "name": str(r["name"]), "row": int(r["row"]),
+             "col": int(r["col"]), "box": [int(v) for v in r["box"]],
+             "slices": int(r.get("slice_count", 0))}
+            for r in sorted(regions or [], key=lambda r: int(r["index"]))]
+    return {
+        "image": {"uri": image.get("uri"), "width": image.get("width"),
+                  "height": image.get("height"), "image_id": image.get("image_id")}
+        if image else None,
+        "grid": {"rows": plan.get("grid_rows"), "cols": plan.get("grid_cols"),
+                 "slices": plan.get("slices")} if plan else None,
+        "regions": rows,
+    }
+
+
+def states_payload(rows: Iterable[TaskRow], region_count: int,
+                   run_state: str | None) -> dict[str, Any]:
+    """Every region's state and try number, indexed by map index, plus the stage tasks.
+
+    Before ``analyze`` is expanded Airflow has a single unmapped row (map index -1) for
+    it: its state then applies to no region, so every region shows "none".
+    """
+    states = ["none"] * region_count
+    tries = [0] * region_count
+    stages: dict[str, str] = dict.fromkeys(STAGE_TASKS, "none")
+    for row in rows:
+        if row.task_id == MAPPED_TASK:
+            if 0 <= row.map_index < region_count:
+                states[row.map_index] = viewer_state(row.state)
+                tries[row.map_index] = int(row.try_number or 0)
+        elif row.task_id in stages and row.map_index == -1:
+            stages[row.task_id] = viewer_state(row.state)
+    run = viewer_state(run_state) if run_state else "none"
+    return {"run_state": run, "terminal": run in TERMINAL_RUN_STATES,
+            "stages": stages, "states": states, "tries": tries,
+            "counts": dict(Counter(states)), "result_ready": stages["store"] == "success"}
+
+
+def _compact(detections: dict[str, Any] | None) -> dict[str, list]:
+    """Columnar boxes ``[x0, y0, x1, y1]``, scores and class ids (possibly empty)."""
+    det = detections or {}
+    boxes = [[float(v) for v in b] for b in det.get("boxes") or []]
+    scores = [float(s) for s in det.get("scores") or []]
+    classes = [int(c) for c in det.get("category_ids") or []]
+    if not len(boxes) == len(scores) == len(classes):
+        raise ValueError("detections have mismatched boxes, scores and classes")
+    return {"boxes": boxes, "scores": scores, "classes": classes}
+
+
+def finding_payload(finding: dict[str, Any],
+                    detections: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One region's finding (an ``analyze`` XCom) for the page.
+
+    ``detections`` replaces the inline ones for a finding whose boxes were offloaded to S3
+    (``detections_uri``); ``missing`` says such boxes could not be read any more.
+    """
+    inline = finding.get("detections")
+    offloaded = bool(finding.get("detections_uri"))
+    payload = {"index": int(finding["index"]), "name": str(finding.get("name", "")),
+               "status": str(finding.get("status", "success")),
+               "attempts": int(finding.get("attempts", 1)),
+               "seconds": finding.get("seconds") or {},
+               "count": int(finding.get("detections_count") or 0),
+               "missing": offloaded and detections is None}
+    payload.update(_compact(detections if offloaded else inline))
+    return payload
+
+
+def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
+    """The stored ``result.json`` as columnar boxes ``[x0, y0, x1, y1]`` with class ids."""
+    names = list(doc.get("category_names") or [])
+    boxes, scores, classes = [], [], []
+    for record in doc.get("detections") or []:
+        x, y, w, h = (float(v) for v in record["bbox"])
+        cid = int(record["category_id"])
+        while cid >= len(names):  # an older document without category_names
+            names.append(str(len(names)))
+        names[cid] = str(record.get("category_name", names[cid]))
+        boxes.append([x, y, round(x + w, 2), round(y + h, 2)])
+        scores.append(float(record["score"]))
+        classes.append(cid)
+    summary = doc.get("summary") or {}
+    return {"status": doc.get("status"), "failed_regions": doc.get("failed_regions") or [],
+            "counts": summary.get("counts") or class_counts(classes, names),
+            "description": summary.get("description"),
+            "model_seconds": summary.get("model_seconds"),
+            "total_seconds": summary.get("total_seconds"),
+            "category_names": names, "boxes": boxes, "scores": scores, "classes": classes}
+
+
+def class_counts(classes: Iterable[int], names: Sequence[str],
+                 scores: Sequence[float] | None = None, min_score: float = 0.0
+                 ) -> dict[str, int]:
+    """Detections per class name (most frequent first), optionally above a score."""
+    def name(cid: int) -> str:
+        return names[cid] if 0 <= cid < len(names) else str(cid)
+
+    picked = [c for i, c in enumerate(classes) if scores is None or scores[i] >= min_score]
+    return dict(Counter(name(int(c)) for c in picked).most_common())

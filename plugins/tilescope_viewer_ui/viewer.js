@@ -1,0 +1,349 @@
+// tilescope results viewer: one <canvas> (image, region grid, boxes), polled JSON.
+// State for people and tests alike lives in window.tilescopeViewer and data-* attributes.
+(() => {
+  "use strict";
+  const cfg = JSON.parse(document.getElementById("viewer-config").textContent);
+  const POLL_MS = 2000;
+  const IMAGE_SIDE = 1600;
+  const LABELS_UP_TO = 600; // past this many visible boxes, labels only clutter the canvas
+  // Airflow's own state colours, so the grid reads like the Grid view.
+  const COLORS = {
+    none: "#9e9e9e", scheduled: "#d2b48c", queued: "#808080", running: "#32cd32",
+    success: "#008000", failed: "#ff0000", up_for_retry: "#ffd700",
+    upstream_failed: "#ffa500", skipped: "#ff69b4", removed: "#d3d3d3",
+    deferred: "#9370db", restarting: "#ee82ee", up_for_reschedule: "#40e0d0",
+  };
+  const S = (window.tilescopeViewer = {
+    ready: false, mode: "waiting", runState: null, regions: 0, cellsDrawn: 0,
+    boxesDrawn: 0, boxesTotal: 0, labelsDrawn: 0, imageLoaded: false, stateCounts: {},
+    classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
+  });
+  const $ = (id) => document.getElementById(id);
+  const canvas = $("view");
+  const ctx = canvas.getContext("2d");
+  let plan = null; // {image, grid, regions, category_names}
+  let states = [], tries = [];
+  let stages = {};
+  let image = null;
+  let imageRequested = false;
+  let cursor = null;
+  const regionBoxes = new Map(); // map index → {boxes, scores, classes}
+  const regionInfo = new Map(); // map index → finding summary (attempts, seconds, count)
+  let final = null; // merged result once stored
+  const hidden = new Set(); // class ids switched off
+  let minScore = 0;
+  let scale = 1;
+  let drawQueued = false;
+
+  const names = () => (final ? final.category_names : (plan && plan.category_names) || []);
+  const className = (c) => names()[c] ?? String(c);
+  const classColor = (c) => `hsl(${(c * 137.508) % 360} 90% 55%)`;
+
+  async function getJSON(path) {
+    const response = await fetch(cfg.api + path, { credentials: "same-origin",
+      headers: { Accept: "application/json" } });
+    if (response.status === 401 || response.status === 403) {
+      throw new Error("not signed in (any more): reload the page to log in");
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      const err = new Error(body.detail || `HTTP ${response.status}`);
+      err.status = response.status;
+      throw err;
+    }
+    return response.json();
+  }
+
+  function say(text) { $("message").textContent = text || ""; }
+
+  function layout() {
+    const img = plan && plan.image;
+    if (!img || !img.width) return;
+    const width = Math.max(200, Math.floor(canvas.parentElement.clientWidth || 960));
+    const maxHeight = Math.max(240, window.innerHeight - 140);
+    scale = Math.min(width / img.width, maxHeight / img.height);
+    const w = Math.round(img.width * scale), h = Math.round(img.height * scale);
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  }
+
+  function visibleDetections() {
+    const out = [];
+    const push = (d) => {
+      for (let i = 0; i < d.boxes.length; i++) {
+        if (d.scores[i] >= minScore && !hidden.has(d.classes[i])) {
+          out.push([d.boxes[i], d.scores[i], d.classes[i]]);
+        }
+      }
+    };
+    if (final) push(final); else regionBoxes.forEach(push);
+    return out;
+  }
+
+  function allDetections() {
+    if (final) return final;
+    const all = { boxes: [], scores: [], classes: [] };
+    regionBoxes.forEach((d) => {
+      all.boxes.push(...d.boxes); all.scores.push(...d.scores); all.classes.push(...d.classes);
+    });
+    return all;
+  }
+
+  function draw() {
+    drawQueued = false;
+    layout();
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (image) ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+    else { ctx.fillStyle = "#222"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+    let cells = 0;
+    const regions = (plan && plan.regions) || [];
+    ctx.lineWidth = 1;
+    ctx.font = "11px system-ui, sans-serif";
+    for (const r of regions) {
+      const state = states[r.index] || "none";
+      const [x0, y0, x1, y1] = r.box.map((v) => v * scale);
+      const color = COLORS[state] || COLORS.none;
+      ctx.globalAlpha = state === "success" ? 0.10 : 0.28;
+      ctx.fillStyle = color;
+      ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
+      ctx.globalAlpha = 0.9;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(Math.round(x0) + 0.5, Math.round(y0) + 0.5, Math.round(x1 - x0) - 1,
+        Math.round(y1 - y0) - 1);
+      if (x1 - x0 > 48 && y1 - y0 > 16) {
+        ctx.fillStyle = color;
+        ctx.fillText(r.name, x0 + 3, y0 + 12);
+      }
+      cells++;
+    }
+    ctx.globalAlpha = 1;
+    const dets = visibleDetections();
+    const withLabels = dets.length <= LABELS_UP_TO;
+    let labels = 0;
+    ctx.lineWidth = 2;
+    for (const [box, score, cls] of dets) {
+      const x = box[0] * scale, y = box[1] * scale;
+      const w = (box[2] - box[0]) * scale, h = (box[3] - box[1]) * scale;
+      const color = classColor(cls);
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x, y, w, h);
+      if (withLabels) {
+        const text = `${className(cls)} ${score.toFixed(2)}`;
+        const tw = ctx.measureText(text).width + 6;
+        ctx.fillStyle = color;
+        ctx.fillRect(x - 1, Math.max(0, y - 14), tw, 14);
+        ctx.fillStyle = "#000";
+        ctx.fillText(text, x + 2, Math.max(11, y - 3));
+        labels++;
+      }
+    }
+    if (S.selected !== null && regions[S.selected]) {
+      const [x0, y0, x1, y1] = regions[S.selected].box.map((v) => v * scale);
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "#fff";
+      ctx.strokeRect(x0 + 1.5, y0 + 1.5, x1 - x0 - 3, y1 - y0 - 3);
+    }
+    S.cellsDrawn = cells;
+    S.boxesDrawn = dets.length;
+    S.labelsDrawn = labels;
+    S.draws++;
+    canvas.dataset.cellsDrawn = String(cells);
+    canvas.dataset.boxesDrawn = String(dets.length);
+    canvas.dataset.mode = S.mode;
+  }
+
+  function redraw() {
+    if (!drawQueued) { drawQueued = true; requestAnimationFrame(draw); }
+  }
+
+  function renderLegend() {
+    const counts = {};
+    for (const s of states) counts[s] = (counts[s] || 0) + 1;
+    S.stateCounts = counts;
+    $("legend").replaceChildren(...Object.entries(counts).sort().map(([state, n]) => {
+      const li = document.createElement("li");
+      li.dataset.state = state;
+      const swatch = document.createElement("i");
+      swatch.style.background = COLORS[state] || COLORS.none;
+      li.append(swatch, `${state.replaceAll("_", " ")}: ${n}`);
+      return li;
+    }));
+    const order = ["preprocess", "analyze", "synthesize", "store", "finalize"];
+    $("stages").replaceChildren(...order.map((task) => {
+      const li = document.createElement("li");
+      let state = stages[task] || "none";
+      let label = task;
+      if (task === "analyze") {
+        const done = counts.success || 0;
+        label = `analyze ${done}/${states.length}`;
+        state = counts.failed ? "failed" : done === states.length && done ? "success"
+          : (counts.running || counts.queued) ? "running" : "none";
+      }
+      li.textContent = label;
+      li.style.borderLeftColor = COLORS[state] || COLORS.none;
+      li.dataset.state = state;
+      return li;
+    }));
+  }
+
+  function renderClasses() {
+    const all = allDetections();
+    const total = {}, shown = {};
+    all.classes.forEach((c, i) => {
+      total[c] = (total[c] || 0) + 1;
+      if (all.scores[i] >= minScore && !hidden.has(c)) shown[c] = (shown[c] || 0) + 1;
+    });
+    S.boxesTotal = all.classes.length;
+    S.classCounts = Object.fromEntries(Object.entries(total).map(([c, n]) => [className(+c), n]));
+    const rows = Object.keys(total).map(Number).sort((a, b) => total[b] - total[a]);
+    $("classes").tBodies[0].replaceChildren(...rows.map((c) => {
+      const tr = document.createElement("tr");
+      tr.dataset.class = className(c);
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = !hidden.has(c);
+      box.addEventListener("change", () => {
+        if (box.checked) hidden.delete(c); else hidden.add(c);
+        renderClasses(); redraw();
+      });
+      const swatch = document.createElement("i");
+      swatch.style.background = classColor(c);
+      const cells = [box, [swatch, " ", className(c)], String(shown[c] || 0), String(total[c])];
+      tr.append(...cells.map((content) => {
+        const td = document.createElement("td");
+        td.append(...[].concat(content));
+        return td;
+      }));
+      return tr;
+    }));
+  }
+
+  function showRegion(index) {
+    const regions = (plan && plan.regions) || [];
+    const r = regions[index];
+    if (!r) return;
+    S.selected = index;
+    const info = regionInfo.get(index) || {};
+    const boxes = final ? null : regionBoxes.get(index);
+    const details = {
+      state: states[index] || "none", "try": tries[index] || "–",
+      box: r.box.join(", "), slices: r.slices,
+      detections: boxes ? boxes.boxes.length : info.count ?? "–",
+      seconds: info.seconds && info.seconds.total !== undefined
+        ? info.seconds.total.toFixed(2) : "–",
+    };
+    $("region-name").textContent = r.name;
+    $("region-details").replaceChildren(...Object.entries(details).flatMap(([k, v]) => {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = String(v);
+      return [dt, dd];
+    }));
+    const link = $("region-log");
+    link.href = cfg.log_prefix + index + (tries[index] ? `?try_number=${tries[index]}` : "");
+    link.dataset.region = String(index);
+    $("region-info").hidden = false;
+    redraw();
+  }
+
+  canvas.addEventListener("click", (event) => {
+    if (!plan || !plan.regions.length) return;
+    const rect = canvas.getBoundingClientRect();
+    const x = ((event.clientX - rect.left) * canvas.width) / rect.width / scale;
+    const y = ((event.clientY - rect.top) * canvas.height) / rect.height / scale;
+    // Regions overlap by the slice overlap: take the one whose centre is nearest.
+    let best = null, bestDist = Infinity;
+    for (const r of plan.regions) {
+      const [x0, y0, x1, y1] = r.box;
+      if (x < x0 || x > x1 || y < y0 || y > y1) continue;
+      const d = (x - (x0 + x1) / 2) ** 2 + (y - (y0 + y1) / 2) ** 2;
+      if (d < bestDist) { bestDist = d; best = r.index; }
+    }
+    if (best !== null) showRegion(best);
+  });
+
+  $("min-score").addEventListener("input", (event) => {
+    minScore = Number(event.target.value);
+    $("min-score-value").textContent = minScore.toFixed(2);
+    renderClasses(); redraw();
+  });
+  $("all-classes").addEventListener("click", () => { hidden.clear(); renderClasses(); redraw(); });
+  $("no-classes").addEventListener("click", () => {
+    allDetections().classes.forEach((c) => hidden.add(c)); renderClasses(); redraw();
+  });
+  window.addEventListener("resize", redraw);
+
+  function loadImage() {
+    if (imageRequested || !plan || !plan.image) return;
+    imageRequested = true;
+    const img = new Image();
+    img.onload = () => { image = img; S.imageLoaded = true; redraw(); };
+    img.onerror = () => { imageRequested = false; }; // thumbnail not written yet: retry later
+    img.src = `${cfg.api}/image?side=${IMAGE_SIDE}`;
+  }
+
+  function renderArtifacts(artifacts) {
+    $("artifact-links").replaceChildren(...Object.entries(artifacts || {}).map(([name, key]) => {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = `${cfg.api}/object?key=${encodeURIComponent(key)}`;
+      a.textContent = name;
+      li.append(a);
+      return li;
+    }));
+    $("artifacts").hidden = !artifacts;
+  }
+
+  async function poll() {
+    S.polls++;
+    try {
+      if (!plan || !plan.regions.length) {
+        plan = await getJSON("/plan");
+        S.regions = plan.regions.length;
+        states = new Array(S.regions).fill("none");
+        if (!plan.regions.length) say("waiting for preprocess to plan the regions…");
+      }
+      loadImage();
+      const st = await getJSON(`/states?regions=${S.regions}`);
+      states = st.states; tries = st.tries; stages = st.stages;
+      S.runState = st.run_state;
+      $("run-state").textContent = st.run_state;
+      $("run-state").style.background = COLORS[st.run_state] || "";
+      if (!final) {
+        const since = cursor ? `?since=${encodeURIComponent(cursor)}` : "";
+        const fresh = await getJSON(`/findings${since}`);
+        cursor = fresh.cursor;
+        for (const f of fresh.findings) {
+          regionBoxes.set(f.index, f);
+          regionInfo.set(f.index, f);
+        }
+        S.findings = regionBoxes.size;
+        if (regionBoxes.size) S.mode = "live";
+      }
+      if (st.result_ready && !final) {
+        final = await getJSON("/result");
+        S.mode = "final";
+        $("summary").textContent = `${final.status}: ${final.description || ""}` +
+          (final.total_seconds ? ` · ${final.total_seconds}s (model ${final.model_seconds}s)` : "");
+        renderArtifacts(final.artifacts);
+      }
+      renderLegend();
+      renderClasses();
+      if (S.selected !== null) showRegion(S.selected);
+      else if (cfg.region !== null && plan.regions[cfg.region]) showRegion(cfg.region);
+      redraw();
+      const done = st.terminal && Boolean(final || !st.result_ready);
+      if (st.terminal && !final && plan.regions.length) say(`run ${st.run_state}; no stored result`);
+      else if (plan.regions.length) say("");
+      S.ready = Boolean(plan.regions.length);
+      document.body.dataset.state = done ? "done" : "live";
+      if (!done) setTimeout(poll, POLL_MS);
+    } catch (err) {
+      S.errors.push(String(err.message || err));
+      say(String(err.message || err));
+      document.body.dataset.state = "error";
+      if (err.status !== 400 && err.status !== 404) setTimeout(poll, POLL_MS * 2);
+    }
+  }
+
+  $("run-id").textContent = `${cfg.dag_id} · ${cfg.run_id}`;
+  poll();
+})();
