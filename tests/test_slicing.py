@@ -8,6 +8,7 @@ from sahi.slicing import get_auto_slice_params, get_slice_bboxes
 
 from tilescope.errors import ConfigError
 from tilescope.slicing import (
+    DEFAULT_MIN_SLICES_PER_REGION,
     MAX_MAP_LENGTH,
     Region,
     auto_grid,
@@ -63,8 +64,10 @@ def test_regions_partition_the_slices_and_cover_their_boxes() -> None:
 
 def test_auto_grid_amortizes_and_respects_max_map_length() -> None:
     assert auto_grid(4, 3) == (1, 1)  # 12 slices: one region is cheaper than fan-out
-    rows, cols = auto_grid(25, 25)  # 625 slices → ~9 regions of ≥ 64 slices
-    assert 1 < rows * cols <= 625 // 64
+    rows, cols = auto_grid(25, 25)  # 625 slices (8192² at 416 px) → 2 regions of ≥ 256
+    assert 1 < rows * cols <= 625 // DEFAULT_MIN_SLICES_PER_REGION
+    rows, cols = auto_grid(50, 50)  # 2500 slices (16384²) → ~9 regions
+    assert 4 <= rows * cols <= 2500 // DEFAULT_MIN_SLICES_PER_REGION
     rows, cols = auto_grid(400, 400)  # 160k slices
     assert rows * cols <= MAX_MAP_LENGTH
     assert auto_grid(400, 400, max_regions=100)[0] * auto_grid(400, 400, max_regions=100)[1] \

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from tilescope.banding import predict_region
 from tilescope.detections import Detections
-from tilescope.errors import RegionsFailedError
+from tilescope.errors import ModelOutputError, RegionsFailedError
 from tilescope.models.base import DetectionModel
+from tilescope.models.vocabulary import reconcile
 from tilescope.params import InferenceParams
 from tilescope.postprocess.combine import merge
 from tilescope.readers.base import ImageReader
@@ -52,22 +54,30 @@ def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
                    params: InferenceParams, *, attempt: int = 1) -> RegionFinding:
     """Run the model over one region's slices; detections come back in full-image pixels."""
     started = time.perf_counter()
-    box = region.box
-    crop = reader.read(box)
-    read_done = time.perf_counter()
-    slices = region.slices()
-    views = [crop[s.y1 - box.y1:s.y2 - box.y1, s.x1 - box.x1:s.x2 - box.x1] for s in slices]
-    per_slice = model.predict(views)
+    try:
+        banded = predict_region(reader, region, model)
+    except ModelOutputError as exc:  # say where: the backend names itself, we add the region
+        raise ModelOutputError(f"region {region.name}: {exc}") from exc
     model_done = time.perf_counter()
-    dets = Detections.concat(d.shifted(s.x1, s.y1) for d, s in zip(per_slice, slices, strict=True))
+    dets = Detections.concat(d.shifted(s.x1, s.y1)
+                             for d, s in zip(banded.per_slice, banded.slices, strict=True))
     dets = dets.select(dets.scores >= params.score_threshold)
     merged = quantize(merge_detections(dets, params))
     finished = time.perf_counter()
+    # "read" is the time the model waited for pixels: reads overlapped with model calls
+    # (see tilescope.banding) cost nothing on the critical path.
     return RegionFinding(
         index=region.index, name=region.name, row=region.row, col=region.col,
-        box=box.as_list(), slice_count=region.slice_count, detections=merged, attempts=attempt,
-        seconds={"read": read_done - started, "model": model_done - read_done,
-                 "merge": finished - model_done, "total": finished - started})
+        box=region.box.as_list(), slice_count=region.slice_count, detections=merged,
+        attempts=attempt,
+        seconds={"read": banded.read_wait, "model": banded.model,
+                 "merge": finished - model_done, "total": finished - started},
+        category_names=open_names(model))
+
+
+def open_names(model: DetectionModel) -> list[str] | None:
+    """What an open-vocabulary model's ids mean right now (``None`` for fixed vocabularies)."""
+    return list(model.category_names) if model.open_vocabulary else None
 
 
 def full_image_detections(reader: ImageReader, model: DetectionModel,
@@ -89,11 +99,15 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
                model_name: str | None = None, category_names: Sequence[str] | None = None,
                coco_category_ids: Sequence[int] | None = None,
                full_image: Detections | None = None,
+               full_image_names: Sequence[str] | None = None,
                seconds: dict[str, float] | None = None) -> Result:
     """Merge every region's findings into one result, enforcing ``min_success_ratio``.
 
     Regions without a finding count as failed. Below the ratio, :class:`RegionsFailedError`
-    names the failed regions; at or above it, the result is marked partial.
+    names the failed regions; at or above it, the result is marked partial. Findings of an
+    open-vocabulary model carry their own names and are put on one vocabulary first
+    (``full_image_names`` does the same for ``full_image``). With ``params.synthesis_model``
+    set, that model writes the scene description.
     """
     by_index = {f.index: f for f in findings}
     complete = [by_index.get(r.index) or failed_finding(r, "no finding") for r in plan.regions]
@@ -105,20 +119,28 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
             f"{len(failed)} of {len(complete)} regions failed ({names}): success ratio "
             f"{ratio:.3f} is below min_success_ratio {params.min_success_ratio}")
     started = time.perf_counter()
-    parts = [f.detections for f in complete if f.status == "success"]
+    fixed = list(category_names if category_names is not None else
+                 [] if model is None or model.open_vocabulary else model.category_names)
+    sources = [(f.detections, f.category_names) for f in complete if f.status == "success"]
     if full_image is not None:
-        parts.append(full_image)
+        sources.append((full_image, full_image_names))
+    parts, names = reconcile(fixed, sources)
     merged = merge_detections(Detections.concat(parts), params)
     merged = merged.clipped(image.width, image.height).sorted_by_score()
     timing = dict(seconds or {})
     timing["synthesize"] = time.perf_counter() - started
     timing.setdefault("model", float(sum(f.seconds.get("model", 0.0) for f in complete)))
-    names = list(category_names if category_names is not None else model.category_names)
-    return Result(image=image, model=model_name or (model.name if model else params.model),
-                  params=params.to_dict(), plan=plan.summary(), regions=complete,
-                  detections=merged, category_names=names, seconds=timing,
-                  coco_category_ids=list(coco_category_ids) if coco_category_ids else
-                  (list(model.COCO_CATEGORY_IDS) if model and model.COCO_CATEGORY_IDS else None))
+    result = Result(image=image, model=model_name or (model.name if model else params.model),
+                    params=params.to_dict(), plan=plan.summary(), regions=complete,
+                    detections=merged, category_names=names, seconds=timing,
+                    coco_category_ids=list(coco_category_ids) if coco_category_ids else
+                    (list(model.COCO_CATEGORY_IDS) if model and model.COCO_CATEGORY_IDS
+                     else None))
+    if params.synthesis_model:
+        from tilescope.describe import describe_result
+
+        describe_result(result, params.synthesis_model, params.synthesis_options)
+    return result
 
 
 def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
@@ -137,6 +159,7 @@ def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
         if progress:
             progress(done, plan.slice_count)
     full = full_image_detections(reader, model, params) if params.full_image_pass else None
-    result = synthesize(image, plan, findings, params, model, full_image=full)
+    result = synthesize(image, plan, findings, params, model, full_image=full,
+                        full_image_names=open_names(model))
     result.seconds["total"] = time.perf_counter() - started
     return result

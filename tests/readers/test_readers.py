@@ -190,6 +190,18 @@ def test_tiled_tiff_reads_only_the_tiles_a_box_needs() -> None:
     assert np.array_equal(reader.read(Box(300, 250, 400, 300)), pixels[250:288, 300:384])
 
 
+def test_tiled_tiff_reuses_the_last_tile_row_for_an_overlapping_next_read() -> None:
+    pixels = np.tile(gradient(), (6, 6, 1))  # 384 × 288, 64-px tiles: 6 × 5 tiles
+    reader = reader_for_bytes(tiled_tiff(pixels, compression="zstd"))
+    assert np.array_equal(reader.read(Box(0, 0, 384, 100)), pixels[0:100])  # tile rows 0-1
+    assert reader.tiles_read == 12
+    # Rows 80-200 span tile rows 1-3: row 1 comes from the last read, rows 2-3 are new.
+    assert np.array_equal(reader.read(Box(0, 80, 384, 200)), pixels[80:200])
+    assert reader.tiles_read == 12 + 12
+    assert np.array_equal(reader.read(Box(10, 10, 50, 50)), pixels[10:50, 10:50])  # dropped
+    assert reader.tiles_read == 25
+
+
 def test_tiled_tiff_16_bit_grey_and_thumbnail() -> None:
     grey = (np.arange(256 * 256).reshape(256, 256) % 65536).astype(np.uint16)
     reader = reader_for_bytes(tiled_tiff(grey))

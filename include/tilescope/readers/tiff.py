@@ -47,6 +47,8 @@ class TiffReader(ImageReader):
         self._tiled = bool(page.is_tiled) and page.planarconfig == 1 and page.imagedepth == 1
         self._full: np.ndarray | None = None
         self.tiles_read = 0
+        #: decoded tiles of the last read, reused by an overlapping next read
+        self._recent: dict[int, tuple[np.ndarray, int, int]] = {}
         self.header = ImageHeader(format="TIFF", width=width, height=height,
                                   mode=f"{page.dtype}x{page.samplesperpixel}",
                                   frames=len(self._tiff.pages), tiled=self._tiled)
@@ -91,16 +93,24 @@ class TiffReader(ImageReader):
         tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
         tiles_across = math.ceil(self.width / tile_w)
         out = np.zeros((box.height, box.width, 3), np.uint8)
+        decoded: dict[int, tuple[np.ndarray, int, int]] = {}
         for tile_row in range(box.y1 // tile_h, math.ceil(box.y2 / tile_h)):
             indices = [tile_row * tiles_across + tile_col for tile_col in
                        range(box.x1 // tile_w, math.ceil(box.x2 / tile_w))]
-            encoded = self._read_tiles(indices)
+            missing = [i for i in indices if i not in self._recent]
+            encoded = self._read_tiles(missing) if missing else {}
             for index in indices:
-                tile, x, y = self._decode_tile(index, encoded[index])
+                cached = self._recent.get(index)
+                tile, x, y = cached if cached else self._decode_tile(index, encoded[index])
+                decoded[index] = (tile, x, y)
                 x1, y1 = max(box.x1, x), max(box.y1, y)
                 x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
                 out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = to_rgb8(
                     tile[y1 - y:y2 - y, x1 - x:x2 - x])
+        # Keep this read's tiles (one more band's worth of memory): the next band of a region
+        # (tilescope.banding) starts inside this one — by the slice overlap, or by nearly a
+        # whole slice at the image's bottom edge, where SAHI shifts the last slice back.
+        self._recent = decoded
         return out
 
     def _read_full(self) -> np.ndarray:
