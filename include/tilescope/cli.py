@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-threshold", type=float, default=0.3)
     predict.add_argument("--full-image-pass", action="store_true",
                          help="also run the model on the whole downscaled image")
+    predict.add_argument("--synthesis-model", default=None, metavar="NAME",
+                         help="model writing the scene description, e.g. bedrock-converse "
+                              "(default: a deterministic summary)")
+    predict.add_argument("--synthesis-option", action="append", default=[],
+                         metavar="KEY=VALUE", help="synthesis model option (repeatable)")
     predict.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                          help="refuse images declaring more pixels (decompression bombs)")
     predict.add_argument("--out", help="results JSON path (or s3:// URI)")
@@ -110,8 +115,11 @@ def _predict(args: argparse.Namespace) -> int:
         model=args.model, slice_size=args.slice, overlap=args.overlap, grid=args.grid,
         postprocess=args.postprocess, match_metric=args.match_metric,
         match_threshold=args.match_threshold, class_agnostic=args.class_agnostic,
-        score_threshold=args.score_threshold, full_image_pass=args.full_image_pass)
-    options = {"score_threshold": args.score_threshold, **_model_options(args.model_option)}
+        score_threshold=args.score_threshold, full_image_pass=args.full_image_pass,
+        model_options=_model_options(args.model_option),
+        synthesis_model=args.synthesis_model,
+        synthesis_options=_model_options(args.synthesis_option))
+    options = params.model_arguments()
     # Open (and validate) the image before paying for the model; decode it once.
     reader, image = open_image(args.image, max_pixels=args.max_pixels)
     reader.validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tilescope.errors import ConfigError
@@ -12,6 +12,25 @@ from tilescope.slicing import parse_grid, validate_slicing
 
 POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms")
 MATCH_METRICS = ("ios", "iou")
+#: parameters added after the first release: left out of :meth:`InferenceParams.digest`
+#: while unset, so existing results keep their keys
+_OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options")
+#: option names that smell like credentials: those belong in an Airflow connection
+_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key",
+                 "credential")
+
+
+def _check_options(name: str, options: Any) -> dict[str, Any]:
+    """A JSON object of backend options, refusing anything that looks like a credential."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{name} must be an object of options, got {type(options).__name__}")
+    for key in options:
+        if any(word in str(key).lower() for word in _SECRET_WORDS):
+            raise ConfigError(f"{name}[{key!r}] looks like a credential: put secrets in an "
+                              "Airflow connection and pass its conn_id")
+    return dict(options)
 
 
 @dataclass(frozen=True)
@@ -30,8 +49,18 @@ class InferenceParams:
     score_threshold: float = 0.3
     full_image_pass: bool = False
     min_success_ratio: float = 1.0
+    #: keyword options for the tile model (e.g. ``{"conn_id": ..., "model_id": ...}``)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    #: the model that writes the scene description at synthesis (``None``: deterministic)
+    synthesis_model: str | None = None
+    synthesis_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_options",
+                           _check_options("model_options", self.model_options))
+        object.__setattr__(self, "synthesis_options",
+                           _check_options("synthesis_options", self.synthesis_options))
+        object.__setattr__(self, "synthesis_model", self.synthesis_model or None)
         if self.postprocess not in POSTPROCESS_TYPES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_TYPES}, "
                               f"got {self.postprocess!r}")
@@ -68,7 +97,13 @@ class InferenceParams:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def model_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for ``load_model(self.model, ...)``."""
+        return {"score_threshold": self.score_threshold, **self.model_options}
+
     def digest(self) -> str:
         """A short stable hash of the parameters (catalog key, result idempotency)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in _OPTIONAL_IN_DIGEST or v}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

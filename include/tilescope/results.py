@@ -92,6 +92,9 @@ class RegionFinding:
     #: the count when the boxes themselves were not kept (result documents list regions
     #: without their boxes, which are merged into the image-level detections)
     detections_count: int | None = None
+    #: names of this finding's category ids, for open-vocabulary models whose ids are
+    #: per-model-instance; ``None`` = the model's fixed ``CATEGORY_NAMES``
+    category_names: list[str] | None = None
 
     def to_dict(self, *, with_detections: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -104,6 +107,8 @@ class RegionFinding:
         }
         if with_detections:
             data["detections"] = detections_to_compact(self.detections)
+            if self.category_names is not None:
+                data["category_names"] = list(self.category_names)
         return data
 
     @classmethod
@@ -117,7 +122,8 @@ class RegionFinding:
                    attempts=int(data.get("attempts", 1)),
                    seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
                    error=data.get("error"),
-                   detections_count=None if dets else data.get("detections_count"))
+                   detections_count=None if dets else data.get("detections_count"),
+                   category_names=data.get("category_names"))
 
 
 @dataclass
@@ -134,6 +140,11 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)
     coco_category_ids: list[int] | None = None
     description: str | None = None
+    #: the moderation gate's verdict (``tilescope.moderation.Verdict.to_dict()``), if one ran
+    moderation: dict[str, Any] | None = None
+    #: where ``description`` came from when not the deterministic summary, e.g.
+    #: ``{"model": "bedrock-converse", "model_id": ..., "error": ...}``
+    description_source: dict[str, Any] | None = None
 
     @property
     def failed_regions(self) -> list[str]:
@@ -144,7 +155,14 @@ class Result:
         return bool(self.failed_regions)
 
     @property
+    def blocked(self) -> bool:
+        """The moderation gate refused the image: nothing was analysed."""
+        return bool(self.moderation and self.moderation.get("blocked"))
+
+    @property
     def status(self) -> str:
+        if self.blocked:
+            return "blocked"
         return "partial" if self.partial else "complete"
 
     def category_name(self, category_id: int) -> str:
@@ -164,7 +182,9 @@ class Result:
                 "regions": len(self.regions), "failed_regions": len(self.failed_regions),
                 "model_seconds": round(model, 3), "total_seconds": round(total, 3),
                 "model_share": round(model / total, 3) if total else None,
-                "description": self.description or describe_counts(self.counts())}
+                "description": self.description or describe_counts(self.counts()),
+                **({"description_source": self.description_source}
+                   if self.description_source else {})}
 
     def detection_records(self) -> list[dict[str, Any]]:
         """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""
@@ -193,6 +213,7 @@ class Result:
             "category_names": list(self.category_names),
             "coco_category_ids": self.coco_category_ids,
             "detections": self.detection_records(),
+            **({"moderation": self.moderation} if self.moderation is not None else {}),
         }
 
     @classmethod
@@ -214,7 +235,9 @@ class Result:
                    detections=dets, category_names=list(category_names),
                    seconds={k: float(v) for k, v in (doc.get("seconds") or {}).items()},
                    coco_category_ids=doc.get("coco_category_ids"),
-                   description=(doc.get("summary") or {}).get("description"))
+                   description=(doc.get("summary") or {}).get("description"),
+                   moderation=doc.get("moderation"),
+                   description_source=(doc.get("summary") or {}).get("description_source"))
 
     def to_coco(self, image_id: int = 1) -> dict[str, Any]:
         """A COCO document: ``images``, ``categories`` and scored ``annotations``.
