@@ -29,6 +29,8 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
 
+from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
+
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _POOL = os.getenv("TILESCOPE_POOL", "tilescope")
 _REGION_RETRIES = int(os.getenv("TILESCOPE_REGION_RETRIES", "3"))
@@ -73,13 +75,15 @@ def _params() -> Any:
                            title="Image", description="s3://bucket/key of the image"),
         "model": Param("nanodet-coco", type="string", title="Model",
                        description="registered model name"),
-        "slice_size": Param("model", type="string", pattern=r"^(model|auto|[0-9]{2,4})$",
+        "slice_size": Param("model", type="string", pattern=SLICE_SIZE_PATTERN,
                             title="Slice size",
-                            description="pixels, 'model' (its input size) or 'auto' (SAHI)"),
+                            description="pixels (32–8192), 'model' (its input size) or "
+                                        "'auto' (SAHI)"),
         "overlap": Param(0.2, type="number", minimum=0, exclusiveMaximum=0.9,
                          title="Overlap ratio"),
-        "grid": Param("auto", type="string", pattern=r"^(auto|[1-9][0-9]*x[1-9][0-9]*)$",
-                      title="Region grid", description="auto or ROWSxCOLS, e.g. 3x4"),
+        "grid": Param("auto", type="string", pattern=GRID_PATTERN, title="Region grid",
+                      description="auto or ROWSxCOLS, e.g. 3x4 (each 1–1024; at most "
+                                  "[core] max_map_length regions in all)"),
         "postprocess": Param("greedynmm", enum=["greedynmm", "nmm", "nms"]),
         "match_metric": Param("ios", enum=["ios", "iou"]),
         "match_threshold": Param(0.5, type="number", minimum=0, maximum=1),
@@ -98,7 +102,7 @@ def tiled_inference() -> None:
     def preprocess() -> list[dict[str, Any]]:
         """Validate, plan, stage pixels. Returns the region list (what analyze maps over);
         everything else goes to the ``prepared`` XCom."""
-        from tilescope.airflow_adapters import s3_client, task_outcome
+        from tilescope.airflow_adapters import run_limits, s3_client, task_outcome
         from tilescope.models import load_model, model_slice_size
         from tilescope.steps import prepare
 
@@ -111,7 +115,7 @@ def tiled_inference() -> None:
             prepared = prepare(context["params"]["image_uri"], params, client=s3_client(),
                                run=context["run_id"],
                                model_slice_size=model_slice_size(params.model),
-                               full_image_model=model)
+                               full_image_model=model, limits=run_limits())
         regions = prepared.pop("regions")
         context["ti"].xcom_push(key="prepared", value=prepared)
         return regions

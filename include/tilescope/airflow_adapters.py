@@ -55,6 +55,18 @@ def catalog_engine(conn_id: str = CATALOG_CONN_ID, *, required: bool = False) ->
     return connect(url)
 
 
+def run_limits() -> Any:
+    """The run budgets: ``TILESCOPE_MAX_PIXELS``/``TILESCOPE_MAX_SLICES`` from the
+    environment, and Airflow's own ``[core] max_map_length`` as the region cap."""
+    from airflow.sdk.configuration import conf
+
+    from tilescope.limits import RunLimits
+    from tilescope.slicing import MAX_MAP_LENGTH
+
+    return RunLimits.from_environment(
+        max_regions=conf.getint("core", "max_map_length", fallback=MAX_MAP_LENGTH))
+
+
 def fail(message: str) -> None:
     """Fail the task now, without retries."""
     from airflow.sdk.exceptions import AirflowFailException

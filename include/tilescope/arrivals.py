@@ -7,6 +7,7 @@ a new arrival of its own).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,9 @@ from tilescope.readers.sniff import SNIFF_BYTES, describe_head, sniff_format
 
 DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 INCOMING, PROCESSED, QUARANTINE = "incoming/", "processed/", "quarantine/"
+#: S3's limit on a key, in UTF-8 bytes
+MAX_KEY_BYTES = 1024
+ERROR_SUFFIX = ".error.json"
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,33 @@ def screen(client: Any, arrival: Arrival,
     return None
 
 
+def fit_key(key: str, suffix: str = "") -> str:
+    """``key + suffix``, or — past S3's 1,024-byte limit — ``key`` cut short and ended by a
+    hash of all of it (distinct keys stay distinct), then ``suffix``.
+
+    Moving ``incoming/<name>`` to ``quarantine/<name>`` adds two bytes, its error record
+    eleven more: a name near the limit must not make the move or the record impossible.
+    """
+    if len((key + suffix).encode()) <= MAX_KEY_BYTES:
+        return key + suffix
+    tag = "~" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    budget = MAX_KEY_BYTES - len((tag + suffix).encode())
+    return key.encode()[:budget].decode("utf-8", "ignore") + tag + suffix
+
+
 def destination(key: str, folder: str) -> str:
-    """``incoming/a/b.jpg`` → ``<folder>a/b.jpg`` (keys outside incoming/ keep their path)."""
+    """``incoming/a/b.jpg`` → ``<folder>a/b.jpg`` (keys outside incoming/ keep their path),
+    shortened with :func:`fit_key` if it would exceed S3's key limit."""
     rest = key[len(INCOMING):] if key.startswith(INCOMING) else key
-    return f"{folder}{rest}"
+    stem, dot, extension = rest.rpartition(".")
+    if dot and stem and len(extension) <= 8 and "/" not in extension:
+        return fit_key(f"{folder}{stem}", f".{extension}")
+    return fit_key(f"{folder}{rest}")
+
+
+def error_record_key(quarantined_key: str) -> str:
+    """The key of the JSON record beside a quarantined object."""
+    return fit_key(quarantined_key, ERROR_SUFFIX)
 
 
 def _delete_if_unchanged(client: Any, bucket: str, key: str, etag: str) -> bool:
@@ -136,7 +163,7 @@ def quarantine(client: Any, bucket: str, key: str, etag: str, *, reason: str,
     record = {"key": key, "quarantined_as": target, "etag": etag.strip('"'), "reason": reason,
               "error_class": error_class, "run_id": run_id,
               "time": datetime.now(UTC).isoformat()}
-    client.put_object(Bucket=bucket, Key=f"{target}.error.json",
+    client.put_object(Bucket=bucket, Key=error_record_key(target),
                       Body=json.dumps(record, indent=1).encode(),
                       ContentType="application/json")
     _delete_if_unchanged(client, bucket, key, etag)

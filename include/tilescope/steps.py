@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.params import InferenceParams
@@ -83,8 +84,12 @@ def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
 def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
             max_bytes: int = DEFAULT_MAX_BYTES,
-            full_image_model: DetectionModel | None = None) -> dict[str, Any]:
+            full_image_model: DetectionModel | None = None,
+            limits: RunLimits | None = None) -> dict[str, Any]:
     """Validate the image, plan its regions, stage its pixels for region tasks.
+
+    ``limits`` (default: ``max_pixels`` and the default slice and region budgets) refuses a
+    plan over budget from the image header, before the pixels are decoded.
 
     Returns ``{"image", "plan", "regions", "source_uri", "thumbnail_uri", "scratch_prefix",
     "full_image"}`` — boxes and keys only, never pixels. ``full_image`` holds the detections
@@ -97,14 +102,19 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
         raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
                                  f"{max_bytes:,}")
     data = read_bytes(image_uri, client)
-    reader = reader_for_bytes(data, max_pixels=max_pixels, name=image_uri)
+    limits = limits or RunLimits(max_pixels=max_pixels)
+    reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=image_uri)
     with reader:
+        limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
+                                     max_regions=limits.max_regions))
         reader.validate()
         image = ImageInfo(uri=image_uri, width=reader.width, height=reader.height,
                           sha256=hashlib.sha256(data).hexdigest(),
                           format=reader.header.format, bytes=len(data))
         del data
-        plan = plan_image(image.width, image.height, params, model_slice_size)
+        plan = plan_image(image.width, image.height, params, model_slice_size,
+                          max_regions=limits.max_regions)
+        limits.check_plan(plan)  # again: a late EXIF orientation may have swapped the sides
         scratch = ScratchLayout(parse_s3_uri(image_uri).bucket, image.image_id, run)
         if isinstance(reader, TiffReader) and reader.header.tiled:
             source_uri = image_uri  # already tiled: regions read its tiles directly
@@ -131,14 +141,24 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _tiles(reader: ImageReader, size: int) -> Iterator[np.ndarray]:
-    """The image as ``size``² tiles in row-major order, edge tiles zero-padded (as TIFF
-    stores them), read one at a time so no second full copy of the image is made."""
-    for y in range(0, reader.height, size):
-        for x in range(0, reader.width, size):
-            pixels = reader.read(Box(x, y, x + size, y + size))
-            if pixels.shape[:2] != (size, size):
-                tile = np.zeros((size, size, 3), np.uint8)
+def scratch_tile_shape(width: int, height: int) -> tuple[int, int]:
+    """(tile height, tile width): ``SCRATCH_TILE`` square, but never much larger than the
+    image along a side — TIFF pads every tile to full size, so a 100000×8 strip in 512² tiles
+    would stage 64 times its pixels. Sides are multiples of 16, as TIFF requires."""
+    def fit(side: int) -> int:
+        return min(SCRATCH_TILE, -(-side // 16) * 16)
+
+    return fit(height), fit(width)
+
+
+def _tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray]:
+    """The image as ``tile_h × tile_w`` tiles in row-major order, edge tiles zero-padded (as
+    TIFF stores them), read one at a time so no second full copy of the image is made."""
+    for y in range(0, reader.height, tile_h):
+        for x in range(0, reader.width, tile_w):
+            pixels = reader.read(Box(x, y, x + tile_w, y + tile_h))
+            if pixels.shape[:2] != (tile_h, tile_w):
+                tile = np.zeros((tile_h, tile_w, 3), np.uint8)
                 tile[: pixels.shape[0], : pixels.shape[1]] = pixels
                 pixels = tile
             yield pixels
@@ -151,9 +171,10 @@ def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
 
     loc = parse_s3_uri(uri)
     with tempfile.NamedTemporaryFile(suffix=".tif", dir=os.environ.get("TILESCOPE_TMP")) as tmp:
-        tifffile.imwrite(tmp.name, _tiles(reader, SCRATCH_TILE),
+        tile = scratch_tile_shape(reader.width, reader.height)
+        tifffile.imwrite(tmp.name, _tiles(reader, *tile),
                          shape=(reader.height, reader.width, 3), dtype=np.uint8,
-                         tile=(SCRATCH_TILE, SCRATCH_TILE), photometric="rgb")
+                         tile=tile, photometric="rgb")
         client.upload_file(tmp.name, loc.bucket, loc.key,
                            ExtraArgs={"ContentType": "image/tiff"})
 

@@ -33,8 +33,9 @@ _SWAPS_AXES = {5, 6, 7, 8}
 
 
 @contextmanager
-def _pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Pillow's decompression-bomb guard at ``max_pixels``, its warning raised as an error.
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's decompression-bomb guard at ``max_pixels`` (``None``: off), its warning
+    raised as an error.
 
     Pillow keeps the limit in a module global; it is set only around our own open/load calls.
     """
@@ -65,10 +66,10 @@ class PillowReader(ImageReader):
         self._max_pixels = max_pixels
         self._rgb: Image.Image | None = None
         try:
-            with _pixel_limit(max_pixels):
+            # Opening reads the header only; the check below refuses a bomb with its declared
+            # size in the message (Pillow's own guard would name twice our limit instead).
+            with _pixel_limit(None):
                 image = Image.open(io.BytesIO(data))
-        except ImageTooLargeError:
-            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise BadImageError(f"{name} is not a readable {fmt}: {exc}") from exc
         width, height = image.size

@@ -1,0 +1,78 @@
+"""Budgets a run must fit before any region task exists: decoded pixels, slices, regions.
+
+A request over budget is refused in preprocess with the numbers in the message, instead of
+failing later and worse: Airflow refusing to expand more mapped tasks than its
+``[core] max_map_length`` (the run stuck with a cryptic ``unmappable_return_value_length``),
+a worker decoding a gigapixel JPEG into memory, or a small slice size quietly asking for
+hours of model time. Operators set the budgets per deployment in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tilescope.errors import ConfigError
+from tilescope.readers.base import DEFAULT_MAX_PIXELS
+from tilescope.slicing import MAX_MAP_LENGTH, SlicePlan
+
+#: trigger-time schema (the DAG's Params) for what :func:`validate_slicing` and the region
+#: cap accept later: a slice size of 32..8192 px, a grid of 1..1024 regions per side
+SLICE_SIZE_PATTERN = (r"^(model|auto|3[2-9]|[4-9][0-9]|[1-9][0-9]{2}|[1-7][0-9]{3}|80[0-9]{2}"
+                      r"|81[0-8][0-9]|819[0-2])$")
+_GRID_SIDE = r"([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])"
+GRID_PATTERN = rf"^(auto|{_GRID_SIDE}x{_GRID_SIDE})$"
+#: default slice budget: ~40 CPU-minutes of NanoDet; a 10-gigapixel tiled scan at 416 px
+DEFAULT_MAX_SLICES = 100_000
+PIXELS_ENV = "TILESCOPE_MAX_PIXELS"
+SLICES_ENV = "TILESCOPE_MAX_SLICES"
+
+
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip().replace("_", "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one run may cost.
+
+    ``max_pixels`` guards *decoding* (JPEG/PNG/strip TIFF are decoded whole; a tiled TIFF is
+    read region by region and is bounded by the slice budget instead). ``max_slices`` bounds
+    model work; ``max_regions`` is the number of mapped tasks Airflow can create.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_slices: int = DEFAULT_MAX_SLICES
+    max_regions: int = MAX_MAP_LENGTH
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *,
+                         max_regions: int = MAX_MAP_LENGTH) -> RunLimits:
+        """``TILESCOPE_MAX_PIXELS`` and ``TILESCOPE_MAX_SLICES`` (defaults when unset)."""
+        env = os.environ if environ is None else environ
+        return cls(max_pixels=_positive(env, PIXELS_ENV, DEFAULT_MAX_PIXELS),
+                   max_slices=_positive(env, SLICES_ENV, DEFAULT_MAX_SLICES),
+                   max_regions=max_regions)
+
+    def check_plan(self, plan: SlicePlan) -> None:
+        """Refuse a plan over the slice or region budget, saying by how much."""
+        geometry = (f"{plan.width}×{plan.height} image in {plan.slice_width}×"
+                    f"{plan.slice_height} slices (overlap {plan.overlap_x}×{plan.overlap_y} px)")
+        if plan.slice_count > self.max_slices:
+            raise ConfigError(f"{geometry} makes {plan.slice_count:,} slices, over the budget "
+                              f"of {self.max_slices:,} ({SLICES_ENV}); use larger slices or "
+                              f"less overlap")
+        if len(plan.regions) > self.max_regions:
+            raise ConfigError(f"{geometry} in a {plan.grid_rows}×{plan.grid_cols} grid makes "
+                              f"{len(plan.regions):,} regions, more than the {self.max_regions:,}"
+                              f" mapped tasks Airflow allows ([core] max_map_length)")
