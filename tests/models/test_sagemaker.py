@@ -16,8 +16,8 @@ import uuid
 import numpy as np
 import pytest
 import requests
+from cloud_wire import LocalServer, Reply, aws_connection, aws_error
 from PIL import Image
-from wire import LocalServer, Reply, aws_connection, aws_error
 
 from tilescope.errors import ModelOutputError, ModelRequestError, ModelThrottledError
 from tilescope.models import load_model

@@ -48,14 +48,17 @@ class Vocabulary:
 
 
 def remap(dets: Detections, names: Sequence[str], target: Vocabulary) -> Detections:
-    """``dets`` (ids into ``names``) with ids into ``target`` instead, same names."""
+    """``dets`` (ids into ``names``) with ids into ``target`` instead, same names. Only names
+    that label a detection are added to ``target``."""
     if not len(dets):
         return dets
-    table = np.array([target.id_of(str(n)) for n in names], np.int32)
     ids = dets.category_ids
-    if ids.min() < 0 or ids.max() >= len(table):
+    if ids.min() < 0 or ids.max() >= len(names):
         raise ValueError(f"category id {int(ids.max())} outside a vocabulary of "
-                         f"{len(table)} names")
+                         f"{len(names)} names")
+    table = np.full(len(names), -1, np.int32)
+    for index in np.unique(ids):
+        table[index] = target.id_of(str(names[index]))
     return Detections(dets.boxes, dets.scores, table[ids])
 
 
