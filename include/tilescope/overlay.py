@@ -57,5 +57,5 @@ def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
                        fill=(*colour, 200))
         draw.text((x1 + 2, text_y), label, fill=(0, 0, 0), font=font)
     out = io.BytesIO()
-    canvas.save(out, format="PNG", optimize=False)
+    canvas.save(out, format="PNG", compress_level=1)  # ~4× faster than level 6 at 2048²
     return out.getvalue()
