@@ -100,6 +100,7 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
                coco_category_ids: Sequence[int] | None = None,
                full_image: Detections | None = None,
                full_image_names: Sequence[str] | None = None,
+               moderation: dict | None = None,
                seconds: dict[str, float] | None = None) -> Result:
     """Merge every region's findings into one result, enforcing ``min_success_ratio``.
 
@@ -107,7 +108,8 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
     names the failed regions; at or above it, the result is marked partial. Findings of an
     open-vocabulary model carry their own names and are put on one vocabulary first
     (``full_image_names`` does the same for ``full_image``). With ``params.synthesis_model``
-    set, that model writes the scene description.
+    set, that model writes the scene description. ``moderation`` is the gate's verdict, kept
+    in the result.
     """
     by_index = {f.index: f for f in findings}
     complete = [by_index.get(r.index) or failed_finding(r, "no finding") for r in plan.regions]
@@ -135,7 +137,7 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
                     detections=merged, category_names=names, seconds=timing,
                     coco_category_ids=list(coco_category_ids) if coco_category_ids else
                     (list(model.COCO_CATEGORY_IDS) if model and model.COCO_CATEGORY_IDS
-                     else None))
+                     else None), moderation=moderation)
     if params.synthesis_model:
         from tilescope.describe import describe_result
 

@@ -21,12 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.detections import Detections
+from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
 from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
-from tilescope.pipeline import analyze_region, full_image_detections, plan_image, synthesize
+from tilescope.pipeline import (
+    analyze_region,
+    full_image_detections,
+    open_names,
+    plan_image,
+    synthesize,
+)
 from tilescope.readers import TiffReader, reader_for_bytes
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.results import (
@@ -84,6 +92,7 @@ def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
 def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
             max_bytes: int = DEFAULT_MAX_BYTES,
+            moderation: ModerationPolicy | None = None,
             full_image_model: DetectionModel | None = None,
             limits: RunLimits | None = None) -> dict[str, Any]:
     """Validate the image, plan its regions, stage its pixels for region tasks.
@@ -94,6 +103,9 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
     Returns ``{"image", "plan", "regions", "source_uri", "thumbnail_uri", "scratch_prefix",
     "full_image"}`` — boxes and keys only, never pixels. ``full_image`` holds the detections
     of one whole-image pass when ``full_image_model`` is given (the image is decoded here).
+    ``moderation`` gates the image before anything is staged: a blocked image raises
+    :class:`ImageBlockedError` (carrying the verdict); a passed one keeps its verdict in
+    ``"moderation"``.
     """
     size = object_size(image_uri, client)
     if size == 0:
@@ -112,6 +124,7 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
                           sha256=hashlib.sha256(data).hexdigest(),
                           format=reader.header.format, bytes=len(data))
         del data
+        verdict = gate(reader, image, moderation)
         plan = plan_image(image.width, image.height, params, model_slice_size,
                           max_regions=limits.max_regions)
         limits.check_plan(plan)  # again: a late EXIF orientation may have swapped the sides
@@ -130,7 +143,46 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
     return {"image": image.to_dict(), "plan": plan.summary(),
             "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
             "thumbnail_uri": thumbnail_uri, "full_image": full_image,
+            "full_image_names": open_names(full_image_model) if full_image_model else None,
+            "moderation": verdict,
             "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}"}
+
+
+def gate(reader: ImageReader, image: ImageInfo,
+         policy: ModerationPolicy | None) -> dict[str, Any] | None:
+    """The moderation verdict on a downscaled copy; raises :class:`ImageBlockedError` if the
+    image must not be processed. ``None`` when no gate is configured."""
+    if policy is None or not policy.enabled:
+        return None
+    from tilescope.moderation import moderate
+
+    verdict = moderate(reader.thumbnail(policy.max_side), policy)
+    if verdict.blocked:
+        raise ImageBlockedError(f"{image.uri} blocked by moderation: {verdict.reason}",
+                                verdict.to_dict(), image.to_dict())
+    return verdict.to_dict()
+
+
+def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: Any,
+                   catalog_url: str | None, run_id: str | None = None) -> str:
+    """Record a blocked image as its result: ``result.json`` with status ``blocked``, the
+    verdict and no detections, and the catalog row. Returns the result URI."""
+    image = ImageInfo.from_dict(error.image)
+    result = Result(image=image, model=params.model, params=params.to_dict(), plan={},
+                    regions=[], detections=Detections.empty(), category_names=[],
+                    moderation=error.verdict,
+                    description=f"not analysed: {error.verdict.get('reason', error)}")
+    targets = result_targets(parse_s3_uri(image.uri).bucket, image.image_id, params)
+    write_bytes(targets.result, result_json(result), "application/json", client)
+    if catalog_url:
+        from tilescope.catalog import connect, record_result
+
+        engine = connect(catalog_url)
+        try:
+            record_result(engine, result, params.digest(), {"result": targets.result}, run_id)
+        finally:
+            engine.dispose()
+    return targets.result
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -222,6 +274,8 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
     return synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
                       model_name=model_name, category_names=model_categories(model_name),
                       coco_category_ids=model_coco_ids(model_name),
+                      full_image_names=prepared.get("full_image_names"),
+                      moderation=prepared.get("moderation"),
                       full_image=detections_from_compact(prepared["full_image"])
                       if prepared.get("full_image") else None)
 
