@@ -47,12 +47,33 @@ def _quarantine_claimed(error: Exception) -> None:
     from tilescope.claims import Claim
     from tilescope.intake import quarantine_claimed
 
+    _record_blocked(error)  # a moderation block is recorded as the image's result
     context = get_current_context()
     claim = context["params"].get("claim")
     if claim:
         quarantine_claimed(s3_client(), catalog_engine(required=True), Claim.from_dict(claim),
                            reason=str(error), error_class=type(error).__name__,
                            run_id=context["run_id"])
+
+
+def _record_blocked(error: Exception) -> None:
+    """An image the moderation gate refused gets a ``blocked`` result.json and catalog row."""
+    from tilescope.errors import ImageBlockedError
+
+    if isinstance(error, ImageBlockedError):
+        from tilescope.airflow_adapters import catalog_url, s3_client
+        from tilescope.steps import record_blocked
+
+        record_blocked(error, _params(), client=s3_client(), catalog_url=catalog_url(),
+                       run_id=get_current_context()["run_id"])
+
+
+def _moderation() -> Any:
+    from tilescope.moderation import ModerationPolicy
+
+    params = get_current_context()["params"]
+    return ModerationPolicy.from_options(params.get("moderation"),
+                                         params.get("moderation_options"))
 
 
 def _params() -> Any:
@@ -92,6 +113,19 @@ def _params() -> Any:
         "full_image_pass": Param(False, type="boolean"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
                                    description="below it the run fails; above, 'partial'"),
+        "model_options": Param({}, type="object", title="Model options",
+                               description="backend options, e.g. {\"conn_id\": "
+                                           "\"aws_default\", \"model_id\": \"...\"} "
+                                           "(README: Model backends); never secrets"),
+        "synthesis_model": Param("", enum=["", "bedrock-converse"], title="Synthesis model",
+                                 description="writes the scene description; empty = the "
+                                             "deterministic summary"),
+        "synthesis_options": Param({}, type="object", title="Synthesis model options"),
+        "moderation": Param("none", enum=["none", "rekognition", "bedrock-converse"],
+                            title="Moderation gate",
+                            description="checked before any region runs; blocks "
+                                        "(fail-closed) unless moderation_options.fail_open"),
+        "moderation_options": Param({}, type="object", title="Moderation options"),
         "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
                        description="the claimed object version; its original is moved to "
                                    "processed/ or quarantine/ when the run ends"),
@@ -111,9 +145,9 @@ def tiled_inference() -> None:
             params = _params()
             model = None
             if params.full_image_pass:
-                model = load_model(params.model, score_threshold=params.score_threshold)
+                model = load_model(params.model, **params.model_arguments())
             prepared = prepare(context["params"]["image_uri"], params, client=s3_client(),
-                               run=context["run_id"],
+                               run=context["run_id"], moderation=_moderation(),
                                model_slice_size=model_slice_size(params.model),
                                full_image_model=model, limits=run_limits())
         regions = prepared.pop("regions")
@@ -129,8 +163,7 @@ def tiled_inference() -> None:
         context = get_current_context()
         context["region_label"] = f"{region['name']} · {region['slice_count']} slices"
         params = _params()
-        with task_outcome(), load_model(params.model,
-                                        score_threshold=params.score_threshold) as model:
+        with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
             return analyze_step(region, prepared["source_uri"], params, model,
                                 client=s3_client(), scratch_prefix=prepared["scratch_prefix"],
                                 attempt=int(context["ti"].try_number))
