@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -142,8 +141,10 @@ def agreement(a: dict, b: dict) -> float:
 
 
 def child(side: str, image: str) -> None:
+    from tilescope.stack.procs import peak_rss_mb
+
     result = {"tilescope": run_tilescope, "sahi": run_sahi, "model": run_model_only}[side](image)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()  # VmHWM, not the parent-inherited ru_maxrss
     print("RESULT " + json.dumps(result))
 
 

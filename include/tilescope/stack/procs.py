@@ -203,3 +203,15 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.25,
             detail = f" (last error: {last_error})" if last_error else ""
             raise StackError(f"{what}: not ready after {timeout:.0f} s{detail}")
         time.sleep(interval)
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's own peak resident memory (``VmHWM``) in MiB.
+
+    Not ``resource.getrusage(...).ru_maxrss``: Linux carries that figure across fork and exec,
+    so a child started by a big parent reports the parent's peak as its own.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise StackError(f"no VmHWM in /proc/{pid}/status")
