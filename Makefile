@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tilescope-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv model test lint bench run stop clean
+.PHONY: venv model browser test lint bench run stop clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,17 @@ venv: $(STAMP)
 model: venv
 	$(BIN)/python -m tilescope.models.weights
 
-test: model
+# Debian's headless Chromium + ChromeDriver for the results viewer's browser test, installed
+# when missing and apt-get can run as root; otherwise that one test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium + chromium-driver (Debian) for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null) || echo "chromium install failed: browser test will skip"; \
+	else echo "no chromium and no root apt-get: the browser test will skip"; fi
+
+test: model browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

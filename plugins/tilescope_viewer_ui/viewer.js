@@ -17,6 +17,7 @@
     ready: false, mode: "waiting", runState: null, regions: 0, cellsDrawn: 0,
     boxesDrawn: 0, boxesTotal: 0, labelsDrawn: 0, imageLoaded: false, stateCounts: {},
     classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
+    lastDrawMs: null, lastPollMs: null,
   });
   const $ = (id) => document.getElementById(id);
   const canvas = $("view");
@@ -90,6 +91,7 @@
 
   function draw() {
     drawQueued = false;
+    const started = performance.now();
     layout();
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (image) ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
@@ -98,14 +100,17 @@
     const regions = (plan && plan.regions) || [];
     ctx.lineWidth = 1;
     ctx.font = "11px system-ui, sans-serif";
+    // Small cells (hundreds of regions) get fainter outlines so the picture stays readable.
+    const small = regions.length && (regions[0].box[2] - regions[0].box[0]) * scale < 32;
     for (const r of regions) {
       const state = states[r.index] || "none";
       const [x0, y0, x1, y1] = r.box.map((v) => v * scale);
       const color = COLORS[state] || COLORS.none;
-      ctx.globalAlpha = state === "success" ? 0.10 : 0.28;
+      const pending = state === "none" || state === "scheduled";
+      ctx.globalAlpha = state === "success" ? 0.10 : pending ? 0.16 : 0.32;
       ctx.fillStyle = color;
       ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
-      ctx.globalAlpha = 0.9;
+      ctx.globalAlpha = small && (pending || state === "success") ? 0.35 : 0.9;
       ctx.strokeStyle = color;
       ctx.strokeRect(Math.round(x0) + 0.5, Math.round(y0) + 0.5, Math.round(x1 - x0) - 1,
         Math.round(y1 - y0) - 1);
@@ -146,6 +151,7 @@
     S.boxesDrawn = dets.length;
     S.labelsDrawn = labels;
     S.draws++;
+    S.lastDrawMs = Math.round((performance.now() - started) * 10) / 10;
     canvas.dataset.cellsDrawn = String(cells);
     canvas.dataset.boxesDrawn = String(dets.length);
     canvas.dataset.mode = S.mode;
@@ -244,6 +250,18 @@
     redraw();
   }
 
+  // Inside Airflow's UI the viewer is a same-origin iframe that may not navigate the top
+  // window itself; asking the UI's router (history + popstate) opens the log page there.
+  $("region-log").addEventListener("click", (event) => {
+    try {
+      if (window.parent === window || !window.parent.document.getElementById("root")) return;
+      const url = new URL(event.currentTarget.href, window.location.href);
+      window.parent.history.pushState({}, "", url.pathname + url.search);
+      window.parent.dispatchEvent(new PopStateEvent("popstate", { state: {} }));
+      event.preventDefault();
+    } catch (err) { /* not embedded, or another origin: follow the link normally */ }
+  });
+
   canvas.addEventListener("click", (event) => {
     if (!plan || !plan.regions.length) return;
     const rect = canvas.getBoundingClientRect();
@@ -294,6 +312,7 @@
 
   async function poll() {
     S.polls++;
+    const started = performance.now();
     try {
       if (!plan || !plan.regions.length) {
         plan = await getJSON("/plan");
@@ -335,6 +354,7 @@
       else if (plan.regions.length) say("");
       S.ready = Boolean(plan.regions.length);
       document.body.dataset.state = done ? "done" : "live";
+      S.lastPollMs = Math.round(performance.now() - started);
       if (!done) setTimeout(poll, POLL_MS);
     } catch (err) {
       S.errors.push(String(err.message || err));
