@@ -27,8 +27,10 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 
+from tilescope.airflow_adapters import results_asset
+from tilescope.airflow_callbacks import finalize_callbacks, record_failure
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
@@ -38,7 +40,7 @@ _RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS"
 # High enough that the pool, not Airflow's per-DAG default of 16, caps mapped concurrency.
 _MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
 
-RESULTS_ASSET = Asset(f"s3://{_BUCKET}/results/", extra={"producer": "tiled_inference"})
+RESULTS_ASSET = results_asset(_BUCKET)
 
 
 def _quarantine_claimed(error: Exception) -> None:
@@ -89,7 +91,9 @@ def _params() -> Any:
     tags=["tilescope", "inference"],
     max_active_runs=int(os.getenv("TILESCOPE_MAX_ACTIVE_RUNS", "4")),
     max_active_tasks=_MAX_ACTIVE_TASKS,
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    # A task that fails for good leaves its reason for finalize's notification.
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30),
+                  "on_failure_callback": record_failure},
     params={
         "image_uri": Param("s3://tilescope/incoming/kite.jpg", type="string",
                            pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+",
@@ -157,6 +161,7 @@ def tiled_inference() -> None:
     @task(map_index_template="{{ region_label }}")
     def analyze(region: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
         from tilescope.airflow_adapters import s3_client, task_outcome
+        from tilescope.metrics import observe_region
         from tilescope.models import load_model
         from tilescope.steps import analyze as analyze_step
 
@@ -164,9 +169,10 @@ def tiled_inference() -> None:
         context["region_label"] = f"{region['name']} · {region['slice_count']} slices"
         params = _params()
         with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
-            return analyze_step(region, prepared["source_uri"], params, model,
-                                client=s3_client(), scratch_prefix=prepared["scratch_prefix"],
-                                attempt=int(context["ti"].try_number))
+            finding = analyze_step(region, prepared["source_uri"], params, model,
+                                   client=s3_client(), scratch_prefix=prepared["scratch_prefix"],
+                                   attempt=int(context["ti"].try_number))
+        return observe_region(finding, prepared, context["ti"])  # queue wait, StatsD
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
@@ -177,7 +183,8 @@ def tiled_inference() -> None:
         client = s3_client()
         with task_outcome():
             # findings[:] is one bulk XCom read; failed regions simply have no entry.
-            result = combine(prepared, list(findings[:]), params, params.model, client=client)
+            result = combine(prepared, list(findings[:]), params, params.model, client=client,
+                             run_started=get_current_context()["dag_run"].start_date.timestamp())
             return save_result(result, prepared["scratch_prefix"], client)
 
     @task(outlets=[RESULTS_ASSET])
@@ -203,7 +210,7 @@ def tiled_inference() -> None:
         retry_exponential_backoff=True,
         max_active_tis_per_dagrun=_MAX_ACTIVE_TASKS,
     ).partial(prepared=prepared).expand(region=regions)
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, **finalize_callbacks())  # metrics, SNS message
     def finalize() -> str:
         """Settle the run: move a claimed original to processed/ (or leave it quarantined or
         claimable again), and fail — as the last task — whenever no result was stored."""

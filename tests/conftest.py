@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,3 +104,37 @@ def sql_url(request, tmp_path) -> Iterator[str]:
         if url is None:
             pytest.skip(f"no PostgreSQL at {ADMIN_URL}")
         yield url
+
+
+@pytest.fixture
+def statsd_server() -> Iterator[socket.socket]:
+    """A UDP socket on 127.0.0.1 as the StatsD server, with Airflow's ``[metrics]``
+    (``statsd_on``, ``statsd_host``, ``statsd_port``, prefix ``airflow``) pointed at it.
+
+    Airflow's stats client reads ``[metrics]`` once per process, when a component starts
+    (``stats.initialize`` in the worker's task runner); this test process stands in for
+    the worker (``dag.test()`` runs tasks in-process), so it initializes the client the same
+    way after configuring it — and again afterwards, back to the session's settings.
+    """
+    from airflow.sdk.configuration import conf
+    from airflow.sdk.observability import stats
+    from airflow.sdk.observability.metrics import stats_utils
+
+    def initialize() -> None:
+        stats.initialize(factory=stats_utils.get_stats_factory(),
+                         export_legacy_names=conf.getboolean("metrics", "legacy_names_on"))
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(1)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
+            env.setenv("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1")
+            env.setenv("AIRFLOW__METRICS__STATSD_PORT", str(server.getsockname()[1]))
+            env.setenv("AIRFLOW__METRICS__STATSD_PREFIX", "airflow")
+            initialize()
+            yield server
+    finally:
+        initialize()
+        server.close()

@@ -24,6 +24,14 @@ def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
     return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
+def results_asset(bucket: str) -> Any:
+    """The asset ``store`` updates (one event per stored result, its extra: image id, counts,
+    result key) and consumers schedule on; defined once so producer and consumers agree."""
+    from airflow.sdk import Asset
+
+    return Asset(f"s3://{bucket}/results/", extra={"producer": "tiled_inference"})
+
+
 def catalog_url(conn_id: str = CATALOG_CONN_ID) -> str | None:
     """The SQL catalog's SQLAlchemy URL from an Airflow connection, or ``None`` if undefined."""
     from airflow.sdk import BaseHook

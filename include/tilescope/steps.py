@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -145,7 +146,8 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             "thumbnail_uri": thumbnail_uri, "full_image": full_image,
             "full_image_names": open_names(full_image_model) if full_image_model else None,
             "moderation": verdict,
-            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}"}
+            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
+            "ready_at": time.time()}  # regions may run from now: their queue wait starts
 
 
 def gate(reader: ImageReader, image: ImageInfo,
@@ -264,20 +266,29 @@ def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:
 
 
 def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
-            params: InferenceParams, model_name: str, *, client: Any) -> Result:
+            params: InferenceParams, model_name: str, *, client: Any,
+            run_started: float | None = None) -> Result:
     """Merge the findings of every region (``min_success_ratio`` enforced) into a Result.
 
     ``findings`` may miss regions (their tasks failed): they count as failed regions.
+    ``run_started`` (epoch seconds) adds the run's wall time as ``seconds.total`` (so the
+    summary's ``model_share`` is model time over the whole run), plus region sums.
     """
     plan = SlicePlan.from_summary(prepared["plan"])
     loaded = [load_finding(f, client) for f in findings if f]
-    return synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
-                      model_name=model_name, category_names=model_categories(model_name),
-                      coco_category_ids=model_coco_ids(model_name),
-                      full_image_names=prepared.get("full_image_names"),
-                      moderation=prepared.get("moderation"),
-                      full_image=detections_from_compact(prepared["full_image"])
-                      if prepared.get("full_image") else None)
+    result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
+                        model_name=model_name, category_names=model_categories(model_name),
+                        coco_category_ids=model_coco_ids(model_name),
+                        full_image_names=prepared.get("full_image_names"),
+                        moderation=prepared.get("moderation"),
+                        full_image=detections_from_compact(prepared["full_image"])
+                        if prepared.get("full_image") else None)
+    if run_started is not None:
+        from tilescope.metrics import run_seconds
+
+        result.seconds.update(run_seconds((f.seconds for f in loaded), run_started,
+                                          time.time()))
+    return result
 
 
 def save_result(result: Result, scratch_prefix: str, client: Any) -> str:
@@ -324,6 +335,7 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
     return {"image_id": result.image.image_id, "image_uri": result.image.uri,
             "status": result.status, "detections": len(result.detections),
             "counts": result.counts(), "failed_regions": result.failed_regions,
+            "regions": len(result.regions), "model_share": result.summary()["model_share"],
             "keys": keys, "scratch_objects_deleted": deleted}
 
 
