@@ -137,7 +137,7 @@ def test_kite_end_to_end_equals_the_cli(dag, airflow_env, sample):
     # Same image and params again: same keys overwritten, still one catalog row.
     assert str(dag.test(run_conf=conf).state) == "success"
     assert len(find_results(connect(airflow_env["catalog"]), doc["image"]["sha256"])) == 1
-    assert len(keys_under(client, f"results/{doc['image']['image_id']}/")) == 3
+    assert len(keys_under(client, f"results/{doc['image']['image_id']}/")) == 4
 
 
 def poisoned_kite(sample) -> bytes:
