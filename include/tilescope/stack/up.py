@@ -17,6 +17,7 @@ from tilescope.stack.errors import StackError
 from tilescope.stack.seaweed import SeaweedServer, find_weed, start_seaweed
 from tilescope.stack.settings import DAG_ID, OPTIONAL_DAGS, SEAWEED, Settings, rel
 from tilescope.stack.state import S3Credentials, load_or_create_credentials
+from tilescope.viewer.links import run_tab
 
 
 class _Clock:
@@ -152,6 +153,7 @@ def show(settings: Settings, server: SeaweedServer, airflow: AirflowStack, trigg
         lines += [
             f"  Sample        {image_uri}",
             f"  Run           {airflow.base_url}/dags/{DAG_ID}/runs/{run_id}",
+            f"  Viewer        {airflow.base_url}{run_tab('', DAG_ID, run_id)}",
             f"  Results       s3://{settings.bucket}/results/{image_id}/   (list them: "
             f".venv/bin/python -m tilescope.stack ls results/{image_id}/)",
         ]
