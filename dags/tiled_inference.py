@@ -145,6 +145,10 @@ def tiled_inference() -> None:
         from tilescope.steps import prepare
 
         context = get_current_context()
+        # A placeholder first (not None: Airflow reads a None XCom as missing): when this task
+        # fails, synthesize (all_done) still renders its argument and fails at once, instead
+        # of retrying an XComNotFound.
+        context["ti"].xcom_push(key="prepared", value={})
         with task_outcome(on_bad_input=_quarantine_claimed):
             params = _params()
             model = None
@@ -176,9 +180,11 @@ def tiled_inference() -> None:
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
-        from tilescope.airflow_adapters import s3_client, task_outcome
+        from tilescope.airflow_adapters import fail, s3_client, task_outcome
         from tilescope.steps import combine, save_result
 
+        if not prepared:  # preprocess failed: nothing to merge, and no retry can help
+            fail("preprocess did not finish: nothing to synthesize")
         params = _params()
         client = s3_client()
         with task_outcome():
