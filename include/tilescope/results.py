@@ -176,8 +176,10 @@ class Result:
         return dict(counter.most_common())
 
     def summary(self) -> dict[str, Any]:
-        total = self.seconds.get("total", 0.0)
-        model = self.seconds.get("model", 0.0)
+        # From the seconds as stored (4 decimals), so a result read back from its JSON
+        # summarizes to the very same numbers.
+        total = round(self.seconds.get("total", 0.0), 4)
+        model = round(self.seconds.get("model", 0.0), 4)
         return {"detections": len(self.detections), "counts": self.counts(),
                 "regions": len(self.regions), "failed_regions": len(self.failed_regions),
                 "model_seconds": round(model, 3), "total_seconds": round(total, 3),
