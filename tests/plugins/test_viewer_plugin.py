@@ -60,13 +60,17 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
                       Body=Path(sample("kite")).read_bytes())
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                           plugins_folder=REPO / "plugins", components=("api-server",),
-                           extra_env=connection_env(s3_server, tmp / "catalog.sqlite"))
+                           plugins_folder=REPO / "plugins", components=("api-server",))
     conf = {"image_uri": f"s3://{BUCKET}/incoming/viewer/kite.jpg",
             "grid": f"{GRID[0]}x{GRID[1]}"}
     try:
         started = time.monotonic()
         airflow.migrate()
+        # Connections in the metadata DB (as `make run` stores them), not the environment:
+        # the api-server must find aws_default there to read the run's objects.
+        for key, value in connection_env(s3_server, tmp / "catalog.sqlite").items():
+            conn_id = key.removeprefix("AIRFLOW_CONN_").lower()
+            airflow.run_cli(["connections", "add", conn_id, "--conn-json", value])
         airflow.run_cli(["dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=600)
         ran = time.monotonic()
         airflow.start()
