@@ -66,7 +66,7 @@ def test_a_partial_result_names_its_failed_regions_and_the_first_error():
     assert Topics("ok-arn", "err-arn").for_status(result.status) == "ok-arn"
 
 
-def test_a_failed_run_reports_the_failure_furthest_along_the_pipeline():
+def test_a_failed_run_reports_why_the_image_failed_not_a_regions_error():
     result = outcome(last_task_ok=False, last_task_error="no result stored",
                      failures=[failure("synthesize", "RegionsFailedError: 2 of 4 failed"),
                                failure("analyze", "ModelError: a", 2, "r1c0"),
@@ -79,6 +79,14 @@ def test_a_failed_run_reports_the_failure_furthest_along_the_pipeline():
     assert result.image_id == "3f2a0b1c2d3e4f50" and result.regions == 4  # from preprocess
     assert result.result_keys == {} and result.detections is None
     assert Topics("ok-arn", "err-arn").for_status(result.status) == "err-arn"
+
+
+def test_a_failed_preprocess_is_the_reason_not_what_failed_after_it():
+    result = outcome(prepared=None, last_task_ok=False,
+                     failures=[failure("synthesize", "preprocess did not finish"),
+                               failure("preprocess", "BadImageError: not an image")])
+    assert result.reason == "preprocess: BadImageError: not an image"
+    assert result.failed_regions == [] and result.regions is None
 
 
 def test_failed_without_records_falls_back_to_the_last_task_error():

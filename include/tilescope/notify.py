@@ -22,7 +22,7 @@ from typing import Any
 
 SCHEMA = "tilescope.notification/1"
 SUCCEEDED, PARTIAL, FAILED = "succeeded", "partial", "failed"
-#: the pipeline's tasks in order; the failure furthest along is the one that stopped the run
+#: the pipeline's tasks in order (failures are reported in this order)
 TASK_ORDER = ("preprocess", "analyze", "synthesize", "store", "finalize")
 #: a message lists at most this many task failures (SNS caps a message at 256 KB)
 MAX_FAILURES = 20
@@ -170,9 +170,11 @@ def image_outcome(*, dag_id: str, run_id: str, image_uri: str, finished_at: date
     was stored); ``failures``: the failure records of the run's failed tasks.
 
     The status is ``failed`` unless a result was stored *and* the last task succeeded; a
-    stored ``partial`` result is ``partial``. The reason of a failed run is the failure
-    furthest along the pipeline (the one that stopped it: e.g. synthesize's "3 of 4 regions
-    failed" rather than one region's error), else the last task's own error.
+    stored ``partial`` result is ``partial``. The reason of a failed run is the first
+    failure of a whole-image task (preprocess, synthesize, store): a region's error alone
+    does not fail a run — synthesize's "3 of 4 regions failed (…)" says why it did — and
+    later failures are consequences (synthesize fails when preprocess did). Failing that,
+    the first region error, else the last task's own error.
     """
     records = sorted((f if isinstance(f, TaskFailure) else TaskFailure.from_dict(f)
                       for f in failures if f), key=lambda f: (_stage(f), f.map_index))
@@ -188,7 +190,8 @@ def image_outcome(*, dag_id: str, run_id: str, image_uri: str, finished_at: date
         if stored and last_task_error:  # stored, then the last task failed (e.g. settling)
             reason = last_task_error
         elif records:
-            reason = records[-1].describe()
+            whole_image = [f for f in records if f.task_id != "analyze"]
+            reason = (whole_image or records)[0].describe()
         else:
             reason = last_task_error or "the run failed without a recorded error"
     elif status == PARTIAL:

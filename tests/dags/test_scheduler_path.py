@@ -1,11 +1,14 @@
 """tiled_inference under the real scheduler (LocalExecutor, SQLite, components on free ports):
-the pool caps concurrent regions, and clearing a failed region completes the result."""
+the pool caps concurrent regions, clearing a failed region completes the result, and a stored
+result notifies (SNS, from a real worker) and starts the results_consumer DAG."""
 
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -60,7 +63,8 @@ def stack(tmp_path_factory, s3_server):
         "TILESCOPE_REGION_RETRIES": "1",
         "TILESCOPE_RETRY_DELAY_SECONDS": "1",
     }
-    with running_airflow(tmp, s3_server, dags=("tiled_inference",), extra_env=env,
+    with running_airflow(tmp, s3_server, dags=("tiled_inference", "results_consumer"),
+                         extra_env=env,
                          components=("api-server", "scheduler", "dag-processor"),
                          pool_slots=POOL_SLOTS) as running:
         yield {"airflow": running.airflow, "api": running.api, "flag": flag,
@@ -133,3 +137,53 @@ def test_clearing_a_failed_region_completes_the_result(stack, s3_client, sample)
         statuses = conn.execute("SELECT status, failed_regions FROM tilescope_results "
                                 "WHERE image_uri LIKE '%poisoned.png'").fetchall()
     assert statuses == [("complete", "[]")]
+
+
+def tally_rows(db: Path, run_id: str) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("SELECT category, count FROM tilescope_class_tallies "
+                                "WHERE source_run_id=?", (run_id,)).fetchall()
+        except sqlite3.OperationalError:  # the consumer has not created its table yet
+            return {}
+    return dict(rows)
+
+
+def test_a_stored_result_notifies_and_starts_the_consumer(stack, s3_client, s3_server, sample):
+    """A real worker's finalize publishes to the topic an Airflow Variable names; store's
+    asset event starts results_consumer, which writes the run's per-class tally rows."""
+    import boto3
+
+    from tilescope.stack.provision import list_runs, trigger, wait_for_run
+
+    api = stack["api"]
+    s3_client.create_bucket(Bucket=BUCKET)
+    s3_client.put_object(Bucket=BUCKET, Key="incoming/kite.jpg",
+                         Body=Path(sample("kite")).read_bytes())
+    common = {"endpoint_url": s3_server, "region_name": "us-east-1"}
+    sns, sqs = boto3.client("sns", **common), boto3.client("sqs", **common)
+    topic = sns.create_topic(Name="tilescope-success")["TopicArn"]
+    queue = sqs.create_queue(QueueName="tilescope-success")["QueueUrl"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=sqs.get_queue_attributes(
+        QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+    api.request("POST", "/api/v2/variables", {"key": "tilescope_success_topic_arn",
+                                              "value": topic})
+    try:
+        run_id = trigger(api, "tiled_inference", {
+            "image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "1x1"})["dag_run_id"]
+        assert wait_for_run(api, "tiled_inference", run_id, timeout=600) == "success"
+        reply = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=5)
+        (message,) = reply["Messages"]
+        body = json.loads(json.loads(message["Body"])["Message"])
+        assert body["status"] == "succeeded" and body["run_id"] == run_id
+        assert body["counts"]["person"] >= 10
+
+        deadline = time.monotonic() + 180
+        while not (tallies := tally_rows(stack["catalog"], run_id)):
+            assert time.monotonic() < deadline, "results_consumer wrote no tally rows"
+            time.sleep(1)
+        assert tallies == body["counts"]
+        consumed = [r for r in list_runs(api, "results_consumer") if r["state"] == "success"]
+        assert consumed and all(r["run_type"] == "asset_triggered" for r in consumed)
+    finally:
+        api.request("DELETE", "/api/v2/variables/tilescope_success_topic_arn")
