@@ -188,6 +188,7 @@ def test_the_extra_link_of_store_and_analyze_opens_the_viewer(viewer_stack):
     views = {v["url_route"]: v for p in plugins for v in p["external_views"]}
     assert views["tilescope-viewer"]["destination"] == "dag_run"
     assert views["tilescope-region"]["destination"] == "task_instance"
+    assert api.request("GET", "/api/v2/plugins/importErrors")["import_errors"] == []
 
 
 def _chromium():
