@@ -44,7 +44,8 @@ def results_consumer() -> None:
         from tilescope.airflow_adapters import catalog_engine
         from tilescope.tallies import record_tallies, tallies_from_events
 
-        events = get_current_context()["triggering_asset_events"][RESULTS_ASSET]
+        # A manual run has no triggering events: nothing to tally.
+        events = get_current_context()["triggering_asset_events"].get(RESULTS_ASSET, [])
         tallies, skipped = tallies_from_events(events)
         for reason in skipped:
             print(f"skipped an event: {reason}")

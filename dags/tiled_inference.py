@@ -10,7 +10,10 @@ down to `min_success_ratio`; **store** writes `results/<image-id>/<params-hash>/
 (`result.json`, `coco.json`, `overlay.png`), upserts the SQL catalog row, emits an Asset
 event on `s3://<bucket>/results/`, and removes the run's scratch objects; **finalize** (last,
 `all_done`) moves an arrival's original to `processed/` — or leaves it in `quarantine/`, or
-releases its claim for another attempt — and fails whenever no result was stored.
+releases its claim for another attempt — and fails whenever no result was stored; its
+callbacks emit the image's StatsD metrics and send one SNS message per image to the success
+or error topic (`tilescope_success_topic_arn` / `tilescope_error_topic_arn` Variables, or
+`TILESCOPE_SUCCESS_TOPIC_ARN` / `TILESCOPE_ERROR_TOPIC_ARN`; none set → no message).
 
 Trigger it from the UI form, the REST API (`conf: {"image_uri": "s3://bucket/key", ...}`)
 or the `s3_arrivals` DAG. Clearing a failed `analyze` instance (with downstream) re-runs
