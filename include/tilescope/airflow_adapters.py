@@ -18,10 +18,16 @@ CATALOG_CONN_ID = os.getenv("TILESCOPE_CATALOG_CONN_ID", "tilescope_catalog")
 
 
 def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
-    """A boto3 S3 client from an Airflow AWS connection (endpoint_url in its extra)."""
+    """A boto3 S3 client from an Airflow AWS connection (endpoint_url in its extra), retrying
+    with backoff (:func:`tilescope.storage.resilient_config`; the connection's
+    ``config_kwargs`` win) and logging each failed attempt."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=conn_id).get_conn()
+    from tilescope.storage import log_retries, resilient_config
+
+    hook = S3Hook(aws_conn_id=conn_id)
+    return log_retries(hook.get_client_type(region_name=hook.region_name,
+                                            config=resilient_config(hook.config)))
 
 
 def results_asset(bucket: str) -> Any:

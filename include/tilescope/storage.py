@@ -8,6 +8,7 @@ The library never builds credentials: it takes a boto3 client (Airflow passes
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,17 @@ from urllib.parse import urlparse
 from tilescope.errors import BadImageError, ConfigError, StorageError
 
 _MISSING_CODES = ("NoSuchKey", "404", "NoSuchBucket", "NotFound")
+
+log = logging.getLogger(__name__)
+
+#: botocore's "standard" retry mode retries connection errors, timeouts, 5xx answers and
+#: throttling with jittered exponential backoff (rand × 1, 2, 4, 8, 16 s, then 20 s caps): 10
+#: attempts in all ride out an S3 server that is away for about a minute (55 s of backoff
+#: expected, up to 111 s). Without it, an Airflow AWS connection gets the "legacy" mode's 5.
+S3_RETRIES = {"mode": "standard", "total_max_attempts": 10}
+#: botocore waits 60 s for a TCP connect by default, per attempt: a host that drops packets
+#: would then hold a region task for 10 minutes before its own retry could start.
+S3_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,17 +56,56 @@ def parse_s3_uri(uri: str) -> S3Location:
     return S3Location(parsed.netloc, key)
 
 
+def resilient_config(override: Any = None) -> Any:
+    """The botocore ``Config`` for tilescope's S3 clients: :data:`S3_RETRIES` and
+    :data:`S3_CONNECT_TIMEOUT`, with whatever ``override`` (e.g. an Airflow connection's
+    ``config_kwargs``) sets explicitly taking precedence."""
+    from botocore.config import Config
+
+    base = Config(retries=dict(S3_RETRIES), connect_timeout=S3_CONNECT_TIMEOUT)
+    if override is None:
+        return base
+    # Config.merge replaces the retries dict whole: merge its keys instead, so a connection
+    # that only sets max_attempts keeps the standard mode (and its count wins over ours).
+    theirs = dict(getattr(override, "retries", None) or {})
+    retries = dict(S3_RETRIES)
+    if {"max_attempts", "total_max_attempts"} & theirs.keys():
+        del retries["total_max_attempts"]
+    return base.merge(override).merge(Config(retries={**retries, **theirs}))
+
+
+def log_retries(client: Any) -> Any:
+    """Log every failed S3 attempt botocore is about to retry (or gives up on) as a warning,
+    so a task log shows an S3 outage being ridden out instead of an unexplained pause."""
+    def failed_attempt(attempts: int, caught_exception: Exception | None = None,
+                       response: Any = None, operation: Any = None, **_: Any) -> None:
+        if caught_exception is not None:
+            reason = f"{type(caught_exception).__name__}: {caught_exception}"
+        elif response is not None and response[0].status_code >= 500:
+            reason = f"HTTP {response[0].status_code}"
+        else:
+            return None
+        limit = client.meta.config.retries.get("total_max_attempts", "?")
+        log.warning("S3 %s attempt %d of %s failed (%s)%s",
+                    getattr(operation, "name", "request"), attempts, limit, reason,
+                    "; giving up" if attempts == limit else "")
+        return None  # never decides: botocore's own retry handler does
+
+    client.meta.events.register("needs-retry.s3", failed_attempt)
+    return client
+
+
 def default_s3_client() -> Any:
     """A boto3 S3 client from the environment (path-style addressing works with local servers)."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    return log_retries(boto3.client(
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      retries={"max_attempts": 8, "mode": "standard"}),
-    )
+        config=resilient_config(Config(signature_version="s3v4",
+                                       s3={"addressing_style": "path"})),
+    ))
 
 
 def _error_code(exc: Exception) -> str:
