@@ -106,10 +106,50 @@ def sql_url(request, tmp_path) -> Iterator[str]:
         yield url
 
 
+class StatsdServer:
+    """A UDP socket on 127.0.0.1 read by a thread (a busy run sends more datagrams than a
+    socket buffers): ``take()`` returns the StatsD lines received since the last call."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.1)
+        self.port = self.socket.getsockname()[1]
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(65535)
+            except TimeoutError:
+                continue
+            with self._lock:
+                self._lines.extend(line for line in data.decode().splitlines() if line)
+
+    def take(self, settle: float = 0.3) -> list[str]:
+        import time
+
+        time.sleep(settle)  # let datagrams already sent arrive
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+
+
 @pytest.fixture
-def statsd_server() -> Iterator[socket.socket]:
-    """A UDP socket on 127.0.0.1 as the StatsD server, with Airflow's ``[metrics]``
-    (``statsd_on``, ``statsd_host``, ``statsd_port``, prefix ``airflow``) pointed at it.
+def statsd_server() -> Iterator[StatsdServer]:
+    """A StatsD server on 127.0.0.1, with Airflow's ``[metrics]`` (``statsd_on``,
+    ``statsd_host``, ``statsd_port``, prefix ``airflow``) pointed at it.
 
     Airflow's stats client reads ``[metrics]`` once per process, when a component starts
     (``stats.initialize`` in the worker's task runner); this test process stands in for
@@ -124,14 +164,12 @@ def statsd_server() -> Iterator[socket.socket]:
         stats.initialize(factory=stats_utils.get_stats_factory(),
                          export_legacy_names=conf.getboolean("metrics", "legacy_names_on"))
 
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.settimeout(1)
+    server = StatsdServer()
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
             env.setenv("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1")
-            env.setenv("AIRFLOW__METRICS__STATSD_PORT", str(server.getsockname()[1]))
+            env.setenv("AIRFLOW__METRICS__STATSD_PORT", str(server.port))
             env.setenv("AIRFLOW__METRICS__STATSD_PREFIX", "airflow")
             initialize()
             yield server

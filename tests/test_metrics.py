@@ -3,7 +3,6 @@ emission through Airflow's stats client to a real UDP socket (StatsD's wire form
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -62,15 +61,11 @@ def test_image_metrics():
                        Metric("gauge", MODEL_SHARE, 0.25)]
 
 
-def read_lines(server: socket.socket, count: int) -> list[str]:
-    return [server.recv(65535).decode() for _ in range(count)]
-
-
 def test_emit_sends_statsd_lines(statsd_server):
     emit([Metric("incr", "tilescope.regions", 1), Metric("timing", "tilescope.model", 1.5),
           Metric("gauge", "tilescope.model_share", 0.25, (("status", "succeeded"),)),
           Metric("incr", "tilescope.slices", 48)])
-    assert read_lines(statsd_server, 4) == ["airflow.tilescope.regions:1|c",
+    assert statsd_server.take() == ["airflow.tilescope.regions:1|c",
                                      "airflow.tilescope.model:1500.000000|ms",
                                      "airflow.tilescope.model_share:0.25|g",
                                      "airflow.tilescope.slices:48|c"]
@@ -81,7 +76,8 @@ def test_observe_region_adds_queue_wait_on_first_attempt_and_emits(statsd_server
     first = SimpleNamespace(try_number=1, start_date=START + timedelta(seconds=2))
     finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, prepared, first)
     assert finding["seconds"]["queue_wait"] == 2.0
-    lines = read_lines(statsd_server, 5)
+    lines = statsd_server.take()
+    assert len(lines) == 5
     assert lines[0] == "airflow.tilescope.regions:1|c"
     assert lines[-1] == "airflow.tilescope.queue_wait:2000.000000|ms"
 
