@@ -191,7 +191,8 @@ def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
+    # Level 1: a 2048² thumbnail in ~0.1 s instead of ~0.6 s at the default level 6.
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -219,8 +220,13 @@ def _tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray
 
 
 def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
-    """Write the image as an uncompressed tiled TIFF (lossless, no encode cost) and upload it
-    with a managed multipart transfer, staging on local disk rather than in memory."""
+    """Write the image as a zstd-compressed tiled TIFF and upload it with a managed multipart
+    transfer, staging on local disk rather than in memory.
+
+    Lossless, so regions see the very pixels ``tilescope predict`` sees. zstd level 1 encodes
+    at several hundred MB/s and halves photos or better: on a loopback S3 server, where uploads
+    run at ~60 MB/s, sending half the bytes saves far more than the encoding costs, and every
+    region task reads half as much."""
     import tifffile
 
     loc = parse_s3_uri(uri)
@@ -228,7 +234,8 @@ def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
         tile = scratch_tile_shape(reader.width, reader.height)
         tifffile.imwrite(tmp.name, _tiles(reader, *tile),
                          shape=(reader.height, reader.width, 3), dtype=np.uint8,
-                         tile=tile, photometric="rgb")
+                         tile=tile, photometric="rgb",
+                         compression="zstd", compressionargs={"level": 1}, maxworkers=2)
         client.upload_file(tmp.name, loc.bucket, loc.key,
                            ExtraArgs={"ContentType": "image/tiff"})
 
