@@ -15,6 +15,11 @@ callbacks emit the image's StatsD metrics and send one SNS message per image to 
 or error topic (`tilescope_success_topic_arn` / `tilescope_error_topic_arn` Variables, or
 `TILESCOPE_SUCCESS_TOPIC_ARN` / `TILESCOPE_ERROR_TOPIC_ARN`; none set → no message).
 
+A **video** (AVI, MP4/MOV, MKV/WebM — recognised by its bytes) runs through the same tasks:
+preprocess samples `video_fps` frames per second and stages each frame; analyze is mapped
+over chunks of (frame, region) units; synthesize merges per frame, never across frames; the
+overlay is a contact sheet of annotated frames.
+
 Trigger it from the UI form, the REST API (`conf: {"image_uri": "s3://bucket/key", ...}`)
 or the `s3_arrivals` DAG. Clearing a failed `analyze` instance (with downstream) re-runs
 just that region and completes the result: scratch is kept until `store` succeeds.
@@ -35,6 +40,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from tilescope.airflow_adapters import results_asset
 from tilescope.airflow_callbacks import finalize_callbacks, record_failure
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
+from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _POOL = os.getenv("TILESCOPE_POOL", "tilescope")
@@ -120,6 +126,10 @@ def _params() -> Any:
         "full_image_pass": Param(False, type="boolean"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
                                    description="below it the run fails; above, 'partial'"),
+        "video_fps": Param(DEFAULT_VIDEO_FPS, type="number", exclusiveMinimum=0,
+                           maximum=MAX_VIDEO_FPS, title="Video frames per second",
+                           description="for a video (AVI/MP4/MKV): frames analyzed per "
+                                       "second; at most TILESCOPE_MAX_FRAMES in all"),
         "model_options": Param({}, type="object", title="Model options",
                                description="backend options, e.g. {\"conn_id\": "
                                            "\"aws_default\", \"model_id\": \"...\"} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,12 +16,14 @@ from typing import Any, TextIO
 
 from tilescope import __version__
 from tilescope.errors import BadImageError, ConfigError, ModelError, TilescopeError
+from tilescope.limits import DEFAULT_MAX_FRAMES, RunLimits
 from tilescope.models import available_models, load_model
-from tilescope.params import MATCH_METRICS, POSTPROCESS_TYPES, InferenceParams
+from tilescope.params import DEFAULT_VIDEO_FPS, MATCH_METRICS, POSTPROCESS_TYPES, InferenceParams
 from tilescope.pipeline import run_image
 from tilescope.readers import open_image
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
-from tilescope.writers import OutputTargets, write_outputs
+from tilescope.video.steps import video_container
+from tilescope.writers import OutputTargets, write_outputs, write_video_outputs
 
 
 class ProgressBar:
@@ -99,9 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="KEY=VALUE", help="synthesis model option (repeatable)")
     predict.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                          help="refuse images declaring more pixels (decompression bombs)")
+    predict.add_argument("--video-fps", type=float, default=DEFAULT_VIDEO_FPS, metavar="N",
+                         help="frames analyzed per second of a video (AVI/MP4/MKV input)")
+    predict.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                         help="refuse videos that would sample more frames")
     predict.add_argument("--out", help="results JSON path (or s3:// URI)")
     predict.add_argument("--coco", help="COCO JSON path (or s3:// URI)")
-    predict.add_argument("--overlay", help="overlay PNG path (or s3:// URI)")
+    predict.add_argument("--overlay", help="overlay PNG path (or s3:// URI); for a video, "
+                                           "a contact sheet of annotated frames")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("models", help="list registered models")
@@ -118,7 +126,10 @@ def _predict(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, full_image_pass=args.full_image_pass,
         model_options=_model_options(args.model_option),
         synthesis_model=args.synthesis_model,
-        synthesis_options=_model_options(args.synthesis_option))
+        synthesis_options=_model_options(args.synthesis_option), video_fps=args.video_fps)
+    container = video_container(args.image)  # by signature, not by name
+    if container:
+        return _predict_video(args, params, container)
     options = params.model_arguments()
     # Open (and validate) the image before paying for the model; decode it once.
     reader, image = open_image(args.image, max_pixels=args.max_pixels)
@@ -131,6 +142,33 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{args.image}: {summary['detections']} detections ({summary['description']}) in "
           f"{result.plan['slices']} slices / {result.plan['regions']} regions, "
           f"{summary['total_seconds']:.2f}s (model {summary['model_seconds']:.2f}s)")
+    return 0
+
+
+def _predict_video(args: argparse.Namespace, params: InferenceParams, container: str) -> int:
+    """``predict`` on a video: sampled frames through the same stages, in this process."""
+    from tilescope.results import ImageInfo
+    from tilescope.video.decoder import VideoSource
+    from tilescope.video.pipeline import run_video
+    from tilescope.video.steps import local_copy
+
+    limits = RunLimits(max_pixels=args.max_pixels, max_frames=args.max_frames)
+    progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
+    with local_copy(args.image, None) as (path, sha256), \
+            VideoSource(path, container=container, name=args.image) as source:
+        image = ImageInfo(uri=args.image, width=source.header.width,
+                          height=source.header.height, sha256=sha256, format=container,
+                          bytes=os.path.getsize(path))
+        with load_model(args.model, **params.model_arguments()) as model:
+            result, sheet = run_video(source, image, params, model, limits=limits,
+                                      progress=progress)
+    write_video_outputs(result, sheet.chosen(), OutputTargets(args.out, args.coco,
+                                                              args.overlay))
+    summary = result.summary()
+    print(f"{args.image}: {summary['detections']} detections ({summary['description']}) in "
+          f"{summary['frames']} frames × {result.plan['slices']} slices / "
+          f"{result.plan['units']} units, {summary['total_seconds']:.2f}s "
+          f"(model {summary['model_seconds']:.2f}s)")
     return 0
 
 

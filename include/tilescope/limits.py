@@ -25,8 +25,11 @@ _GRID_SIDE = r"([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])"
 GRID_PATTERN = rf"^(auto|{_GRID_SIDE}x{_GRID_SIDE})$"
 #: default slice budget: ~40 CPU-minutes of NanoDet; a 10-gigapixel tiled scan at 416 px
 DEFAULT_MAX_SLICES = 100_000
+#: default budget of sampled video frames: an hour of video at 1 frame per second
+DEFAULT_MAX_FRAMES = 3_600
 PIXELS_ENV = "TILESCOPE_MAX_PIXELS"
 SLICES_ENV = "TILESCOPE_MAX_SLICES"
+FRAMES_ENV = "TILESCOPE_MAX_FRAMES"
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -54,15 +57,19 @@ class RunLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_slices: int = DEFAULT_MAX_SLICES
     max_regions: int = MAX_MAP_LENGTH
+    #: sampled frames of one video (each is staged and analyzed like an image)
+    max_frames: int = DEFAULT_MAX_FRAMES
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
                          max_regions: int = MAX_MAP_LENGTH) -> RunLimits:
-        """``TILESCOPE_MAX_PIXELS`` and ``TILESCOPE_MAX_SLICES`` (defaults when unset)."""
+        """``TILESCOPE_MAX_PIXELS``, ``TILESCOPE_MAX_SLICES`` and ``TILESCOPE_MAX_FRAMES``
+        (defaults when unset)."""
         env = os.environ if environ is None else environ
         return cls(max_pixels=_positive(env, PIXELS_ENV, DEFAULT_MAX_PIXELS),
                    max_slices=_positive(env, SLICES_ENV, DEFAULT_MAX_SLICES),
-                   max_regions=max_regions)
+                   max_regions=max_regions,
+                   max_frames=_positive(env, FRAMES_ENV, DEFAULT_MAX_FRAMES))
 
     def check_plan(self, plan: SlicePlan) -> None:
         """Refuse a plan over the slice or region budget, saying by how much."""
@@ -76,3 +83,22 @@ class RunLimits:
             raise ConfigError(f"{geometry} in a {plan.grid_rows}×{plan.grid_cols} grid makes "
                               f"{len(plan.regions):,} regions, more than the {self.max_regions:,}"
                               f" mapped tasks Airflow allows ([core] max_map_length)")
+
+    def check_frames(self, frames: int, what: str) -> None:
+        """Refuse more sampled video frames than the budget; ``what`` says where the count
+        comes from, e.g. ``"79.5 s of video at 2 fps"``."""
+        if frames > self.max_frames:
+            raise ConfigError(f"{what} makes {frames:,} frames, over the budget of "
+                              f"{self.max_frames:,} ({FRAMES_ENV}); lower video_fps")
+
+    def check_video_plan(self, frames: int, plan: SlicePlan) -> None:
+        """Refuse a video whose frames together exceed the slice budget (each frame is
+        planned like an image: ``plan``)."""
+        self.check_plan(plan)
+        total = frames * plan.slice_count
+        if total > self.max_slices:
+            raise ConfigError(f"{frames:,} frames × {plan.slice_count:,} slices of "
+                              f"{plan.width}×{plan.height} ({plan.slice_width}×"
+                              f"{plan.slice_height} slices) make {total:,} slices, over the "
+                              f"budget of {self.max_slices:,} ({SLICES_ENV}); lower "
+                              f"video_fps or use larger slices")

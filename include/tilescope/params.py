@@ -11,6 +11,9 @@ from tilescope.errors import ConfigError
 from tilescope.slicing import parse_grid, validate_slicing
 
 POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms")
+#: frames sampled per second of video by default, and the most a run may ask for
+DEFAULT_VIDEO_FPS = 1.0
+MAX_VIDEO_FPS = 60.0
 MATCH_METRICS = ("ios", "iou")
 #: parameters added after the first release: left out of :meth:`InferenceParams.digest`
 #: while unset, so existing results keep their keys
@@ -54,6 +57,8 @@ class InferenceParams:
     #: the model that writes the scene description at synthesis (``None``: deterministic)
     synthesis_model: str | None = None
     synthesis_options: dict[str, Any] = field(default_factory=dict)
+    #: frames per second sampled from a video (ignored for images)
+    video_fps: float = DEFAULT_VIDEO_FPS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
@@ -71,6 +76,13 @@ class InferenceParams:
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        try:
+            fps = float(self.video_fps)
+        except (TypeError, ValueError):
+            raise ConfigError(f"video_fps must be a number, got {self.video_fps!r}") from None
+        if not 0.0 < fps <= MAX_VIDEO_FPS:  # also refuses NaN
+            raise ConfigError(f"video_fps must be in (0, {MAX_VIDEO_FPS:g}], got {fps:g}")
+        object.__setattr__(self, "video_fps", fps)
         if not 0.0 <= float(self.overlap) < 0.9:
             raise ConfigError(f"overlap must be in [0, 0.9), got {self.overlap}")
         if self.slice_size == "model":
@@ -95,7 +107,12 @@ class InferenceParams:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # Added for video: at its default it is left out, so image results and their
+        # parameter digests stay exactly what they were.
+        if data["video_fps"] == DEFAULT_VIDEO_FPS:
+            del data["video_fps"]
+        return data
 
     def model_arguments(self) -> dict[str, Any]:
         """Keyword arguments for ``load_model(self.model, ...)``."""

@@ -94,6 +94,19 @@ def failed_finding(region: Region, error: str, attempts: int = 1) -> RegionFindi
                          status="failed", attempts=attempts, error=error)
 
 
+def enforce_success_ratio(complete: Sequence[RegionFinding], params: InferenceParams) -> None:
+    """Raise :class:`RegionsFailedError` naming the failed regions when fewer than
+    ``min_success_ratio`` of ``complete`` (every region's finding, failed ones included)
+    succeeded."""
+    failed = [f for f in complete if f.status != "success"]
+    ratio = 1 - len(failed) / len(complete) if complete else 1.0
+    if failed and ratio < params.min_success_ratio:
+        names = ", ".join(f.name for f in failed[:20]) + (" …" if len(failed) > 20 else "")
+        raise RegionsFailedError(
+            f"{len(failed)} of {len(complete)} regions failed ({names}): success ratio "
+            f"{ratio:.3f} is below min_success_ratio {params.min_success_ratio}")
+
+
 def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFinding],
                params: InferenceParams, model: DetectionModel | None = None, *,
                model_name: str | None = None, category_names: Sequence[str] | None = None,
@@ -113,13 +126,7 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
     """
     by_index = {f.index: f for f in findings}
     complete = [by_index.get(r.index) or failed_finding(r, "no finding") for r in plan.regions]
-    failed = [f for f in complete if f.status != "success"]
-    ratio = 1 - len(failed) / len(complete) if complete else 1.0
-    if failed and ratio < params.min_success_ratio:
-        names = ", ".join(f.name for f in failed[:20]) + (" …" if len(failed) > 20 else "")
-        raise RegionsFailedError(
-            f"{len(failed)} of {len(complete)} regions failed ({names}): success ratio "
-            f"{ratio:.3f} is below min_success_ratio {params.min_success_ratio}")
+    enforce_success_ratio(complete, params)
     started = time.perf_counter()
     fixed = list(category_names if category_names is not None else
                  [] if model is None or model.open_vocabulary else model.category_names)

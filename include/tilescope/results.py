@@ -44,6 +44,21 @@ class ImageInfo:
                    str(data["sha256"]), str(data["format"]), int(data["bytes"]))
 
 
+@dataclass(frozen=True)
+class VideoFrame:
+    """One sampled frame of a video: its number in the stream and when it is shown."""
+
+    frame_index: int
+    timestamp_ms: float
+
+    @property
+    def name(self) -> str:
+        return f"f{self.frame_index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame_index": self.frame_index, "timestamp_ms": self.timestamp_ms}
+
+
 BOX_DECIMALS = 2
 SCORE_DECIMALS = 4
 
@@ -95,6 +110,8 @@ class RegionFinding:
     #: names of this finding's category ids, for open-vocabulary models whose ids are
     #: per-model-instance; ``None`` = the model's fixed ``CATEGORY_NAMES``
     category_names: list[str] | None = None
+    #: the video frame this region belongs to (``None`` for images)
+    frame: VideoFrame | None = None
 
     def to_dict(self, *, with_detections: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -105,6 +122,8 @@ class RegionFinding:
             or len(self.detections) else self.detections_count,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "error": self.error,
         }
+        if self.frame is not None:
+            data.update(self.frame.to_dict())
         if with_detections:
             data["detections"] = detections_to_compact(self.detections)
             if self.category_names is not None:
@@ -123,7 +142,9 @@ class RegionFinding:
                    seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
                    error=data.get("error"),
                    detections_count=None if dets else data.get("detections_count"),
-                   category_names=data.get("category_names"))
+                   category_names=data.get("category_names"),
+                   frame=VideoFrame(int(data["frame_index"]), float(data["timestamp_ms"]))
+                   if data.get("frame_index") is not None else None)
 
 
 @dataclass
@@ -145,6 +166,11 @@ class Result:
     #: where ``description`` came from when not the deterministic summary, e.g.
     #: ``{"model": "bedrock-converse", "model_id": ..., "error": ...}``
     description_source: dict[str, Any] | None = None
+    #: a video's sampled frames in time order (``None`` for an image); ``detection_frames``
+    #: then gives each detection's position in this list, and ``video`` the stream's facts
+    frames: list[VideoFrame] | None = None
+    detection_frames: np.ndarray | None = None
+    video: dict[str, Any] | None = None
 
     @property
     def failed_regions(self) -> list[str]:
@@ -186,7 +212,8 @@ class Result:
                 "model_share": round(model / total, 3) if total else None,
                 "description": self.description or describe_counts(self.counts()),
                 **({"description_source": self.description_source}
-                   if self.description_source else {})}
+                   if self.description_source else {}),
+                **({"frames": len(self.frames)} if self.frames is not None else {})}
 
     def detection_records(self) -> list[dict[str, Any]]:
         """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""
@@ -194,15 +221,47 @@ class Result:
         xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]),
                         BOX_DECIMALS)
         scores = np.round(self.detections.scores.astype(np.float64), SCORE_DECIMALS)
-        return [{"bbox": xywh[i].tolist(), "score": float(scores[i]),
-                 "category_id": int(c), "category_name": self.category_name(int(c))}
-                for i, c in enumerate(self.detections.category_ids)]
+        records = [{"bbox": xywh[i].tolist(), "score": float(scores[i]),
+                    "category_id": int(c), "category_name": self.category_name(int(c))}
+                   for i, c in enumerate(self.detections.category_ids)]
+        if self.frames is not None:  # a video: say which frame each box is on
+            for record, position in zip(records, self._detection_frames(), strict=True):
+                record.update(self.frames[position].to_dict())
+        return records
+
+    def _detection_frames(self) -> np.ndarray:
+        if self.detection_frames is None:
+            return np.zeros(len(self.detections), np.int64)
+        return np.asarray(self.detection_frames, np.int64)
+
+    def frame_detections(self, position: int) -> Detections:
+        """The detections on the ``position``-th sampled frame of a video."""
+        return self.detections.select(self._detection_frames() == position)
+
+    def frame_summaries(self) -> list[dict[str, Any]]:
+        """Per sampled frame: where it is in the video, its detections per class and the
+        regions of it that failed."""
+        failed: dict[int, list[str]] = {}
+        for region in self.regions:
+            if region.status != "success" and region.frame is not None:
+                failed.setdefault(region.frame.frame_index, []).append(region.name)
+        per_frame = self._detection_frames()
+        out = []
+        for position, frame in enumerate(self.frames or []):
+            ids = self.detections.category_ids[per_frame == position]
+            counts = Counter(self.category_name(int(c)) for c in ids)
+            out.append({**frame.to_dict(), "detections": len(ids),
+                        "counts": dict(counts.most_common()),
+                        "failed_regions": failed.get(frame.frame_index, [])})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The results JSON document."""
         return {
             "schema": RESULT_SCHEMA,
             "image": self.image.to_dict(),
+            **({"video": self.video or {}, "frames": self.frame_summaries()}
+               if self.frames is not None else {}),
             "model": self.model,
             "params": self.params,
             "plan": self.plan,
@@ -231,6 +290,12 @@ class Result:
         boxes[:, 2:] += boxes[:, :2]
         dets = Detections(boxes, np.array([r["score"] for r in records]),
                           np.array([r["category_id"] for r in records]))
+        frames = ([VideoFrame(int(f["frame_index"]), float(f["timestamp_ms"]))
+                   for f in doc["frames"]] if doc.get("frames") is not None else None)
+        positions = None
+        if frames is not None:
+            where = {f.frame_index: i for i, f in enumerate(frames)}
+            positions = np.array([where[int(r["frame_index"])] for r in records], np.int64)
         return cls(image=ImageInfo.from_dict(doc["image"]), model=str(doc["model"]),
                    params=dict(doc["params"]), plan=dict(doc["plan"]),
                    regions=[RegionFinding.from_dict(r) for r in doc.get("regions", [])],
@@ -239,24 +304,36 @@ class Result:
                    coco_category_ids=doc.get("coco_category_ids"),
                    description=(doc.get("summary") or {}).get("description"),
                    moderation=doc.get("moderation"),
-                   description_source=(doc.get("summary") or {}).get("description_source"))
+                   description_source=(doc.get("summary") or {}).get("description_source"),
+                   frames=frames, detection_frames=positions, video=doc.get("video"))
 
     def to_coco(self, image_id: int = 1) -> dict[str, Any]:
         """A COCO document: ``images``, ``categories`` and scored ``annotations``.
 
-        ``annotations`` alone is the COCO *results* format evaluation tools read.
+        ``annotations`` alone is the COCO *results* format evaluation tools read. A video
+        has one image per sampled frame (ids from ``image_id`` on, with ``frame_index`` and
+        ``timestamp_ms``), and each annotation refers to its frame's image.
         """
         ids = self.coco_category_ids or [i + 1 for i in range(len(self.category_names))]
+        file_name = self.image.uri.rsplit("/", 1)[-1]
+        if self.frames is None:
+            images = [{"id": image_id, "file_name": file_name,
+                       "width": self.image.width, "height": self.image.height}]
+            image_ids = np.full(len(self.detections), image_id, np.int64)
+        else:
+            images = [{"id": image_id + k, "file_name": file_name, **frame.to_dict(),
+                       "width": self.image.width, "height": self.image.height}
+                      for k, frame in enumerate(self.frames)]
+            image_ids = image_id + self._detection_frames()
         annotations = []
         for number, record in enumerate(self.detection_records(), start=1):
             x, y, w, h = record["bbox"]
-            annotations.append({"id": number, "image_id": image_id,
+            annotations.append({"id": number, "image_id": int(image_ids[number - 1]),
                                 "category_id": ids[record["category_id"]], "bbox": [x, y, w, h],
                                 "area": round(w * h, 2), "iscrowd": 0, "score": record["score"]})
         return {
             "info": {"description": f"tilescope {self.model} on {self.image.uri}"},
-            "images": [{"id": image_id, "file_name": self.image.uri.rsplit("/", 1)[-1],
-                        "width": self.image.width, "height": self.image.height}],
+            "images": images,
             "categories": [{"id": ids[i], "name": n} for i, n in enumerate(self.category_names)],
             "annotations": annotations,
         }

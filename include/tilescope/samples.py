@@ -5,6 +5,9 @@
 * Debian's ``darknet`` package ships ``kite`` (1352×900, many small people and kites),
   ``dog``, ``person``, ``horses``, ``eagle``, ``giraffe``. When the package is not installed
   the .deb is fetched with ``apt-get download`` and unpacked into the cache (no root install).
+* Debian's ``opencv-doc`` ships ``vtest`` (``vtest.avi``: 768×576, 79.5 s at 10 fps, MPEG-4
+  v3 — pedestrians and cars on a campus street), fetched the same way; only that file is
+  extracted from the 96 MB package.
 """
 
 from __future__ import annotations
@@ -22,19 +25,24 @@ from tilescope.models.weights import cache_root
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "motorcycle_left", "rocket",
                    "page")  # page: a photographed page of text (grey)
 DARKNET_SAMPLES = ("kite", "dog", "person", "horses", "eagle", "giraffe")
+VIDEO_SAMPLES = ("vtest",)
 _DARKNET_DIR = Path("/usr/share/darknet/data")
+_OPENCV_DATA_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 
 
 def sample_names() -> tuple[str, ...]:
-    return SKIMAGE_SAMPLES + DARKNET_SAMPLES
+    return SKIMAGE_SAMPLES + DARKNET_SAMPLES + VIDEO_SAMPLES
 
 
 def sample_path(name: str) -> Path:
-    """A local file of the named sample photo (PNG for scikit-image ones, JPEG for darknet)."""
+    """A local file of the named sample (PNG for scikit-image ones, JPEG for darknet, AVI
+    for the opencv-doc video)."""
     if name in SKIMAGE_SAMPLES:
         return _skimage_sample(name)
     if name in DARKNET_SAMPLES:
         return _darknet_sample(name)
+    if name in VIDEO_SAMPLES:
+        return _opencv_doc_video(name)
     raise KeyError(f"unknown sample {name!r}; known: {', '.join(sample_names())}")
 
 
@@ -74,19 +82,51 @@ def _darknet_sample(name: str) -> Path:
 
 def _unpack_darknet_photos(dest: Path) -> None:
     """``apt-get download darknet`` and keep only its sample photos."""
-    if shutil.which("apt-get") is None:
-        raise RuntimeError("the darknet sample photos need Debian's apt-get (package 'darknet')")
+    _unpack_from_deb("darknet", "./usr/share/darknet/data/*.jpg", dest)
+
+
+def _opencv_doc_video(name: str) -> Path:
+    installed = _OPENCV_DATA_DIR / f"{name}.avi"
+    if installed.exists():
+        return installed
+    target = cache_root() / "samples" / "opencv-doc" / f"{name}.avi"
+    if not target.exists():
+        _unpack_from_deb("opencv-doc", f"./{_OPENCV_DATA_DIR.relative_to('/')}/{name}.avi",
+                         target.parent)
+    return target
+
+
+def _unpack_from_deb(package: str, pattern: str, dest: Path) -> None:
+    """``apt-get download PACKAGE`` and copy the files matching ``pattern`` (a path inside
+    the package, ``*`` allowed) into ``dest`` — extracting only those, not the package.
+    Raises :class:`RuntimeError` saying why when the package cannot be had."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise RuntimeError(f"sample files from Debian's {package!r} need apt-get and dpkg-deb")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        download = ["apt-get", "download", "-q", "darknet"]
+        download = ["apt-get", "download", "-q", package]
         if subprocess.run(download, cwd=tmp, capture_output=True).returncode != 0:
             # a fresh machine may have no package lists yet
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
-            subprocess.run(download, cwd=tmp, capture_output=True, check=True)
-        (deb,) = Path(tmp).glob("darknet_*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
-        for photo in (Path(tmp) / "usr/share/darknet/data").glob("*.jpg"):
-            shutil.copy(photo, dest / photo.name)
+            fetched = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
+            if fetched.returncode != 0:
+                raise RuntimeError(f"apt-get download {package} failed: "
+                                   f"{fetched.stderr.strip()[-300:]}")
+        (deb,) = Path(tmp).glob(f"{package}_*.deb")
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        contents = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                    stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(tree), "--wildcards", pattern],
+                       stdin=contents.stdout, check=True)
+        contents.wait()
+        found = list(tree.glob(pattern.removeprefix("./")))
+        if not found:
+            raise RuntimeError(f"{package} has no file matching {pattern}")
+        for path in found:  # copy, then rename: a reader never sees half a file
+            tmp_copy = dest / f".{path.name}.{os.getpid()}.tmp"
+            shutil.copy(path, tmp_copy)
+            os.replace(tmp_copy, dest / path.name)
 
 
 def build_mosaic(size: int, names: tuple[str, ...] = ("kite", "astronaut", "dog", "horses",

@@ -53,6 +53,8 @@ from tilescope.storage import (
     read_bytes,
     write_bytes,
 )
+from tilescope.video.steps import video_container
+from tilescope.video.units import is_video_chunk
 from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
 
 #: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
@@ -114,8 +116,15 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
     if size > max_bytes:
         raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
                                  f"{max_bytes:,}")
-    data = read_bytes(image_uri, client)
     limits = limits or RunLimits(max_pixels=max_pixels)
+    container = video_container(image_uri, client, size)  # by signature, not by name
+    if container:
+        from tilescope.video.steps import prepare_video
+
+        return prepare_video(image_uri, params, container=container, client=client, run=run,
+                             model_slice_size=model_slice_size, limits=limits,
+                             moderation=moderation, full_image_model=full_image_model)
+    data = read_bytes(image_uri, client)
     reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=image_uri)
     with reader:
         limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
@@ -250,7 +259,14 @@ def open_source(source_uri: str, client: Any) -> ImageReader:
 def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
             model: DetectionModel, *, client: Any, scratch_prefix: str,
             attempt: int = 1) -> dict[str, Any]:
-    """One region → a finding dict small enough for an XCom (large detections go to S3)."""
+    """One region → a finding dict small enough for an XCom (large detections go to S3).
+    A video's chunk of (frame, region) units goes to :func:`tilescope.video.steps.analyze_chunk`."""
+    if is_video_chunk(region):
+        from tilescope.video.steps import analyze_chunk
+
+        return analyze_chunk(region, source_uri, params, model, client=client,
+                             scratch_prefix=scratch_prefix, budget=XCOM_BUDGET_BYTES,
+                             attempt=attempt)
     with open_source(source_uri, client) as reader:
         finding = analyze_region(reader, Region.from_dict(region), model, params,
                                  attempt=attempt)
@@ -281,6 +297,11 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
     ``run_started`` (epoch seconds) adds the run's wall time as ``seconds.total`` (so the
     summary's ``model_share`` is model time over the whole run), plus region sums.
     """
+    if prepared.get("video"):  # merged per frame, never across frames
+        from tilescope.video.steps import combine_video
+
+        return combine_video(prepared, findings, params, model_name, client=client,
+                             run_started=run_started)
     plan = SlicePlan.from_summary(prepared["plan"])
     loaded = [load_finding(f, client) for f in findings if f]
     result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
@@ -327,7 +348,13 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
     write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
                 thumbnail_png, "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
-    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
+    if prepared.get("video"):  # a contact sheet of annotated frames
+        from tilescope.video.steps import video_overlay_png
+
+        overlay = video_overlay_png(result, prepared, client)
+    else:
+        overlay = overlay_png(result, thumbnail)
+    write_bytes(targets.overlay, overlay, "image/png", client)
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
     keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
     if catalog_url:

@@ -7,6 +7,7 @@ either way, written through :func:`tilescope.storage.write_bytes`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,28 @@ class OutputTargets:
 def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
                   client: Any = None) -> dict[str, str]:
     """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""
+    return _write(result, targets, lambda: overlay_png(
+        result, reader.thumbnail(DEFAULT_OVERLAY_SIDE)), client)
+
+
+def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
+                        targets: OutputTargets, client: Any = None) -> dict[str, str]:
+    """:func:`write_outputs` for a video: the overlay is its contact sheet, drawn on
+    ``cells`` ((frame position, downscaled frame) pairs, see
+    :class:`tilescope.video.contact_sheet.SheetCells`)."""
+    from tilescope.video.contact_sheet import render_contact_sheet
+
+    return _write(result, targets, lambda: render_contact_sheet(result, cells), client)
+
+
+def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
+           client: Any) -> dict[str, str]:
     written: dict[str, str] = {}
     if targets.coco:
         write_bytes(targets.coco, coco_json(result), "application/json", client=client)
         written["coco"] = targets.coco
     if targets.overlay:
-        png = overlay_png(result, reader.thumbnail(DEFAULT_OVERLAY_SIDE))
+        png = overlay()
         write_bytes(targets.overlay, png, "image/png", client=client)
         written["overlay"] = targets.overlay
     if targets.result:  # last, so a reader who sees the result JSON finds its companions too

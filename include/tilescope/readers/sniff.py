@@ -14,6 +14,10 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "BMP"),
 )
 
+#: ISO base media brands of still pictures (HEIF/HEIC, AVIF), not videos
+_STILL_IMAGE_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1",
+                                 b"avif"))
+
 #: bytes needed by :func:`sniff_format`
 SNIFF_BYTES = 16
 
@@ -25,6 +29,18 @@ def sniff_format(head: bytes) -> str | None:
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
             return name
+    return None
+
+
+def sniff_video(head: bytes) -> str | None:
+    """The video container named by the leading bytes (``AVI``, ``MP4`` for the ISO/QuickTime
+    family, ``MKV`` for Matroska/WebM), or ``None``. FFmpeg decodes what is inside."""
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[4:8] == b"ftyp" and head[8:12] not in _STILL_IMAGE_BRANDS:
+        return "MP4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "MKV"
     return None
 
 
