@@ -1,12 +1,14 @@
-"""Start the real Airflow components for a test (LocalExecutor, on free ports, in a temp
-dir), wired to the test's S3 server and a SQLite catalog; always stopped afterwards."""
+"""Start the real Airflow components for a test (LocalExecutor unless asked otherwise, on
+free ports, in a temp dir), wired to the test's S3 server and a SQLite catalog; always
+stopped afterwards. Also: task instance intervals from the metadata DB, and their overlap."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ def connection_env(s3_server: str, catalog: Path) -> dict[str, str]:
 def running_airflow(tmp: Path, s3_server: str, *, dags: Sequence[str],
                     extra_env: Mapping[str, str] | None = None,
                     components: Sequence[str] = ALL_COMPONENTS,
+                    executor: str = "LocalExecutor",
                     pool_slots: int = 2) -> Iterator[RunningAirflow]:
     """Airflow up and ready, pool ``tilescope`` checked, ``dags`` parsed and unpaused."""
     from tilescope.stack.airflow_stack import AirflowStack
@@ -47,6 +50,48 @@ def running_airflow(tmp: Path, s3_server: str, *, dags: Sequence[str],
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
                            plugins_folder=REPO / "plugins", components=tuple(components),
-                           extra_env=env)
+                           executor=executor, extra_env=env)
     with serving(airflow, dags=dags, pool_slots=pool_slots) as api:
         yield RunningAirflow(airflow, api, catalog)
+
+
+@dataclass(frozen=True)
+class TaskInterval:
+    map_index: int
+    hostname: str
+    start: datetime
+    end: datetime
+
+
+def task_intervals(db_url: str, run_id: str, task_id: str = "analyze",
+                   dag_id: str = "tiled_inference") -> list[TaskInterval]:
+    """When and where each (mapped) instance of a task ran, from the metadata DB
+    (any SQLAlchemy URL: ``sqlite:///…/airflow.db`` or PostgreSQL)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT map_index, hostname, start_date, end_date FROM task_instance "
+                "WHERE dag_id = :dag AND task_id = :task AND run_id = :run"),
+                {"dag": dag_id, "task": task_id, "run": run_id}).fetchall()
+    finally:
+        engine.dispose()
+
+    def moment(value: datetime | str) -> datetime:  # SQLite returns ISO text
+        return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+    return [TaskInterval(i, host or "", moment(s), moment(e)) for i, host, s, e in rows]
+
+
+def max_overlap(intervals: Iterable[tuple[datetime, datetime]]) -> int:
+    """Most intervals running at one instant (an end at t does not overlap a start at t)."""
+    spans = list(intervals)
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
+                    key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak

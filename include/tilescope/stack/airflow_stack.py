@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from tilescope.stack import procs
+from tilescope.stack import celery_workers, procs
 from tilescope.stack.api import AirflowApi, fetch_token, read_admin_password
 from tilescope.stack.errors import StackError
 from tilescope.stack.state import write_private
 
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer")
+# With executor="CeleryExecutor", add workers as components named "celery-worker-NAME"
+# (see tilescope.stack.celery_workers); broker and result backend come from extra_env.
 # Names used by GET /api/v2/monitor/health for each component we start.
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor",
                 "triggerer": "triggerer"}
@@ -60,6 +62,7 @@ class AirflowStack:
     port: int = 8080
     plugins_folder: Path | None = None
     components: tuple[str, ...] = COMPONENTS
+    executor: str = "LocalExecutor"
     extra_env: Mapping[str, str] = field(default_factory=dict)
     logs: Path | None = None
     records: dict[str, procs.ProcessRecord] = field(default_factory=dict)
@@ -97,7 +100,7 @@ class AirflowStack:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
@@ -167,6 +170,8 @@ class AirflowStack:
             return [*base, component, "--skip-serve-logs"]
         if component == "dag-processor":
             return [*base, "dag-processor"]
+        if celery_workers.is_worker(component):
+            return celery_workers.worker_argv(base, celery_workers.worker_name(component))
         raise ValueError(f"unknown Airflow component {component!r}")
 
     def start(self, components: Sequence[str] | None = None,
@@ -181,7 +186,10 @@ class AirflowStack:
         env = self.env()
         started = {}
         for name in wanted:
-            record = procs.spawn(f"airflow-{name}", self.argv(name), env,
+            own_env = env
+            if celery_workers.is_worker(name):
+                own_env = {**env, **celery_workers.worker_env(celery_workers.worker_name(name))}
+            record = procs.spawn(f"airflow-{name}", self.argv(name), own_env,
                                  self.log_dir / f"{name}.log", cwd=self.home)
             self.records[name] = record
             started[name] = record
@@ -209,6 +217,9 @@ class AirflowStack:
         """
         wanted = list(components or self.records or self.components)
         deadline = time.monotonic() + timeout
+        # Workers are not in the health endpoint; ready = answering a ping over the broker.
+        workers = {celery_workers.worker_name(c) for c in wanted if celery_workers.is_worker(c)}
+        broker = celery_workers.broker_url(self.env()) if workers else ""
         warmup: list[threading.Thread] = []
         warm = threading.Event()
 
@@ -242,6 +253,11 @@ class AirflowStack:
         try:
             procs.wait_for(ready, timeout, f"Airflow on {self.base_url}", interval=0.5,
                            alive=running)
+            if workers:
+                procs.wait_for(lambda: workers <= celery_workers.responding_workers(broker),
+                               max(deadline - time.monotonic(), 1.0),
+                               f"Celery workers {sorted(workers)}", interval=0.5,
+                               alive=running)
             if "api-server" in wanted:
                 procs.wait_for(execution_api, max(deadline - time.monotonic(), 1.0),
                                f"Airflow execution API on {self.base_url}", interval=0.1,
