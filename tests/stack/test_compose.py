@@ -226,3 +226,27 @@ def test_generated_env_file_satisfies_compose(compose_root: Path, tmp_path: Path
     assert env_file.read_text() == before, "secrets are generated once"
     done = run_compose(compose_root, ["--env-file", str(env_file), "config", "-q"], {})
     assert done.returncode == 0, done.stderr
+
+
+def test_celery_settings_are_those_the_celery_e2e_test_proves(compose_root: Path) -> None:
+    """tests/dags/test_celery_e2e.py runs these on the host: PostgreSQL metadata DB and
+    result backend, Redis broker, two or more workers without log servers (logs read from the
+    shared volume) whose total task slots exceed the pool, so the pool caps the regions."""
+    done = run_compose(compose_root, ["config"], REQUIRED_ENV)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    worker = services["airflow-worker"]
+    env = worker["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+    assert worker["command"] == "celery worker --skip-serve-logs"
+    assert "ping" in " ".join(worker["healthcheck"]["test"])
+    replicas = int(worker["deploy"]["replicas"])
+    assert replicas >= 2
+    slots = int(env["TILESCOPE_POOL_SLOTS"])
+    assert replicas * int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) > slots
+    logs = {name: [v for v in svc.get("volumes", []) if "/opt/airflow/logs" in str(v)]
+            for name, svc in services.items() if name.startswith("airflow-")}
+    assert all(logs.values()), f"every Airflow service mounts the shared log volume: {logs}"
