@@ -28,14 +28,14 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import dag, get_current_context, task
 
 from tilescope.airflow_adapters import start_claimed_pipelines
+from tilescope.arrivals import DEFAULT_SUFFIXES
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
 # "none" turns the schedule off (event-driven deployments, tests that trigger by hand).
 _SCHEDULE = os.getenv("TILESCOPE_ARRIVALS_SCHEDULE", "* * * * *")
 _SCHEDULE = None if _SCHEDULE.strip().lower() in ("", "none") else _SCHEDULE
-_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES",
-                            ".jpg,.jpeg,.png,.tif,.tiff,.webp,.bmp,.gif").split(","))
+_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
 _PER_TICK = int(os.getenv("TILESCOPE_ARRIVALS_PER_TICK", "50"))
 _MAX_ATTEMPTS = int(os.getenv("TILESCOPE_ARRIVALS_MAX_ATTEMPTS", "3"))
 _RETRY_AFTER = float(os.getenv("TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS", "300"))

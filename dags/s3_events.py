@@ -43,12 +43,12 @@ from typing import Any
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 
 from tilescope.airflow_adapters import start_claimed_pipelines
+from tilescope.arrivals import DEFAULT_SUFFIXES
 
 _QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
-_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES",
-                            ".jpg,.jpeg,.png,.tif,.tiff,.webp,.bmp,.gif").split(","))
+_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
 _PER_RUN = int(os.getenv("TILESCOPE_EVENTS_PER_RUN", "200"))  # < max_map_length (1024)
 _MAX_ACTIVE_RUNS = int(os.getenv("TILESCOPE_EVENTS_MAX_ACTIVE_RUNS", "4"))
 # Unfinished claims of other runs are re-offered only once this old (their claimer died).

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tilescope.readers.sniff import SNIFF_BYTES, describe_head, sniff_format
+from tilescope.readers.sniff import SNIFF_BYTES, describe_head, sniff_format, sniff_video
 
-DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+DEFAULT_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif",
+                    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")  # videos: sampled frames
 INCOMING, PROCESSED, QUARANTINE = "incoming/", "processed/", "quarantine/"
 #: S3's limit on a key, in UTF-8 bytes
 MAX_KEY_BYTES = 1024
@@ -62,7 +63,7 @@ def screen(client: Any, arrival: Arrival,
         return f"not an image suffix (accepted: {', '.join(suffixes)})"
     head = client.get_object(Bucket=arrival.bucket, Key=arrival.key,
                              Range=f"bytes=0-{SNIFF_BYTES - 1}")["Body"].read()
-    if sniff_format(head) is None:
+    if sniff_format(head) is None and sniff_video(head) is None:
         return f"not an image: content starts with {describe_head(head)}"
     return None
 

@@ -12,6 +12,7 @@ the contact sheet for ``store``. Nothing here imports Airflow.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -29,6 +30,7 @@ from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
 from tilescope.readers.array import ArrayReader
+from tilescope.readers.base import ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.slicing import DEFAULT_MIN_SLICES_PER_REGION, SlicePlan
@@ -42,6 +44,8 @@ from tilescope.video.units import chunk_units, unit_chunks
 SLICES_PER_TASK_ENV = "TILESCOPE_VIDEO_SLICES_PER_TASK"
 #: staged frames being encoded/uploaded at once while decoding continues
 _UPLOADS_IN_FLIGHT = 4
+#: frames up to this size decoded (a 4K frame is 25 MB) are fetched whole and one ahead
+WHOLE_FRAME_BYTES = 64 << 20
 
 
 def video_container(uri: str, client: Any = None, size: int | None = None) -> str | None:
@@ -187,16 +191,22 @@ def _plain_sheet(cells: list[tuple[int, Any]]) -> Any:
 def analyze_chunk(chunk: dict[str, Any], frames_prefix: str, params: InferenceParams,
                   model: DetectionModel, *, client: Any, scratch_prefix: str,
                   budget: int, attempt: int = 1) -> dict[str, Any]:
-    """Every unit of a chunk, frame by frame (each staged frame opened once, read band by
-    band with ranged GETs): ``{"index", "name", "slice_count", "attempts", "seconds",
-    "findings"}``. Findings over ``budget`` bytes go to scratch and travel as a key."""
-    from tilescope.steps import open_source
-
+    """Every unit of a chunk, frame by frame (each staged frame opened once):
+    ``{"index", "name", "slice_count", "attempts", "seconds", "findings"}``. Findings over
+    ``budget`` bytes go to scratch and travel as a key."""
+    units = chunk_units(chunk)
+    whole = _frame_bytes(chunk) <= WHOLE_FRAME_BYTES
     findings: list[RegionFinding] = []
-    for frame_index, units in groupby(chunk_units(chunk), key=lambda u: u.frame.frame_index):
-        with open_source(frame_uri(frames_prefix, frame_index), client) as reader:
-            findings.extend(analyze_unit(reader, unit, model, params, attempt=attempt)
-                            for unit in units)
+    per_frame = [list(group) for _, group in groupby(units, key=lambda u: u.frame.frame_index)]
+    readers = _frame_readers([g[0].frame.frame_index for g in per_frame], frames_prefix,
+                             client, whole)
+    for group, (reader, waited) in zip(per_frame, readers, strict=True):
+        with reader:
+            done = [analyze_unit(reader, unit, model, params, attempt=attempt)
+                    for unit in group]
+        for key in ("read", "total"):  # the wait for this frame's bytes, once per frame
+            done[0].seconds[key] = done[0].seconds.get(key, 0.0) + waited
+        findings.extend(done)
     seconds: dict[str, float] = {}
     for finding in findings:
         for key, value in finding.seconds.items():
@@ -209,6 +219,42 @@ def analyze_chunk(chunk: dict[str, Any], frames_prefix: str, params: InferencePa
         write_bytes(uri, json.dumps(data["findings"]).encode(), "application/json", client)
         data["findings"], data["findings_uri"] = None, uri
     return data
+
+
+def _frame_bytes(chunk: dict[str, Any]) -> int:
+    plan = chunk["video"]["plan"]
+    return int(plan["width"]) * int(plan["height"]) * 3
+
+
+def _frame_readers(frame_indices: list[int], frames_prefix: str, client: Any,
+                   whole: bool) -> Iterator[tuple[ImageReader, float]]:
+    """A reader per staged frame, in order, and the seconds spent waiting for it.
+
+    Frames of at most :data:`WHOLE_FRAME_BYTES` decoded are fetched whole with one GET, the
+    next one on a background thread while the model works on this one: a chunk holds many
+    small frames, and opening each with ranged reads (a HEAD, the header, then tile rows)
+    cost ~50 ms a frame on the critical path. Larger frames are read band by band with
+    ranged GETs, as image regions are, so memory stays bounded by a band."""
+    from tilescope.readers import TiffReader
+    from tilescope.steps import open_source
+
+    if not whole:
+        for index in frame_indices:
+            started = time.perf_counter()
+            reader = open_source(frame_uri(frames_prefix, index), client)
+            yield reader, time.perf_counter() - started
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-fetch") as fetcher:
+        ahead = [fetcher.submit(read_bytes, frame_uri(frames_prefix, i), client)
+                 for i in frame_indices[:1]]
+        for position, index in enumerate(frame_indices):
+            started = time.perf_counter()
+            data = ahead.pop(0).result()
+            waited = time.perf_counter() - started
+            if position + 1 < len(frame_indices):
+                ahead.append(fetcher.submit(read_bytes, frame_uri(
+                    frames_prefix, frame_indices[position + 1]), client))
+            yield TiffReader(io.BytesIO(data), name=frame_uri(frames_prefix, index)), waited
 
 
 def load_chunk(data: dict[str, Any], client: Any) -> list[RegionFinding]:

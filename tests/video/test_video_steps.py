@@ -1,0 +1,189 @@
+"""The DAG's steps on a video without Airflow, against a real S3 server (moto): one decode in
+preprocess, frames staged as tiled TIFFs, chunks of units, per-frame synthesis, the contact
+sheet stored, scratch removed — and the same result as the one-process CLI path."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from blob_model import BrightBlobModel
+from PIL import Image
+from video_samples import moving_blobs, vtest_path, write_video
+
+from tilescope.errors import BadImageError, ConfigError, RegionsFailedError
+from tilescope.limits import RunLimits
+from tilescope.models import register_model
+from tilescope.params import InferenceParams
+from tilescope.results import ImageInfo
+from tilescope.steps import XCOM_BUDGET_BYTES, analyze, combine, prepare, save_result, store
+from tilescope.video.decoder import VideoSource
+from tilescope.video.pipeline import run_video
+from tilescope.video.steps import SLICES_PER_TASK_ENV, slices_per_task
+
+register_model("bright-blobs", BrightBlobModel)
+BUCKET = "videos"
+RUN = "manual__2026-11-21T00:00:00+00:00"
+PARAMS = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="2x2",
+                         score_threshold=0.1, video_fps=5)
+
+
+@pytest.fixture
+def bucket(s3_client):
+    s3_client.create_bucket(Bucket=BUCKET)
+    return s3_client
+
+
+@pytest.fixture(scope="module")
+def blobs_avi(tmp_path_factory):
+    frames, truth = moving_blobs(12)
+    return write_video(tmp_path_factory.mktemp("v") / "blobs.avi", frames, fps=10), truth
+
+
+def put(client, key: str, data: bytes) -> str:
+    client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return f"s3://{BUCKET}/{key}"
+
+
+def keys(client, prefix: str) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+            .get("Contents", [])]
+
+
+def run_steps(client, uri: str, params: InferenceParams, tmp_path, *, drop: set[int] = ()):
+    """prepare → analyze (each chunk, except ``drop``) → combine → store, as the DAG does."""
+    prepared = prepare(uri, params, client=client, run=RUN, model_slice_size=256)
+    chunks = prepared.pop("regions")
+    findings = [analyze(c, prepared["source_uri"], params, BrightBlobModel(), client=client,
+                        scratch_prefix=prepared["scratch_prefix"])
+                for c in chunks if c["index"] not in drop]
+    result = combine(prepared, findings, params, "bright-blobs", client=client)
+    summary = store(save_result(result, prepared["scratch_prefix"], client), prepared, params,
+                    client=client, catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    return prepared, chunks, findings, result, summary
+
+
+def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, tmp_path,
+                                                             monkeypatch):
+    path, _ = blobs_avi
+    data = path.read_bytes()
+    uri = put(bucket, "incoming/clip.bin", data)  # no telling suffix: the bytes decide
+    monkeypatch.setenv(SLICES_PER_TASK_ENV, "30")  # 6 frames × 12 slices → 2 chunks
+    prepared, chunks, findings, _, summary = run_steps(bucket, uri, PARAMS, tmp_path)
+
+    assert prepared["image"]["format"] == "AVI" and prepared["plan"]["regions"] == 4
+    assert [c["name"] for c in chunks] == ["f0.r0c0–f4.r1c1", "f6.r0c0–f10.r1c1"]
+    assert [c["slice_count"] for c in chunks] == [36, 36]
+    assert len(json.dumps(prepared)) < 8 * 1024 and len(json.dumps(chunks)) < 8 * 1024
+    assert all(len(json.dumps(f)) < XCOM_BUDGET_BYTES for f in findings)
+    assert [len(f["findings"]) for f in findings] == [12, 12]
+    assert summary["status"] == "complete" and summary["detections"] == 18
+    # six staged frames, the sheet cells, the first-frame thumbnail, the parked result
+    assert summary["regions"] == 24 and summary["scratch_objects_deleted"] == 6 + 3
+
+    # the stored documents
+    prefix = f"results/{prepared['image']['image_id']}/{PARAMS.digest()}/"
+    assert sorted(keys(bucket, prefix)) == sorted(
+        prefix + n for n in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
+    doc = json.loads(bucket.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"]
+                     .read())
+    assert [f["frame_index"] for f in doc["frames"]] == [0, 2, 4, 6, 8, 10]
+    assert [f["detections"] for f in doc["frames"]] == [3] * 6
+    coco = json.loads(bucket.get_object(Bucket=BUCKET, Key=prefix + "coco.json")["Body"].read())
+    assert len(coco["images"]) == 6 and len(coco["annotations"]) == 18
+    overlay = bucket.get_object(Bucket=BUCKET, Key=prefix + "overlay.png")["Body"].read()
+    with Image.open(io.BytesIO(overlay)) as sheet:
+        assert sheet.size == (4 + 6 * 324, 4 + 262)  # six annotated 320×240 frames
+    with Image.open(io.BytesIO(bucket.get_object(
+            Bucket=BUCKET, Key=prefix + "thumbnail.png")["Body"].read())) as first:
+        assert first.size == (640, 480)  # the first sampled frame
+    assert keys(bucket, "scratch/") == []
+
+    # the CLI's path: the very same detections, frames and units
+    with VideoSource(str(path), container="AVI", name=uri) as source:
+        info = ImageInfo(uri, 640, 480, prepared["image"]["sha256"], "AVI", len(data))
+        local, _ = run_video(source, info, PARAMS, BrightBlobModel())
+    assert doc["detections"] == local.to_dict()["detections"]
+    assert doc["frames"] == local.to_dict()["frames"]
+    assert [r["name"] for r in doc["regions"]] == [r.name for r in local.regions]
+
+
+def test_frames_are_staged_once_and_chunks_read_only_their_frames(bucket, blobs_avi,
+                                                                  monkeypatch):
+    path, _ = blobs_avi
+    uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
+    monkeypatch.setenv(SLICES_PER_TASK_ENV, "12")  # a frame per chunk
+    prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256)
+    staged = sorted(k for k in keys(bucket, "scratch/") if "/frames/" in k)
+    assert [k.rsplit("/", 1)[1] for k in staged] == [
+        f"{i:07d}.tif" for i in (0, 2, 4, 6, 8, 10)]
+    assert len(prepared["regions"]) == 6
+    requests = []
+    bucket.meta.events.register("before-parameter-build.s3.GetObject",
+                                lambda params, **_: requests.append(params["Key"]))
+    whole = analyze(prepared["regions"][2], prepared["source_uri"], PARAMS, BrightBlobModel(),
+                    client=bucket, scratch_prefix=prepared["scratch_prefix"])
+    assert [k.rsplit("/", 1)[1] for k in requests] == ["0000004.tif"]  # one GET, whole
+    # frames too large to fetch whole are read band by band with ranged GETs instead
+    requests.clear()
+    monkeypatch.setattr("tilescope.video.steps.WHOLE_FRAME_BYTES", 0)
+    banded = analyze(prepared["regions"][2], prepared["source_uri"], PARAMS, BrightBlobModel(),
+                     client=bucket, scratch_prefix=prepared["scratch_prefix"])
+    assert {k.rsplit("/", 1)[1] for k in requests} == {"0000004.tif"} and len(requests) > 1
+    assert [f["detections"] for f in banded["findings"]] == [
+        f["detections"] for f in whole["findings"]]
+
+
+def test_a_failed_chunk_leaves_its_units_failed(bucket, blobs_avi, tmp_path, monkeypatch):
+    path, _ = blobs_avi
+    uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
+    monkeypatch.setenv(SLICES_PER_TASK_ENV, "24")  # 3 chunks of 2 frames
+    with pytest.raises(RegionsFailedError, match=r"8 of 24 regions failed \(f4\.r0c0, "):
+        run_steps(bucket, uri, PARAMS, tmp_path, drop={1})
+    params = InferenceParams(**{**PARAMS.to_dict(), "min_success_ratio": 0.6})
+    *_, result, summary = run_steps(bucket, uri, params, tmp_path, drop={1})
+    assert summary["status"] == "partial" and len(result.failed_regions) == 8
+    frames = result.frame_summaries()
+    assert [f["detections"] for f in frames] == [3, 3, 0, 0, 3, 3]
+    assert frames[2]["failed_regions"] == ["f4.r0c0", "f4.r0c1", "f4.r1c0", "f4.r1c1"]
+
+
+def test_bad_videos_are_refused_and_leave_no_scratch(bucket, tmp_path):
+    vtest = vtest_path()
+    data = vtest.read_bytes()
+    cut = put(bucket, "incoming/cut.avi", data[: len(data) // 2])
+    with pytest.raises(BadImageError, match=r"s3://videos/incoming/cut\.avi is truncated or "
+                                            r"corrupt \(AVI, MP43\): its header declares 795 "
+                                            r"frames, 399 could be decoded"):
+        prepare(cut, InferenceParams(video_fps=0.1), client=bucket, run=RUN,
+                model_slice_size=416)
+    assert keys(bucket, "scratch/") == []  # the frames staged before the end: removed
+    whole = put(bucket, "incoming/vtest.mp4", data)  # the name says MP4, the bytes AVI
+    with pytest.raises(ConfigError, match="makes 795 frames, over the budget of 100"):
+        prepare(whole, InferenceParams(video_fps=30), client=bucket, run=RUN,
+                model_slice_size=416, limits=RunLimits(max_frames=100))
+    with pytest.raises(ConfigError, match="full_image_pass is not supported for video"):
+        prepare(whole, InferenceParams(full_image_pass=True), client=bucket, run=RUN,
+                model_slice_size=416)
+    assert keys(bucket, "scratch/") == []
+
+
+def test_slices_per_task_setting():
+    assert slices_per_task({}) == 256
+    assert slices_per_task({SLICES_PER_TASK_ENV: "16"}) == 16
+    for bad in ("0", "x"):
+        with pytest.raises(ConfigError, match=SLICES_PER_TASK_ENV):
+            slices_per_task({SLICES_PER_TASK_ENV: bad})
+
+
+def test_arrivals_accept_videos_by_their_bytes(bucket, blobs_avi):
+    from tilescope.arrivals import list_arrivals, screen
+
+    path, _ = blobs_avi
+    put(bucket, "incoming/street.avi", path.read_bytes())
+    put(bucket, "incoming/clip.MP4", b"\x00\x00\x00\x1cftypisom" + b"\x00" * 64)
+    put(bucket, "incoming/fake.mp4", b"<!DOCTYPE html><html>not found</html>")
+    reasons = {a.key: screen(bucket, a) for a in list_arrivals(bucket, BUCKET)}
+    assert reasons["incoming/street.avi"] is None and reasons["incoming/clip.MP4"] is None
+    assert reasons["incoming/fake.mp4"] == "not an image: content starts with '<!DOCTYPE ht'"
