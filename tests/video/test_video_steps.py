@@ -187,3 +187,65 @@ def test_arrivals_accept_videos_by_their_bytes(bucket, blobs_avi):
     reasons = {a.key: screen(bucket, a) for a in list_arrivals(bucket, BUCKET)}
     assert reasons["incoming/street.avi"] is None and reasons["incoming/clip.MP4"] is None
     assert reasons["incoming/fake.mp4"] == "not an image: content starts with '<!DOCTYPE ht'"
+
+
+def test_results_viewer_shapes_a_video_run(bucket, blobs_avi, tmp_path, monkeypatch):
+    """The viewer draws the first sampled frame (the run's thumbnail) with that frame's
+    boxes, and chunks as cells of the frame (their live states)."""
+    from tilescope.viewer.shaping import finding_payload, plan_payload, result_payload
+
+    path, truth = blobs_avi
+    uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
+    monkeypatch.setenv(SLICES_PER_TASK_ENV, "36")
+    prepared, chunks, findings, result, _ = run_steps(bucket, uri, PARAMS, tmp_path)
+    plan = plan_payload(chunks, prepared)
+    assert plan["image"]["width"] == 640 and [r["box"] for r in plan["regions"]] == [
+        [0, 0, 640, 480]] * 2
+    assert finding_payload(findings[0])["boxes"] == []  # unit boxes travel inside the chunk
+    shown = result_payload(result.to_dict())
+    assert len(shown["boxes"]) == 3
+    for gt in truth[0]:
+        assert any(abs(b[0] - gt[0]) < 1 and abs(b[3] - gt[3]) < 1 for b in shown["boxes"])
+
+
+@pytest.mark.contract
+def test_moderation_gate_looks_at_the_sampled_frames(bucket, blobs_avi, tmp_path,
+                                                     monkeypatch):
+    """The gate sees the contact sheet's frames (one call per video); a blocked video
+    leaves nothing staged and is recorded as a blocked result."""
+    import base64
+
+    import cloud_wire as wire
+
+    from tilescope.errors import ImageBlockedError
+    from tilescope.moderation import ModerationPolicy
+    from tilescope.steps import record_blocked
+
+    def reply(*labels):
+        return wire.Reply(200, {"ModerationLabels": [
+            {"Name": n, "ParentName": p, "Confidence": c, "TaxonomyLevel": 2}
+            for n, p, c in labels], "ModerationModelVersion": "7.0"},
+            content_type="application/x-amz-json-1.1")
+
+    path, _ = blobs_avi
+    uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
+    with wire.LocalServer(signing_service="rekognition") as server:
+        wire.aws_connection(monkeypatch, "moderation_test", server.url)
+        gate = ModerationPolicy.from_options("rekognition", {
+            "conn_id": "moderation_test", "base_delay": 0.01, "max_delay": 0.05})
+        server.queue.append(reply(("Graphic Violence", "Violence", 99.0)))
+        with pytest.raises(ImageBlockedError, match="Graphic Violence") as caught:
+            prepare(uri, PARAMS, client=bucket, run="r1", model_slice_size=256,
+                    moderation=gate)
+        assert keys(bucket, "scratch/") == []
+        sent = base64.b64decode(server.requests[-1].json()["Image"]["Bytes"])
+        with Image.open(io.BytesIO(sent)) as seen:
+            assert seen.size == (6 * 320, 240)  # the six sampled frames side by side
+        record = record_blocked(caught.value, PARAMS, client=bucket, catalog_url=None)
+        doc = json.loads(bucket.get_object(Bucket=BUCKET, Key=record.split(
+            f"{BUCKET}/", 1)[1])["Body"].read())
+        assert doc["status"] == "blocked" and doc["image"]["format"] == "AVI"
+        server.queue.append(reply())
+        prepared = prepare(uri, PARAMS, client=bucket, run="r2", model_slice_size=256,
+                           moderation=gate)
+        assert prepared["moderation"]["blocked"] is False

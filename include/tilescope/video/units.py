@@ -75,6 +75,8 @@ def unit_chunks(frames: Sequence[VideoFrame], plan: SlicePlan, *,
         chunks.append({
             "index": number, "name": first if first == last else f"{first}–{last}",
             "slice_count": sum(u.region.slice_count for u in part),
+            # where a region grid is drawn (the results viewer), a chunk is its frames' box
+            "row": number, "col": 0, "box": [0, 0, plan.width, plan.height],
             "video": {"plan": plan.summary(),
                       "units": [[u.index, u.frame.frame_index, u.frame.timestamp_ms,
                                  u.region.index] for u in part]}})

@@ -117,7 +117,11 @@ def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
     """The stored ``result.json`` as columnar boxes ``[x0, y0, x1, y1]`` with class ids."""
     names = list(doc.get("category_names") or [])
     boxes, scores, classes = [], [], []
-    for record in doc.get("detections") or []:
+    records = doc.get("detections") or []
+    if doc.get("frames"):  # a video: its thumbnail is the first sampled frame, so are boxes
+        first = doc["frames"][0]["frame_index"]
+        records = [r for r in records if r.get("frame_index") == first]
+    for record in records:
         x, y, w, h = (float(v) for v in record["bbox"])
         cid = int(record["category_id"])
         while cid >= len(names):  # an older document without category_names
