@@ -9,12 +9,11 @@ import json
 import sqlite3
 import textwrap
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_support import running_airflow
+from airflow_support import max_overlap, running_airflow, task_intervals
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -71,24 +70,6 @@ def stack(tmp_path_factory, s3_server):
                "catalog": running.catalog}
 
 
-def analyze_intervals(db: Path, run_id: str) -> list[tuple[datetime, datetime, int]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT start_date, end_date, map_index FROM task_instance WHERE "
-            "dag_id='tiled_inference' AND task_id='analyze' AND run_id=?", (run_id,)).fetchall()
-    return [(datetime.fromisoformat(s), datetime.fromisoformat(e), i) for s, e, i in rows]
-
-
-def max_overlap(intervals) -> int:
-    events = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals],
-                    key=lambda ev: (ev[0], ev[1]))
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
-
-
 def test_pool_caps_concurrent_regions(stack, s3_client, sample):
     from tilescope.stack.provision import trigger, wait_for_run
 
@@ -99,9 +80,9 @@ def test_pool_caps_concurrent_regions(stack, s3_client, sample):
                   {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4"})
     state = wait_for_run(stack["api"], "tiled_inference", run["dag_run_id"], timeout=600)
     assert state == "success"
-    intervals = analyze_intervals(stack["airflow"].db_path, run["dag_run_id"])
-    assert len(intervals) == 12
-    assert 2 <= max_overlap(intervals) <= POOL_SLOTS
+    regions = task_intervals(f"sqlite:///{stack['airflow'].db_path}", run["dag_run_id"])
+    assert len(regions) == 12
+    assert 2 <= max_overlap((r.start, r.end) for r in regions) <= POOL_SLOTS
     listing = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="results/")
     assert sum(o["Key"].endswith("result.json") for o in listing["Contents"]) == 1
 
