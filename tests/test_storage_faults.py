@@ -69,7 +69,7 @@ def test_an_outage_beyond_the_retry_budget_is_a_retryable_storage_error(caplog):
 
 
 @pytest.mark.slow
-def test_reads_and_writes_ride_out_an_s3_crash_and_restart(tmp_path, monkeypatch, caplog):
+def test_reads_and_writes_ride_out_an_s3_crash_and_restart(tmp_path, caplog):
     """SeaweedFS is SIGKILLed and comes back 4 s later on the same ports and data: a write
     and a read issued while it is down succeed once it is back, without the caller seeing an
     error, and every failed attempt is logged."""
@@ -78,11 +78,13 @@ def test_reads_and_writes_ride_out_an_s3_crash_and_restart(tmp_path, monkeypatch
     server = start(tmp_path, BUCKET)
     servers = [server]
     try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.credentials.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.credentials.secret_key)
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
-        client = default_s3_client()
+        # default_s3_client's config and logging, with this server's keys (the default
+        # boto3 session caches the first keys it resolved in this test process).
+        client = log_retries(boto3.session.Session().client(
+            "s3", endpoint_url=server.endpoint, region_name="us-east-1",
+            aws_access_key_id=server.credentials.access_key,
+            aws_secret_access_key=server.credentials.secret_key,
+            config=resilient_config(Config(s3={"addressing_style": "path"}))))
         before = bytes(range(256)) * 4096  # 1 MiB written before the crash
         write_bytes(f"s3://{BUCKET}/before.bin", before, client=client)
 
