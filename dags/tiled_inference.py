@@ -26,7 +26,8 @@ just that region and completes the result: scratch is kept until `store` succeed
 
 Connections: `aws_default` (S3; `endpoint_url` in extra for local servers) and
 `tilescope_catalog` (sqlite file path as host, or postgres). Logic lives in
-`include/tilescope/steps.py`; this file only wires it.
+`include/tilescope/steps.py` (analyze's operator in `include/tilescope/operators.py`: with
+the `sagemaker-async` model it defers while the endpoint works); this file only wires it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from tilescope.airflow_adapters import results_asset
 from tilescope.airflow_callbacks import finalize_callbacks, record_failure
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
+from tilescope.operators import AnalyzeRegionOperator
 from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
@@ -175,22 +177,6 @@ def tiled_inference() -> None:
         context["ti"].xcom_push(key="prepared", value=prepared)
         return regions
 
-    @task(map_index_template="{{ region_label }}")
-    def analyze(region: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
-        from tilescope.airflow_adapters import s3_client, task_outcome
-        from tilescope.metrics import observe_region
-        from tilescope.models import load_model
-        from tilescope.steps import analyze as analyze_step
-
-        context = get_current_context()
-        context["region_label"] = f"{region['name']} · {region['slice_count']} slices"
-        params = _params()
-        with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
-            finding = analyze_step(region, prepared["source_uri"], params, model,
-                                   client=s3_client(), scratch_prefix=prepared["scratch_prefix"],
-                                   attempt=int(context["ti"].try_number))
-        return observe_region(finding, prepared, context["ti"])  # queue wait, StatsD
-
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
         from tilescope.airflow_adapters import fail, s3_client, task_outcome
@@ -222,13 +208,18 @@ def tiled_inference() -> None:
 
     regions = preprocess()
     prepared = regions["prepared"]
-    findings = analyze.override(
+    # analyze: one region per mapped instance; with sagemaker-async it defers (waits in the
+    # triggerer, holding no worker or pool slot) — see tilescope.operators.
+    findings = AnalyzeRegionOperator.partial(
+        task_id="analyze",
+        map_index_template="{{ region_label }}",
         pool=_POOL,
         retries=_REGION_RETRIES,
         retry_delay=_RETRY_DELAY,
         retry_exponential_backoff=True,
         max_active_tis_per_dagrun=_MAX_ACTIVE_TASKS,
-    ).partial(prepared=prepared).expand(region=regions)
+        prepared=prepared,
+    ).expand(region=regions).output
     @task(trigger_rule=TriggerRule.ALL_DONE, **finalize_callbacks())  # metrics, SNS message
     def finalize() -> str:
         """Settle the run: move a claimed original to processed/ (or leave it quarantined or

@@ -182,3 +182,56 @@ def aws_connection(monkeypatch: Any, conn_id: str, endpoint_url: str,
         "conn_type": "aws", "login": ACCESS_KEY, "password": SECRET_KEY,
         "extra": {"endpoint_url": endpoint_url, "region_name": region}}))
     return conn_id
+
+
+class AsyncInferenceEndpoint:
+    """A SageMaker asynchronous endpoint behind :class:`LocalServer` (its ``handler``): reads
+    the input object from S3, answers 202 at once with the output and failure locations, and
+    ``delay`` seconds later writes ``detect(pixels)`` as JSON (or ``fail_with`` as the failure
+    object) to ``bucket`` — as SageMaker does. One background thread does the writing, so a
+    real model in ``detect`` runs one slice at a time; :meth:`close` drops what is pending."""
+
+    def __init__(self, s3: Any, bucket: str, detect: Callable[[Any], dict], *,
+                 delay: float = 0.3, fail_with: str | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.s3, self.bucket, self.detect = s3, bucket, detect
+        self.delay, self.fail_with = delay, fail_with
+        self.inputs: list[str] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="async-endpoint")
+        self._closed = threading.Event()
+
+    def __call__(self, request: Request) -> Reply:
+        import io
+        import time
+
+        import numpy as np
+        from PIL import Image
+
+        name = request.path.split("/")[2]
+        source = request.header("x-amzn-sagemaker-inputlocation") or ""
+        self.inputs.append(source)
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        ident = request.header("x-amzn-sagemaker-inference-id")
+        out, failure = f"{name}/out/{ident}.out", f"{name}/failed/{ident}-error.out"
+        due = time.monotonic() + self.delay
+
+        def write() -> None:
+            if self._closed.wait(max(0.0, due - time.monotonic())):
+                return
+            if self.fail_with:
+                self.s3.put_object(Bucket=self.bucket, Key=failure, Body=self.fail_with.encode())
+            else:
+                self.s3.put_object(Bucket=self.bucket, Key=out,
+                                   Body=json.dumps(self.detect(pixels)).encode())
+
+        self._writer.submit(write)
+        return Reply(202, {"InferenceId": ident}, headers={
+            "X-Amzn-SageMaker-OutputLocation": f"s3://{self.bucket}/{out}",
+            "X-Amzn-SageMaker-FailureLocation": f"s3://{self.bucket}/{failure}"})
+
+    def close(self) -> None:
+        self._closed.set()
+        self._writer.shutdown(wait=True, cancel_futures=True)

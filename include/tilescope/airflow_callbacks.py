@@ -51,7 +51,9 @@ def record_failure(context: Any) -> None:
     """``on_failure_callback`` of every task: leave the reason where finalize can read it,
     and count a failed region."""
     ti = context["ti"]
-    region = (getattr(ti.task, "op_kwargs", None) or {}).get("region")  # analyze's argument
+    # analyze's region: an attribute of AnalyzeRegionOperator (op_kwargs of a @task)
+    region = getattr(ti.task, "region", None) or \
+        (getattr(ti.task, "op_kwargs", None) or {}).get("region")
     label = region.get("name") if isinstance(region, dict) else None
     failure = TaskFailure(task_id=ti.task_id, error=describe_exception(context.get("exception")),
                           map_index=int(ti.map_index if ti.map_index is not None else -1),

@@ -19,7 +19,14 @@ from tilescope.params import InferenceParams
 from tilescope.postprocess.combine import merge
 from tilescope.readers.base import ImageReader
 from tilescope.results import ImageInfo, RegionFinding, Result, quantize
-from tilescope.slicing import Region, SlicePlan, parse_grid, plan_slices, sahi_auto_slice_params
+from tilescope.slicing import (
+    Box,
+    Region,
+    SlicePlan,
+    parse_grid,
+    plan_slices,
+    sahi_auto_slice_params,
+)
 
 #: ``progress(done_slices, total_slices)`` callback type
 Progress = Callable[[int, int], None]
@@ -58,20 +65,31 @@ def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
         banded = predict_region(reader, region, model)
     except ModelOutputError as exc:  # say where: the backend names itself, we add the region
         raise ModelOutputError(f"region {region.name}: {exc}") from exc
-    model_done = time.perf_counter()
-    dets = Detections.concat(d.shifted(s.x1, s.y1)
-                             for d, s in zip(banded.per_slice, banded.slices, strict=True))
-    dets = dets.select(dets.scores >= params.score_threshold)
-    merged = quantize(merge_detections(dets, params))
-    finished = time.perf_counter()
     # "read" is the time the model waited for pixels: reads overlapped with model calls
     # (see tilescope.banding) cost nothing on the critical path.
+    return region_finding(region, banded.per_slice, banded.slices, model, params,
+                          attempt=attempt, read=banded.read_wait, model_seconds=banded.model,
+                          elapsed=time.perf_counter() - started)
+
+
+def region_finding(region: Region, per_slice: Sequence[Detections], slices: Sequence[Box],
+                   model: DetectionModel, params: InferenceParams, *, attempt: int,
+                   read: float, model_seconds: float, elapsed: float) -> RegionFinding:
+    """Per-slice detections → the region's finding: shifted to image pixels, thresholded and
+    merged inside the region. ``elapsed`` is the time spent before this merge (read + model);
+    shared by :func:`analyze_region` and the deferred path (:mod:`tilescope.deferred`)."""
+    merge_started = time.perf_counter()
+    dets = Detections.concat(d.shifted(s.x1, s.y1)
+                             for d, s in zip(per_slice, slices, strict=True))
+    dets = dets.select(dets.scores >= params.score_threshold)
+    merged = quantize(merge_detections(dets, params))
+    merge = time.perf_counter() - merge_started
     return RegionFinding(
         index=region.index, name=region.name, row=region.row, col=region.col,
         box=region.box.as_list(), slice_count=region.slice_count, detections=merged,
         attempts=attempt,
-        seconds={"read": banded.read_wait, "model": banded.model,
-                 "merge": finished - model_done, "total": finished - started},
+        seconds={"read": read, "model": model_seconds, "merge": merge,
+                 "total": elapsed + merge},
         category_names=open_names(model))
 
 

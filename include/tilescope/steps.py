@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from tilescope import deferred
+from tilescope.deferred import SubmittedRegion
 from tilescope.detections import Detections
 from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
 from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.models.sagemaker import AsyncOutcome, SageMakerAsyncModel
 from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
 from tilescope.pipeline import (
@@ -270,6 +273,11 @@ def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
     with open_source(source_uri, client) as reader:
         finding = analyze_region(reader, Region.from_dict(region), model, params,
                                  attempt=attempt)
+    return finding_payload(finding, scratch_prefix, client)
+
+
+def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) -> dict[str, Any]:
+    """A finding as its XCom dict: detections over the budget go to S3 as a key."""
     data = finding.to_dict()
     if len(json.dumps(data)) > XCOM_BUDGET_BYTES:
         uri = f"{scratch_prefix}findings/region-{finding.index:04d}.json"
@@ -277,6 +285,24 @@ def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
         data["detections"] = None
         data["detections_uri"] = uri
     return data
+
+
+def submit_region(region: dict[str, Any], source_uri: str, model: SageMakerAsyncModel, *,
+                  client: Any) -> SubmittedRegion:
+    """The deferred ``analyze``'s first half: one region's slices submitted to a model that
+    answers later (:mod:`tilescope.deferred`)."""
+    with open_source(source_uri, client) as reader:
+        return deferred.submit_region(reader, Region.from_dict(region), model)
+
+
+def finish_region(region: dict[str, Any], submitted: SubmittedRegion,
+                  outcomes: list[AsyncOutcome] | None, params: InferenceParams,
+                  model: SageMakerAsyncModel, *, client: Any, scratch_prefix: str,
+                  attempt: int = 1) -> dict[str, Any]:
+    """The deferred ``analyze``'s second half: the same finding dict as :func:`analyze`."""
+    finding = deferred.finish_region(Region.from_dict(region), submitted, outcomes, model,
+                                     params, attempt=attempt)
+    return finding_payload(finding, scratch_prefix, client)
 
 
 def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:

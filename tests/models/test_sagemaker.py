@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 import uuid
 
 import numpy as np
 import pytest
 import requests
-from cloud_wire import LocalServer, Reply, aws_connection, aws_error
+from cloud_wire import AsyncInferenceEndpoint, LocalServer, Reply, aws_connection, aws_error
 from PIL import Image
 
 from tilescope.errors import ModelOutputError, ModelRequestError, ModelThrottledError
 from tilescope.models import load_model
 from tilescope.models.sagemaker import AsyncInvocation
 from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger, outcomes_from_event
-from tilescope.storage import parse_s3_uri
 
 pytestmark = pytest.mark.contract
 
@@ -93,6 +91,7 @@ def runtime(monkeypatch):
     with LocalServer(signing_service="sagemaker") as server:
         aws_connection(monkeypatch, "sagemaker_test", server.url)
         yield server
+        getattr(server.handler, "close", lambda: None)()  # an async endpoint's writer
 
 
 def realtime(**options):
@@ -153,34 +152,16 @@ def test_contract_malformed_answer(runtime, body):
         detector.predict([SLICE])
 
 
-class AsyncEndpoint:
-    """An asynchronous endpoint: reads the input object from S3, writes the output (or a
-    failure) to S3 ``delay`` seconds later, answers 202 at once — as SageMaker does."""
+def bright_box(pixels: np.ndarray) -> dict:
+    """A real (tiny) detector: the box around the bright pixels."""
+    ys, xs = np.nonzero(pixels.max(axis=2) > 128)
+    box = [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1]
+    return answer((box, 0.99, "bright"))
 
-    def __init__(self, s3, delay: float = 0.3, fail_with: str | None = None) -> None:
-        self.s3, self.delay, self.fail_with = s3, delay, fail_with
-        self.timers: list[threading.Timer] = []
 
-    def __call__(self, request) -> Reply:
-        name = request.path.split("/")[2]
-        source = parse_s3_uri(request.header("x-amzn-sagemaker-inputlocation"))
-        data = self.s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
-        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        ident = request.header("x-amzn-sagemaker-inference-id")
-        out, failure = f"{name}/out/{ident}.out", f"{name}/failed/{ident}-error.out"
-        if self.fail_with:
-            key, body = failure, self.fail_with.encode()
-        else:
-            ys, xs = np.nonzero(pixels.max(axis=2) > 128)  # a real (tiny) detector
-            box = [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1]
-            key, body = out, json.dumps(answer((box, 0.99, "bright"))).encode()
-        timer = threading.Timer(self.delay, lambda: self.s3.put_object(
-            Bucket=INPUTS, Key=key, Body=body))
-        timer.start()
-        self.timers.append(timer)
-        return Reply(202, {"InferenceId": ident}, headers={
-            "X-Amzn-SageMaker-OutputLocation": f"s3://{INPUTS}/{out}",
-            "X-Amzn-SageMaker-FailureLocation": f"s3://{INPUTS}/{failure}"})
+def async_endpoint(s3, **options) -> AsyncInferenceEndpoint:
+    """An asynchronous endpoint over moto's S3 that writes its outputs to ``INPUTS``."""
+    return AsyncInferenceEndpoint(s3, INPUTS, bright_box, **options)
 
 
 def async_model(**options):
@@ -190,7 +171,7 @@ def async_model(**options):
 
 
 def test_contract_async_waits_for_the_output_object(runtime, moto_aws):
-    runtime.handler = AsyncEndpoint(moto_aws, delay=0.3)
+    runtime.handler = async_endpoint(moto_aws, delay=0.3)
     with async_model() as detector:
         (dets,) = detector.predict([SLICE])
     assert dets.boxes.tolist() == [[60, 50, 160, 100]]
@@ -201,20 +182,19 @@ def test_contract_async_waits_for_the_output_object(runtime, moto_aws):
 
 
 def test_contract_async_client_failure_fails_fast_and_timeout_is_retryable(runtime, moto_aws):
-    runtime.handler = AsyncEndpoint(moto_aws, delay=0.05,
+    runtime.handler = async_endpoint(moto_aws, delay=0.05,
                                     fail_with="Received client error (400) from primary")
     with async_model() as detector, pytest.raises(ModelRequestError, match="client error"):
         detector.predict([SLICE])
-    runtime.handler = AsyncEndpoint(moto_aws, delay=30)
+    runtime.handler = async_endpoint(moto_aws, delay=30)
     with async_model(max_wait=0.3) as detector, \
             pytest.raises(ModelThrottledError, match="not there after"):
         detector.predict([SLICE])
-    for timer in runtime.handler.timers:
-        timer.cancel()
+    runtime.handler.close()
 
 
 def test_contract_async_throttled_submission_is_retried(runtime, moto_aws):
-    runtime.handler = AsyncEndpoint(moto_aws, delay=0.05)
+    runtime.handler = async_endpoint(moto_aws, delay=0.05)
     runtime.queue.append(aws_error(500, "InternalFailure", "hiccup"))
     with async_model() as detector:
         (dets,) = detector.predict([SLICE])
@@ -232,7 +212,7 @@ def run_trigger(trigger: AsyncInferenceTrigger) -> list:
 
 def test_trigger_fires_when_outputs_appear(runtime, moto_aws):
     """The deferrable path: submit, then wait in an event loop (as the triggerer does)."""
-    runtime.handler = AsyncEndpoint(moto_aws, delay=0.4)
+    runtime.handler = async_endpoint(moto_aws, delay=0.4)
     with async_model() as detector:
         calls = [detector.submit(SLICE), detector.submit(SLICE[:, ::-1].copy())]
         trigger = AsyncInferenceTrigger([c.to_dict() for c in calls], "moto_aws",

@@ -8,9 +8,10 @@ base64 (``body="json"``) — and the JSON answer read by a
 
 Asynchronous: every slice of a call is put to S3 under ``input_uri``, submitted with
 ``InvokeEndpointAsync``, and the call then waits until each invocation's ``OutputLocation``
-(or ``FailureLocation``) object exists. Waiting here polls S3 from the worker;
+(or ``FailureLocation``) object exists. :meth:`SageMakerAsyncModel.predict` polls S3 from
+the caller (the CLI); in the DAG, ``analyze`` submits the slices and defers:
 :class:`tilescope.models.sagemaker_trigger.AsyncInferenceTrigger` waits for the same objects
-in Airflow's triggerer, for a deferrable operator that must not hold a worker slot.
+in Airflow's triggerer, so the wait holds no worker slot (see :mod:`tilescope.deferred`).
 
 Errors: ``ValidationError`` and other 4xx fail fast; ``ModelError`` follows the container's
 own status (4xx fail fast, 5xx retry); throttling, ``ServiceUnavailable``,
@@ -21,6 +22,7 @@ object counts as the container's error: retried unless its text names a 4xx stat
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import time
@@ -185,7 +187,9 @@ class SageMakerAsyncModel(SageMakerModel):
     Options (besides ``sagemaker``'s): ``input_uri`` (required, ``s3://bucket/prefix/`` for
     the staged slices), ``s3_conn_id`` (default: ``conn_id``), ``poll_interval`` (2 s),
     ``max_wait`` (900 s), ``invocation_timeout`` / ``request_ttl`` (seconds, passed to
-    SageMaker), ``keep_objects`` (leave inputs and outputs in S3; default: delete once read).
+    SageMaker), ``keep_objects`` (leave inputs and outputs in S3; default: delete once read),
+    ``deferrable`` (default true: the DAG's ``analyze`` waits in the triggerer; false: it
+    polls from the worker, for a deployment without a triggerer).
     """
 
     name = "sagemaker-async"
@@ -193,7 +197,7 @@ class SageMakerAsyncModel(SageMakerModel):
     def __init__(self, *, input_uri: str = "", s3_conn_id: str | None = None,
                  poll_interval: float = 2.0, max_wait: float = 900.0,
                  invocation_timeout: int | None = None, request_ttl: int | None = None,
-                 keep_objects: bool = False, **options: Any) -> None:
+                 keep_objects: bool = False, deferrable: bool = True, **options: Any) -> None:
         super().__init__(**options)
         if not input_uri.startswith("s3://"):
             raise ConfigError(f"{self.name} needs input_uri (s3://bucket/prefix/ for inputs)")
@@ -201,6 +205,7 @@ class SageMakerAsyncModel(SageMakerModel):
         self.poll_interval = float(poll_interval)
         self.max_wait = float(max_wait)
         self.keep_objects = bool(keep_objects)
+        self.deferrable = bool(deferrable)
         self.s3_conn_id = s3_conn_id or self.conn_id
         self.limits = {k: int(v) for k, v in (("InvocationTimeoutSeconds", invocation_timeout),
                                               ("RequestTTLSeconds", request_ttl)) if v}
@@ -227,7 +232,13 @@ class SageMakerAsyncModel(SageMakerModel):
             except Exception as exc:
                 raise classify_aws_error(exc, self.describe()) from exc
 
-        response = call_with_retry(invoke, self.retry)
+        try:
+            response = call_with_retry(invoke, self.retry)
+        except BaseException:  # refused: its staged input would never be read or removed
+            if not self.keep_objects:
+                with contextlib.suppress(Exception):  # must not hide the refusal
+                    self._s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+            raise
         if not response.get("OutputLocation"):
             raise ModelOutputError(f"{self.describe()}: InvokeEndpointAsync returned no "
                                    "OutputLocation")

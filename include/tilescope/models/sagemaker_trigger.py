@@ -4,16 +4,20 @@ An asynchronous endpoint may take minutes per request. :class:`AsyncInferenceTri
 watches the ``OutputLocation`` / ``FailureLocation`` objects of submitted invocations with the
 amazon provider's async S3 client (aiobotocore) and fires once every invocation has one,
 so a deferrable operator can submit, ``defer`` on this trigger, and resume only to read the
-outputs. How an operator uses it::
+outputs. How an operator uses it (:class:`tilescope.operators.AnalyzeRegionOperator` does)::
 
     calls = [model.submit(pixels) for pixels in slices]           # SageMakerAsyncModel
-    self.defer(trigger=AsyncInferenceTrigger([c.to_dict() for c in calls], aws_conn_id),
+    self.defer(trigger=AsyncInferenceTrigger([c.to_dict() for c in calls], aws_conn_id,
+                                             carry={...}),
                method_name="resume")
     # resume(context, event): outcomes = outcomes_from_event(event)
     #                         detections = model.finish(calls, outcomes)
 
 The event is ``{"status": "done", "outcomes": [{"uri", "failed"}...]}`` in the order of the
-invocations, or ``{"status": "timeout", "pending": [output uris]}`` after ``max_wait``.
+invocations, or ``{"status": "timeout", "pending": [output uris]}`` after ``max_wait``; both
+also hold ``invocations`` and ``carry`` (any JSON-able state the resumed task needs). The
+event carries that state because ``dag.test()`` resumes a task with the event alone (it
+replaces ``next_kwargs``), while the real triggerer adds the event to ``next_kwargs``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ class AsyncInferenceTrigger(BaseTrigger):
 
     def __init__(self, invocations: Sequence[Mapping[str, Any]],
                  aws_conn_id: str | None = "aws_default", poll_interval: float = 5.0,
-                 max_wait: float = 3600.0) -> None:
+                 max_wait: float = 3600.0, carry: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.invocations = [dict(i) for i in invocations]
+        self.carry = dict(carry or {})
         self.aws_conn_id = aws_conn_id
         self.poll_interval = float(poll_interval)
         self.max_wait = float(max_wait)
@@ -45,7 +50,8 @@ class AsyncInferenceTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {"invocations": self.invocations, "aws_conn_id": self.aws_conn_id,
-                 "poll_interval": self.poll_interval, "max_wait": self.max_wait})
+                 "poll_interval": self.poll_interval, "max_wait": self.max_wait,
+                 "carry": self.carry})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -66,13 +72,17 @@ class AsyncInferenceTrigger(BaseTrigger):
                 if len(found) == len(calls):
                     yield TriggerEvent({"status": "done", "outcomes": [
                         {"uri": found[i].uri, "failed": found[i].failed}
-                        for i in range(len(calls))]})
+                        for i in range(len(calls))], **self._echo()})
                     return
                 if time.monotonic() >= deadline:
                     yield TriggerEvent({"status": "timeout", "pending": [
-                        c.output_uri for i, c in enumerate(calls) if i not in found]})
+                        c.output_uri for i, c in enumerate(calls) if i not in found],
+                        **self._echo()})
                     return
                 await asyncio.sleep(self.poll_interval)
+
+    def _echo(self) -> dict[str, Any]:
+        return {"invocations": self.invocations, "carry": self.carry}
 
 
 async def _exists(hook: Any, client: Any, uri: str) -> bool:

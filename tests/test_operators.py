@@ -1,0 +1,124 @@
+"""AnalyzeRegionOperator's two paths called directly: ``execute`` defers for sagemaker-async
+(the trigger it hands Airflow really fires against the local endpoint and moto's S3) and
+``execute_complete`` finishes the same finding as the in-worker path; other models run in
+``execute``; errors map as in every task (4xx → fail at once, timeout → retry)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from async_blobs import BUCKET, MODEL_OPTIONS, blob_endpoint
+from blob_model import BrightBlobModel, blob_image
+from PIL import Image
+
+from tilescope.errors import ModelThrottledError
+from tilescope.models import register_model
+from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger
+from tilescope.operators import DEFER_MARGIN_SECONDS, AnalyzeRegionOperator, region_label
+from tilescope.params import InferenceParams
+from tilescope.steps import prepare
+
+pytestmark = pytest.mark.contract
+
+
+class EmbeddedBlobs(BrightBlobModel):
+    """The bright-blob detector as a registered embedded model (takes the run's threshold)."""
+
+    def __init__(self, score_threshold: float = 0.0) -> None:
+        super().__init__()
+
+
+register_model("embedded-blobs", EmbeddedBlobs)
+PARAMS = InferenceParams(model="sagemaker-async", slice_size=256, overlap=0.2, grid="2x1",
+                         score_threshold=0.1, model_options=MODEL_OPTIONS)
+
+
+@pytest.fixture
+def endpoint(s3_client, s3_server, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({  # the run's S3
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
+    with blob_endpoint(s3_client, s3_server, monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture
+def prepared(endpoint, s3_client):
+    pixels, _ = blob_image(500, 600, 40, seed=5)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    s3_client.put_object(Bucket=BUCKET, Key="incoming/blobs.png", Body=out.getvalue())
+    return prepare(f"s3://{BUCKET}/incoming/blobs.png", PARAMS, client=s3_client,
+                   run="manual__operator", model_slice_size=256)
+
+
+def context(params: InferenceParams, try_number: int = 1) -> dict:
+    """What the operator reads from Airflow's context: the run's params and its instance."""
+    return {"params": params.to_dict(), "ti": SimpleNamespace(try_number=try_number,
+                                                              start_date=None)}
+
+
+def operator(prepared: dict, index: int = 0) -> AnalyzeRegionOperator:
+    return AnalyzeRegionOperator(task_id="analyze", region=prepared["regions"][index],
+                                 prepared={k: v for k, v in prepared.items() if k != "regions"})
+
+
+def fire(trigger: AsyncInferenceTrigger) -> dict:
+    """The trigger as the triggerer runs it: rebuilt from its serialized form, first event."""
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "tilescope.models.sagemaker_trigger.AsyncInferenceTrigger"
+
+    async def first():
+        async for event in AsyncInferenceTrigger(**kwargs).run():
+            return event.payload
+
+    return asyncio.run(first())
+
+
+def test_execute_defers_and_execute_complete_finishes_the_region(prepared):
+    task, ctx = operator(prepared, 1), context(PARAMS)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(ctx)
+    assert ctx["region_label"] == region_label(task.region) == "r1c0 · 3 slices"
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout == timedelta(seconds=30 + DEFER_MARGIN_SECONDS)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, AsyncInferenceTrigger) and len(trigger.invocations) == 3
+    assert trigger.aws_conn_id == "moto_aws" and trigger.poll_interval == 0.05
+
+    resumed = context(PARAMS)  # a fresh context, as on resume
+    finding = task.execute_complete(resumed, event=fire(trigger))
+    assert resumed["region_label"] == "r1c0 · 3 slices"
+    assert finding["status"] == "success" and finding["name"] == "r1c0"
+
+    in_worker = operator(prepared, 1).execute(context(
+        InferenceParams.from_dict({**PARAMS.to_dict(), "model_options": {
+            **MODEL_OPTIONS, "deferrable": False}})))
+    assert finding["detections"]["scores"]
+    assert finding["detections"] == in_worker["detections"]
+    assert finding["category_names"] == in_worker["category_names"]
+    blobs = operator(prepared, 1).execute(context(InferenceParams.from_dict(
+        {**PARAMS.to_dict(), "model": "embedded-blobs", "model_options": {}})))
+    assert len(blobs["detections"]["scores"]) == len(finding["detections"]["scores"])
+
+
+def test_execute_complete_maps_errors_like_every_task(prepared, endpoint):
+    task = operator(prepared)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context(PARAMS))
+    event = fire(deferred.value.trigger)
+    timed_out = {**event, "status": "timeout", "pending": ["s3://x/y"]}
+    with pytest.raises(ModelThrottledError, match="r0c0"):  # retryable: Airflow retries
+        task.execute_complete(context(PARAMS), event=timed_out)
+
+    endpoint.handler.fail_with = "Received client error (400) from primary: bad image"
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context(PARAMS, try_number=2))
+    with pytest.raises(AirflowFailException, match=r"ModelRequestError: .*client error"):
+        task.execute_complete(context(PARAMS, try_number=2), event=fire(deferred.value.trigger))
