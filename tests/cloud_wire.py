@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from typing import Any
 from urllib.parse import quote
 
 ACCESS_KEY = "AKIDTILESCOPETEST"
-SECRET_KEY = "tilescope/test/secret/key/0123456789abcdef"
+# generated per test process: no credential-shaped literal in the repository
+SECRET_KEY = f"test-{secrets.token_hex(16)}"
 REGION = "eu-west-1"
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,"
                    r"\s*SignedHeaders=([^,]+),\s*Signature=([0-9a-f]{64})$")

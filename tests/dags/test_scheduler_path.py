@@ -9,17 +9,21 @@ import json
 import sqlite3
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_support import max_overlap, running_airflow, task_intervals
+from airflow_support import connection_env, max_overlap, running_airflow, task_intervals
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "tilescope"
 POOL_SLOTS = 2
+# moto accepts any credentials: distinctive ones make a leak into a log findable
+SECRET_KEY = f"ts-secret-key-{uuid.uuid4().hex}"
+SECRET_TOKEN = f"ts-session-token-{uuid.uuid4().hex}"
 
 POISON_MODULE = '''
 import os
@@ -29,6 +33,15 @@ from tilescope.models.nanodet import NanoDetModel
 
 class PoisonedNanoDet(NanoDetModel):
     """Fails on slices with a magenta marker while the flag file exists (a fixable fault)."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        # A careless backend that prints its connection's secrets: the worker's log must
+        # show Airflow's mask, never the values (checked by test_connection_secrets_...).
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection("aws_default")
+        print("leak check:", conn.password, conn.extra_dejson.get("aws_session_token"))
 
     def predict(self, images):
         flag = os.environ["TILESCOPE_TEST_POISON_FLAG"]
@@ -56,7 +69,11 @@ def plugin_dir(root: Path) -> Path:
 def stack(tmp_path_factory, s3_server):
     tmp = tmp_path_factory.mktemp("scheduler")
     flag = tmp / "poison.flag"
+    aws = json.loads(connection_env(s3_server, tmp / "catalog.sqlite")["AIRFLOW_CONN_AWS_DEFAULT"])
+    aws["password"] = SECRET_KEY
+    aws["extra"]["aws_session_token"] = SECRET_TOKEN
     env = {
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         "PYTHONPATH": str(plugin_dir(tmp / "plugins")),
         "TILESCOPE_TEST_POISON_FLAG": str(flag),
         "TILESCOPE_REGION_RETRIES": "1",
@@ -118,6 +135,20 @@ def test_clearing_a_failed_region_completes_the_result(stack, s3_client, sample)
         statuses = conn.execute("SELECT status, failed_regions FROM tilescope_results "
                                 "WHERE image_uri LIKE '%poisoned.png'").fetchall()
     assert statuses == [("complete", "[]")]
+
+
+def test_connection_secrets_never_reach_task_logs(stack):
+    """The password and a token in the connection's extra, printed by the poisoned model's
+    constructor in every region of the clearing test's run, appear masked in the task logs."""
+    logs = [p for p in (stack["airflow"].home / "logs").rglob("*.log") if p.is_file()]
+    analyze_logs = [p for p in logs if "task_id=analyze" in str(p)]
+    assert analyze_logs, "the clearing test's region logs are written by the workers"
+    printed = [p for p in analyze_logs if "leak check:" in p.read_text(errors="replace")]
+    assert printed, "the poisoned model printed its connection in some region log"
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert SECRET_KEY not in text and SECRET_TOKEN not in text, f"secret in {path}"
+    assert all("leak check: *** ***" in p.read_text(errors="replace") for p in printed)
 
 
 def tally_rows(db: Path, run_id: str) -> dict[str, int]:
