@@ -28,6 +28,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--pool-slots", type=int, default=2)
     parser.add_argument("--grid", default="auto")
+    parser.add_argument("--conf", default="{}", help="more run conf as JSON, e.g. "
+                        "'{\"model_options\": {\"parallel_slices\": 1}}'")
     args = parser.parse_args()
 
     from PIL import Image
@@ -43,7 +45,8 @@ def main() -> int:
             stack.s3.upload_file(str(image), BUCKET, f"incoming/{image.name}")
             started = time.perf_counter()
             run = trigger(stack.api, "tiled_inference", {
-                "image_uri": f"s3://{BUCKET}/incoming/{image.name}", "grid": args.grid})
+                "image_uri": f"s3://{BUCKET}/incoming/{image.name}", "grid": args.grid,
+                **json.loads(args.conf)})
             state = wait_for_run(stack.api, "tiled_inference", run["dag_run_id"],
                                  timeout=3600)
             wall = time.perf_counter() - started
