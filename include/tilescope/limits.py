@@ -32,7 +32,9 @@ SLICES_ENV = "TILESCOPE_MAX_SLICES"
 FRAMES_ENV = "TILESCOPE_MAX_FRAMES"
 
 
-def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    """``environ[name]`` as a whole number ≥ 1 (``_`` separators allowed), or ``default`` when
+    unset or blank; anything else is a :class:`ConfigError` naming the variable."""
     text = environ.get(name, "").strip().replace("_", "")
     if not text:
         return default
@@ -66,10 +68,10 @@ class RunLimits:
         """``TILESCOPE_MAX_PIXELS``, ``TILESCOPE_MAX_SLICES`` and ``TILESCOPE_MAX_FRAMES``
         (defaults when unset)."""
         env = os.environ if environ is None else environ
-        return cls(max_pixels=_positive(env, PIXELS_ENV, DEFAULT_MAX_PIXELS),
-                   max_slices=_positive(env, SLICES_ENV, DEFAULT_MAX_SLICES),
+        return cls(max_pixels=positive_int_env(env, PIXELS_ENV, DEFAULT_MAX_PIXELS),
+                   max_slices=positive_int_env(env, SLICES_ENV, DEFAULT_MAX_SLICES),
                    max_regions=max_regions,
-                   max_frames=_positive(env, FRAMES_ENV, DEFAULT_MAX_FRAMES))
+                   max_frames=positive_int_env(env, FRAMES_ENV, DEFAULT_MAX_FRAMES))
 
     def check_plan(self, plan: SlicePlan) -> None:
         """Refuse a plan over the slice or region budget, saying by how much."""

@@ -24,7 +24,7 @@ from itertools import groupby
 from typing import Any
 
 from tilescope.errors import ConfigError, StorageError
-from tilescope.limits import RunLimits
+from tilescope.limits import RunLimits, positive_int_env
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.moderation import ModerationPolicy
@@ -69,16 +69,8 @@ def frame_uri(frames_prefix: str, frame_index: int) -> str:
 
 def slices_per_task(environ: dict[str, str] | None = None) -> int:
     """``TILESCOPE_VIDEO_SLICES_PER_TASK``, default 256 (as many as an auto image region)."""
-    text = (environ if environ is not None else os.environ).get(SLICES_PER_TASK_ENV, "")
-    if not text.strip():
-        return DEFAULT_MIN_SLICES_PER_REGION
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{SLICES_PER_TASK_ENV} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"{SLICES_PER_TASK_ENV} must be at least 1, got {value}")
-    return value
+    return positive_int_env(environ if environ is not None else os.environ,
+                            SLICES_PER_TASK_ENV, DEFAULT_MIN_SLICES_PER_REGION)
 
 
 @contextmanager
