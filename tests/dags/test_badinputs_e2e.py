@@ -13,10 +13,8 @@ import pytest
 from badinputs import corpus
 from blob_model import BrightBlobModel, blob_image
 from PIL import Image
-from test_tiled_inference import (  # the DAG and its connections, shared with that module
+from test_tiled_inference import (  # helpers shared with that module (fixtures: conftest)
     BUCKET,
-    airflow_env,  # noqa: F401 - fixture
-    dag,  # noqa: F401 - fixture
     keys_under,
     run_xcoms,
     task_tries,
@@ -48,7 +46,7 @@ BASE_CONF = {"model": "bright-blobs-dag", "slice_size": "256", "overlap": 0.3, "
              "min_success_ratio": 1.0}
 
 
-def claimed_run(dag, engine, client, key: str, data: bytes):  # noqa: F811 - fixture value
+def claimed_run(dag, engine, client, key: str, data: bytes):
     """Upload under incoming/, claim it as s3_arrivals does, run tiled_inference for it."""
     client.put_object(Bucket=BUCKET, Key=key, Body=data)
     claims, rejected = claim_arrivals(client, engine, BUCKET, IntakePolicy(), run_id="tick")
@@ -64,7 +62,7 @@ def quarantine_record(client, key: str) -> dict:
 
 
 def test_worst_inputs_fail_once_quarantined_and_a_crowded_run_keeps_xcoms_small(
-        dag, airflow_env, monkeypatch):  # noqa: F811 - fixtures
+        dag, airflow_env, monkeypatch):
     client = airflow_env["client"]
     engine = connect(airflow_env["catalog"])
 
@@ -116,7 +114,7 @@ def test_worst_inputs_fail_once_quarantined_and_a_crowded_run_keeps_xcoms_small(
     assert keys_under(client, "incoming/") == [] and keys_under(client, "scratch/") == []
 
 
-def test_params_out_of_bounds_are_refused_at_trigger_time(dag):  # noqa: F811 - fixture
+def test_params_out_of_bounds_are_refused_at_trigger_time(dag):
     """No run is created for a request the Param schema refuses."""
     from airflow.models.dagrun import DagRun
     from airflow.sdk.definitions.param import ParamValidationError

@@ -26,18 +26,8 @@ from tilescope.readers import reader_for_bytes
 from tilescope.results import ImageInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 BUCKET = "tilescope"
 DESCRIPTION = "Several people fly kites on an open field under a wide sky."
-
-
-@pytest.fixture(scope="module")
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert not bag.import_errors
-    return bag.dags["tiled_inference"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def nanodet():
 
 
 @pytest.fixture
-def servers(nanodet, s3_client, s3_server, tmp_path, monkeypatch):
+def servers(nanodet, airflow_env, monkeypatch):
     """Model server, Rekognition and Bedrock servers, and the connections naming them."""
 
     def detect(request) -> Reply:
@@ -72,15 +62,8 @@ def servers(nanodet, s3_client, s3_server, tmp_path, monkeypatch):
             {"conn_type": "http", "host": host, "port": int(port), "schema": "http"}))
         aws_connection(monkeypatch, "moderation_aws", rekognition.url)
         aws_connection(monkeypatch, "bedrock_aws", bedrock.url)
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
-        catalog = tmp_path / "catalog.sqlite"
-        monkeypatch.setenv("AIRFLOW_CONN_TILESCOPE_CATALOG",
-                           json.dumps({"conn_type": "sqlite", "host": str(catalog)}))
-        s3_client.create_bucket(Bucket=BUCKET)
         yield {"model": model_server, "rekognition": rekognition, "bedrock": bedrock,
-               "s3": s3_client, "catalog": f"sqlite:///{catalog}"}
+               "s3": airflow_env["client"], "catalog": airflow_env["catalog"]}
 
 
 def moderation_labels(*labels: tuple[str, str, float]) -> Reply:

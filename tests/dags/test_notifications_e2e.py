@@ -6,24 +6,13 @@ server, Airflow's ``[metrics]`` pointed at it)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from test_tiled_inference import poisoned_kite  # also registers "poisoned-nanodet"
 
 pytestmark = pytest.mark.slow
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 BUCKET = "tilescope"
-
-
-@pytest.fixture(scope="module")
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert not bag.import_errors
-    return bag.dags["tiled_inference"]
 
 
 @pytest.fixture

@@ -22,18 +22,8 @@ from tilescope.readers import reader_for_bytes
 from tilescope.results import ImageInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 BUCKET = "tilescope"
 ASYNC_BUCKET = "sagemaker-async"
-
-
-@pytest.fixture(scope="module")
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert not bag.import_errors
-    return bag.dags["tiled_inference"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +33,7 @@ def nanodet():
 
 
 @pytest.fixture
-def endpoint(nanodet, s3_client, s3_server, tmp_path, monkeypatch):
+def endpoint(nanodet, airflow_env, monkeypatch):
     """The asynchronous endpoint (NanoDet behind it), its bucket and the run's connections."""
 
     def detect(pixels) -> dict:
@@ -53,20 +43,14 @@ def endpoint(nanodet, s3_client, s3_server, tmp_path, monkeypatch):
             zip(dets.boxes.tolist(), dets.scores.tolist(), dets.category_ids.tolist(),
                 strict=True)]}
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
-    catalog = tmp_path / "catalog.sqlite"
-    monkeypatch.setenv("AIRFLOW_CONN_TILESCOPE_CATALOG",
-                       json.dumps({"conn_type": "sqlite", "host": str(catalog)}))
-    for bucket in (BUCKET, ASYNC_BUCKET):
-        s3_client.create_bucket(Bucket=bucket)
+    s3_client = airflow_env["client"]
+    s3_client.create_bucket(Bucket=ASYNC_BUCKET)
     writer = AsyncInferenceEndpoint(s3_client, ASYNC_BUCKET, detect, delay=0.3)
     with LocalServer(writer, signing_service="sagemaker") as server:
         aws_connection(monkeypatch, "sagemaker_async", server.url)
         try:
             yield {"server": server, "writer": writer, "s3": s3_client,
-                   "catalog": f"sqlite:///{catalog}"}
+                   "catalog": airflow_env["catalog"]}
         finally:
             writer.close()
 

@@ -21,7 +21,6 @@ from tilescope.readers import reader_for_bytes
 from tilescope.results import ImageInfo
 
 pytestmark = pytest.mark.slow
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 BUCKET = "tilescope"
 MAGENTA = np.array([255, 0, 255], np.uint8)
 
@@ -37,28 +36,6 @@ class PoisonedNanoDet(NanoDetModel):
 
 
 register_model("poisoned-nanodet", PoisonedNanoDet)
-
-
-@pytest.fixture(scope="module")
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert not bag.import_errors
-    return bag.dags["tiled_inference"]
-
-
-@pytest.fixture
-def airflow_env(s3_client, s3_server, tmp_path, monkeypatch):
-    """Connections for the DAG: aws_default → moto, tilescope_catalog → a SQLite file."""
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
-    catalog = tmp_path / "catalog.sqlite"
-    monkeypatch.setenv("AIRFLOW_CONN_TILESCOPE_CATALOG",
-                       json.dumps({"conn_type": "sqlite", "host": str(catalog)}))
-    s3_client.create_bucket(Bucket=BUCKET)
-    return {"client": s3_client, "catalog": f"sqlite:///{catalog}"}
 
 
 def upload(client, key: str, data: bytes) -> str:

@@ -10,10 +10,8 @@ import json
 
 import pytest
 from PIL import Image
-from test_tiled_inference import (  # the DAG and its connections, shared with that module
+from test_tiled_inference import (  # helpers shared with that module (fixtures: conftest)
     BUCKET,
-    airflow_env,  # noqa: F401 - fixture
-    dag,  # noqa: F401 - fixture
     keys_under,
     run_xcoms,
     task_tries,
@@ -32,7 +30,7 @@ from tilescope.video.steps import SLICES_PER_TASK_ENV
 pytestmark = pytest.mark.slow
 
 
-def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):  # noqa: F811
+def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     vtest = vtest_path()
     client = airflow_env["client"]
     data = vtest.read_bytes()
