@@ -5,6 +5,7 @@ stopped afterwards. Also: task instance intervals from the metadata DB, and thei
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,20 @@ def connection_env(s3_server: str, catalog: Path) -> dict[str, str]:
         "AIRFLOW_CONN_TILESCOPE_CATALOG": json.dumps({"conn_type": "sqlite",
                                                       "host": str(catalog)}),
     }
+
+
+def model_plugin(root: Path, module: str, source: str, entry_point: str) -> Path:
+    """A folder to put on the workers' ``PYTHONPATH``: module ``module`` written from
+    ``source`` and a distribution declaring ``entry_point`` (``"name = module:Class"``) in the
+    ``tilescope.models`` group — how a user plugs a model into separate worker processes."""
+    root.mkdir()
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = module.replace("_", "-")
+    info = root / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[tilescope.models]\n{entry_point}\n")
+    return root
 
 
 @contextmanager

@@ -18,14 +18,13 @@ import json
 import os
 import signal
 import sqlite3
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_support import running_airflow
+from airflow_support import model_plugin, running_airflow
 
 from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
@@ -63,18 +62,6 @@ class SlowNanoDet(NanoDetModel):
 '''
 
 
-def plugin_dir(root: Path) -> Path:
-    """An importable package declaring ``slow-nanodet`` as a ``tilescope.models`` entry point."""
-    root.mkdir()
-    (root / "slow_model.py").write_text(textwrap.dedent(SLOW_MODEL))
-    info = root / "slow_model-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-model\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[tilescope.models]\nslow-nanodet = slow_model:SlowNanoDet\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
     """SeaweedFS with the image uploaded; ``seaweed["server"]`` is the current process (a
@@ -104,7 +91,8 @@ def stack(tmp_path_factory, seaweed):
             "conn_type": "aws", "login": server.credentials.access_key,
             "password": server.credentials.secret_key,
             "extra": {"endpoint_url": server.endpoint, "region_name": "us-east-1"}}),
-        "PYTHONPATH": str(plugin_dir(tmp / "plugins")),
+        "PYTHONPATH": str(model_plugin(tmp / "plugins", "slow_model", SLOW_MODEL,
+                                              "slow-nanodet = slow_model:SlowNanoDet")),
         "TILESCOPE_TEST_MARKS": str(marks),
         "TILESCOPE_TEST_PAUSE_SECONDS": str(PAUSE_SECONDS),
         "TILESCOPE_REGION_RETRIES": "2",

@@ -7,14 +7,19 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import textwrap
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_support import connection_env, max_overlap, running_airflow, task_intervals
+from airflow_support import (
+    connection_env,
+    max_overlap,
+    model_plugin,
+    running_airflow,
+    task_intervals,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -53,18 +58,6 @@ class PoisonedNanoDet(NanoDetModel):
 '''
 
 
-def plugin_dir(root: Path) -> Path:
-    """A importable package declaring the test model as a ``tilescope.models`` entry point."""
-    root.mkdir()
-    (root / "poison_model.py").write_text(textwrap.dedent(POISON_MODULE))
-    info = root / "poison_model-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: poison-model\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[tilescope.models]\npoisoned-nanodet = poison_model:PoisonedNanoDet\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, s3_server):
     tmp = tmp_path_factory.mktemp("scheduler")
@@ -74,7 +67,8 @@ def stack(tmp_path_factory, s3_server):
     aws["extra"]["aws_session_token"] = SECRET_TOKEN
     env = {
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
-        "PYTHONPATH": str(plugin_dir(tmp / "plugins")),
+        "PYTHONPATH": str(model_plugin(tmp / "plugins", "poison_model", POISON_MODULE,
+                                              "poisoned-nanodet = poison_model:PoisonedNanoDet")),
         "TILESCOPE_TEST_POISON_FLAG": str(flag),
         "TILESCOPE_REGION_RETRIES": "1",
         "TILESCOPE_RETRY_DELAY_SECONDS": "1",
