@@ -1,13 +1,15 @@
-"""An analyze task's memory does not grow with the image.
+"""Preprocess and analyze memory does not grow with a tiled image.
 
-Tiled TIFFs of 4096² and 8192² (4× the pixels) made from real photos go to the S3 server; one
-region of each is analyzed with the real NanoDet model in a fresh subprocess — as Airflow runs
-a mapped task — reading its tiles with ranged GETs, band by band. Its peak RSS must stay under
-a fixed budget and grow far less than the image does.
+Tiled TIFFs of 4096² and 8192² (4× the pixels) made from real photos go to the S3 server. Each
+step runs in a fresh subprocess, as Airflow runs a task: preprocess opens the input over ranged
+GETs (header, thumbnail tile row by tile row, a streamed hash); one region of each is analyzed
+with the real NanoDet model, reading its tiles band by band. Peak RSS must stay under a fixed
+budget and grow far less than the image does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -39,35 +41,85 @@ print(json.dumps({"rss_mb": peak_rss_mb(),
 """
 
 
-def analyze_peak_mb(endpoint: str, uri: str, region: dict) -> dict:
-    spec = {"endpoint": endpoint, "uri": uri, "region": region, "bucket": BUCKET}
-    proc = subprocess.run([sys.executable, "-c", ANALYZE, json.dumps(spec)],
+PREPROCESS = """
+import json, sys, boto3
+from tilescope.params import InferenceParams
+from tilescope.stack.procs import peak_rss_mb
+from tilescope.steps import prepare
+spec = json.loads(sys.argv[1])
+client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+out = prepare(spec["uri"], InferenceParams(), client=client, run="memory",
+              model_slice_size=416)
+print(json.dumps({"rss_mb": peak_rss_mb(), "source_uri": out["source_uri"],
+                  "sha256": out["image"]["sha256"], "width": out["image"]["width"]}))
+"""
+
+
+def step_peak(script: str, spec: dict) -> dict:
+    """Run ``script`` in a fresh interpreter (as a task runs) and return its JSON line."""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_analyze_peak_memory_stays_flat_as_the_image_grows(s3_server, s3_client) -> None:
-    from tilescope.models.registry import model_slice_size
-    from tilescope.params import InferenceParams
-    from tilescope.pipeline import plan_image
+def analyze_peak_mb(endpoint: str, uri: str, region: dict) -> dict:
+    return step_peak(ANALYZE, {"endpoint": endpoint, "uri": uri, "region": region,
+                               "bucket": BUCKET})
 
+
+@pytest.fixture(scope="module")
+def tiled_inputs(s3_server) -> dict[int, tuple[str, str]]:
+    """side → (s3 uri, sha256) of a zstd tiled TIFF mosaic of real photos (uploaded once for
+    the module; no test here resets the server)."""
+    import boto3
+
+    s3_client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                             aws_access_key_id="test", aws_secret_access_key="test")
     s3_client.create_bucket(Bucket=BUCKET)
-    peaks = {}
+    inputs = {}
     for size in (4096, 8192):
         out = io.BytesIO()
         tifffile.imwrite(out, build_mosaic(size), tile=(512, 512), photometric="rgb",
                          compression="zstd", compressionargs={"level": 1})
         key = f"incoming/mosaic-{size}.tif"
         s3_client.put_object(Bucket=BUCKET, Key=key, Body=out.getvalue())
+        inputs[size] = (f"s3://{BUCKET}/{key}", hashlib.sha256(out.getbuffer()).hexdigest())
         del out
+    return inputs
+
+
+@pytest.mark.slow
+def test_preprocess_of_a_tiled_tiff_reads_only_ranges(s3_server, tiled_inputs) -> None:
+    """No whole download, no staging copy: the object is the regions' source, its hash comes
+    from a stream, and peak memory stays flat while the image grows 4×."""
+    peaks = {size: step_peak(PREPROCESS, {"endpoint": s3_server, "uri": uri})
+             for size, (uri, _) in tiled_inputs.items()}
+    print(f"preprocess peak RSS by image side: {peaks}")
+    for size, (uri, sha256) in tiled_inputs.items():
+        assert peaks[size]["source_uri"] == uri  # read in place, not staged again
+        assert peaks[size]["sha256"] == sha256
+        assert peaks[size]["width"] == size
+    small, large = peaks[4096]["rss_mb"], peaks[8192]["rss_mb"]
+    assert large <= BUDGET_MB, peaks
+    assert large - small < 25, f"preprocess memory grew with the image: {peaks}"
+
+
+@pytest.mark.slow
+def test_analyze_peak_memory_stays_flat_as_the_image_grows(s3_server, tiled_inputs) -> None:
+    from tilescope.models.registry import model_slice_size
+    from tilescope.params import InferenceParams
+    from tilescope.pipeline import plan_image
+
+    peaks = {}
+    for size, (uri, _) in tiled_inputs.items():
         # regions of about the same slices at both sizes (3×3 grid, then 6×6): only the image grows
         plan = plan_image(size, size, InferenceParams(grid=f"{size // 4096 * 3}x"
                                                             f"{size // 4096 * 3}"),
                           model_slice_size("nanodet-coco"))
         region = plan.regions[0].to_dict()
-        peaks[size] = analyze_peak_mb(s3_server, f"s3://{BUCKET}/{key}", region)
+        peaks[size] = analyze_peak_mb(s3_server, uri, region)
         assert peaks[size]["detections"], "a region of real photos has detections"
     print(f"analyze peak RSS by image side: {peaks}")
     small, large = peaks[4096]["rss_mb"], peaks[8192]["rss_mb"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -16,6 +17,8 @@ from tilescope.storage import (
     object_size,
     parse_s3_uri,
     read_bytes,
+    read_head,
+    sha256_hex,
     write_bytes,
 )
 
@@ -71,6 +74,36 @@ def test_ranged_file_reads_only_what_is_asked(s3_client) -> None:
     assert handle.read() == data[-5:]
     assert handle.read(3) == b""
     assert handle.bytes_read == 15 and handle.requests == 2
+
+
+def test_head_and_streamed_hash_of_objects_and_files(s3_client, tmp_path) -> None:
+    s3_client.create_bucket(Bucket="bkt")
+    data = bytes(range(256)) * 40_000  # ~10 MB: more than one hash chunk below
+    s3_client.put_object(Bucket="bkt", Key="blob", Body=data)
+    (tmp_path / "blob").write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    for uri in ("s3://bkt/blob", str(tmp_path / "blob")):
+        assert read_head(uri, 16, s3_client) == data[:16]
+        assert sha256_hex(uri, s3_client, chunk_bytes=1 << 20) == expected
+    with pytest.raises(BadImageError, match="no such object"):
+        sha256_hex("s3://bkt/missing", s3_client)
+    with pytest.raises(BadImageError, match="no such file"):
+        read_head(str(tmp_path / "missing"), 16)
+
+
+def test_tiled_tiff_thumbnail_fetches_a_tile_row_per_request(s3_client) -> None:
+    s3_client.create_bucket(Bucket="bkt")
+    pixels = np.random.default_rng(1).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    tifffile.imwrite(out, pixels, tile=(128, 128))
+    s3_client.put_object(Bucket="bkt", Key="big.tif", Body=out.getvalue())
+    handle = RangedS3File("s3://bkt/big.tif", client=s3_client)
+    reader = TiffReader(handle)
+    before = handle.requests
+    thumb = reader.thumbnail(256)
+    assert thumb.shape == (256, 256, 3)
+    assert abs(float(thumb.mean()) - float(pixels.mean())) < 1.0
+    assert handle.requests - before == 8  # 8 tile rows of 8 tiles: a GET per row, not per tile
 
 
 def test_tiled_tiff_region_over_ranged_s3_reads_a_fraction(s3_client) -> None:

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from tilescope.pipeline import (
 )
 from tilescope.readers import TiffReader, reader_for_bytes
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import (
     ImageInfo,
     RegionFinding,
@@ -54,9 +55,10 @@ from tilescope.storage import (
     object_size,
     parse_s3_uri,
     read_bytes,
+    read_head,
+    sha256_hex,
     write_bytes,
 )
-from tilescope.video.steps import video_container
 from tilescope.video.units import is_video_chunk
 from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
 
@@ -120,23 +122,22 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
         raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
                                  f"{max_bytes:,}")
     limits = limits or RunLimits(max_pixels=max_pixels)
-    container = video_container(image_uri, client, size)  # by signature, not by name
+    head = read_head(image_uri, SNIFF_BYTES, client, size=size)
+    container = sniff_video(head)  # by signature, not by name
     if container:
         from tilescope.video.steps import prepare_video
 
         return prepare_video(image_uri, params, container=container, client=client, run=run,
                              model_slice_size=model_slice_size, limits=limits,
                              moderation=moderation, full_image_model=full_image_model)
-    data = read_bytes(image_uri, client)
-    reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=image_uri)
+    reader, sha256 = open_input(image_uri, head, client=client, size=size,
+                                max_pixels=limits.max_pixels)
     with reader:
         limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
                                      max_regions=limits.max_regions))
         reader.validate()
         image = ImageInfo(uri=image_uri, width=reader.width, height=reader.height,
-                          sha256=hashlib.sha256(data).hexdigest(),
-                          format=reader.header.format, bytes=len(data))
-        del data
+                          sha256=sha256(), format=reader.header.format, bytes=size)
         verdict = gate(reader, image, moderation)
         plan = plan_image(image.width, image.height, params, model_slice_size,
                           max_regions=limits.max_regions)
@@ -160,6 +161,25 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             "moderation": verdict,
             "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
             "ready_at": time.time()}  # regions may run from now: their queue wait starts
+
+
+def open_input(uri: str, head: bytes, *, client: Any, size: int,
+               max_pixels: int) -> tuple[ImageReader, Callable[[], str]]:
+    """A reader for the input image and a function giving its SHA-256 (called after the plan
+    has passed its budget checks, so an over-budget image is refused before it is read).
+
+    A *tiled* TIFF — a whole-slide scan, a COG-style satellite capture — is opened over ranged
+    GETs: tifffile parses only its header here, the thumbnail is built tile row by tile row,
+    and the hash is computed on a stream, so preprocess memory does not grow with the image.
+    Anything else is downloaded and decoded once (the pixel limit guards the decode)."""
+    if sniff_format(head) == "TIFF":
+        reader = open_source(uri, client, size=size, max_pixels=max_pixels)
+        if reader.header.tiled:
+            return reader, lambda: sha256_hex(uri, client)
+        reader.close()  # strips: decoded whole, from one download
+    data = read_bytes(uri, client)
+    digest = hashlib.sha256(data).hexdigest()
+    return reader_for_bytes(data, max_pixels=max_pixels, name=uri), lambda: digest
 
 
 def gate(reader: ImageReader, image: ImageInfo,
@@ -252,11 +272,14 @@ def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
                            ExtraArgs={"ContentType": "image/tiff"})
 
 
-def open_source(source_uri: str, client: Any) -> ImageReader:
-    """A reader over the staged pixels that fetches only the tiles a region needs."""
+def open_source(source_uri: str, client: Any, *, size: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> TiffReader:
+    """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
+    tiles a read needs. ``size`` (if known) saves a HEAD request."""
     # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
-    return TiffReader(io.BufferedReader(RangedS3File(source_uri, client),
-                                        buffer_size=64 << 10), name=source_uri)
+    return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
+                                        buffer_size=64 << 10),
+                      max_pixels=max_pixels, name=source_uri)
 
 
 def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,

@@ -8,6 +8,7 @@ servers. Both retry with backoff (:func:`resilient_config`) and log failed attem
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -132,6 +133,37 @@ def read_bytes(uri: str, client: Any = None) -> bytes:
         if _error_code(exc) in _MISSING_CODES:
             raise BadImageError(f"no such object: {uri} ({_error_code(exc)})") from exc
         raise StorageError(f"reading {uri} failed: {exc}") from exc
+
+
+def read_head(uri: str, count: int, client: Any = None, size: int | None = None) -> bytes:
+    """The first ``count`` bytes of an object or file (one ranged GET): enough to tell its
+    format by signature without downloading it. ``size`` (if known) saves a HEAD request."""
+    if not is_s3_uri(uri):
+        with _local_file(uri).open("rb") as handle:
+            return handle.read(count)
+    return RangedS3File(uri, client, size=size).read(count)
+
+
+def sha256_hex(uri: str, client: Any = None, chunk_bytes: int = 8 << 20) -> str:
+    """The SHA-256 of an object or file, read as a stream in ``chunk_bytes`` pieces: an image
+    of many gigabytes is hashed in constant memory."""
+    digest = hashlib.sha256()
+    if not is_s3_uri(uri):
+        with _local_file(uri).open("rb") as handle:
+            while block := handle.read(chunk_bytes):
+                digest.update(block)
+        return digest.hexdigest()
+    loc = parse_s3_uri(uri)
+    client = client or default_s3_client()
+    try:
+        body = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+        for block in body.iter_chunks(chunk_bytes):
+            digest.update(block)
+    except Exception as exc:
+        if _error_code(exc) in _MISSING_CODES:
+            raise BadImageError(f"no such object: {uri} ({_error_code(exc)})") from exc
+        raise StorageError(f"reading {uri} failed: {exc}") from exc
+    return digest.hexdigest()
 
 
 def object_size(uri: str, client: Any = None) -> int:

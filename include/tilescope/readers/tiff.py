@@ -9,6 +9,7 @@ one-time full decode.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
@@ -130,8 +131,8 @@ class TiffReader(ImageReader):
         scale = min(1.0, max_side / max(self.width, self.height))
         out_w, out_h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
         out = np.zeros((out_h, out_w, 3), np.uint8)
-        for index in range(len(self._page.dataoffsets)):
-            tile, x, y = self._decode_tile(index)
+        for index, encoded in self._all_tiles():
+            tile, x, y = self._decode_tile(index, encoded)
             x1, y1 = round(x * scale), round(y * scale)
             x2 = min(out_w, round((x + tile.shape[1]) * scale))
             y2 = min(out_h, round((y + tile.shape[0]) * scale))
@@ -139,6 +140,16 @@ class TiffReader(ImageReader):
                 out[y1:y2, x1:x2] = cv2.resize(to_rgb8(tile), (x2 - x1, y2 - y1),
                                                interpolation=cv2.INTER_AREA)
         return out
+
+    def _all_tiles(self) -> Iterator[tuple[int, bytes]]:
+        """Every tile's encoded bytes, fetched a tile row at a time (one ranged GET per row
+        over S3, not one per tile) and never more than one row held."""
+        page = self._page
+        per_row = math.ceil(self.width / int(page.tilewidth))
+        count = len(page.dataoffsets)
+        for start in range(0, count, per_row):
+            row = list(range(start, min(count, start + per_row)))
+            yield from self._read_tiles(row).items()
 
     def close(self) -> None:
         self._tiff.close()

@@ -11,7 +11,6 @@ the contact sheet for ``store``. Nothing here imports Airflow.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 from itertools import groupby
 from typing import Any
 
-from tilescope.errors import ConfigError, StorageError
+from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.limits import RunLimits, positive_int_env
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
@@ -34,7 +33,14 @@ from tilescope.readers.base import ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.slicing import DEFAULT_MIN_SLICES_PER_REGION, SlicePlan
-from tilescope.storage import RangedS3File, is_s3_uri, parse_s3_uri, read_bytes, write_bytes
+from tilescope.storage import (
+    is_s3_uri,
+    parse_s3_uri,
+    read_bytes,
+    read_head,
+    sha256_hex,
+    write_bytes,
+)
 from tilescope.video.contact_sheet import pack_cells, render_contact_sheet, unpack_cells
 from tilescope.video.decoder import VideoSource
 from tilescope.video.pipeline import analyze_unit, sample_video, synthesize_video
@@ -51,15 +57,10 @@ WHOLE_FRAME_BYTES = 64 << 20
 def video_container(uri: str, client: Any = None, size: int | None = None) -> str | None:
     """The object's video container from its first bytes (one ranged GET), or ``None``.
     ``size`` (if known) saves a HEAD request."""
-    if is_s3_uri(uri):
-        head = RangedS3File(uri, client, size=size).read(SNIFF_BYTES)
-    else:
-        try:
-            with open(uri, "rb") as handle:
-                head = handle.read(SNIFF_BYTES)
-        except OSError:
-            return None  # missing: the image path reports it as it always has
-    return sniff_video(head)
+    try:
+        return sniff_video(read_head(uri, SNIFF_BYTES, client, size=size))
+    except BadImageError:
+        return None  # missing: the image path reports it as it always has
 
 
 def frame_uri(frames_prefix: str, frame_index: int) -> str:
@@ -78,7 +79,7 @@ def local_copy(uri: str, client: Any) -> Iterator[tuple[str, str]]:
     """``(path, sha256)`` of the object as a local file: an ``s3://`` object is downloaded
     once to a temporary file (deleted afterwards); a local path is used in place."""
     if not is_s3_uri(uri):
-        yield uri, _sha256_file(uri)
+        yield uri, sha256_hex(uri)
         return
     loc = parse_s3_uri(uri)
     with tempfile.NamedTemporaryFile(suffix=".video",
@@ -87,15 +88,7 @@ def local_copy(uri: str, client: Any) -> Iterator[tuple[str, str]]:
             client.download_file(loc.bucket, loc.key, tmp.name)
         except Exception as exc:
             raise StorageError(f"downloading {uri} failed: {exc}") from exc
-        yield tmp.name, _sha256_file(tmp.name)
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        yield tmp.name, sha256_hex(tmp.name)
 
 
 def prepare_video(uri: str, params: InferenceParams, *, container: str, client: Any,
