@@ -14,6 +14,7 @@ from PIL import Image
 
 from tilescope.errors import BadImageError, ImageTooLargeError
 from tilescope.readers import PillowReader, TiffReader, open_image, reader_for_bytes
+from tilescope.readers.base import downscale
 from tilescope.slicing import Box
 
 
@@ -209,6 +210,37 @@ def test_tiled_tiff_16_bit_grey_and_thumbnail() -> None:
     assert out.dtype == np.uint8 and out.shape == (256, 256, 3)
     assert np.array_equal(out[:, :, 0], (grey >> 8).astype(np.uint8))
     assert reader.thumbnail(64).shape == (64, 64, 3)
+
+
+def pyramid_tiff(pixels: np.ndarray, *, sub_ifds: bool) -> bytes:
+    """A tiled pyramid: full resolution plus ½ and ¼ levels, stored either as SubIFDs
+    (whole-slide/OME style) or as reduced-resolution pages after it (COG style)."""
+    out = io.BytesIO()
+    with tifffile.TiffWriter(out) as tif:
+        tif.write(pixels, tile=(64, 64), photometric="rgb", compression="zstd",
+                  **({"subifds": 2} if sub_ifds else {}))
+        for step in (2, 4):
+            level = downscale(pixels, max(pixels.shape[:2]) // step)  # averaged, as scanners do
+            tif.write(level, tile=(64, 64), photometric="rgb", compression="zstd",
+                      subfiletype=1)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("sub_ifds", [True, False], ids=["subifds", "reduced-pages"])
+def test_pyramidal_tiff_thumbnail_reads_a_reduced_level(sub_ifds: bool) -> None:
+    pixels = np.tile(gradient(), (8, 8, 1))  # 512 × 384: 8 × 6 tiles at full resolution
+    reader = reader_for_bytes(pyramid_tiff(pixels, sub_ifds=sub_ifds))
+    assert (reader.width, reader.height) == (512, 384) and reader.header.tiled
+    assert np.array_equal(reader.read(Box(100, 50, 300, 200)), pixels[50:200, 100:300])
+    before = reader.tiles_read
+    thumb = reader.thumbnail(120)  # the ¼ level (128 × 96) still has the detail: 2 × 2 tiles
+    assert thumb.shape == (90, 120, 3)
+    assert reader.tiles_read - before == 4
+    expected = downscale(pixels, 120).astype(int)
+    assert np.abs(thumb.astype(int) - expected).mean() < 2
+    before = reader.tiles_read
+    assert reader.thumbnail(300).shape == (225, 300, 3)  # the ½ level (256 × 192) is too small
+    assert reader.tiles_read - before == 48
 
 
 def test_strip_tiff_falls_back_to_full_decode() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -54,10 +54,11 @@ class TiffReader(ImageReader):
                                   mode=f"{page.dtype}x{page.samplesperpixel}",
                                   frames=len(self._tiff.pages), tiled=self._tiled)
 
-    def _read_tiles(self, indices: list[int]) -> dict[int, bytes]:
-        """The encoded bytes of ``indices``; a run of tiles stored back to back (one tile row
-        of a tiled TIFF, usually) is fetched with one read — one ranged GET over S3."""
-        page = self._page
+    def _read_tiles(self, indices: list[int], page: Any = None) -> dict[int, bytes]:
+        """The encoded bytes of ``indices`` of ``page`` (default: full resolution); a run of
+        tiles stored back to back (one tile row, usually) is fetched with one read — one
+        ranged GET over S3."""
+        page = page or self._page
         handle = self._tiff.filehandle
         offsets, counts = page.dataoffsets, page.databytecounts
         start = min(offsets[i] for i in indices)
@@ -72,11 +73,13 @@ class TiffReader(ImageReader):
             out[i] = handle.read(counts[i])
         return out
 
-    def _decode_tile(self, index: int, data: bytes | None = None) -> tuple[np.ndarray, int, int]:
-        """Tile ``index`` as (pixels, x, y) — pixels cropped to the image at the edges."""
-        page = self._page
+    def _decode_tile(self, index: int, data: bytes | None = None,
+                     page: Any = None) -> tuple[np.ndarray, int, int]:
+        """Tile ``index`` of ``page`` (default: full resolution) as (pixels, x, y) — pixels
+        cropped to the page at the edges."""
+        page = page or self._page
         if data is None:
-            data = self._read_tiles([index])[index]
+            data = self._read_tiles([index], page)[index]
         try:
             segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as exc:
@@ -84,7 +87,7 @@ class TiffReader(ImageReader):
         self.tiles_read += 1
         y, x = int(indices[2]), int(indices[3])
         tile = segment[0]
-        return tile[: self.height - y, : self.width - x], x, y
+        return tile[: int(page.imagelength) - y, : int(page.imagewidth) - x], x, y
 
     def read(self, box: Box) -> np.ndarray:
         box = clip_box(box, self.width, self.height)
@@ -125,14 +128,18 @@ class TiffReader(ImageReader):
     def thumbnail(self, max_side: int) -> np.ndarray:
         if not self._tiled:
             return downscale(self._read_full(), max_side)
-        # Downscale tile by tile so a gigapixel image never sits in memory whole.
+        # Downscale tile by tile so a gigapixel image never sits in memory whole, from the
+        # coarsest pyramid level that still has the detail (whole-slide scans and COGs carry
+        # reduced levels: a thumbnail then reads a few tiles, not the whole image).
         import cv2
 
-        scale = min(1.0, max_side / max(self.width, self.height))
-        out_w, out_h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        out_w = max(1, round(self.width * min(1.0, max_side / max(self.width, self.height))))
+        out_h = max(1, round(self.height * min(1.0, max_side / max(self.width, self.height))))
+        page = self._thumbnail_level(max(out_w, out_h))
+        scale = out_w / int(page.imagewidth)
         out = np.zeros((out_h, out_w, 3), np.uint8)
-        for index, encoded in self._all_tiles():
-            tile, x, y = self._decode_tile(index, encoded)
+        for index, encoded in self._all_tiles(page):
+            tile, x, y = self._decode_tile(index, encoded, page)
             x1, y1 = round(x * scale), round(y * scale)
             x2 = min(out_w, round((x + tile.shape[1]) * scale))
             y2 = min(out_h, round((y + tile.shape[0]) * scale))
@@ -141,15 +148,33 @@ class TiffReader(ImageReader):
                                                interpolation=cv2.INTER_AREA)
         return out
 
-    def _all_tiles(self) -> Iterator[tuple[int, bytes]]:
+    def _all_tiles(self, page: Any) -> Iterator[tuple[int, bytes]]:
         """Every tile's encoded bytes, fetched a tile row at a time (one ranged GET per row
         over S3, not one per tile) and never more than one row held."""
-        page = self._page
-        per_row = math.ceil(self.width / int(page.tilewidth))
+        per_row = math.ceil(int(page.imagewidth) / int(page.tilewidth))
         count = len(page.dataoffsets)
         for start in range(0, count, per_row):
             row = list(range(start, min(count, start + per_row)))
-            yield from self._read_tiles(row).items()
+            yield from self._read_tiles(row, page).items()
+
+    def _thumbnail_level(self, side: int) -> Any:
+        """The smallest tiled pyramid level of the first series still ≥ ``side`` px along the
+        image's long side (the full-resolution page when there is no such level)."""
+        best = self._page
+        try:
+            series = self._tiff.series[0]
+            if tuple(series.levels[0].keyframe.shape[:2]) != (self.height, self.width):
+                return best  # the first series is not this page's pyramid
+            levels = [level.keyframe for level in series.levels[1:]]
+        except Exception:  # an odd layout: the full-resolution page always works
+            return best
+        for page in levels:
+            long_side = max(int(page.imagewidth), int(page.imagelength))
+            usable = (page.is_tiled and page.planarconfig == 1 and page.imagedepth == 1
+                      and page.samplesperpixel == self._page.samplesperpixel)
+            if usable and side <= long_side < max(int(best.imagewidth), int(best.imagelength)):
+                best = page
+        return best
 
     def close(self) -> None:
         self._tiff.close()
