@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, printed as ratios measured in the same run.
 
     python bench/run.py [--size 8192] [--merge-sizes 10000 100000 300000] [--burst 1000]
-                        [--quick]
+                        [--memory-sizes 4096 8192 16384] [--skip-scale] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=8192, help="mosaic side for end to end")
     parser.add_argument("--merge-sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
     parser.add_argument("--burst", type=int, default=1000, help="images in the arrival burst")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--skip-scale", action="store_true",
+                        help="skip the region sweep and the 50,000-slice run (~35 min)")
     parser.add_argument("--quick", action="store_true", help="small sizes (CI-sized)")
     args = parser.parse_args()
     size = 2048 if args.quick else args.size
@@ -32,6 +35,16 @@ def main() -> int:
     print(f"\n== the DAG through the real scheduler: {dag_size}×{dag_size} mosaic ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "dag_bench.py"), "--size", str(dag_size)],
                    check=True)
+    memory_sizes = [2048, 4096] if args.quick else args.memory_sizes
+    print(f"\n== peak RSS of preprocess and of one analyze task: {memory_sizes} ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "memory_bench.py"), "--sizes",
+                    *map(str, memory_sizes)], check=True)
+    if not args.skip_scale:
+        scale = (["--regions", "9", "64", "--sweep-slices", "16", "--big-side", "4096"]
+                 if args.quick else [])
+        print("\n== scale: overhead at 9/64/400/1,000 regions, a 50,000-slice run ==",
+              flush=True)
+        subprocess.run([sys.executable, str(HERE / "scale_bench.py"), *scale], check=True)
     burst = 50 if args.quick else args.burst
     print(f"\n== a burst of {burst} arrivals through s3_arrivals ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "burst_bench.py"), "--count", str(burst)],
