@@ -216,6 +216,8 @@ def main() -> int:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--pool-slots", type=int, default=2)
     parser.add_argument("--probe-every", type=float, default=20.0)
+    parser.add_argument("--score-threshold", type=float, default=0.3,
+                        help="the run's score threshold (lower: more boxes to merge)")
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--child-model")
     args = parser.parse_args()
@@ -223,8 +225,10 @@ def main() -> int:
         child_model(args.child_model, args.slice)
         return 0
 
-    report: dict[str, Any] = {"slice": args.slice, "pool_slots": args.pool_slots}
-    conf = {"slice_size": str(args.slice), "overlap": OVERLAP}  # the Params form: a string
+    report: dict[str, Any] = {"slice": args.slice, "pool_slots": args.pool_slots,
+                              "score_threshold": args.score_threshold}
+    conf = {"slice_size": str(args.slice), "overlap": OVERLAP,  # the Params form: a string
+            "score_threshold": args.score_threshold}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         sweep_side = side_for(args.sweep_slices, args.slice)

@@ -12,9 +12,11 @@ from tilescope.slicing import (
     MAX_MAP_LENGTH,
     Region,
     auto_grid,
+    from_runs,
     parse_grid,
     plan_slices,
     sahi_auto_slice_params,
+    to_runs,
 )
 
 SIZES = [(1352, 900), (416, 416), (300, 200), (8192, 8192), (1000, 417), (5000, 333),
@@ -114,6 +116,26 @@ def test_plan_of_50k_slices_is_small_json() -> None:
     assert plan.slice_count > 50_000
     assert len(plan.regions) <= MAX_MAP_LENGTH
     assert len(json.dumps([r.to_dict() for r in plan.regions])) < 1_000_000
+
+
+@pytest.mark.parametrize("values", [(), (5,), (0, 128), (0, 128, 256, 300),
+                                    (0, 10, 20, 30, 35), (3, 3, 3), (9, 4, 100, 101, 102)])
+def test_slice_starts_travel_as_arithmetic_runs(values: tuple[int, ...]) -> None:
+    assert from_runs(to_runs(values)) == values
+    assert len(to_runs((0, 128, 256, 384, 412))) == 2  # evenly spaced + SAHI's shifted last
+
+
+def test_region_list_xcom_grows_by_about_200_bytes_a_region() -> None:
+    """The list Airflow maps over is the one XCom that grows with the region count."""
+    import json
+
+    plan = plan_slices(28704, 28704, 160, 160, 32, 32)  # 50,176 slices, auto grid
+    regions = [r.to_dict() for r in plan.regions]
+    assert [Region.from_dict(d) for d in regions] == list(plan.regions)
+    assert len(json.dumps(regions)) < 220 * len(regions) < 64 * 1024
+    legacy = {**regions[0], "xs": list(plan.regions[0].xs), "ys": list(plan.regions[0].ys)}
+    del legacy["x_runs"], legacy["y_runs"]
+    assert Region.from_dict(legacy) == plan.regions[0]  # explicit lists are still read
 
 
 @pytest.mark.parametrize(("text", "expected"), [("auto", None), (None, None), ("3x4", (3, 4)),
