@@ -98,7 +98,8 @@ def child_model(image: str, slice_px: int) -> None:
 class Probe:
     """Times the Airflow UI's grid endpoints and the viewer's live state on a thread."""
 
-    def __init__(self, base_url: str, token: str, run_id: str, every: float) -> None:
+    def __init__(self, base_url: str, token: str, run_id: str, every: float,
+                 regions: int) -> None:
         from urllib.parse import quote
 
         run = quote(run_id, safe="")
@@ -108,7 +109,8 @@ class Probe:
             "grid task summaries": f"/ui/grid/ti_summaries/tiled_inference?run_ids={run}",
             "mapped task list (50)": f"/api/v2/dags/tiled_inference/dagRuns/{run}/"
                                      f"taskInstances/analyze/listMapped?limit=50",
-            "viewer live states": f"/tilescope/api/dags/tiled_inference/runs/{run}/states",
+            "viewer live states": f"/tilescope/api/dags/tiled_inference/runs/{run}/states"
+                                  f"?regions={regions}",
         }
         self.base_url, self.token, self.every = base_url.rstrip("/"), token, every
         self.samples: dict[str, list[float]] = {name: [] for name in self.paths}
@@ -122,6 +124,9 @@ class Probe:
         started = time.perf_counter()
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
+            kind = response.headers.get("Content-Type", "")
+        if "json" not in kind:  # the UI's HTML fallback answers unknown paths with 200
+            raise ValueError(f"{path} answered {kind!r}, not JSON")
         return time.perf_counter() - started
 
     def sample_once(self) -> None:
@@ -155,7 +160,7 @@ class Probe:
 
 
 def run_once(stack: Any, uri: str, conf: dict, probe_every: float | None = None,
-             ) -> dict[str, Any]:
+             regions: int = 0) -> dict[str, Any]:
     """Trigger one ``tiled_inference`` run and wait; wall time, task counts, task timings."""
     from tilescope.stack.provision import paged, trigger, wait_for_run
 
@@ -164,7 +169,7 @@ def run_once(stack: Any, uri: str, conf: dict, probe_every: float | None = None,
     run_id = run["dag_run_id"]
     probe = None
     if probe_every:
-        probe = Probe(stack.airflow.base_url, stack.api.token, run_id, probe_every)
+        probe = Probe(stack.airflow.base_url, stack.api.token, run_id, probe_every, regions)
         probe.__enter__()
     try:
         state = wait_for_run(stack.api, "tiled_inference", run_id, timeout=4 * 3600)
@@ -225,6 +230,8 @@ def main() -> int:
         child_model(args.child_model, args.slice)
         return 0
 
+    from tilescope.slicing import plan_slices
+
     report: dict[str, Any] = {"slice": args.slice, "pool_slots": args.pool_slots,
                               "score_threshold": args.score_threshold}
     conf = {"slice_size": str(args.slice), "overlap": OVERLAP,  # the Params form: a string
@@ -271,8 +278,10 @@ def main() -> int:
                 started = time.perf_counter()
                 stack.s3.upload_file(str(big_image), BUCKET, key)
                 print(f"big image uploaded in {time.perf_counter() - started:.0f}s", flush=True)
+                expected = plan_slices(args.big_side, args.big_side, args.slice, args.slice,
+                                       int(args.slice * OVERLAP), int(args.slice * OVERLAP))
                 row = run_once(stack, f"s3://{BUCKET}/{key}", {**conf, "grid": "auto"},
-                               probe_every=args.probe_every)
+                               probe_every=args.probe_every, regions=len(expected.regions))
                 if row["state"] != "success":
                     print(f"big run ended {row['state']}")
                     return 1

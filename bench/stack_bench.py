@@ -54,7 +54,7 @@ def bench_stack(tmp: Path, *, pool_slots: int, dags: tuple[str, ...],
                 env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_url
             (port,) = free_ports(1)
             airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
-                                   extra_env=env)
+                                   plugins_folder=REPO / "plugins", extra_env=env)
             with serving(airflow, dags=dags, pool_slots=pool_slots, timeout=300) as api:
                 yield BenchStack(airflow, api, seaweed.client(), catalog,
                                  "postgresql" if metadata_url else "sqlite")
