@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
+from e2e_bench import measure  # bench/ is on sys.path when run as a script
+from stack_bench import BUCKET, bench_stack
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,8 +59,8 @@ def main() -> int:
         if state != "success":
             print(f"run ended {state}")
             return 1
-        model = _measure("model", image)
-        sahi = _measure("sahi", image)
+        model = measure("model", image)
+        sahi = measure("sahi", image)
     overhead = (wall - model["wall"]) / wall
     summary = {"size": args.size, "regions": regions, "slices": model["slices"],
                "pool_slots": args.pool_slots, "dag_wall_s": round(wall, 2),
@@ -92,13 +92,6 @@ def _print_timeline(dag_run: dict, tis: list[dict]) -> None:
               f"{at(ti.get('end_date')):8.1f}"
               f"{at(ti.get('end_date')) - at(ti.get('start_date')):8.1f}")
     print(f"{'run':22}{'':8}{0.0:8.1f}{at(dag_run.get('end_date')):8.1f}")
-
-
-def _measure(side: str, image: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE / "e2e_bench.py"), "--child", side,
-                           "--image", str(image)], capture_output=True, text=True, check=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
 
 
 if __name__ == "__main__":

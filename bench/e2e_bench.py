@@ -102,7 +102,7 @@ def run_sahi(image: str) -> dict:
             "categories": [p.category.id for p in preds]}
 
 
-def run_model_only(image: str) -> dict:
+def run_model_only(image: str, slice_px: int = SLICE) -> dict:
     """The limit: the model alone over every slice (pixels already decoded and cut)."""
     from tilescope.models import load_model
     from tilescope.readers import open_image
@@ -110,8 +110,8 @@ def run_model_only(image: str) -> dict:
 
     reader, _ = open_image(image)
     pixels = reader.read_all()
-    overlap = int(SLICE * OVERLAP)
-    plan = plan_slices(reader.width, reader.height, SLICE, SLICE, overlap, overlap)
+    overlap = int(slice_px * OVERLAP)
+    plan = plan_slices(reader.width, reader.height, slice_px, slice_px, overlap, overlap)
     views = [pixels[s.y1:s.y2, s.x1:s.x2] for s in plan.slices()]
     model = load_model("nanodet-coco", score_threshold=0.4)
     started = time.perf_counter()
@@ -140,17 +140,23 @@ def agreement(a: dict, b: dict) -> float:
     return matched / len(a["boxes"])
 
 
-def child(side: str, image: str) -> None:
+def child(side: str, image: str, slice_px: int = SLICE) -> None:
     from tilescope.stack.procs import peak_rss_mb
 
-    result = {"tilescope": run_tilescope, "sahi": run_sahi, "model": run_model_only}[side](image)
+    if side == "model":
+        result = run_model_only(image, slice_px)
+    else:  # the SAHI comparison is fixed at SLICE
+        result = {"tilescope": run_tilescope, "sahi": run_sahi}[side](image)
     result["peak_rss_mb"] = peak_rss_mb()  # VmHWM, not the parent-inherited ru_maxrss
     print("RESULT " + json.dumps(result))
 
 
-def measure(side: str, image: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", side, "--image", image],
-                          capture_output=True, text=True, check=True)
+def measure(side: str, image: str, slice_px: int = SLICE) -> dict:
+    """``side`` (tilescope, sahi or model) on ``image`` in its own process: its own peak RSS.
+    Also what the DAG, memory and scale benchmarks compare against."""
+    proc = subprocess.run([sys.executable, __file__, "--child", side, "--image", str(image),
+                           "--slice", str(slice_px)], capture_output=True, text=True,
+                          check=True)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
@@ -160,9 +166,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--image")
     parser.add_argument("--child", choices=["tilescope", "sahi", "model"])
+    parser.add_argument("--slice", type=int, default=SLICE, help="slice side (model only)")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.image)
+        child(args.child, args.image, args.slice)
         return
     with tempfile.TemporaryDirectory() as tmp:
         image = args.image or str(build_image(args.size, Path(tmp)))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
+from e2e_bench import OVERLAP, measure  # bench/ is on sys.path when run as a script
+from stack_bench import BUCKET, bench_stack
 
 #: region count → grid (rows × cols); each needs at least that many slices along its sides
 GRIDS = {9: "3x3", 64: "8x8", 400: "20x20", 1000: "25x40"}
-OVERLAP = 0.2
 
 
 def side_for(slices_per_side: int, slice_px: int) -> int:
@@ -67,32 +66,6 @@ def write_tiled_mosaic(path: Path, side: int, tile_px: int = 512) -> None:
     tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8,
                      tile=(tile_px, tile_px), photometric="rgb", compression="zstd",
                      compressionargs={"level": 1}, maxworkers=2)
-
-
-def model_only(image: Path, slice_px: int) -> dict:
-    """The model alone over every slice of ``image`` (in a subprocess, like the other side)."""
-    proc = subprocess.run([sys.executable, __file__, "--child-model", str(image),
-                           "--slice", str(slice_px)], capture_output=True, text=True,
-                          check=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
-
-
-def child_model(image: str, slice_px: int) -> None:
-    from tilescope.models import load_model
-    from tilescope.readers import open_image
-    from tilescope.slicing import plan_slices
-
-    reader, _ = open_image(image)
-    pixels = reader.read_all()
-    overlap = int(slice_px * OVERLAP)
-    plan = plan_slices(reader.width, reader.height, slice_px, slice_px, overlap, overlap)
-    views = [pixels[s.y1:s.y2, s.x1:s.x2] for s in plan.slices()]
-    model = load_model("nanodet-coco")
-    started = time.perf_counter()
-    model.predict(views)
-    print("RESULT " + json.dumps({"wall": time.perf_counter() - started,
-                                  "slices": len(views)}))
 
 
 class Probe:
@@ -224,11 +197,7 @@ def main() -> int:
     parser.add_argument("--score-threshold", type=float, default=0.3,
                         help="the run's score threshold (lower: more boxes to merge)")
     parser.add_argument("--json", help="write every measurement to this file")
-    parser.add_argument("--child-model")
     args = parser.parse_args()
-    if args.child_model:
-        child_model(args.child_model, args.slice)
-        return 0
 
     from tilescope.slicing import plan_slices
 
@@ -241,7 +210,7 @@ def main() -> int:
         sweep_side = side_for(args.sweep_slices, args.slice)
         sweep_image = tmp_path / f"sweep-{sweep_side}.tif"
         write_tiled_mosaic(sweep_image, sweep_side)
-        limit = model_only(sweep_image, args.slice)
+        limit = measure("model", sweep_image, args.slice)
         per_slice = limit["wall"] / limit["slices"]
         report["sweep"] = {"side": sweep_side, "slices": limit["slices"],
                            "model_only_s": round(limit["wall"], 1),
