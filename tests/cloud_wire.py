@@ -237,3 +237,13 @@ class AsyncInferenceEndpoint:
     def close(self) -> None:
         self._closed.set()
         self._writer.shutdown(wait=True, cancel_futures=True)
+
+
+def detections_body(model: Any, pixels: Any) -> dict[str, Any]:
+    """``model``'s detections of one slice as a model server answers the ``http`` backend
+    (``{"detections": [{"box", "score", "label"}]}``): a local server running a real model."""
+    (dets,) = model.predict([pixels])
+    return {"detections": [
+        {"box": b, "score": s, "label": model.category_names[c]} for b, s, c in
+        zip(dets.boxes.tolist(), dets.scores.tolist(), dets.category_ids.tolist(),
+            strict=True)]}

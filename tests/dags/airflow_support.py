@@ -1,6 +1,8 @@
 """Start the real Airflow components for a test (LocalExecutor unless asked otherwise, on
 free ports, in a temp dir), wired to the test's S3 server and a SQLite catalog; always
-stopped afterwards. Also: task instance intervals from the metadata DB, and their overlap."""
+stopped afterwards. Also: task instance intervals from the metadata DB (their overlap:
+``intervals.max_overlap``), and the embedded model's detections of an
+image to compare a backend's run with."""
 
 from __future__ import annotations
 
@@ -100,13 +102,21 @@ def task_intervals(db_url: str, run_id: str, task_id: str = "analyze",
     return [TaskInterval(i, host or "", moment(s), moment(e)) for i, host, s, e in rows]
 
 
-def max_overlap(intervals: Iterable[tuple[datetime, datetime]]) -> int:
-    """Most intervals running at one instant (an end at t does not overlap a start at t)."""
-    spans = list(intervals)
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
-                    key=lambda e: (e[0], e[1]))
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
+def embedded_detections(data: bytes, uri: str, model: Any, params: Any) -> list[dict]:
+    """The detection records of image ``data`` run through ``model`` in this process (the
+    CLI's path), to compare a DAG run through a remote backend with."""
+    import hashlib
+
+    from tilescope.pipeline import run_image
+    from tilescope.readers import reader_for_bytes
+    from tilescope.results import ImageInfo
+
+    reader = reader_for_bytes(data)
+    info = ImageInfo(uri, reader.width, reader.height, hashlib.sha256(data).hexdigest(),
+                     reader.header.format, len(data))
+    return run_image(reader, info, params, model).to_dict()["detections"]
+
+
+def detection_keys(records: Iterable[dict]) -> list[tuple]:
+    """Detection records as sorted (class, box, score) tuples: equal lists, equal results."""
+    return sorted((r["category_name"], r["bbox"], r["score"]) for r in records)

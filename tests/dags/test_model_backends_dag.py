@@ -7,23 +7,20 @@ shows a blocked image: quarantined, not analysed, recorded as a ``blocked`` resu
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cloud_wire import LocalServer, Reply, aws_connection
+from airflow_support import detection_keys, embedded_detections
+from cloud_wire import LocalServer, Reply, aws_connection, detections_body
 from PIL import Image
 
 from tilescope.catalog import connect, find_results
 from tilescope.claims import claim, status_of
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.params import InferenceParams
-from tilescope.pipeline import run_image
-from tilescope.readers import reader_for_bytes
-from tilescope.results import ImageInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]
 BUCKET = "tilescope"
@@ -42,11 +39,7 @@ def servers(nanodet, airflow_env, monkeypatch):
 
     def detect(request) -> Reply:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(request.json()["image"]))))
-        (dets,) = nanodet.predict([pixels])
-        return Reply(200, {"detections": [
-            {"box": b, "score": s, "label": nanodet.category_names[c]} for b, s, c in
-            zip(dets.boxes.tolist(), dets.scores.tolist(), dets.category_ids.tolist(),
-                strict=True)]})
+        return Reply(200, detections_body(nanodet, pixels))
 
     def converse(request) -> Reply:
         return Reply(200, {"output": {"message": {"role": "assistant",
@@ -119,15 +112,8 @@ def test_contract_cloud_backends_end_to_end(dag, servers, sample, nanodet):
 
     # The same image through the embedded model in one process: the same detections.
     params = InferenceParams(grid="2x2", slice_size=416, score_threshold=0.3)
-    reader = reader_for_bytes(data)
-    info = ImageInfo(conf["image_uri"], reader.width, reader.height,
-                     hashlib.sha256(data).hexdigest(), "JPEG", len(data))
-    local = run_image(reader, info, params, nanodet).to_dict()["detections"]
-
-    def key(record):
-        return record["category_name"], record["bbox"], record["score"]
-
-    assert sorted(map(key, doc["detections"])) == sorted(map(key, local))
+    local = embedded_detections(data, conf["image_uri"], nanodet, params)
+    assert detection_keys(doc["detections"]) == detection_keys(local)
     assert doc["summary"]["counts"]["person"] >= 10
     coco = read_json(s3, row["result_keys"]["coco"])
     names = {c["id"]: c["name"] for c in coco["categories"]}

@@ -7,19 +7,16 @@ embedded model's."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from cloud_wire import AsyncInferenceEndpoint, LocalServer, aws_connection
+from airflow_support import detection_keys, embedded_detections
+from cloud_wire import AsyncInferenceEndpoint, LocalServer, aws_connection, detections_body
 
 from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.params import InferenceParams
-from tilescope.pipeline import run_image
-from tilescope.readers import reader_for_bytes
-from tilescope.results import ImageInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]
 BUCKET = "tilescope"
@@ -37,11 +34,7 @@ def endpoint(nanodet, airflow_env, monkeypatch):
     """The asynchronous endpoint (NanoDet behind it), its bucket and the run's connections."""
 
     def detect(pixels) -> dict:
-        (dets,) = nanodet.predict([pixels])
-        return {"detections": [
-            {"box": b, "score": s, "label": nanodet.category_names[c]} for b, s, c in
-            zip(dets.boxes.tolist(), dets.scores.tolist(), dets.category_ids.tolist(),
-                strict=True)]}
+        return detections_body(nanodet, pixels)
 
     s3_client = airflow_env["client"]
     s3_client.create_bucket(Bucket=ASYNC_BUCKET)
@@ -113,13 +106,6 @@ def test_contract_sagemaker_async_regions_defer_and_match_the_embedded_model(
 
     # The same image through the embedded model in one process: the same detections.
     params = InferenceParams(grid="2x2", slice_size=416, score_threshold=0.3)
-    reader = reader_for_bytes(data)
-    info = ImageInfo(conf["image_uri"], reader.width, reader.height,
-                     hashlib.sha256(data).hexdigest(), "JPEG", len(data))
-    local = run_image(reader, info, params, nanodet).to_dict()["detections"]
-
-    def key(record):
-        return record["category_name"], record["bbox"], record["score"]
-
-    assert sorted(map(key, doc["detections"])) == sorted(map(key, local))
+    local = embedded_detections(data, conf["image_uri"], nanodet, params)
+    assert detection_keys(doc["detections"]) == detection_keys(local)
     assert doc["summary"]["counts"]["person"] >= 10

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from airflow_support import (
     connection_env,
-    max_overlap,
     model_plugin,
     running_airflow,
     task_intervals,
 )
+from intervals import max_overlap
 from PIL import Image
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from intervals import max_overlap
 
 from tilescope.stack import procs, provision
 from tilescope.stack.airflow_stack import AirflowStack
@@ -110,17 +111,6 @@ def pool_probe():
 
 pool_probe()
 """
-
-
-def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
-    """Most intervals running at one instant (an end at t does not overlap a start at t)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
-                    key=lambda e: (e[0], e[1]))
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
 
 
 def test_max_overlap() -> None:
