@@ -49,3 +49,22 @@ def blob_endpoint(s3_client: Any, s3_server: str, monkeypatch: Any,
         finally:
             server.handler.close()  # the test may have swapped in another endpoint
             endpoint.close()
+
+
+def prepared_blobs(s3_client: Any, params: Any, *, width: int, height: int, count: int,
+                   seed: int, run: str) -> dict[str, Any]:
+    """A blob image put under ``incoming/`` and prepared as preprocess does (256-px slices):
+    the ``prepared`` dict the deferred path's tests start from."""
+    import io
+
+    from blob_model import blob_image
+    from PIL import Image
+
+    from tilescope.steps import prepare
+
+    pixels, _ = blob_image(width, height, count, seed=seed)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    s3_client.put_object(Bucket=BUCKET, Key="incoming/blobs.png", Body=out.getvalue())
+    return prepare(f"s3://{BUCKET}/incoming/blobs.png", params, client=s3_client, run=run,
+                   model_slice_size=256)

@@ -5,21 +5,19 @@ loop, and the finding equal to the synchronous path's — plus clean-up on every
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 
 import pytest
-from async_blobs import BUCKET, INPUT_PREFIX, MODEL_OPTIONS, blob_endpoint
-from blob_model import BrightBlobModel, blob_image
+from async_blobs import BUCKET, INPUT_PREFIX, MODEL_OPTIONS, blob_endpoint, prepared_blobs
+from blob_model import BrightBlobModel
 from cloud_wire import aws_error
-from PIL import Image
 
 from tilescope.deferred import is_deferrable
 from tilescope.errors import ModelRequestError, ModelThrottledError
 from tilescope.models import load_model
 from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger, outcomes_from_event
 from tilescope.params import InferenceParams
-from tilescope.steps import analyze, finish_region, prepare, submit_region
+from tilescope.steps import analyze, finish_region, submit_region
 
 pytestmark = pytest.mark.contract
 PARAMS = InferenceParams(model="sagemaker-async", slice_size=256, overlap=0.2, grid="1x2",
@@ -35,12 +33,8 @@ def endpoint(s3_client, s3_server, monkeypatch):
 @pytest.fixture
 def prepared(endpoint, s3_client):
     """A blob image staged and planned as preprocess does (2 regions of 256-px slices)."""
-    pixels, _ = blob_image(700, 500, 60, seed=3)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    s3_client.put_object(Bucket=BUCKET, Key="incoming/blobs.png", Body=out.getvalue())
-    return prepare(f"s3://{BUCKET}/incoming/blobs.png", PARAMS, client=s3_client,
-                   run="manual__deferred", model_slice_size=256)
+    return prepared_blobs(s3_client, PARAMS, width=700, height=500, count=60, seed=3,
+                          run="manual__deferred")
 
 
 def model(**options):

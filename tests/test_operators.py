@@ -6,23 +6,20 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
-from async_blobs import BUCKET, MODEL_OPTIONS, blob_endpoint
-from blob_model import BrightBlobModel, blob_image
-from PIL import Image
+from async_blobs import MODEL_OPTIONS, blob_endpoint, prepared_blobs
+from blob_model import BrightBlobModel
 
 from tilescope.errors import ModelThrottledError
 from tilescope.models import register_model
 from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger
 from tilescope.operators import DEFER_MARGIN_SECONDS, AnalyzeRegionOperator, region_label
 from tilescope.params import InferenceParams
-from tilescope.steps import prepare
 
 pytestmark = pytest.mark.contract
 
@@ -50,12 +47,8 @@ def endpoint(s3_client, s3_server, monkeypatch):
 
 @pytest.fixture
 def prepared(endpoint, s3_client):
-    pixels, _ = blob_image(500, 600, 40, seed=5)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    s3_client.put_object(Bucket=BUCKET, Key="incoming/blobs.png", Body=out.getvalue())
-    return prepare(f"s3://{BUCKET}/incoming/blobs.png", PARAMS, client=s3_client,
-                   run="manual__operator", model_slice_size=256)
+    return prepared_blobs(s3_client, PARAMS, width=500, height=600, count=40, seed=5,
+                          run="manual__operator")
 
 
 def context(params: InferenceParams, try_number: int = 1) -> dict:
