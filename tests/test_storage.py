@@ -26,6 +26,8 @@ from tilescope.storage import (
 def test_parse_s3_uri() -> None:
     loc = parse_s3_uri("s3://bucket/incoming/a b/ü.jpg")
     assert (loc.bucket, loc.key) == ("bucket", "incoming/a b/ü.jpg")
+    for key in ("incoming/scan #1.png", "incoming/what?.png", "incoming/a%20b;c=d.png"):
+        assert parse_s3_uri(f"s3://bucket/{key}").key == key  # no URL fragment or query
     for bad in ("bucket/key", "s3://bucket", "s3:///key", "http://x/y"):
         with pytest.raises(ConfigError):
             parse_s3_uri(bad)

@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
 
@@ -50,12 +49,16 @@ def is_s3_uri(uri: str) -> bool:
 
 
 def parse_s3_uri(uri: str) -> S3Location:
-    """``s3://bucket/key`` → :class:`S3Location`; anything else is a :class:`ConfigError`."""
-    parsed = urlparse(str(uri))
-    key = parsed.path.lstrip("/")
-    if parsed.scheme != "s3" or not parsed.netloc or not key:
+    """``s3://bucket/key`` → :class:`S3Location`; anything else is a :class:`ConfigError`.
+
+    Split by hand, not with ``urlparse``: an S3 key may hold ``#`` and ``?``, which a URL
+    parser would cut off as fragment and query (``a#1.png`` read as ``a``)."""
+    text = str(uri)
+    bucket, _, key = text.removeprefix("s3://").partition("/")
+    key = key.lstrip("/")
+    if not text.startswith("s3://") or not bucket or not key:
         raise ConfigError(f"expected s3://bucket/key, got {uri!r}")
-    return S3Location(parsed.netloc, key)
+    return S3Location(bucket, key)
 
 
 def resilient_config(override: Any = None) -> Any:
