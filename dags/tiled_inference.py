@@ -36,13 +36,13 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, TriggerRule, dag, get_current_context, task
 
 from tilescope.airflow_adapters import results_asset
 from tilescope.airflow_callbacks import finalize_callbacks, record_failure
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
 from tilescope.operators import AnalyzeRegionOperator
-from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS
+from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS, is_batch
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _POOL = os.getenv("TILESCOPE_POOL", "tilescope")
@@ -52,6 +52,9 @@ _RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS"
 _MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
 
 RESULTS_ASSET = results_asset(_BUCKET)
+#: a batch's store emits one results-asset event per image through this alias
+RESULTS_ALIAS = AssetAlias("tilescope-results")
+_S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 
 
 def _quarantine_claimed(error: Exception) -> None:
@@ -107,8 +110,16 @@ def _params() -> Any:
                   "on_failure_callback": record_failure},
     params={
         "image_uri": Param("s3://tilescope/incoming/kite.jpg", type="string",
-                           pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+",
+                           pattern=_S3_URI,
                            title="Image", description="s3://bucket/key of the image"),
+        "images": Param([], type="array", items={"type": "string", "pattern": _S3_URI},
+                        title="Images (batch)",
+                        description="a batch: s3:// URIs of images, or prefixes ending in / "
+                                    "(every object under them); set, it replaces Image"),
+        "manifest": Param("", type="string", pattern=rf"^$|{_S3_URI}",
+                          title="Manifest (batch)",
+                          description="s3:// URI of a JSON list of images (or one URI per "
+                                      "line); s3_arrivals writes these"),
         "model": Param("nanodet-coco", type="string", title="Model",
                        description="registered model name"),
         "slice_size": Param("model", type="string", pattern=SLICE_SIZE_PATTERN,
@@ -164,6 +175,19 @@ def tiled_inference() -> None:
         # fails, synthesize (all_done) still renders its argument and fails at once, instead
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
+        if is_batch(context["params"]):
+            from tilescope.batch_steps import batch_entries, prepare_batch
+            from tilescope.models.registry import model_slice_seconds
+
+            with task_outcome():
+                params, client = _params(), s3_client()
+                units, prepared = prepare_batch(
+                    batch_entries(context["params"], client=client), params, client=client,
+                    run=context["run_id"], model_slice_size=model_slice_size(params.model),
+                    slice_seconds=model_slice_seconds(params.model), limits=run_limits(),
+                    moderation=_moderation())
+            context["ti"].xcom_push(key="prepared", value=prepared)
+            return units
         with task_outcome(on_bad_input=_quarantine_claimed):
             params = _params()
             model = None
@@ -186,18 +210,37 @@ def tiled_inference() -> None:
             fail("preprocess did not finish: nothing to synthesize")
         params = _params()
         client = s3_client()
+        if prepared.get("batch"):  # every image merged on its own; results in scratch
+            from tilescope.batch_steps import combine_batch
+
+            with task_outcome():
+                return combine_batch(prepared, list(findings[:]), params, params.model,
+                                     client=client, run_started=get_current_context()[
+                                         "dag_run"].start_date.timestamp())
         with task_outcome():
             # findings[:] is one bulk XCom read; failed regions simply have no entry.
             result = combine(prepared, list(findings[:]), params, params.model, client=client,
                              run_started=get_current_context()["dag_run"].start_date.timestamp())
             return save_result(result, prepared["scratch_prefix"], client)
 
-    @task(outlets=[RESULTS_ASSET])
+    @task(outlets=[RESULTS_ASSET, RESULTS_ALIAS])
     def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
         from tilescope.airflow_adapters import catalog_url, s3_client
         from tilescope.steps import store as store_step
 
         context = get_current_context()
+        if prepared.get("batch"):
+            from tilescope.batch_steps import store_batch
+
+            summary, outcomes = store_batch(result_uri, prepared, _params(), client=s3_client(),
+                                            catalog_url=catalog_url(),
+                                            run_id=context["run_id"])
+            extras = [o.asset_extra() for o in outcomes if o.status == "stored"]
+            if extras:  # one event per image: the first as the asset's own, the rest aliased
+                context["outlet_events"][RESULTS_ASSET].extra = extras[0]
+                for extra in extras[1:]:
+                    context["outlet_events"][RESULTS_ALIAS].add(RESULTS_ASSET, extra=extra)
+            return summary
         summary = store_step(result_uri, prepared, _params(), client=s3_client(),
                              catalog_url=catalog_url(), run_id=context["run_id"])
         context["outlet_events"][RESULTS_ASSET].extra = {
@@ -229,6 +272,18 @@ def tiled_inference() -> None:
         from tilescope.intake import settle
 
         context = get_current_context()
+        prepared = context["ti"].xcom_pull(task_ids="preprocess", key="prepared") or {}
+        if prepared.get("batch"):
+            from tilescope.batch_steps import settle_batch
+
+            outcomes = settle_batch(prepared, client=s3_client(),
+                                    engine=catalog_engine(), run_id=context["run_id"])
+            missed = [o for o in outcomes if o.status != "stored"]
+            if missed:
+                listed = "; ".join(f"{o.uri}: {o.status} ({o.error})" for o in missed[:20])
+                fail(f"{len(missed)} of {len(outcomes)} images not stored: {listed}"
+                     + (" …" if len(missed) > 20 else ""))
+            return f"{len(outcomes)} images stored"
         stored = context["ti"].xcom_pull(task_ids="store") is not None
         claim = context["params"].get("claim")
         outcome = "stored" if stored else "failed"

@@ -57,6 +57,17 @@ class AnalyzeRegionOperator(BaseOperator):
         context["region_label"] = region_label(self.region)
         params = _params(context)
         client = s3_client()
+        if self.prepared.get("batch"):  # a work unit (or a video chunk) of a batch run
+            from tilescope.airflow_adapters import run_limits
+            from tilescope.batch_steps import analyze_unit
+            from tilescope.steps import XCOM_BUDGET_BYTES
+
+            with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
+                finding = analyze_unit(self.region, self.prepared, params, model,
+                                       client=client, budget=XCOM_BUDGET_BYTES,
+                                       attempt=int(context["ti"].try_number),
+                                       max_pixels=run_limits().max_pixels)
+            return _observed(finding, self.prepared, context)
         with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
             # A video chunk spans frames: it runs in the worker whatever the model.
             if is_deferrable(model) and not is_video_chunk(self.region):

@@ -23,6 +23,12 @@ _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key
                  "credential")
 
 
+def is_batch(conf: Any) -> bool:
+    """Whether a run's params ask for a batch: ``images`` or a ``manifest`` set (see
+    :mod:`tilescope.batch_steps`); otherwise the run is one ``image_uri``."""
+    return bool(conf.get("images") or conf.get("manifest"))
+
+
 def _check_options(name: str, options: Any) -> dict[str, Any]:
     """A JSON object of backend options, refusing anything that looks like a credential."""
     if options is None:

@@ -26,6 +26,9 @@ class DetectionModel(ABC):
     COCO_CATEGORY_IDS: tuple[int, ...] | None = None
     #: the slice size the model was trained for; used when the caller asks for ``auto``
     preferred_slice_size: int = 640
+    #: seconds of one core per slice (sizes work units; see ``tilescope.units``); remote
+    #: models set what a call costs their caller; ``None``: the default estimate
+    slice_seconds: float | None = None
     #: ``True`` for models that name categories at run time (cloud models answering with
     #: label strings): ``category_names`` then grows as names appear, and each region's
     #: finding carries the names its ids refer to (see ``tilescope.models.vocabulary``)

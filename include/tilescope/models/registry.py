@@ -65,6 +65,13 @@ def model_slice_size(name: str) -> int:
     return int(getattr(model_factory(name), "preferred_slice_size", 640))
 
 
+def model_slice_seconds(name: str) -> float | None:
+    """A model's cost of one slice in seconds of one core (``slice_seconds``), without
+    loading it; ``None`` when it does not say (work units then assume NanoDet's)."""
+    value = getattr(model_factory(name), "slice_seconds", None)
+    return float(value) if value else None
+
+
 def model_categories(name: str) -> list[str]:
     """A fixed-vocabulary model's category names, read from its class (``CATEGORY_NAMES``).
 

@@ -1,0 +1,556 @@
+"""The DAG's task bodies for a *batch* run: many images in one ``tiled_inference`` run.
+
+A batch is a list of images (``images`` Param: ``s3://`` URIs or prefixes ending in ``/``;
+or a ``manifest``: a JSON object ``{"images": [{"uri": ..., "claim": ...}]}``, a JSON list
+of URIs, or one URI per line — what ``s3_arrivals`` writes). Everything an image has in a
+single-image run stays per image: its ``results/<image-id>/<params>/`` keys, catalog row,
+asset event, notification and claim. What changes is what one mapped ``analyze`` task is:
+
+* **preprocess** (:func:`prepare_batch`) plans every image. A small image (at most
+  :data:`WHOLE_MAX_PIXELS`) is read once here to hash it and read its header, and is then
+  read *whole* by the unit that analyzes it — no staging copy. A big image (or a tiled
+  TIFF) is prepared exactly as a single-image run prepares it (:func:`tilescope.steps.prepare`:
+  staged or read in place) and its regions are spread over units. A video is prepared as in
+  a single-image run and its chunks are mapped as they are. The sources' regions are packed
+  into work units (:mod:`tilescope.units`) sized by model cost; the plan of every image goes
+  to ``scratch/batch/<run>/plan.json`` (XComs stay small: the mapped list only names sources
+  by index). An image refused here (not an image, empty, over a budget, blocked) is marked
+  bad with its reason; the others go on.
+* **analyze** (:func:`analyze_unit`) runs one unit; a small image found truncated or corrupt
+  when the unit decodes it is reported bad in the unit's finding, without failing the unit.
+* **synthesize** (:func:`combine_batch`) merges each image's region findings exactly as a
+  single-image run does; ``min_success_ratio`` applies per image (a failed unit fails only the
+  images whose slices it carried).
+* **store** (:func:`store_batch`) writes each stored image's outputs and catalog row, and
+  the per-image outcomes to ``outcomes.json``.
+* **finalize** (:func:`settle_batch`) settles each image's claim: ``processed/``,
+  ``quarantine/`` with its reason, or released for another attempt.
+
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tilescope.errors import (
+    BadImageError,
+    ConfigError,
+    ImageBlockedError,
+    ImageTooLargeError,
+    RegionsFailedError,
+    TilescopeError,
+)
+from tilescope.limits import RunLimits
+from tilescope.models.base import DetectionModel
+from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.moderation import ModerationPolicy
+from tilescope.params import InferenceParams
+from tilescope.pipeline import plan_image, synthesize
+from tilescope.readers import reader_for_bytes
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
+from tilescope.results import ImageInfo, RegionFinding, Result
+from tilescope.slicing import SlicePlan
+from tilescope.storage import (
+    is_s3_uri,
+    object_size,
+    parse_s3_uri,
+    read_bytes,
+    read_head,
+    write_bytes,
+)
+from tilescope.units import (
+    SourcePlan,
+    UnitFinding,
+    WorkUnit,
+    is_work_unit,
+    pack_units,
+    run_unit,
+    unit_slice_budget,
+)
+
+#: images up to this many pixels are read whole by their unit (no staging): 4096² = 16.8 MP,
+#: a 12 MP phone photo decoded is 36 MB
+WHOLE_MAX_PIXELS = 4096 * 4096
+#: S3 requests of one task at once (planning reads, stores, settling moves)
+IO_THREADS = 8
+#: at most this many images in one batch run (each is a row in the plan, an entry in results)
+MAX_BATCH_IMAGES = 10_000
+PLAN_NAME, RESULTS_NAME, OUTCOMES_NAME = "plan.json", "results.json", "outcomes.json"
+STORED, BAD, FAILED = "stored", "bad", "failed"
+
+
+@dataclass
+class BatchItem:
+    """One input object of a batch and what preprocess learned about it."""
+
+    index: int
+    uri: str
+    claim: dict[str, Any] | None = None
+    image: dict[str, Any] | None = None  # ImageInfo.to_dict()
+    plan: dict[str, Any] | None = None  # SlicePlan.summary()
+    #: read whole by its unit; otherwise ``prepared`` is a single-image run's preparation
+    whole: bool = True
+    prepared: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+    #: why the image was refused (it is quarantined with this reason), and the error class
+    bad: str | None = None
+    error_class: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The object's key (what the UI and logs show)."""
+        return parse_s3_uri(self.uri).key if is_s3_uri(self.uri) else self.uri
+
+    @property
+    def video(self) -> bool:
+        return bool(self.prepared and self.prepared.get("video"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchItem:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def batch_entries(params: Mapping[str, Any], *, client: Any) -> list[dict[str, Any]]:
+    """The batch's images as ``[{"uri", "claim"?}]``, in order, each URI once: the
+    ``images`` Param (URIs; a URI ending in ``/`` is a prefix: every object under it) then
+    the ``manifest``'s entries."""
+    entries: list[dict[str, Any]] = []
+    for uri in params.get("images") or []:
+        uri = str(uri).strip()
+        if uri.endswith("/"):
+            entries.extend({"uri": u} for u in _list_prefix(uri, client))
+        elif uri:
+            entries.append({"uri": uri})
+    manifest = str(params.get("manifest") or "").strip()
+    if manifest:
+        entries.extend(parse_manifest(read_bytes(manifest, client), manifest))
+    unique: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if not is_s3_uri(entry["uri"]):
+            raise ConfigError(f"batch images must be s3:// URIs, got {entry['uri']!r}")
+        unique.setdefault(entry["uri"], entry)
+    if not unique:
+        raise ConfigError("the batch is empty: no images in 'images' or the manifest")
+    if len(unique) > MAX_BATCH_IMAGES:
+        raise ConfigError(f"{len(unique):,} images in one batch, over the limit of "
+                          f"{MAX_BATCH_IMAGES:,}: split it into several runs")
+    return list(unique.values())
+
+
+def parse_manifest(data: bytes, name: str = "manifest") -> list[dict[str, Any]]:
+    """Entries of a manifest: ``{"images": [{"uri", "claim"?} | uri]}``, a JSON list, or
+    one URI per line (blank lines and ``#`` comments skipped)."""
+    text = data.decode("utf-8", "replace").strip()
+    if text.startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} is not valid JSON: {exc}") from exc
+        items = doc.get("images", []) if isinstance(doc, dict) else doc
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                out.append({"uri": item})
+            elif isinstance(item, dict) and isinstance(item.get("uri"), str):
+                out.append({"uri": item["uri"], **({"claim": item["claim"]}
+                                                   if item.get("claim") else {})})
+            else:
+                raise ConfigError(f"{name}: each image is a URI or {{'uri': ...}}, got {item!r}")
+        return out
+    return [{"uri": line.strip()} for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _list_prefix(prefix_uri: str, client: Any) -> list[str]:
+    from tilescope.arrivals import list_arrivals
+
+    loc = parse_s3_uri(prefix_uri)
+    return [a.uri for a in list_arrivals(client, loc.bucket, loc.key)]
+
+
+def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
+    """``s3://<bucket of the first image>/scratch/batch/<run>/``."""
+    from tilescope.steps import safe_key_part
+
+    bucket = parse_s3_uri(entries[0]["uri"]).bucket
+    return f"s3://{bucket}/scratch/batch/{safe_key_part(run)}/"
+
+
+def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
+               client: Any, run: str, model_slice_size: int, limits: RunLimits,
+               moderation: ModerationPolicy | None) -> BatchItem:
+    """Check and plan one image of the batch (see the module docstring)."""
+    from tilescope.steps import DEFAULT_MAX_BYTES, gate, prepare
+
+    item = BatchItem(index, entry["uri"], claim=entry.get("claim"))
+    try:
+        size = object_size(item.uri, client)
+        if size == 0:
+            raise BadImageError(f"{item.uri} is empty (0 bytes)")
+        if size > DEFAULT_MAX_BYTES:
+            raise ImageTooLargeError(f"{item.uri} is {size:,} bytes, over the limit of "
+                                     f"{DEFAULT_MAX_BYTES:,}")
+        head = read_head(item.uri, SNIFF_BYTES, client, size=size)
+        small = sniff_format(head) not in (None, "TIFF") and not sniff_video(head)
+        if small and size <= 3 * WHOLE_MAX_PIXELS:
+            data = read_bytes(item.uri, client)
+            reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=item.uri)
+            if reader.width * reader.height <= WHOLE_MAX_PIXELS:
+                with reader:
+                    image = ImageInfo(uri=item.uri, width=reader.width, height=reader.height,
+                                      sha256=hashlib.sha256(data).hexdigest(),
+                                      format=reader.header.format, bytes=size)
+                    plan = plan_image(image.width, image.height, params, model_slice_size,
+                                      max_regions=limits.max_regions)
+                    limits.check_plan(plan)
+                    item.moderation = gate(reader, image, moderation)
+                item.image, item.plan = image.to_dict(), plan.summary()
+                return item
+            reader.close()
+        # big, tiled or a video: prepared exactly as a run of its own would prepare it
+        prepared = prepare(item.uri, params, client=client, run=f"{run}-{index}",
+                           model_slice_size=model_slice_size, moderation=moderation,
+                           limits=limits)
+        item.whole = False
+        item.image, item.plan = prepared["image"], prepared["plan"]
+        item.moderation = prepared.get("moderation")
+        item.prepared = prepared
+    except TilescopeError as exc:
+        if exc.retryable:
+            raise
+        item.bad, item.error_class = str(exc), type(exc).__name__
+        if isinstance(exc, ImageBlockedError):
+            item.image, item.moderation = exc.image, exc.verdict
+    return item
+
+
+def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
+                  client: Any, run: str, model_slice_size: int,
+                  slice_seconds: float | None = None, limits: RunLimits | None = None,
+                  moderation: ModerationPolicy | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Plan every image and pack the work units. Returns ``(items to map over, prepared)``:
+    the mapped items are work units (and a video's chunks); ``prepared`` is small — the plan
+    itself is written to ``<scratch>/plan.json``."""
+    if params.full_image_pass:
+        raise ConfigError("full_image_pass is not supported in batch runs (one image per run)")
+    limits = limits or RunLimits()
+    scratch = batch_scratch(entries, run)
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="plan") as pool:
+        items = list(pool.map(lambda pair: _plan_item(
+            pair[0], pair[1], params, client=client, run=run,
+            model_slice_size=model_slice_size, limits=limits, moderation=moderation),
+            enumerate(entries)))
+    sources, mapped = [], []
+    for item in items:
+        if item.bad:
+            continue
+        if item.video:  # a video's chunks are mapped as in a run of its own
+            for chunk in item.prepared.pop("regions"):  # type: ignore[union-attr]
+                mapped.append({**chunk, "item": item.index,
+                               "name": f"{item.name} {chunk['name']}"})
+            continue
+        if item.prepared:
+            item.prepared.pop("regions", None)
+        sources.append(SourcePlan(item.index, SlicePlan.from_summary(item.plan or {}),
+                                  whole=item.whole))
+    units = pack_units(sources, unit_slice_budget(slice_seconds),
+                       max_units=max(1, limits.max_regions - len(mapped)))
+    by_index = {item.index: item for item in items}
+    for unit in units:
+        mapped.insert(unit.index, {**unit.to_dict(), "name": _unit_label(unit, by_index)})
+    for number, entry in enumerate(mapped):
+        entry["index"] = number
+    write_bytes(scratch + PLAN_NAME, json.dumps(
+        {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
+    prepared = {"batch": {"plan_uri": scratch + PLAN_NAME, "images": len(items),
+                          "bad": sum(1 for i in items if i.bad), "units": len(units)},
+                "scratch_prefix": scratch, "ready_at": time.time()}
+    return mapped, prepared
+
+
+def _unit_label(unit: WorkUnit, items: Mapping[int, BatchItem]) -> str:
+    """``a.jpg`` · ``a.jpg … z.jpg (40 images)`` · ``big.tif r0c1–r1c1``."""
+    sources = unit.sources
+    first, last = items[sources[0]].name, items[sources[-1]].name
+    if len(sources) == 1:
+        part = unit.parts[0]
+        regions = SlicePlan.from_summary(items[sources[0]].plan or {}).regions
+        if items[sources[0]].whole or (part.first == 0 and part.stop == len(regions)):
+            return first
+        return f"{first} {regions[part.first].name}–{regions[unit.parts[-1].stop - 1].name}"
+    return f"{first} … {last} ({len(sources)} images)"
+
+
+def load_items(prepared: Mapping[str, Any], client: Any) -> list[BatchItem]:
+    """The batch's items from its ``plan.json``."""
+    doc = json.loads(read_bytes(prepared["batch"]["plan_uri"], client))
+    return [BatchItem.from_dict(d) for d in doc["items"]]
+
+
+def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
+                 params: InferenceParams, model: DetectionModel, *, client: Any,
+                 budget: int, attempt: int = 1,
+                 max_pixels: int | None = None) -> dict[str, Any]:
+    """One work unit → its finding dict (over ``budget`` bytes: written to scratch and
+    passed as a key). A batch video's chunk runs as in a run of its own."""
+    from tilescope.steps import analyze, open_source
+
+    items = load_items(prepared, client)
+    if not is_work_unit(unit_data):  # a video chunk of the batch
+        item = items[int(unit_data["item"])]
+        video = item.prepared or {}
+        data = analyze(dict(unit_data), video["source_uri"], params, model, client=client,
+                       scratch_prefix=video["scratch_prefix"], attempt=attempt)
+        return {**data, "item": item.index}
+    unit = WorkUnit.from_dict(unit_data)
+    plans = {s: SlicePlan.from_summary(items[s].plan or {}) for s in unit.sources}
+    whole = {s: items[s].whole for s in unit.sources}
+
+    def open_reader(source: int) -> Any:
+        item = items[source]
+        if not item.whole:
+            return open_source((item.prepared or {})["source_uri"], client)
+        data = read_bytes(item.uri, client)
+        if hashlib.sha256(data).hexdigest() != (item.image or {}).get("sha256"):
+            raise BadImageError(f"{item.uri} changed since it was planned (its SHA-256 "
+                                f"differs): not analysed")
+        limit = max_pixels or RunLimits().max_pixels
+        return reader_for_bytes(data, max_pixels=limit, name=item.uri)
+
+    finding = run_unit(unit, plans, whole, open_reader, model, params, attempt=attempt)
+    data = finding.to_dict()
+    data["slice_count"] = unit.slice_count
+    if len(json.dumps(data)) > budget:
+        uri = f"{prepared['scratch_prefix']}findings/unit-{unit.index:04d}.json"
+        write_bytes(uri, json.dumps(data).encode(), "application/json", client)
+        data = {"index": unit.index, "slice_count": unit.slice_count, "attempts": attempt,
+                "seconds": data["seconds"], "finding_uri": uri,
+                "bad": data["bad"]}
+    return data
+
+
+def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
+                   ) -> tuple[dict[int, list[RegionFinding]], dict[int, str],
+                              dict[int, list[dict[str, Any]]]]:
+    """Region findings per source, bad sources, and video chunk results per item."""
+    regions: dict[int, list[RegionFinding]] = {}
+    bad: dict[int, str] = {}
+    chunks: dict[int, list[dict[str, Any]]] = {}
+    for data in findings:
+        if not data:
+            continue
+        if "item" in data:
+            chunks.setdefault(int(data["item"]), []).append(dict(data))
+            continue
+        if data.get("finding_uri"):
+            data = json.loads(read_bytes(data["finding_uri"], client))
+        unit = UnitFinding.from_dict(data)
+        for source, found in unit.findings.items():
+            regions.setdefault(source, []).extend(found)
+        bad.update(unit.bad)
+    return regions, bad, chunks
+
+
+def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
+                  params: InferenceParams, model_name: str, *, client: Any,
+                  run_started: float | None = None) -> str:
+    """Merge each image's findings into its Result (``min_success_ratio`` per image) and
+    write every result and refusal to ``<scratch>/results.json``; returns that URI."""
+    from tilescope.steps import combine
+
+    items = load_items(prepared, client)
+    regions, bad_sources, chunks = _unit_findings(findings, client)
+    entries: list[dict[str, Any]] = []
+    for item in items:
+        entry: dict[str, Any] = {"index": item.index}
+        try:
+            if item.bad:
+                raise _Refused(item.bad, item.error_class or "BadImageError")
+            if item.index in bad_sources:
+                raise _Refused(bad_sources[item.index], "BadImageError")
+            if item.whole:
+                result = synthesize(
+                    ImageInfo.from_dict(item.image or {}),
+                    SlicePlan.from_summary(item.plan or {}), regions.get(item.index, []),
+                    params, model_name=model_name,
+                    category_names=model_categories(model_name),
+                    coco_category_ids=model_coco_ids(model_name), moderation=item.moderation)
+            elif item.video:
+                result = combine(item.prepared or {}, chunks.get(item.index, []), params,
+                                 model_name, client=client)
+            else:
+                result = combine(item.prepared or {},
+                                 [f.to_dict() for f in regions.get(item.index, [])], params,
+                                 model_name, client=client)
+            if run_started is not None:
+                result.seconds["total"] = max(0.0, time.time() - run_started)
+            entry.update(status=STORED, result=result.to_dict())
+        except _Refused as refused:
+            entry.update(status=BAD, error=refused.reason, error_class=refused.error_class)
+        except RegionsFailedError as exc:
+            entry.update(status=FAILED, error=str(exc), error_class=type(exc).__name__)
+        entries.append(entry)
+    uri = prepared["scratch_prefix"] + RESULTS_NAME
+    write_bytes(uri, json.dumps({"results": entries}).encode(), "application/json", client)
+    return uri
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, error_class: str) -> None:
+        super().__init__(reason)
+        self.reason, self.error_class = reason, error_class
+
+
+@dataclass
+class ItemOutcome:
+    """How one image of a batch ended (what finalize settles and notifies)."""
+
+    index: int
+    uri: str
+    status: str
+    image_id: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)
+    detections: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    result_status: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+
+    def asset_extra(self) -> dict[str, Any]:
+        """The results-asset event extra, as a single-image run's ``store`` emits it."""
+        return {"image_id": self.image_id, "image_uri": self.uri, "status": self.result_status,
+                "detections": self.detections, "counts": self.counts,
+                "result": self.keys.get("result")}
+
+
+def store_batch(results_uri: str, prepared: Mapping[str, Any], params: InferenceParams, *,
+                client: Any, catalog_url: str | None, run_id: str | None = None
+                ) -> tuple[dict[str, Any], list[ItemOutcome]]:
+    """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
+    ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
+    in a run of its own. Writes the per-image outcomes to ``<scratch>/outcomes.json``.
+    Returns a small summary and the outcomes."""
+    items = load_items(prepared, client)
+    entries = json.loads(read_bytes(results_uri, client))["results"]
+    by_index = {item.index: item for item in items}
+
+    def store_one(entry: Mapping[str, Any]) -> tuple[ItemOutcome, Result | None]:
+        item = by_index[int(entry["index"])]
+        outcome = ItemOutcome(item.index, item.uri, entry["status"],
+                              image_id=(item.image or {}).get("image_id"),
+                              error=entry.get("error"), error_class=entry.get("error_class"))
+        if entry["status"] != STORED:
+            return outcome, None
+        result = Result.from_dict(entry["result"])
+        outcome.keys = _write_outputs(item, result, params, client)
+        outcome.detections, outcome.counts = len(result.detections), result.counts()
+        outcome.result_status = result.status
+        return outcome, result
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
+        done = list(pool.map(store_one, entries))
+    if catalog_url:
+        from tilescope.catalog import connect, record_results
+
+        engine = connect(catalog_url)
+        try:
+            record_results(engine, [(result, params.digest(), outcome.keys)
+                                    for outcome, result in done if result is not None],
+                           run_id)
+        finally:
+            engine.dispose()
+    outcomes = [outcome for outcome, _ in done]
+    write_bytes(prepared["scratch_prefix"] + OUTCOMES_NAME,
+                json.dumps({"outcomes": [asdict(o) for o in outcomes]}).encode(),
+                "application/json", client)
+    stored = [o for o in outcomes if o.status == STORED]
+    return ({"batch": True, "images": len(outcomes), "stored": len(stored),
+             "bad": sum(1 for o in outcomes if o.status == BAD),
+             "failed": sum(1 for o in outcomes if o.status == FAILED),
+             "detections": sum(o.detections or 0 for o in stored)}, outcomes)
+
+
+def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
+                   client: Any) -> dict[str, str]:
+    """One image's outputs; a big image's through :func:`tilescope.steps.store` (its
+    scratch removed), a small one's thumbnail from its original (checked by hash)."""
+    from tilescope.steps import THUMBNAIL_SIDE, _png, result_targets, results_prefix
+    from tilescope.writers import coco_json, overlay_png, result_json
+
+    if not item.whole:
+        from tilescope.steps import save_result, store
+
+        prepared = item.prepared or {}
+        uri = save_result(result, prepared["scratch_prefix"], client)
+        return store(uri, prepared, params, client=client, catalog_url=None)["keys"]
+    data = read_bytes(item.uri, client)
+    if hashlib.sha256(data).hexdigest() != result.image.sha256:
+        raise BadImageError(f"{item.uri} changed before its result was stored")
+    with reader_for_bytes(data, name=item.uri) as reader:
+        thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
+    bucket = parse_s3_uri(item.uri).bucket
+    targets = result_targets(bucket, result.image.image_id, params)
+    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+                _png(thumbnail), "image/png", client)
+    write_bytes(targets.coco, coco_json(result), "application/json", client)
+    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
+    write_bytes(targets.result, result_json(result), "application/json", client)  # last
+    return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+
+
+def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome] | None:
+    """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
+    try:
+        doc = json.loads(read_bytes(prepared["scratch_prefix"] + OUTCOMES_NAME, client))
+    except BadImageError:  # missing object
+        return None
+    return [ItemOutcome(**o) for o in doc["outcomes"]]
+
+
+def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
+                 run_id: str | None) -> list[ItemOutcome]:
+    """End of a batch run: each claimed image's original to ``processed/`` (stored),
+    ``quarantine/`` with its reason (bad input), or its claim released (anything else);
+    then the batch's scratch is removed. Returns every image's outcome (images store never
+    reached count as failed, bad ones found in preprocess as bad)."""
+    from tilescope.claims import Claim
+    from tilescope.intake import quarantine_claimed, settle
+    from tilescope.steps import delete_prefix
+
+    items = load_items(prepared, client)
+    outcomes = load_outcomes(prepared, client)
+    if outcomes is None:
+        outcomes = [ItemOutcome(i.index, i.uri, BAD if i.bad else FAILED,
+                                image_id=(i.image or {}).get("image_id"),
+                                error=i.bad or "the run failed before this image was stored",
+                                error_class=i.error_class) for i in items]
+    by_index = {item.index: item for item in items}
+
+    def settle_one(outcome: ItemOutcome) -> None:
+        claim = by_index[outcome.index].claim
+        if not claim or engine is None:
+            return
+        owned = Claim.from_dict(claim)
+        if outcome.status == BAD:
+            quarantine_claimed(client, engine, owned, reason=outcome.error or "bad input",
+                               error_class=outcome.error_class or "BadImageError",
+                               run_id=run_id)
+        else:
+            settle(client, engine, owned, stored=outcome.status == STORED)
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="settle") as pool:
+        list(pool.map(settle_one, outcomes))
+    if all(o.status == STORED for o in outcomes) or load_outcomes(prepared, client) is not None:
+        delete_prefix(prepared["scratch_prefix"], client)
+    return outcomes

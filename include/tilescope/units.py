@@ -1,0 +1,331 @@
+"""Work units: the slices of many sources packed into tasks sized by their model cost.
+
+A *source* is one picture a run analyzes — an image of a batch, or one big image — planned
+exactly as before (:func:`tilescope.pipeline.plan_image`: slices grouped into regions). A
+*work unit* is what one mapped ``analyze`` task (or one step of the CLI) runs: a list of
+(source, regions) parts whose slices together cost about ``TILESCOPE_UNIT_SECONDS`` of
+single-thread model time. Units change only *where* a region runs, never *what* it is: each
+region's finding is computed and merged exactly as before, so results do not move.
+
+Why: a mapped task costs ~1–1.6 s of a pool slot besides its model work (process start, DAG
+parse, imports, model session), while a 416-px NanoDet slice costs ~25–65 ms of one core.
+One task per small photo spent ~95 % of a burst on orchestration; 1,000 photos packed into
+two units spend it on the model.
+
+Packing rules:
+
+* a source read **whole** (an image small enough to download and decode in the unit) is
+  never split: all its regions go to one unit, so its object is read once;
+* a source read by ranges (a staged or in-place tiled TIFF) contributes its regions one by
+  one, so a big image spreads over several units as its regions did over tasks;
+* units are consecutive runs of these atoms in input order, cut where the running slice
+  count crosses each k/n of the total (n = ⌈total / budget⌉, at most ``max_units``), so
+  units are about equal and the same inputs always give the same units (CLI and DAG alike).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from tilescope.errors import BadImageError, ConfigError, ModelOutputError
+from tilescope.models.base import DetectionModel
+from tilescope.params import InferenceParams
+from tilescope.pipeline import analyze_region, region_finding
+from tilescope.readers.base import ImageReader
+from tilescope.results import RegionFinding
+from tilescope.slicing import MAX_MAP_LENGTH, Box, Region, SlicePlan
+
+#: model seconds (one thread) a unit should carry: well over 10× a task's fixed cost
+DEFAULT_UNIT_SECONDS = 30.0
+UNIT_SECONDS_ENV = "TILESCOPE_UNIT_SECONDS"
+#: a model's cost per slice when it does not say (NanoDet 416 px, one core: 25–65 ms)
+DEFAULT_SLICE_SECONDS = 0.04
+#: fewest slices handed to one model call when small images are batched together
+MIN_BATCH_SLICES = 8
+#: a whole-read source with more slices than this runs region by region, band by band
+#: (no full-image array copy), like ``tilescope.pipeline.run_image``
+BATCHED_SOURCE_SLICES = 64
+
+
+def unit_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """``TILESCOPE_UNIT_SECONDS`` (model seconds per unit), default 30."""
+    env = os.environ if environ is None else environ
+    text = env.get(UNIT_SECONDS_ENV, "").strip()
+    if not text:
+        return DEFAULT_UNIT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{UNIT_SECONDS_ENV} must be a number of seconds, got {text!r}") \
+            from None
+    if not 0 < value < 1e7:
+        raise ConfigError(f"{UNIT_SECONDS_ENV} must be positive, got {value}")
+    return value
+
+
+def unit_slice_budget(slice_seconds: float | None = None,
+                      seconds: float | None = None) -> int:
+    """Slices per unit: the unit's model seconds over the model's cost per slice."""
+    per_slice = slice_seconds or DEFAULT_SLICE_SECONDS
+    return max(1, round((seconds if seconds is not None else unit_seconds()) / per_slice))
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """One picture of a run as the packer sees it: its plan, and how a unit reads it."""
+
+    index: int
+    plan: SlicePlan
+    #: read whole: the unit downloads and decodes the object itself (kept in one unit)
+    whole: bool = True
+
+
+@dataclass(frozen=True)
+class UnitPart:
+    """Regions ``[first, stop)`` of source ``source``."""
+
+    source: int
+    first: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """What one analyze task runs: parts of sources, in order."""
+
+    index: int
+    parts: tuple[UnitPart, ...]
+    slice_count: int
+    #: how many sources the unit touches and a short label for the UI (set by the planner)
+    label: str = ""
+
+    @property
+    def sources(self) -> list[int]:
+        """The sources this unit touches, in order, each once."""
+        return list(dict.fromkeys(p.source for p in self.parts))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact JSON form (what Airflow maps over): parts as ``[source, first, stop]``,
+        runs of consecutive single-region sources as ``[first_source, last_source]``."""
+        singles: list[list[int]] = []
+        parts: list[list[int]] = []
+        for part in self.parts:
+            if part.first == 0 and part.stop == 1 and not parts:
+                if singles and singles[-1][1] == part.source - 1:
+                    singles[-1][1] = part.source
+                else:
+                    singles.append([part.source, part.source])
+                continue
+            parts.append([part.source, part.first, part.stop])
+        return {"index": self.index, "name": self.label or f"unit {self.index}",
+                "slice_count": self.slice_count, "unit": {"singles": singles,
+                                                          "parts": parts}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkUnit:
+        body = data["unit"]
+        parts = [UnitPart(s, 0, 1) for first, last in body.get("singles", [])
+                 for s in range(int(first), int(last) + 1)]
+        parts += [UnitPart(int(s), int(a), int(b)) for s, a, b in body.get("parts", [])]
+        return cls(int(data["index"]), tuple(parts), int(data["slice_count"]),
+                   str(data.get("name", "")))
+
+
+def is_work_unit(item: Mapping[str, Any]) -> bool:
+    """Whether a mapped ``analyze`` item is a work unit (a batch run's), not a region."""
+    return "unit" in item
+
+
+def balanced_cuts(counts: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive items, ``parts`` of them (fewer if there are
+    fewer items), cut where the running total crosses each k/parts of the whole."""
+    weights = np.asarray(counts, np.int64)
+    if not len(weights):
+        return []
+    parts = max(1, min(parts, len(weights)))
+    total = int(weights.sum())
+    ends = np.cumsum(weights)
+    cuts = np.searchsorted(ends, np.arange(1, parts) * total / parts, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, len(weights)), [len(weights)]]))
+    return [(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
+def pack_units(sources: Sequence[SourcePlan], max_slices: int, *,
+               max_units: int = MAX_MAP_LENGTH) -> list[WorkUnit]:
+    """Pack the sources' regions into about-equal units of at most ~``max_slices`` slices
+    (see the module docstring). Deterministic: the same sources give the same units."""
+    if max_slices < 1:
+        raise ConfigError(f"a unit must hold at least one slice, got {max_slices}")
+    atoms: list[UnitPart] = []
+    weights: list[int] = []
+    for source in sources:
+        regions = source.plan.regions
+        if source.whole:
+            atoms.append(UnitPart(source.index, 0, len(regions)))
+            weights.append(source.plan.slice_count)
+        else:
+            for region in regions:
+                atoms.append(UnitPart(source.index, region.index, region.index + 1))
+                weights.append(region.slice_count)
+    total = sum(weights)
+    wanted = min(max_units, max(1, math.ceil(total / max_slices)))
+    units = []
+    for number, (start, stop) in enumerate(balanced_cuts(weights, wanted)):
+        merged: list[UnitPart] = []
+        for atom in atoms[start:stop]:  # adjacent regions of one source: one part
+            if merged and merged[-1].source == atom.source and merged[-1].stop == atom.first:
+                merged[-1] = UnitPart(atom.source, merged[-1].first, atom.stop)
+            else:
+                merged.append(atom)
+        units.append(WorkUnit(number, tuple(merged), int(sum(weights[start:stop]))))
+    return units
+
+
+@dataclass
+class UnitFinding:
+    """A unit's outcome: per source, the findings of its regions (full-image pixels, merged
+    inside each region as always), and the sources that turned out unreadable."""
+
+    index: int
+    findings: dict[int, list[RegionFinding]] = field(default_factory=dict)
+    #: source → why it could not be analyzed (bad input found when the unit read it)
+    bad: dict[int, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "attempts": self.attempts,
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+                "sources": {str(s): [f.to_dict() for f in found]
+                            for s, found in self.findings.items()},
+                "bad": {str(s): why for s, why in self.bad.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnitFinding:
+        return cls(index=int(data["index"]), attempts=int(data.get("attempts", 1)),
+                   seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
+                   findings={int(s): [RegionFinding.from_dict(f) for f in found]
+                             for s, found in (data.get("sources") or {}).items()},
+                   bad={int(s): str(why) for s, why in (data.get("bad") or {}).items()})
+
+
+#: opens a source's reader: raises :class:`BadImageError` for unreadable input
+OpenReader = Callable[[int], ImageReader]
+
+
+@dataclass
+class _Pending:
+    """Slices of whole-read regions waiting for one shared model call."""
+
+    regions: list[tuple[int, Region, list[Box], float]] = field(default_factory=list)
+    views: list[np.ndarray] = field(default_factory=list)
+
+
+def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int, bool],
+             open_reader: OpenReader, model: DetectionModel, params: InferenceParams, *,
+             attempt: int = 1, progress: Callable[[int], None] | None = None) -> UnitFinding:
+    """Every region of ``unit`` through ``model`` → the unit's finding.
+
+    Whole-read sources (small images) are opened one ahead on a background thread while the
+    model works, and their slices are batched across images into model calls of at least
+    :data:`MIN_BATCH_SLICES` (the model's own thread pool then has work for every core).
+    Range-read sources run region by region through :func:`tilescope.pipeline.analyze_region`
+    (banded reads). A source whose bytes turn out bad (truncated, corrupt, replaced since it
+    was planned) is reported in ``bad`` and the unit goes on with the others; any other error
+    fails the unit (Airflow retries it).
+    """
+    started = time.perf_counter()
+    outcome = UnitFinding(unit.index, attempts=attempt)
+    order = unit.sources
+    parts = {s: [p for p in unit.parts if p.source == s] for s in order}
+    pending = _Pending()
+    model_seconds = read_wait = 0.0
+
+    def flush() -> None:
+        nonlocal model_seconds
+        if not pending.views:
+            return
+        began = time.perf_counter()
+        try:
+            per_slice = model.predict(pending.views)
+        except ModelOutputError as exc:
+            names = ", ".join(f"{s}:{r.name}" for s, r, _, _ in pending.regions[:5])
+            raise ModelOutputError(f"regions {names}: {exc}") from exc
+        spent = time.perf_counter() - began
+        model_seconds += spent
+        per_view = spent / len(pending.views)
+        position = 0
+        for source, region, slices, waited in pending.regions:
+            count = len(slices)
+            finding = region_finding(region, per_slice[position:position + count], slices,
+                                     model, params, attempt=attempt, read=waited,
+                                     model_seconds=per_view * count,
+                                     elapsed=waited + per_view * count)
+            outcome.findings.setdefault(source, []).append(finding)
+            position += count
+            if progress:
+                progress(count)
+        pending.regions.clear()
+        pending.views.clear()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unit-read") as io:
+        ahead: dict[int, Future[ImageReader]] = {}
+
+        def prefetch(position: int) -> None:
+            """Open the next small whole-read sources while the model works (a big image
+            is opened when its turn comes: one decoded copy in memory at a time)."""
+            for source in order[position + 1:position + 3]:
+                small = plans[source].slice_count <= BATCHED_SOURCE_SLICES
+                if whole.get(source, True) and small and source not in ahead:
+                    ahead[source] = io.submit(open_reader, source)
+
+        for position, source in enumerate(order):
+            prefetch(position)
+            began = time.perf_counter()
+            try:
+                reader = ahead.pop(source).result() if source in ahead else open_reader(source)
+            except BadImageError as exc:
+                outcome.bad[source] = str(exc)
+                continue
+            waited = time.perf_counter() - began
+            read_wait += waited
+            with reader:
+                plan = plans[source]
+                if whole.get(source, True) and plan.slice_count <= BATCHED_SOURCE_SLICES:
+                    try:
+                        pixels = reader.read_all()
+                    except BadImageError as exc:
+                        outcome.bad[source] = str(exc)
+                        continue
+                    for part in parts[source]:
+                        for region in plan.regions[part.first:part.stop]:
+                            slices = region.slices()
+                            pending.regions.append((source, region, slices, waited))
+                            pending.views.extend(pixels[s.y1:s.y2, s.x1:s.x2] for s in slices)
+                            waited = 0.0  # the read is charged to the source's first region
+                    del pixels
+                    if len(pending.views) >= MIN_BATCH_SLICES:
+                        flush()
+                    continue
+                flush()  # keep region order: batched small regions first
+                for part in parts[source]:
+                    for region in plan.regions[part.first:part.stop]:
+                        finding = analyze_region(reader, region, model, params,
+                                                 attempt=attempt)
+                        model_seconds += finding.seconds.get("model", 0.0)
+                        outcome.findings.setdefault(source, []).append(finding)
+                        if progress:
+                            progress(region.slice_count)
+        flush()
+    outcome.seconds = {"read": read_wait, "model": model_seconds,
+                       "total": time.perf_counter() - started}
+    return outcome
