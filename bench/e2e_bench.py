@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +53,10 @@ def run_tilescope(image: str) -> dict:
             "boxes": boxes.boxes.tolist(), "categories": boxes.category_ids.tolist()}
 
 
-def run_sahi(image: str) -> dict:
+def sahi_nanodet(score_threshold: float = 0.4) -> Any:
+    """Our NanoDet behind SAHI's model interface (loaded): what SAHI runs in every
+    comparison (this bench, ``cli_bench``)."""
     from sahi.models.base import DetectionModel as SahiModel
-    from sahi.predict import get_sliced_prediction
     from sahi.prediction import ObjectPrediction
 
     from tilescope.models.coco import COCO_NAMES
@@ -64,7 +66,7 @@ def run_sahi(image: str) -> dict:
         """Our NanoDet (same ONNX, same pre/post-processing) behind SAHI's model interface."""
 
         def load_model(self) -> None:
-            self.model = NanoDetModel(score_threshold=0.4, intra_op_threads=2,
+            self.model = NanoDetModel(score_threshold=score_threshold, intra_op_threads=2,
                                       parallel_slices=1)
             self.category_mapping = {str(i): n for i, n in enumerate(COCO_NAMES)}
 
@@ -89,7 +91,13 @@ def run_sahi(image: str) -> dict:
                                                  strict=True)])
             self._object_prediction_list_per_image = out
 
-    model = SahiNanoDet(confidence_threshold=0.4, load_at_init=True)
+    return SahiNanoDet(confidence_threshold=score_threshold, load_at_init=True)
+
+
+def run_sahi(image: str) -> dict:
+    from sahi.predict import get_sliced_prediction
+
+    model = sahi_nanodet()
     started = time.perf_counter()
     prediction = get_sliced_prediction(
         image, model, slice_height=SLICE, slice_width=SLICE, overlap_height_ratio=OVERLAP,
