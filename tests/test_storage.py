@@ -18,6 +18,7 @@ from tilescope.storage import (
     parse_s3_uri,
     read_bytes,
     read_head,
+    read_start,
     sha256_hex,
     write_bytes,
 )
@@ -130,3 +131,20 @@ def test_open_image_from_s3(s3_client, sample) -> None:
     assert (info.width, info.height, info.bytes) == (451, 300, len(data))
     assert info.uri == "s3://bkt/incoming/cat.png" and len(info.image_id) == 16
     reader.close()
+
+
+def test_read_start_gives_a_small_object_whole_and_a_big_one_its_size(s3_client,
+                                                                       tmp_path) -> None:
+    s3_client.create_bucket(Bucket="starts")
+    small, big = b"x" * 1000, bytes(range(256)) * 4096
+    s3_client.put_object(Bucket="starts", Key="small", Body=small)
+    s3_client.put_object(Bucket="starts", Key="big", Body=big)
+    s3_client.put_object(Bucket="starts", Key="empty", Body=b"")
+    assert read_start("s3://starts/small", 4096) == (small, 1000)  # one request, whole
+    assert read_start("s3://starts/big", 4096) == (big[:4096], len(big))
+    assert read_start("s3://starts/empty", 4096) == (b"", 0)
+    with pytest.raises(BadImageError, match="no such object"):
+        read_start("s3://starts/missing", 4096)
+    local = tmp_path / "local.bin"
+    local.write_bytes(big)
+    assert read_start(str(local), 10) == (big[:10], len(big))

@@ -236,3 +236,38 @@ def test_a_reader_that_cannot_open_is_bad_not_fatal(photos, model):
     (unit,) = pack_units([SourcePlan(i, plans[i]) for i in plans], max_slices=1000)
     outcome = run_unit(unit, plans, {0: True, 1: True}, open_reader, model, PARAMS)
     assert outcome.bad == {0: "gone"} and list(outcome.findings) == [1]
+
+
+def test_a_big_whole_source_found_bad_while_banded_is_bad_not_fatal(photos, model,
+                                                                    monkeypatch):
+    """Sources over BATCHED_SOURCE_SLICES run region by region: a truncated one found there
+    is reported bad too, and the unit goes on (seen red with the banded path unguarded)."""
+    import tilescope.units as units
+
+    monkeypatch.setattr(units, "BATCHED_SOURCE_SLICES", 0)  # every source takes that path
+    outcomes, ctx = _run(photos, model, 1000)
+    cut = next(i for i, p in enumerate(photos) if p.name == "cut.jpg")
+    assert list(outcomes[0].bad) == [cut]
+    assert set(outcomes[0].findings) == set(ctx["plans"]) - {cut}
+
+
+def test_each_whole_source_is_handed_over_once_with_its_findings_and_open_reader(photos,
+                                                                                 model):
+    infos, plans = {}, {}
+    for i, path in enumerate(photos):
+        reader, infos[i] = open_image(str(path))
+        reader.close()
+        plans[i] = plan_image(infos[i].width, infos[i].height, PARAMS, 416)
+    seen: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    def done(source, findings, reader):
+        assert source not in seen
+        seen[source] = (len(findings), reader.thumbnail(64).shape)  # still open
+
+    unit = pack_units([SourcePlan(i, plans[i]) for i in plans], max_slices=1000)[0]
+    outcome = run_unit(unit, plans, dict.fromkeys(plans, True),
+                       lambda s: open_image(str(photos[s]))[0], model, PARAMS,
+                       on_source_done=done)
+    cut = next(i for i, p in enumerate(photos) if p.name == "cut.jpg")
+    assert set(seen) == set(plans) - {cut} == set(outcome.findings)
+    assert all(seen[s][0] == len(plans[s].regions) for s in seen)

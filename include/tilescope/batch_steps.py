@@ -57,15 +57,9 @@ from tilescope.readers import reader_for_bytes
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
-from tilescope.storage import (
-    is_s3_uri,
-    object_size,
-    parse_s3_uri,
-    read_bytes,
-    read_head,
-    write_bytes,
-)
+from tilescope.storage import is_s3_uri, parse_s3_uri, read_bytes, read_start, write_bytes
 from tilescope.units import (
+    BATCHED_SOURCE_SLICES,
     SourcePlan,
     UnitFinding,
     WorkUnit,
@@ -78,11 +72,13 @@ from tilescope.units import (
 #: images up to this many pixels are read whole by their unit (no staging): 4096² = 16.8 MP,
 #: a 12 MP phone photo decoded is 36 MB
 WHOLE_MAX_PIXELS = 4096 * 4096
+#: the first read of each image: a photo of up to this size needs one request in all
+FIRST_READ_BYTES = 1 << 20
 #: S3 requests of one task at once (planning reads, stores, settling moves)
 IO_THREADS = 8
 #: at most this many images in one batch run (each is a row in the plan, an entry in results)
 MAX_BATCH_IMAGES = 10_000
-PLAN_NAME, RESULTS_NAME, OUTCOMES_NAME = "plan.json", "results.json", "outcomes.json"
+PLAN_NAME, RESULTS_NAME = "plan.json", "results.json"
 STORED, BAD, FAILED = "stored", "bad", "failed"
 
 
@@ -186,6 +182,15 @@ def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
     return f"s3://{bucket}/scratch/batch/{safe_key_part(run)}/"
 
 
+def outcomes_uri(entries: Sequence[Mapping[str, Any]], run: str) -> str:
+    """Where a batch run's per-image outcomes are kept for good (finalize, notifications
+    and the results viewer read them): ``s3://<bucket>/results/batches/<run>/outcomes.json``."""
+    from tilescope.steps import safe_key_part
+
+    bucket = parse_s3_uri(entries[0]["uri"]).bucket
+    return f"s3://{bucket}/results/batches/{safe_key_part(run)}/outcomes.json"
+
+
 def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                client: Any, run: str, model_slice_size: int, limits: RunLimits,
                moderation: ModerationPolicy | None) -> BatchItem:
@@ -194,16 +199,18 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
 
     item = BatchItem(index, entry["uri"], claim=entry.get("claim"))
     try:
-        size = object_size(item.uri, client)
+        # One ranged GET: a small image comes back whole, a big one tells its size.
+        data, size = read_start(item.uri, FIRST_READ_BYTES, client)
         if size == 0:
             raise BadImageError(f"{item.uri} is empty (0 bytes)")
         if size > DEFAULT_MAX_BYTES:
             raise ImageTooLargeError(f"{item.uri} is {size:,} bytes, over the limit of "
                                      f"{DEFAULT_MAX_BYTES:,}")
-        head = read_head(item.uri, SNIFF_BYTES, client, size=size)
-        small = sniff_format(head) not in (None, "TIFF") and not sniff_video(head)
+        small = sniff_format(data[:SNIFF_BYTES]) not in (None, "TIFF") \
+            and not sniff_video(data[:SNIFF_BYTES])
         if small and size <= 3 * WHOLE_MAX_PIXELS:
-            data = read_bytes(item.uri, client)
+            if len(data) < size:
+                data = read_bytes(item.uri, client)
             reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=item.uri)
             if reader.width * reader.height <= WHOLE_MAX_PIXELS:
                 with reader:
@@ -274,7 +281,8 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     write_bytes(scratch + PLAN_NAME, json.dumps(
         {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
     prepared = {"batch": {"plan_uri": scratch + PLAN_NAME, "images": len(items),
-                          "bad": sum(1 for i in items if i.bad), "units": len(units)},
+                          "bad": sum(1 for i in items if i.bad), "units": len(units),
+                          "outcomes_uri": outcomes_uri(entries, run)},
                 "scratch_prefix": scratch, "ready_at": time.time()}
     return mapped, prepared
 
@@ -326,9 +334,28 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
             raise BadImageError(f"{item.uri} changed since it was planned (its SHA-256 "
                                 f"differs): not analysed")
         limit = max_pixels or RunLimits().max_pixels
-        return reader_for_bytes(data, max_pixels=limit, name=item.uri)
+        reader = reader_for_bytes(data, max_pixels=limit, name=item.uri)
+        if plans[source].slice_count <= BATCHED_SOURCE_SLICES:
+            reader.validate()  # decoded here, on the read-ahead thread, while the model runs
+        return reader
 
-    finding = run_unit(unit, plans, whole, open_reader, model, params, attempt=attempt)
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="companions") as pool:
+        writes: list[Any] = []
+
+        def write_companions(source: int, findings: list[RegionFinding],
+                             reader: Any) -> None:
+            """A small image's thumbnail, overlay and COCO go out from here, while its pixels
+            are at hand; ``store`` then writes only its ``result.json`` (the commit point)."""
+            from tilescope.steps import THUMBNAIL_SIDE
+
+            result = _image_result(items[source], findings, params)
+            writes.append(pool.submit(_write_companions, result,
+                                      reader.thumbnail(THUMBNAIL_SIDE), params, client))
+
+        finding = run_unit(unit, plans, whole, open_reader, model, params, attempt=attempt,
+                           on_source_done=write_companions)
+        for write in writes:
+            write.result()
     data = finding.to_dict()
     data["slice_count"] = unit.slice_count
     if len(json.dumps(data)) > budget:
@@ -338,6 +365,32 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                 "seconds": data["seconds"], "finding_uri": uri,
                 "bad": data["bad"]}
     return data
+
+
+def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
+                  params: InferenceParams) -> Result:
+    """A small image's result from its region findings, exactly as a single-image run
+    merges them (``min_success_ratio`` enforced)."""
+    return synthesize(ImageInfo.from_dict(item.image or {}),
+                      SlicePlan.from_summary(item.plan or {}), findings, params,
+                      model_name=params.model, category_names=model_categories(params.model),
+                      coco_category_ids=model_coco_ids(params.model),
+                      moderation=item.moderation)
+
+
+def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
+                      client: Any) -> None:
+    """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
+    ``result.json``."""
+    from tilescope.steps import _png, result_targets, results_prefix
+    from tilescope.writers import coco_json, overlay_png
+
+    bucket = parse_s3_uri(result.image.uri).bucket
+    targets = result_targets(bucket, result.image.image_id, params)
+    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+                _png(thumbnail), "image/png", client)
+    write_bytes(targets.coco, coco_json(result), "application/json", client)
+    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
 
 
 def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
@@ -380,12 +433,7 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
             if item.index in bad_sources:
                 raise _Refused(bad_sources[item.index], "BadImageError")
             if item.whole:
-                result = synthesize(
-                    ImageInfo.from_dict(item.image or {}),
-                    SlicePlan.from_summary(item.plan or {}), regions.get(item.index, []),
-                    params, model_name=model_name,
-                    category_names=model_categories(model_name),
-                    coco_category_ids=model_coco_ids(model_name), moderation=item.moderation)
+                result = _image_result(item, regions.get(item.index, []), params)
             elif item.video:
                 result = combine(item.prepared or {}, chunks.get(item.index, []), params,
                                  model_name, client=client)
@@ -471,9 +519,9 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
         finally:
             engine.dispose()
     outcomes = [outcome for outcome, _ in done]
-    write_bytes(prepared["scratch_prefix"] + OUTCOMES_NAME,
-                json.dumps({"outcomes": [asdict(o) for o in outcomes]}).encode(),
-                "application/json", client)
+    write_bytes(prepared["batch"]["outcomes_uri"],
+                json.dumps({"run_id": run_id, "outcomes": [asdict(o) for o in outcomes]}
+                           ).encode(), "application/json", client)
     stored = [o for o in outcomes if o.status == STORED]
     return ({"batch": True, "images": len(outcomes), "stored": len(stored),
              "bad": sum(1 for o in outcomes if o.status == BAD),
@@ -483,36 +531,24 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
 
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                    client: Any) -> dict[str, str]:
-    """One image's outputs; a big image's through :func:`tilescope.steps.store` (its
-    scratch removed), a small one's thumbnail from its original (checked by hash)."""
-    from tilescope.steps import THUMBNAIL_SIDE, _png, result_targets, results_prefix
-    from tilescope.writers import coco_json, overlay_png, result_json
+    """One image's outputs: a big image's through :func:`tilescope.steps.store` (its scratch
+    removed); a small one's ``result.json`` beside the companions its unit wrote."""
+    from tilescope.steps import result_targets, save_result, store
+    from tilescope.writers import result_json
 
     if not item.whole:
-        from tilescope.steps import save_result, store
-
         prepared = item.prepared or {}
         uri = save_result(result, prepared["scratch_prefix"], client)
         return store(uri, prepared, params, client=client, catalog_url=None)["keys"]
-    data = read_bytes(item.uri, client)
-    if hashlib.sha256(data).hexdigest() != result.image.sha256:
-        raise BadImageError(f"{item.uri} changed before its result was stored")
-    with reader_for_bytes(data, name=item.uri) as reader:
-        thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
-    bucket = parse_s3_uri(item.uri).bucket
-    targets = result_targets(bucket, result.image.image_id, params)
-    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
-                _png(thumbnail), "image/png", client)
-    write_bytes(targets.coco, coco_json(result), "application/json", client)
-    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
-    write_bytes(targets.result, result_json(result), "application/json", client)  # last
+    targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
+    write_bytes(targets.result, result_json(result), "application/json", client)
     return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
 
 
 def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome] | None:
     """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
     try:
-        doc = json.loads(read_bytes(prepared["scratch_prefix"] + OUTCOMES_NAME, client))
+        doc = json.loads(read_bytes(prepared["batch"]["outcomes_uri"], client))
     except BadImageError:  # missing object
         return None
     return [ItemOutcome(**o) for o in doc["outcomes"]]
@@ -522,14 +558,18 @@ def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
                  run_id: str | None) -> list[ItemOutcome]:
     """End of a batch run: each claimed image's original to ``processed/`` (stored),
     ``quarantine/`` with its reason (bad input), or its claim released (anything else);
-    then the batch's scratch is removed. Returns every image's outcome (images store never
-    reached count as failed, bad ones found in preprocess as bad)."""
+    then the batch's scratch is removed (kept when store never ran, so clearing a failed
+    unit and its downstream can still complete the run). Returns every image's outcome
+    (images store never reached count as failed, bad ones found in preprocess as bad)."""
     from tilescope.claims import Claim
     from tilescope.intake import quarantine_claimed, settle
     from tilescope.steps import delete_prefix
 
     items = load_items(prepared, client)
     outcomes = load_outcomes(prepared, client)
+    # scratch goes once store has run (clearing a failed unit can still complete the run
+    # before that)
+    stored_all_it_could = outcomes is not None
     if outcomes is None:
         outcomes = [ItemOutcome(i.index, i.uri, BAD if i.bad else FAILED,
                                 image_id=(i.image or {}).get("image_id"),
@@ -551,6 +591,6 @@ def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
 
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="settle") as pool:
         list(pool.map(settle_one, outcomes))
-    if all(o.status == STORED for o in outcomes) or load_outcomes(prepared, client) is not None:
+    if stored_all_it_could:
         delete_prefix(prepared["scratch_prefix"], client)
     return outcomes

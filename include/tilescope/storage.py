@@ -147,6 +147,30 @@ def read_head(uri: str, count: int, client: Any = None, size: int | None = None)
     return RangedS3File(uri, client, size=size).read(count)
 
 
+def read_start(uri: str, count: int, client: Any = None) -> tuple[bytes, int]:
+    """The first ``count`` bytes of an object and its whole size, in one ranged GET: a small
+    image comes back whole in one request (no HEAD first). A missing object is a
+    :class:`BadImageError`; an empty one gives ``(b"", 0)``."""
+    if not is_s3_uri(uri):
+        path = _local_file(uri)
+        with path.open("rb") as handle:
+            return handle.read(count), path.stat().st_size
+    loc = parse_s3_uri(uri)
+    client = client or default_s3_client()
+    try:
+        response = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{count - 1}")
+    except Exception as exc:
+        code = _error_code(exc)
+        if code in _MISSING_CODES:
+            raise BadImageError(f"no such object: {uri} ({code})") from exc
+        if code == "InvalidRange":  # a range past the end: the object is empty
+            return b"", 0
+        raise StorageError(f"reading {uri} failed: {exc}") from exc
+    body = response["Body"].read()
+    total = str(response.get("ContentRange") or "").rpartition("/")[2]
+    return body, int(total) if total.isdigit() else len(body)
+
+
 def sha256_hex(uri: str, client: Any = None, chunk_bytes: int = 8 << 20) -> str:
     """The SHA-256 of an object or file, read as a stream in ``chunk_bytes`` pieces: an image
     of many gigabytes is hashed in constant memory."""

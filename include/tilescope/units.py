@@ -230,9 +230,14 @@ class _Pending:
     views: list[np.ndarray] = field(default_factory=list)
 
 
+#: called once a whole-read source is analyzed, with its findings and its still-open reader
+SourceDone = Callable[[int, list[RegionFinding], ImageReader], None]
+
+
 def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int, bool],
              open_reader: OpenReader, model: DetectionModel, params: InferenceParams, *,
-             attempt: int = 1, progress: Callable[[int], None] | None = None) -> UnitFinding:
+             attempt: int = 1, progress: Callable[[int], None] | None = None,
+             on_source_done: SourceDone | None = None) -> UnitFinding:
     """Every region of ``unit`` through ``model`` → the unit's finding.
 
     Whole-read sources (small images) are opened one ahead on a background thread while the
@@ -241,14 +246,24 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
     Range-read sources run region by region through :func:`tilescope.pipeline.analyze_region`
     (banded reads). A source whose bytes turn out bad (truncated, corrupt, replaced since it
     was planned) is reported in ``bad`` and the unit goes on with the others; any other error
-    fails the unit (Airflow retries it).
+    fails the unit (Airflow retries it). ``on_source_done`` sees each whole-read source once
+    all its regions are done, while its pixels are still at hand (e.g. to write its
+    thumbnail and overlay without reading it again).
     """
     started = time.perf_counter()
     outcome = UnitFinding(unit.index, attempts=attempt)
     order = unit.sources
     parts = {s: [p for p in unit.parts if p.source == s] for s in order}
     pending = _Pending()
+    held: dict[int, ImageReader] = {}  # batched sources waiting for their model call
     model_seconds = read_wait = 0.0
+
+    def finish(source: int, reader: ImageReader) -> None:
+        try:
+            if on_source_done is not None:
+                on_source_done(source, outcome.findings.get(source, []), reader)
+        finally:
+            reader.close()
 
     def flush() -> None:
         nonlocal model_seconds
@@ -276,6 +291,8 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
                 progress(count)
         pending.regions.clear()
         pending.views.clear()
+        for source in list(held):
+            finish(source, held.pop(source))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unit-read") as io:
         ahead: dict[int, Future[ImageReader]] = {}
@@ -298,25 +315,27 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
                 continue
             waited = time.perf_counter() - began
             read_wait += waited
-            with reader:
-                plan = plans[source]
-                if whole.get(source, True) and plan.slice_count <= BATCHED_SOURCE_SLICES:
-                    try:
-                        pixels = reader.read_all()
-                    except BadImageError as exc:
-                        outcome.bad[source] = str(exc)
-                        continue
-                    for part in parts[source]:
-                        for region in plan.regions[part.first:part.stop]:
-                            slices = region.slices()
-                            pending.regions.append((source, region, slices, waited))
-                            pending.views.extend(pixels[s.y1:s.y2, s.x1:s.x2] for s in slices)
-                            waited = 0.0  # the read is charged to the source's first region
-                    del pixels
-                    if len(pending.views) >= MIN_BATCH_SLICES:
-                        flush()
+            plan = plans[source]
+            if whole.get(source, True) and plan.slice_count <= BATCHED_SOURCE_SLICES:
+                try:
+                    pixels = reader.read_all()
+                except BadImageError as exc:
+                    outcome.bad[source] = str(exc)
+                    reader.close()
                     continue
-                flush()  # keep region order: batched small regions first
+                for part in parts[source]:
+                    for region in plan.regions[part.first:part.stop]:
+                        slices = region.slices()
+                        pending.regions.append((source, region, slices, waited))
+                        pending.views.extend(pixels[s.y1:s.y2, s.x1:s.x2] for s in slices)
+                        waited = 0.0  # the read is charged to the source's first region
+                held[source] = reader
+                del pixels
+                if len(pending.views) >= MIN_BATCH_SLICES:
+                    flush()
+                continue
+            flush()  # keep region order: batched small regions first
+            try:
                 for part in parts[source]:
                     for region in plan.regions[part.first:part.stop]:
                         finding = analyze_region(reader, region, model, params,
@@ -325,6 +344,17 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
                         outcome.findings.setdefault(source, []).append(finding)
                         if progress:
                             progress(region.slice_count)
+            except BadImageError as exc:  # found bad while decoding its first band
+                if not whole.get(source, True):
+                    raise
+                outcome.bad[source] = str(exc)
+                outcome.findings.pop(source, None)
+                reader.close()
+                continue
+            if whole.get(source, True):
+                finish(source, reader)
+            else:
+                reader.close()
         flush()
     outcome.seconds = {"read": read_wait, "model": model_seconds,
                        "total": time.perf_counter() - started}
