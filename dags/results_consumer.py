@@ -6,10 +6,12 @@ updates: each stored result is an asset event whose extra carries `image_id`, `i
 `status`, `detections`, `counts` (per class) and `result` (the `result.json` key), so a
 consumer needs neither XComs nor S3 reads to react to it.
 
-**tally_classes** reads the events that triggered the run (several, when results arrive
-faster than runs start), logs one line per result, and writes one row per result and class
-to `tilescope_class_tallies` in the SQL catalog (`tilescope_catalog` connection; without it
-the tally is only logged). Re-stored results replace their rows, so
+A batch run announces each stored image the same way, or — past
+`TILESCOPE_IMAGE_EVENTS_PER_RUN` images — one event pointing at its `outcomes.json`, which
+the consumer reads. **tally_classes** reads the events that triggered the run (several,
+when results arrive faster than runs start), logs one line per result, and writes one row
+per result and class to `tilescope_class_tallies` in the SQL catalog (`tilescope_catalog`
+connection; without it the tally is only logged). Re-stored results replace their rows, so
 `SELECT category, SUM(count) FROM tilescope_class_tallies GROUP BY category` counts every
 image once. Copy this DAG to start your own consumer (alerts on a class, exports, …).
 
@@ -46,7 +48,7 @@ def results_consumer() -> None:
 
         # A manual run has no triggering events: nothing to tally.
         events = get_current_context()["triggering_asset_events"].get(RESULTS_ASSET, [])
-        tallies, skipped = tallies_from_events(events)
+        tallies, skipped = tallies_from_events(events, load_outcomes=_outcomes)
         for reason in skipped:
             print(f"skipped an event: {reason}")
         for tally in tallies:
@@ -61,6 +63,16 @@ def results_consumer() -> None:
                 for t in tallies]
 
     tally_classes()
+
+
+def _outcomes(uri: str) -> list[dict[str, Any]]:
+    """A batch run's per-image outcomes (its one asset event points at them)."""
+    import json
+
+    from tilescope.airflow_adapters import s3_client
+    from tilescope.storage import read_bytes
+
+    return list(json.loads(read_bytes(uri, s3_client()))["outcomes"])
 
 
 results_consumer()

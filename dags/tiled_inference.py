@@ -48,6 +48,10 @@ _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _POOL = os.getenv("TILESCOPE_POOL", "tilescope")
 _REGION_RETRIES = int(os.getenv("TILESCOPE_REGION_RETRIES", "3"))
 _RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS", "10")))
+# Above this many stored images a batch announces one results event, not one per image:
+# Airflow's API server registers ~25 events a second, and 1,000 made the store task's success
+# report time out (measured).
+_IMAGE_EVENTS_PER_RUN = int(os.getenv("TILESCOPE_IMAGE_EVENTS_PER_RUN", "100"))
 # High enough that the pool, not Airflow's per-DAG default of 16, caps mapped concurrency.
 _MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
 
@@ -230,13 +234,15 @@ def tiled_inference() -> None:
 
         context = get_current_context()
         if prepared.get("batch"):
-            from tilescope.batch_steps import store_batch
+            from tilescope.batch_steps import batch_event, store_batch
 
             summary, outcomes = store_batch(result_uri, prepared, _params(), client=s3_client(),
                                             catalog_url=catalog_url(),
                                             run_id=context["run_id"])
             extras = [o.asset_extra() for o in outcomes if o.status == "stored"]
-            if extras:  # one event per image: the first as the asset's own, the rest aliased
+            if len(extras) > _IMAGE_EVENTS_PER_RUN:  # one event for the batch (see README)
+                context["outlet_events"][RESULTS_ASSET].extra = batch_event(prepared, summary)
+            elif extras:  # one event per image: the first as the asset's own, the rest aliased
                 context["outlet_events"][RESULTS_ASSET].extra = extras[0]
                 for extra in extras[1:]:
                     context["outlet_events"][RESULTS_ALIAS].add(RESULTS_ASSET, extra=extra)

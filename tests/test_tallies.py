@@ -51,3 +51,30 @@ def test_recording_replaces_a_results_rows(sql_url):
         assert record_tallies(engine, tallies_from_events([event("ccc", {})])[0]) == 0
     finally:
         engine.dispose()
+
+
+def test_a_batch_event_is_tallied_per_image_from_its_outcomes():
+    """One event for a big batch: its stored images come from the outcomes document (seen
+    red with the batch branch removed: the event is skipped, no tallies)."""
+    outcomes = [
+        {"status": "stored", "uri": "s3://tilescope/in/a.jpg", "image_id": "aaa",
+         "result_status": "complete", "counts": {"person": 2},
+         "keys": {"result": "s3://tilescope/results/aaa/p1/result.json"}},
+        {"status": "bad", "uri": "s3://tilescope/in/b.jpg", "image_id": None,
+         "counts": {}, "keys": {}, "error": "not an image"},
+        {"status": "stored", "uri": "s3://tilescope/in/c.jpg", "image_id": "ccc",
+         "result_status": "partial", "counts": {"kite": 1},
+         "keys": {"result": "s3://tilescope/results/ccc/p1/result.json"}}]
+    batch = SimpleNamespace(extra={"batch": {"outcomes": "s3://tilescope/results/batches/r/"
+                                             "outcomes.json", "images": 3, "stored": 2},
+                                   "status": "batch", "detections": 3},
+                            source_run_id="run-9", timestamp=WHEN)
+    asked: list[str] = []
+    tallies, skipped = tallies_from_events([batch], load_outcomes=lambda uri: (
+        asked.append(uri) or outcomes))
+    assert asked == ["s3://tilescope/results/batches/r/outcomes.json"]
+    assert [(t.image_id, t.status, t.counts) for t in tallies] == [
+        ("aaa", "complete", {"person": 2}), ("ccc", "partial", {"kite": 1})]
+    assert all(t.source_run_id == "run-9" for t in tallies) and skipped == []
+    assert tallies_from_events([batch])[1] == [
+        "batch event s3://tilescope/results/batches/r/outcomes.json: no outcomes loader"]

@@ -545,6 +545,14 @@ def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
     return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
 
 
+def batch_event(prepared: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The one results-asset event extra of a big batch: where its per-image outcomes are,
+    and its totals (consumers read the images from the outcomes document)."""
+    return {"batch": {"outcomes": prepared["batch"]["outcomes_uri"],
+                      "images": summary["images"], "stored": summary["stored"]},
+            "detections": summary["detections"], "status": "batch"}
+
+
 def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome] | None:
     """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
     try:

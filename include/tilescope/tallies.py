@@ -6,13 +6,17 @@ consumer needs nothing else: this module turns such events into rows of
 ``tilescope_class_tallies`` (one per result and class, in the SQL catalog), so "how many
 persons across every image?" is a ``GROUP BY`` rather than a scan of result documents.
 
+A batch run with more stored images than ``TILESCOPE_IMAGE_EVENTS_PER_RUN`` announces them
+in one event instead, ``{"batch": {"outcomes": "s3://…/outcomes.json", ...}}``: the tallies
+of its images are read from that document (``load_outcomes``).
+
 Re-recording a result (the same image and parameters processed again, or the consumer
 retried) replaces that result's rows, so tallies never double-count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,15 +64,34 @@ class ResultTally:
         return f"{self.image_id} {self.status}: {classes} ({self.result_key})"
 
 
-def tallies_from_events(events: Iterable[Any]) -> tuple[list[ResultTally], list[str]]:
+def tallies_from_events(events: Iterable[Any],
+                        load_outcomes: Callable[[str], list[Mapping[str, Any]]] | None = None
+                        ) -> tuple[list[ResultTally], list[str]]:
     """The tallies announced by asset events (objects with ``.extra``, or extra mappings),
-    and a reason for each event that is not a stored result (e.g. a manual event)."""
+    and a reason for each event that is not a stored result (e.g. a manual event). A batch
+    event's images come from its outcomes document, read with ``load_outcomes(uri)``."""
     tallies: list[ResultTally] = []
     skipped: list[str] = []
     for event in events:
         extra = getattr(event, "extra", event)
         if not isinstance(extra, Mapping):
             skipped.append("event without extra")
+            continue
+        batch = extra.get("batch")
+        if isinstance(batch, Mapping) and batch.get("outcomes"):
+            if load_outcomes is None:
+                skipped.append(f"batch event {batch['outcomes']}: no outcomes loader")
+                continue
+            stored = [{"result": (o.get("keys") or {}).get("result"),
+                       "image_id": o.get("image_id"), "image_uri": o.get("uri"),
+                       "status": o.get("result_status"), "counts": o.get("counts")}
+                      for o in load_outcomes(str(batch["outcomes"]))
+                      if o.get("status") == "stored"]
+            more, why = tallies_from_events(
+                [_Event(e, getattr(event, "source_run_id", None),
+                        getattr(event, "timestamp", None)) for e in stored])
+            tallies.extend(more)
+            skipped.extend(why)
             continue
         key, image_id, counts = extra.get("result"), extra.get("image_id"), extra.get("counts")
         if not key or not image_id or not isinstance(counts, Mapping):
@@ -85,6 +108,15 @@ def tallies_from_events(events: Iterable[Any]) -> tuple[list[ResultTally], list[
             counts=parsed, source_run_id=getattr(event, "source_run_id", None),
             event_at=getattr(event, "timestamp", None)))
     return tallies, skipped
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One image of a batch event, shaped like the event of a single stored result."""
+
+    extra: Mapping[str, Any]
+    source_run_id: str | None
+    timestamp: datetime | None
 
 
 def record_tallies(engine: sa.Engine, tallies: Iterable[ResultTally]) -> int:
