@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 from test_tiled_inference import keys_under, run_xcoms, task_tries, upload
+from video_samples import write_video
 
 from tilescope.catalog import connect, find_results
 from tilescope.claims import PROCESSED, QUARANTINED, all_claims, claim
@@ -39,10 +40,19 @@ def tiled_tiff(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def expected_detections(data: bytes, uri: str, params: InferenceParams) -> list[dict]:
+def expected_detections(data: bytes, uri: str, params: InferenceParams,
+                        video: Path | None = None) -> list[dict]:
     """What a single-image run (the CLI's stages in one process) finds."""
     import hashlib
 
+    if video is not None:
+        from tilescope.video.decoder import VideoSource
+        from tilescope.video.pipeline import run_video
+
+        info = ImageInfo(uri, 320, 240, hashlib.sha256(data).hexdigest(), "AVI", len(data))
+        with VideoSource(str(video), container="AVI", name=uri) as source, \
+                NanoDetModel(score_threshold=params.score_threshold) as model:
+            return run_video(source, info, params, model)[0].to_dict()["detections"]
     reader = reader_for_bytes(data)
     info = ImageInfo(uri, reader.width, reader.height, hashlib.sha256(data).hexdigest(),
                      reader.header.format, len(data))
@@ -55,7 +65,10 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
     monkeypatch.setenv("TILESCOPE_UNIT_SECONDS", "0.5")  # several units for a few images
     client = airflow_env["client"]
     kite = np.asarray(Image.open(sample("kite")).convert("RGB"))
+    clip = write_video(tmp_path / "clip.avi", [kite[y:y + 240, x:x + 320] for x, y in
+                                               ((300, 100), (340, 120), (380, 140))], fps=1)
     inputs = {
+        "incoming/clip.avi": clip.read_bytes(),
         "incoming/kite.jpg": Path(sample("kite")).read_bytes(),
         "incoming/crop.jpg": jpeg(kite[100:292, 300:556]),
         "incoming/scan.tif": tiled_tiff(kite[:768, :1024]),
@@ -82,7 +95,7 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
     assert task_tries(dag.dag_id, run.run_id, "finalize")[-1][0] == "failed"
     params = InferenceParams.from_dict(conf)
     rows = {r["image_uri"]: r for r in find_results(engine)}
-    good = ("incoming/kite.jpg", "incoming/crop.jpg", "incoming/scan.tif")
+    good = ("incoming/kite.jpg", "incoming/crop.jpg", "incoming/scan.tif", "incoming/clip.avi")
     assert sorted(rows) == sorted(f"s3://{BUCKET}/{k}" for k in good)
     for key in good:
         uri = f"s3://{BUCKET}/{key}"
@@ -91,12 +104,14 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
         doc = json.loads(client.get_object(
             Bucket=BUCKET, Key=row["result_keys"]["result"].split(f"{BUCKET}/", 1)[1]
         )["Body"].read())
-        assert doc["detections"] == expected_detections(inputs[key], uri, params), key
+        assert doc["detections"] == expected_detections(
+            inputs[key], uri, params, clip if key.endswith(".avi") else None), key
         prefix = row["result_keys"]["result"].rsplit("/", 1)[0].split(f"{BUCKET}/", 1)[1]
         assert sorted(keys_under(client, prefix + "/")) == sorted(
             f"{prefix}/{n}" for n in ("result.json", "coco.json", "overlay.png",
                                       "thumbnail.png"))
     assert rows[f"s3://{BUCKET}/incoming/kite.jpg"]["detections"] >= 10
+    assert rows[f"s3://{BUCKET}/incoming/clip.avi"]["regions"] == 3  # one unit per frame
 
     # originals: good ones in processed/, bad ones in quarantine/ with their reasons
     assert sorted(keys_under(client, "processed/")) == sorted(
@@ -117,3 +132,16 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
     sizes = run_xcoms(dag.dag_id, run.run_id)
     assert max(size for _, _, size in sizes) < 64 * 1024
     assert len(task_tries(dag.dag_id, run.run_id, "analyze")) >= 2  # packed into units
+    # one results-asset event per stored image, each with its own image id and counts
+    assert sorted(e["image_uri"] for e in asset_event_extras(run.run_id)) == sorted(rows)
+    assert {e["image_id"] for e in asset_event_extras(run.run_id)} == {
+        r["image_id"] for r in rows.values()}
+
+
+def asset_event_extras(run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [dict(e.extra) for e in session.query(AssetEvent).filter(
+            AssetEvent.source_run_id == run_id).all()]
