@@ -9,6 +9,9 @@ Registers (Airflow 3.1+ plugin interface):
 * a "Results viewer" extra link on the ``analyze`` and ``store`` tasks of
   ``TILESCOPE_VIEWER_DAGS`` (default ``tiled_inference``).
 
+A batch run (many images in one ``tiled_inference`` run) opens on its image list and its
+work units' live states; picking a stored image shows its grid and boxes.
+
 The logic lives in ``include/tilescope/viewer/``; the page's HTML/CSS/JS beside this file in
 ``tilescope_viewer_ui/``. Nothing heavy is imported here: Airflow loads plugins in every
 task process too.

@@ -1,5 +1,7 @@
 // tilescope results viewer: one <canvas> (image, region grid, boxes), polled JSON.
 // State for people and tests alike lives in window.tilescopeViewer and data-* attributes.
+// A batch run (many images in one run) lists its images and its work units' live states;
+// picking a stored image draws that image's grid and boxes from its result.json.
 (() => {
   "use strict";
   const cfg = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -18,6 +20,8 @@
     boxesDrawn: 0, boxesTotal: 0, labelsDrawn: 0, imageLoaded: false, stateCounts: {},
     classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
     lastDrawMs: null, lastPollMs: null,
+    batch: false, images: 0, imagesFinal: false, units: 0, unitStateCounts: {},
+    selectedImage: null,
   });
   const $ = (id) => document.getElementById(id);
   const canvas = $("view");
@@ -35,6 +39,14 @@
   let minScore = 0;
   let scale = 1;
   let drawQueued = false;
+  // batch runs
+  let batchPlan = null; // {batch, units} from /plan
+  let unitStates = [];
+  let listing = null; // {final, images, counts} from /images
+  let listedAtEnd = false;
+  let picked = null; // the batch image shown
+  let imageQuery = ""; // "image=N&" for a batch image
+  const unitItems = [];
 
   const names = () => (final ? final.category_names : (plan && plan.category_names) || []);
   const className = (c) => names()[c] ?? String(c);
@@ -161,9 +173,14 @@
     if (!drawQueued) { drawQueued = true; requestAnimationFrame(draw); }
   }
 
-  function renderLegend() {
+  function countStates(list) {
     const counts = {};
-    for (const s of states) counts[s] = (counts[s] || 0) + 1;
+    for (const s of list) counts[s] = (counts[s] || 0) + 1;
+    return counts;
+  }
+
+  function renderLegend() {
+    const counts = countStates(states);
     S.stateCounts = counts;
     $("legend").replaceChildren(...Object.entries(counts).sort().map(([state, n]) => {
       const li = document.createElement("li");
@@ -173,16 +190,19 @@
       li.append(swatch, `${state.replaceAll("_", " ")}: ${n}`);
       return li;
     }));
+    // analyze's instances: the regions of a single-image run, the units of a batch
+    const mapped = S.batch ? unitStates : states;
+    const mappedCounts = S.batch ? countStates(unitStates) : counts;
     const order = ["preprocess", "analyze", "synthesize", "store", "finalize"];
     $("stages").replaceChildren(...order.map((task) => {
       const li = document.createElement("li");
       let state = stages[task] || "none";
       let label = task;
       if (task === "analyze") {
-        const done = counts.success || 0;
-        label = `analyze ${done}/${states.length}`;
-        state = counts.failed ? "failed" : done === states.length && done ? "success"
-          : (counts.running || counts.queued) ? "running" : "none";
+        const done = mappedCounts.success || 0;
+        label = `analyze ${done}/${mapped.length}`;
+        state = mappedCounts.failed ? "failed" : done === mapped.length && done ? "success"
+          : (mappedCounts.running || mappedCounts.queued) ? "running" : "none";
       }
       li.textContent = label;
       li.style.borderLeftColor = COLORS[state] || COLORS.none;
@@ -231,7 +251,7 @@
     const info = regionInfo.get(index) || {};
     const boxes = final ? null : regionBoxes.get(index);
     const details = {
-      state: states[index] || "none", "try": tries[index] || "–",
+      state: states[index] || "none", "try": S.batch ? "–" : tries[index] || "–",
       box: r.box.join(", "), slices: r.slices,
       detections: boxes ? boxes.boxes.length : info.count ?? "–",
       seconds: info.seconds && info.seconds.total !== undefined
@@ -246,6 +266,7 @@
     const link = $("region-log");
     link.href = cfg.log_prefix + index + (tries[index] ? `?try_number=${tries[index]}` : "");
     link.dataset.region = String(index);
+    link.hidden = S.batch; // a batch image's regions ran inside units, not as tasks
     $("region-info").hidden = false;
     redraw();
   }
@@ -293,9 +314,13 @@
     if (imageRequested || !plan || !plan.image) return;
     imageRequested = true;
     const img = new Image();
-    img.onload = () => { image = img; S.imageLoaded = true; redraw(); };
-    img.onerror = () => { imageRequested = false; }; // thumbnail not written yet: retry later
-    img.src = `${cfg.api}/image?side=${IMAGE_SIDE}`;
+    const query = imageQuery;
+    img.onload = () => {
+      if (query !== imageQuery) return; // another batch image was picked meanwhile
+      image = img; S.imageLoaded = true; redraw();
+    };
+    img.onerror = () => { if (query === imageQuery) imageRequested = false; }; // retry later
+    img.src = `${cfg.api}/image?${query}side=${IMAGE_SIDE}`;
   }
 
   function renderArtifacts(artifacts) {
@@ -310,12 +335,143 @@
     $("artifacts").hidden = !artifacts;
   }
 
+  // ---- batch runs ---------------------------------------------------------------------
+  function renderUnits() {
+    const units = (batchPlan && batchPlan.units) || [];
+    const list = $("units");
+    while (unitItems.length < units.length) {
+      const u = units[unitItems.length];
+      const li = document.createElement("li");
+      li.dataset.index = String(u.index);
+      li.title = `${u.slices} slices`;
+      li.textContent = u.name;
+      unitItems.push(li);
+      list.append(li);
+    }
+    units.forEach((u, i) => {
+      const state = unitStates[u.index] || "none";
+      const li = unitItems[i];
+      if (li.dataset.state !== state) {
+        li.dataset.state = state;
+        li.style.borderLeftColor = COLORS[state] || COLORS.none;
+        li.title = `${state.replaceAll("_", " ")} · ${u.slices} slices`;
+      }
+    });
+    const counts = countStates(unitStates);
+    S.unitStateCounts = counts;
+    $("units-summary").textContent = Object.entries(counts).sort()
+      .map(([state, n]) => `${state.replaceAll("_", " ")} ${n}`).join(" · ");
+    $("units-box").hidden = !units.length;
+  }
+
+  function renderImages() {
+    const rows = listing ? listing.images : [];
+    S.images = rows.length;
+    S.imagesFinal = Boolean(listing && listing.final);
+    $("images-summary").textContent = listing ? Object.entries(listing.counts).sort()
+      .map(([status, n]) => `${status} ${n}`).join(" · ") : "";
+    $("images").tBodies[0].replaceChildren(...rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.dataset.index = String(row.index);
+      tr.dataset.status = row.status;
+      tr.dataset.viewable = String(row.viewable);
+      if (row.index === picked) tr.classList.add("picked");
+      const name = document.createElement("td");
+      name.append(row.name);
+      if (row.error) {
+        const err = document.createElement("span");
+        err.className = "error";
+        err.textContent = row.error_class ? `${row.error_class}: ${row.error}` : row.error;
+        name.append(err);
+      }
+      const status = document.createElement("td");
+      status.textContent = row.result_status && row.result_status !== "complete"
+        ? `${row.status} (${row.result_status})` : row.status;
+      const boxes = document.createElement("td");
+      boxes.textContent = row.detections === null ? "–" : String(row.detections);
+      tr.append(name, status, boxes);
+      if (row.viewable) tr.addEventListener("click", () => pickImage(row.index));
+      return tr;
+    }));
+    $("images-box").hidden = false;
+  }
+
+  async function pickImage(index) {
+    picked = index;
+    S.selectedImage = index;
+    for (const tr of $("images").tBodies[0].rows) {
+      tr.classList.toggle("picked", tr.dataset.index === String(index));
+    }
+    try {
+      const doc = await getJSON(`/result?image=${index}`);
+      if (picked !== index) return; // another image was picked meanwhile
+      plan = { image: doc.image, grid: doc.grid, regions: doc.regions,
+        category_names: doc.category_names };
+      states = doc.region_states; tries = [];
+      final = doc;
+      S.mode = "final"; S.regions = doc.regions.length; S.selected = null;
+      $("region-info").hidden = true;
+      hidden.clear();
+      image = null; S.imageLoaded = false; imageRequested = false;
+      imageQuery = `image=${index}&`;
+      loadImage();
+      $("summary").textContent = `${doc.image && doc.image.uri ? doc.image.uri + " · " : ""}` +
+        `${doc.status}: ${doc.description || ""}`;
+      renderArtifacts(doc.artifacts);
+      renderLegend(); renderClasses(); redraw();
+      say("");
+    } catch (err) {
+      S.errors.push(String(err.message || err));
+      say(String(err.message || err));
+    }
+  }
+
+  async function pollBatch(started, planned = false) {
+    if (!planned && (!batchPlan || !batchPlan.units.length)) batchPlan = await getJSON("/plan");
+    if (!S.units && batchPlan.units.length) {
+      S.units = batchPlan.units.length;
+      if (picked === null) say("pick a stored image in the list to see its grid and boxes");
+    } else if (!S.units) say("waiting for preprocess to plan the batch…");
+    const st = await getJSON(`/states?regions=${S.units}`);
+    unitStates = st.states; stages = st.stages;
+    S.runState = st.run_state;
+    $("run-state").textContent = st.run_state;
+    $("run-state").style.background = COLORS[st.run_state] || "";
+    // The image list: once planned, then once more when store wrote the outcomes (or the
+    // run ended without them) — not on every poll.
+    const ended = st.result_ready || st.terminal;
+    if (S.units && (!listing || (ended && !listing.final && !listedAtEnd))) {
+      listedAtEnd = ended;
+      listing = await getJSON("/images");
+      renderImages();
+      const wanted = cfg.image !== null ? cfg.image
+        : listing.images.length === 1 ? listing.images[0].index : null;
+      const row = listing.images.find((r) => r.index === wanted && r.viewable);
+      if (picked === null && row) await pickImage(row.index);
+    }
+    renderUnits();
+    renderLegend();
+    if (S.selected !== null) showRegion(S.selected);
+    const done = st.terminal && (listedAtEnd || !S.units);
+    if (st.terminal && !S.units) say(`run ${st.run_state}; the batch was never planned`);
+    S.ready = Boolean(S.units);
+    document.body.dataset.state = done ? "done" : "live";
+    S.lastPollMs = Math.round(performance.now() - started);
+    if (!done) setTimeout(poll, POLL_MS);
+  }
+
   async function poll() {
     S.polls++;
     const started = performance.now();
     try {
+      if (S.batch) { await pollBatch(started); return; }
       if (!plan || !plan.regions.length) {
         plan = await getJSON("/plan");
+        if (plan.mode === "batch") {
+          S.batch = true; S.mode = "batch"; batchPlan = plan; plan = null;
+          await pollBatch(started, true);
+          return;
+        }
         S.regions = plan.regions.length;
         states = new Array(S.regions).fill("none");
         if (!plan.regions.length) say("waiting for preprocess to plan the regions…");

@@ -1,13 +1,15 @@
 """The results viewer plugin in a real api-server: authentication, URL validation, and a real
 headless Chromium drawing the grid and boxes of a finished ``tiled_inference`` run.
 
-One finished run for the whole module, made cheaply: ``airflow dags test`` against the
-installation's metadata DB (real task execution, real S3 on moto), then only the api-server
-is started on that DB — no scheduler needed to look at a finished run.
+Two finished runs for the whole module, made cheaply: ``airflow dags test`` against the
+installation's metadata DB (real task execution, real S3 on moto) — one image, and a batch
+of three (two photos and a non-image, so that run fails in finalize naming it) — then only
+the api-server is started on that DB — no scheduler needed to look at a finished run.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -27,6 +29,9 @@ sys.path.insert(0, str(REPO / "tests" / "dags"))  # airflow_support: the shared 
 BUCKET = "tilescope"
 DAG_ID = "tiled_inference"
 GRID = (2, 3)
+#: the batch run's images: object key → how to make it from the kite photo (None: not one)
+BATCH = {"incoming/batch/mirrored.jpg": "mirror", "incoming/batch/notes.jpg": None,
+         "incoming/batch/crop.jpg": "crop"}
 CHROMIUM = os.environ.get("TILESCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TILESCOPE_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -51,6 +56,7 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
 
     from tilescope.stack.airflow_stack import AirflowStack
     from tilescope.stack.api import AirflowApi
+    from tilescope.stack.errors import StackError
     from tilescope.stack.procs import free_ports, wait_for
 
     tmp = tmp_path_factory.mktemp("viewer")
@@ -58,6 +64,8 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
     client.create_bucket(Bucket=BUCKET)
     client.put_object(Bucket=BUCKET, Key="incoming/viewer/kite.jpg",
                       Body=Path(sample("kite")).read_bytes())
+    for key, kind in BATCH.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=_batch_image(sample("kite"), kind))
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
                            plugins_folder=REPO / "plugins", components=("api-server",))
@@ -72,6 +80,12 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
             conn_id = key.removeprefix("AIRFLOW_CONN_").lower()
             airflow.run_cli(["connections", "add", conn_id, "--conn-json", value])
         airflow.run_cli(["dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=600)
+        batch_conf = {"images": [f"s3://{BUCKET}/{key}" for key in BATCH], "grid": "2x2"}
+        try:  # the non-image fails finalize, and with it the run (and maybe the command)
+            airflow.run_cli(["dags", "test", DAG_ID, "-c", json.dumps(batch_conf)],
+                            timeout=600)
+        except StackError as exc:
+            print(f"\nbatch run: {exc}")
         ran = time.monotonic()
         airflow.start()
         wait_for(lambda: AirflowApi(airflow.base_url, timeout=5).request(
@@ -79,13 +93,32 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
             alive=airflow.alive)
         api = airflow.api()
         runs = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
-        assert [r["state"] for r in runs] == ["success"], runs
-        print(f"\nviewer stack: dags test {ran - started:.1f}s, "
+        single = [r for r in runs if not (r.get("conf") or {}).get("images")]
+        batch = [r for r in runs if (r.get("conf") or {}).get("images")]
+        assert [r["state"] for r in single] == ["success"], runs
+        assert [r["state"] for r in batch] == ["failed"], runs
+        print(f"\nviewer stack: dags test ×2 {ran - started:.1f}s, "
               f"api-server {time.monotonic() - ran:.1f}s")
-        yield {"airflow": airflow, "api": api, "run_id": runs[0]["dag_run_id"],
+        yield {"airflow": airflow, "api": api, "run_id": single[0]["dag_run_id"],
+               "batch_run_id": batch[0]["dag_run_id"],
                "base": airflow.base_url, "client": client}
     finally:
         airflow.stop()
+
+
+def _batch_image(path: str, kind: str | None) -> bytes:
+    """A photo of the batch (the kite mirrored or cropped: its own image id), or not one."""
+    if kind is None:
+        return b"this is not a picture"
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as photo:
+        picture = photo.convert("RGB")
+    picture = ImageOps.mirror(picture) if kind == "mirror" else picture.crop(
+        (0, 0, picture.width // 2, picture.height // 2))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=92)
+    return out.getvalue()
 
 
 def _get(url: str, token: str | None = None, cookie: str | None = None
@@ -175,6 +208,106 @@ def test_bad_run_ids_are_refused(viewer_stack, run_id, expected):
     assert _get(url, token=token)[0] in expected
 
 
+def _batch_urls(stack) -> dict[str, str]:
+    run = urllib.parse.quote(stack["batch_run_id"], safe="")
+    api = f"{stack['base']}/tilescope/api/dags/{DAG_ID}/runs/{run}"
+    return {"page": f"{stack['base']}/tilescope/viewer/dags/{DAG_ID}/runs/{run}?image=0",
+            "plan": f"{api}/plan", "states": f"{api}/states?regions=1",
+            "images": f"{api}/images", "findings": f"{api}/findings",
+            "result": f"{api}/result?image=0", "image": f"{api}/image?image=0&side=320",
+            "object": f"{api}/object?key=x.json", "api": api}
+
+
+def _json(url: str, token: str) -> dict:
+    status, _, body = _get(url, token=token)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)
+
+
+def test_batch_endpoints_refuse_unauthenticated_requests(viewer_stack):
+    urls = _batch_urls(viewer_stack)
+    status, headers, _ = _get(urls["page"])
+    assert status in (302, 303, 307) and "/auth/login" in headers["location"]
+    for name in ("plan", "states", "images", "findings", "result", "image", "object"):
+        for token, cookie in ((None, None), ("not-a-jwt", None), (None, "forged.jwt.value")):
+            status, headers, body = _get(urls[name], token=token, cookie=cookie)
+            assert status in (401, 403), (name, status)
+            assert set(json.loads(body)) == {"detail"}, (name, body[:200])
+
+
+def test_a_batch_run_lists_its_images_and_units_and_shows_each_stored_image(viewer_stack):
+    token = viewer_stack["airflow"].token()
+    urls = _batch_urls(viewer_stack)
+    plan = _json(urls["plan"], token)
+    assert plan["mode"] == "batch" and plan["regions"] == []
+    assert plan["batch"] == {"images": 3, "bad": 1, "units": len(plan["units"])}
+    assert plan["units"] and all(u["name"] and u["slices"] > 0 for u in plan["units"])
+    units = len(plan["units"])
+    states = _json(urls["states"].replace("regions=1", f"regions={units}"), token)
+    assert states["states"] == ["success"] * units and states["run_state"] == "failed"
+    assert states["stages"]["store"] == "success" and states["stages"]["finalize"] == "failed"
+    assert _json(urls["findings"], token)["findings"] == []
+
+    listing = _json(urls["images"], token)
+    assert listing["final"] and listing["counts"] == {"stored": 2, "bad": 1}
+    by_name = {i["name"]: i for i in listing["images"]}
+    assert set(by_name) == set(BATCH)
+    bad = by_name["incoming/batch/notes.jpg"]
+    assert bad["status"] == "bad" and bad["error"] and not bad["viewable"]
+    mirrored = by_name["incoming/batch/mirrored.jpg"]
+    assert mirrored["viewable"] and mirrored["detections"] >= 5
+
+    api = urls["api"]
+    doc = _json(f"{api}/result?image={mirrored['index']}", token)
+    assert doc["image"]["image_id"] == mirrored["image_id"]
+    assert doc["grid"]["rows"] == 2 and len(doc["regions"]) == len(doc["region_states"]) == 4
+    assert doc["region_states"] == ["success"] * 4
+    assert len(doc["boxes"]) == mirrored["detections"] and doc["counts"]["person"] >= 5
+    status, headers, body = _get(f"{api}/image?image={mirrored['index']}&side=320",
+                                 token=token)
+    assert status == 200 and body[:2] == b"\xff\xd8"
+    assert max(int(v) for v in headers["x-image-size"].split("x")) == 320
+    coco = doc["artifacts"]["coco.json"]
+    assert mirrored["image_id"] in coco
+    status, _, body = _get(f"{api}/object?key={urllib.parse.quote(coco, safe='')}", token=token)
+    assert status == 200 and json.loads(body)["annotations"]
+
+    # the bad image has nothing to show; numbers outside the batch are refused
+    assert _get(f"{api}/result?image={bad['index']}", token=token)[0] == 404
+    assert _get(f"{api}/image?image={bad['index']}", token=token)[0] == 404
+    assert _get(f"{api}/result?image=99", token=token)[0] == 404
+    for query in ("image=x", "image=-1x", "image=1.5", ""):
+        assert _get(f"{api}/result?{query}", token=token)[0] == 400, query
+
+
+def test_batch_keys_are_confined_to_the_batch_and_its_outcomes(viewer_stack):
+    token = viewer_stack["airflow"].token()
+    urls = _batch_urls(viewer_stack)
+    api = urls["api"]
+    from tilescope.steps import safe_key_part
+
+    outcomes = f"results/batches/{safe_key_part(viewer_stack['batch_run_id'])}/outcomes.json"
+    status, _, body = _get(f"{api}/object?key={urllib.parse.quote(outcomes, safe='')}",
+                           token=token)
+    assert status == 200 and json.loads(body)["run_id"] == viewer_stack["batch_run_id"]
+    # the single-image run's result: a real object of the bucket, not an image of this batch
+    single = _json(_run_urls(viewer_stack)["result"], token)["artifacts"]["result.json"]
+    for key in (single, f"s3://{BUCKET}/{single}", "incoming/batch/mirrored.jpg",
+                f"scratch/batch/{safe_key_part(viewer_stack['batch_run_id'])}/plan.json",
+                "results/batches/other_run/outcomes.json", f"{outcomes}/../x.json"):
+        status, _, body = _get(f"{api}/object?key={urllib.parse.quote(key, safe='')}",
+                               token=token)
+        assert status == 400, (key, body[:200])
+    # and the other way round: the single-image run serves no key of the batch
+    status, _, _ = _get(_run_urls(viewer_stack)["object"].replace(
+        "x.json", urllib.parse.quote(outcomes, safe="")), token=token)
+    assert status == 400
+    # batch parameters on a single-image run are refused, the image list does not exist
+    single_api = _run_urls(viewer_stack)["result"].rsplit("/", 1)[0]
+    assert _get(f"{single_api}/result?image=0", token=token)[0] == 400
+    assert _get(f"{single_api}/images", token=token)[0] == 404
+
+
 def test_the_extra_link_of_store_and_analyze_opens_the_viewer(viewer_stack):
     api, run = viewer_stack["api"], urllib.parse.quote(viewer_stack["run_id"], safe="")
     base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances"
@@ -208,26 +341,34 @@ def _chromium():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-def test_a_real_browser_logs_in_and_sees_the_grid_and_boxes(viewer_stack):
+def _log_in(driver, stack, url: str):
+    """Open ``url`` signed out: Airflow's login page, then back at ``url``; a waiter."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from tilescope.stack.api import read_admin_password
 
+    driver.get(url)
+    wait = WebDriverWait(driver, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+    password = read_admin_password(stack["airflow"].home)
+    driver.find_element(By.CSS_SELECTOR, "input[name=username], input#username") \
+        .send_keys("admin")
+    driver.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page = urllib.parse.unquote(url).split("?")[0]
+    wait.until(lambda d: urllib.parse.unquote(d.current_url).startswith(page))
+    return wait
+
+
+def test_a_real_browser_logs_in_and_sees_the_grid_and_boxes(viewer_stack):
+    from selenium.webdriver.common.by import By
+
     driver = _chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         urls = _run_urls(viewer_stack)
-        driver.get(urls["page"])  # not signed in: Airflow's login page, then back here
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
-        password = read_admin_password(viewer_stack["airflow"].home)
-        driver.find_element(By.CSS_SELECTOR, "input[name=username], input#username") \
-            .send_keys("admin")
-        driver.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        page = urllib.parse.unquote(urls["page"])
-        wait.until(lambda d: urllib.parse.unquote(d.current_url).startswith(page))
+        wait = _log_in(driver, viewer_stack, urls["page"])
         state = wait.until(lambda d: d.execute_script(
             "const s = window.tilescopeViewer;"
             "return s && document.body.dataset.state === 'done' && s.imageLoaded"
@@ -275,5 +416,47 @@ def test_a_real_browser_logs_in_and_sees_the_grid_and_boxes(viewer_stack):
             "return s.boxesDrawn < s.boxesTotal ? s.boxesDrawn : null;"))
         assert drawn == state["boxesTotal"] - state["classCounts"]["person"]
         assert not driver.execute_script("return window.tilescopeViewer.errors")
+    finally:
+        driver.quit()
+
+
+def test_a_real_browser_shows_a_batch_run_image_by_image(viewer_stack):
+    from selenium.webdriver.common.by import By
+
+    token = viewer_stack["airflow"].token()
+    urls = _batch_urls(viewer_stack)
+    units = len(_json(urls["plan"], token)["units"])
+    images = {i["name"]: i for i in _json(urls["images"], token)["images"]}
+    mirrored, crop = images["incoming/batch/mirrored.jpg"], images["incoming/batch/crop.jpg"]
+    driver = _chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page = urls["page"].replace("image=0", f"image={mirrored['index']}")
+        wait = _log_in(driver, viewer_stack, page)
+        state = wait.until(lambda d: d.execute_script(
+            "const s = window.tilescopeViewer;"
+            "return s && document.body.dataset.state === 'done' && s.imageLoaded"
+            " && s.boxesDrawn > 0 ? s : null;"))
+        assert state["batch"] and state["images"] == 3 and state["imagesFinal"]
+        assert state["units"] == units and state["unitStateCounts"] == {"success": units}
+        assert state["runState"] == "failed" and state["selectedImage"] == mirrored["index"]
+        assert state["cellsDrawn"] == 4 and state["stateCounts"] == {"success": 4}
+        assert state["boxesDrawn"] == state["boxesTotal"] == mirrored["detections"]
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#units li[data-state=success]")) \
+            == units
+        bad = driver.find_element(By.CSS_SELECTOR, "#images tr[data-status=bad]")
+        assert "notes.jpg" in bad.text and bad.find_element(By.CLASS_NAME, "error").text
+        driver.save_screenshot(str(ARTIFACTS / "viewer-batch.png"))
+
+        # picking another stored image draws that one; the bad one is not clickable
+        bad.click()
+        driver.find_element(By.CSS_SELECTOR,
+                            f"#images tr[data-index='{crop['index']}']").click()
+        state = wait.until(lambda d: d.execute_script(
+            "const s = window.tilescopeViewer;"
+            f"return s.selectedImage === {crop['index']} && s.imageLoaded"
+            f" && s.boxesTotal === {crop['detections']} ? s : null;"))
+        assert state["cellsDrawn"] == state["regions"] > 0
+        assert not state["errors"]
     finally:
         driver.quit()

@@ -8,13 +8,18 @@ connection; the browser only ever sees this app's URLs.
 
 Routes (``{run}`` = ``dags/{dag_id}/runs/{run_id}``):
 
-* ``GET /viewer/{run}[?region=N]`` — the page (canvas, grid, boxes, filters);
-* ``GET /api/{run}/plan`` — image size and regions (once);
-* ``GET /api/{run}/states`` — every region's live state in one DB query (polled);
+* ``GET /viewer/{run}[?region=N][&image=I]`` — the page (canvas, grid, boxes, filters);
+* ``GET /api/{run}/plan`` — image size and regions (once); a batch: its work units;
+* ``GET /api/{run}/states`` — every region's (a batch: unit's) live state in one DB query;
 * ``GET /api/{run}/findings?since=ISO`` — region boxes written since a cursor;
-* ``GET /api/{run}/result`` — the merged detections from ``result.json``;
-* ``GET /api/{run}/image?side=N`` — the run's thumbnail, downscaled, as JPEG;
-* ``GET /api/{run}/object?key=K`` — one of the run's own result/scratch objects.
+* ``GET /api/{run}/result[?image=I]`` — the merged detections from ``result.json``;
+* ``GET /api/{run}/image?side=N[&image=I]`` — the thumbnail, downscaled, as JPEG;
+* ``GET /api/{run}/object?key=K`` — one of the run's own result/scratch objects;
+* ``GET /api/{run}/images`` — a batch run's images (name, status, detections, error).
+
+A **batch** run (many images in one run, ``tilescope.batch_steps``) names an image by its
+number in the batch (``image=I``, the outcome's ``index``): its grid and boxes come from its
+own ``result.json``; every key served is checked against the run's ``outcomes.json``.
 """
 
 from __future__ import annotations
@@ -37,16 +42,24 @@ from tilescope.storage import S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
 from tilescope.viewer.keys import (
+    BatchPrefixes,
+    BatchRun,
     RunPrefixes,
     ViewerInputError,
+    batch_prefixes,
+    batch_run,
     resolve_key,
     run_prefixes,
     validate_dag_id,
+    validate_image,
     validate_region,
     validate_run_id,
 )
 from tilescope.viewer.shaping import (
     MAPPED_TASK,
+    batch_image_payload,
+    batch_images_payload,
+    batch_plan_payload,
     finding_payload,
     plan_payload,
     result_payload,
@@ -103,6 +116,55 @@ def _stored(session: Any, run: metadata.RunInfo) -> dict[str, Any] | None:
 
 def _prefixes(session: Any, run: metadata.RunInfo) -> RunPrefixes | None:
     return run_prefixes(run.run_id, _prepared(session, run), _stored(session, run))
+
+
+def _is_batch(run: metadata.RunInfo) -> bool:
+    """What the run was triggered as (its conf; no query): ``images`` or ``manifest`` set."""
+    from tilescope.params import is_batch
+
+    return is_batch(run.conf)
+
+
+def _batch(session: Any, run: metadata.RunInfo) -> BatchRun | None:
+    return batch_run(run.run_id, _prepared(session, run))
+
+
+def _json_or_none(location: S3Location) -> dict[str, Any] | None:
+    """A JSON document of the run's, or ``None`` when it does not exist (yet, any more)."""
+    try:
+        return json.loads(_read(location))
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            return None
+        raise
+
+
+def _outcomes(batch: BatchRun) -> dict[str, Any] | None:
+    return _json_or_none(batch.outcomes)
+
+
+def _batch_prefixes(session: Any, run: metadata.RunInfo
+                    ) -> tuple[BatchPrefixes, dict[str, Any] | None]:
+    """The batch run's prefixes (from its own outcomes.json) and that document."""
+    batch = _batch(session, run)
+    if batch is None:
+        raise HTTPException(404, "the batch has not been planned yet")
+    doc = _outcomes(batch)
+    return batch_prefixes(batch, doc), doc
+
+
+def _stored_image(session: Any, run: metadata.RunInfo, image: str | None
+                  ) -> tuple[BatchPrefixes, int]:
+    """A batch image named in the URL, if the run's outcomes say it was stored."""
+    index = validate_image(image)
+    if index is None:
+        raise ViewerInputError("a batch run shows one image at a time: pass image=<number>")
+    prefixes, doc = _batch_prefixes(session, run)
+    if doc is None:
+        raise HTTPException(404, "no image of this batch is stored yet")
+    if prefixes.object(index, "result.json") is None:
+        raise HTTPException(404, f"image {index} of this batch has no stored result")
+    return prefixes, index
 
 
 def _category_names(conf: dict[str, Any]) -> list[str]:
@@ -169,11 +231,13 @@ def create_app(static_dir: Path) -> FastAPI:
 
     @app.get(f"/viewer{RUN_PATH}", response_class=HTMLResponse, dependencies=[CanReadRun])
     def viewer(request: Request, dag_id: str, run_id: str,
-               region: Annotated[str | None, Query()] = None) -> HTMLResponse:
+               region: Annotated[str | None, Query()] = None,
+               image: Annotated[str | None, Query()] = None) -> HTMLResponse:
         dag_id, run_id = _checked(dag_id, run_id)
         root = request.scope.get("root_path", "")
         ui = _ui_base()
         config = {"dag_id": dag_id, "run_id": run_id, "region": validate_region(region),
+                  "image": validate_image(image),
                   "api": links.viewer_api(root, dag_id, run_id), "ui_base": ui,
                   "run_url": links.run_page(ui, dag_id, run_id),
                   "log_prefix": links.task_log(ui, dag_id, run_id, MAPPED_TASK) + "/mapped/"}
@@ -186,10 +250,16 @@ def create_app(static_dir: Path) -> FastAPI:
         run = _run(session, dag_id, run_id)
         prepared = _prepared(session, run)
         regions = metadata.xcom_value(session, dag_id, run_id, "preprocess")
+        listed = regions if isinstance(regions, list) else None
+        if _is_batch(run):  # the mapped items are work units; images come from /images
+            batch_run(run_id, prepared)  # refuses a tampered batch description
+            return {"dag_id": dag_id, "run_id": run_id, "run_state": run.state,
+                    "image_uri": None, "category_names": _category_names(run.conf),
+                    **batch_plan_payload(listed if prepared else None, prepared)}
         return {"dag_id": dag_id, "run_id": run_id, "run_state": run.state,
-                "image_uri": run.conf.get("image_uri"),
+                "image_uri": run.conf.get("image_uri"), "mode": "image",
                 "category_names": _category_names(run.conf),
-                **plan_payload(regions if isinstance(regions, list) else None, prepared)}
+                **plan_payload(listed, prepared)}
 
     @app.get(f"/api{RUN_PATH}/states", dependencies=[CanReadRun, CanReadTasks])
     def states(dag_id: str, run_id: str, session: SessionDep,
@@ -205,6 +275,8 @@ def create_app(static_dir: Path) -> FastAPI:
                  since: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
         run = _run(session, dag_id, run_id)
         moment = _parse_since(since)
+        if _is_batch(run):  # unit findings hold many images' regions: see /result?image=
+            return {"cursor": since, "findings": []}
         rows = metadata.xcom_values_since(session, dag_id, run_id, MAPPED_TASK, moment)
         prefixes = _prefixes(session, run) if rows else None
         out = []
@@ -223,8 +295,18 @@ def create_app(static_dir: Path) -> FastAPI:
         return {"cursor": cursor, "findings": out}
 
     @app.get(f"/api{RUN_PATH}/result", dependencies=[CanReadRun, CanReadXComs])
-    def result(dag_id: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+    def result(dag_id: str, run_id: str, session: SessionDep,
+               image: Annotated[str | None, Query(max_length=8)] = None) -> dict[str, Any]:
         run = _run(session, dag_id, run_id)
+        if _is_batch(run):
+            batch, index = _stored_image(session, run, image)
+            payload = batch_image_payload(json.loads(_read(
+                batch.object(index, "result.json"))))  # type: ignore[arg-type]
+            payload["artifacts"] = batch.artifacts(index)
+            payload["image_index"] = index
+            return payload
+        if image is not None:
+            raise ViewerInputError("image= names an image of a batch run; this run has one")
         prefixes = _prefixes(session, run)
         location = prefixes.object("result.json", where="results") if prefixes else None
         if location is None:
@@ -236,15 +318,23 @@ def create_app(static_dir: Path) -> FastAPI:
 
     @app.get(f"/api{RUN_PATH}/image", dependencies=[CanReadRun, CanReadXComs])
     def image(dag_id: str, run_id: str, session: SessionDep,
-              side: Annotated[str | None, Query(max_length=5)] = None) -> Response:
+              side: Annotated[str | None, Query(max_length=5)] = None,
+              image: Annotated[str | None, Query(max_length=8)] = None) -> Response:
         run = _run(session, dag_id, run_id)
         max_side = parse_side(side)
-        prefixes = _prefixes(session, run)
-        if prefixes is None:
-            raise HTTPException(404, "the run has no image yet")
-        # After store the thumbnail lives beside the result; before, in the run's scratch.
-        for where in ("results", "scratch"):
-            location = prefixes.object("thumbnail.png", where=where)
+        if _is_batch(run):  # a stored image's thumbnail, beside its result
+            batch, index = _stored_image(session, run, image)
+            candidates = [batch.object(index, "thumbnail.png")]
+        else:
+            if image is not None:
+                raise ViewerInputError("image= names an image of a batch run; this run has one")
+            prefixes = _prefixes(session, run)
+            if prefixes is None:
+                raise HTTPException(404, "the run has no image yet")
+            # After store the thumbnail lives beside the result; before, in the run's scratch.
+            candidates = [prefixes.object("thumbnail.png", where=where)
+                          for where in ("results", "scratch")]
+        for location in candidates:
             if location is None:
                 continue
             try:
@@ -261,7 +351,9 @@ def create_app(static_dir: Path) -> FastAPI:
     def stored_object(dag_id: str, run_id: str, session: SessionDep,
                       key: Annotated[str, Query(max_length=2048)]) -> Response:
         run = _run(session, dag_id, run_id)
-        prefixes = _prefixes(session, run)
+        prefixes: RunPrefixes | BatchPrefixes | None
+        prefixes = (_batch_prefixes(session, run)[0] if _is_batch(run)
+                    else _prefixes(session, run))
         if prefixes is None:
             raise HTTPException(404, "the run has no objects yet")
         location = resolve_key(key, prefixes)
@@ -271,5 +363,20 @@ def create_app(static_dir: Path) -> FastAPI:
                         headers={"Content-Disposition": f'inline; filename="{name}"',
                                  "X-Content-Type-Options": "nosniff",
                                  "Cache-Control": "private, max-age=60"})
+
+    @app.get(f"/api{RUN_PATH}/images", dependencies=[CanReadRun, CanReadXComs])
+    def images(dag_id: str, run_id: str, session: SessionDep) -> dict[str, Any]:
+        """A batch run's images: from its outcomes once stored, else from its plan."""
+        run = _run(session, dag_id, run_id)
+        if not _is_batch(run):
+            raise HTTPException(404, "not a batch run: it has one image (see /plan)")
+        batch = _batch(session, run)
+        if batch is None:
+            return batch_images_payload()
+        doc = _outcomes(batch)
+        if doc is not None:
+            batch_prefixes(batch, doc)  # the same checks as for the keys it leads to
+            return batch_images_payload(doc)
+        return batch_images_payload(plan_doc=_json_or_none(batch.plan))
 
     return app

@@ -4,14 +4,17 @@ Everything a browser sends is checked here before it reaches the metadata DB or 
 keys are the sensitive part: the api-server holds the S3 credentials, so a key taken from a
 URL must stay inside the objects of *that* run — its ``scratch/<image-id>/<run>/`` prefix
 and its ``results/<image-id>/<params-hash>/`` prefix — or the viewer would be a read-anything
-proxy for the bucket.
+proxy for the bucket. A *batch* run (many images in one run) owns its
+``results/batches/<run>/`` prefix and the ``results/<image-id>/<params-hash>/`` prefix of each
+image its own ``outcomes.json`` says it stored (:func:`batch_prefixes`), nothing else.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tilescope.errors import TilescopeError
@@ -25,9 +28,14 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_.~:+\-]+")
 _IMAGE_ID = re.compile(r"[0-9a-f]{16}")
 _PARAMS_HASH = re.compile(r"[0-9a-f]{8,64}")
 _SAFE_PART = re.compile(r"[A-Za-z0-9._-]+")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 KEY_MAX = 1024
 #: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails)
 SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
+#: a batch's documents (``tilescope.batch_steps``): the plan in scratch, outcomes kept
+BATCH_PLAN, BATCH_OUTCOMES = "plan.json", "outcomes.json"
+#: the artefacts of a stored image the viewer links (``keys`` of a batch outcome)
+_ARTIFACT_NAMES = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
 
 
 class ViewerInputError(TilescopeError):
@@ -50,17 +58,23 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def validate_region(region: str | int | None, count: int | None = None) -> int | None:
+def validate_region(region: str | int | None, count: int | None = None,
+                    what: str = "region") -> int | None:
     """A map index from a query string: ``None`` (empty, -1) or an int in ``[0, count)``."""
     if region is None or region in ("", "-1", -1):  # -1: an unmapped task instance
         return None
     text = str(region)
-    if not text.isdigit() or len(text) > 6:
-        raise ViewerInputError(f"invalid region {region!r}")
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        raise ViewerInputError(f"invalid {what} {region!r}")
     index = int(text)
     if count is not None and index >= count:
-        raise ViewerInputError(f"region {index} does not exist (the run has {count})")
+        raise ViewerInputError(f"{what} {index} does not exist (the run has {count})")
     return index
+
+
+def validate_image(image: str | int | None) -> int | None:
+    """A batch image's number (its outcome ``index``) from a query string, or ``None``."""
+    return validate_region(image, what="image")
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,13 @@ class RunPrefixes:
     @property
     def prefixes(self) -> tuple[str, ...]:
         return tuple(p for p in (self.results, self.scratch) if p)
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.bucket,)
+
+    def allows(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and any(key.startswith(p) for p in self.prefixes)
 
     def object(self, name: str, *, where: str) -> S3Location | None:
         """``<results or scratch prefix><name>`` when that prefix is known."""
@@ -120,7 +141,124 @@ def run_prefixes(run_id: str, prepared: dict[str, Any] | None,
     return RunPrefixes(bucket, scratch, results)
 
 
-def resolve_key(raw: str, run: RunPrefixes,
+@dataclass(frozen=True)
+class BatchRun:
+    """Where a batch run keeps its own documents, from its ``prepared`` XCom (checked)."""
+
+    run_id: str
+    bucket: str
+    scratch: str  # "scratch/batch/<safe run id>/": the plan (gone once the run ended)
+    batch: str  # "results/batches/<safe run id>/": outcomes.json, kept
+
+    @property
+    def plan(self) -> S3Location:
+        return S3Location(self.bucket, self.scratch + BATCH_PLAN)
+
+    @property
+    def outcomes(self) -> S3Location:
+        return S3Location(self.bucket, self.batch + BATCH_OUTCOMES)
+
+
+def batch_run(run_id: str, prepared: dict[str, Any] | None) -> BatchRun | None:
+    """The batch run's document locations, or ``None`` for a single-image run (or before
+    preprocess planned the batch). Each URI must be exactly where ``batch_steps`` writes it
+    for *this* run id — a tampered XCom cannot point the viewer elsewhere."""
+    from tilescope.steps import safe_key_part
+
+    batch = (prepared or {}).get("batch")
+    if not batch:
+        return None
+    if not isinstance(batch, dict):
+        raise ViewerInputError(f"run {run_id}: unexpected batch description")
+    safe = safe_key_part(run_id)
+    bucket, scratch = _split_s3(str((prepared or {}).get("scratch_prefix", "")))
+    if not _BUCKET.fullmatch(bucket) or scratch != f"scratch/batch/{safe}/":
+        raise ViewerInputError(f"run {run_id}: unexpected batch scratch {scratch!r}")
+    if str(batch.get("plan_uri", "")) != f"s3://{bucket}/{scratch}{BATCH_PLAN}":
+        raise ViewerInputError(f"run {run_id}: unexpected plan {batch.get('plan_uri')!r}")
+    expected = f"s3://{bucket}/results/batches/{safe}/{BATCH_OUTCOMES}"
+    if str(batch.get("outcomes_uri", "")) != expected:
+        raise ViewerInputError(f"run {run_id}: unexpected outcomes "
+                               f"{batch.get('outcomes_uri')!r}")
+    return BatchRun(run_id, bucket, scratch, f"results/batches/{safe}/")
+
+
+@dataclass(frozen=True)
+class BatchPrefixes:
+    """What a batch run owns: its ``results/batches/<run>/`` prefix and the results prefix
+    of every image its ``outcomes.json`` lists as stored (by the outcome's ``index``)."""
+
+    bucket: str
+    batch: str
+    images: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return (self.batch, *sorted({p for b, p in self.images.values() if b == self.bucket}))
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.bucket, *sorted({b for b, _ in self.images.values()} - {self.bucket}))
+
+    def allows(self, bucket: str, key: str) -> bool:
+        if bucket == self.bucket and key.startswith(self.batch):
+            return True
+        return any(bucket == b and key.startswith(p) for b, p in self.images.values())
+
+    def object(self, index: int, name: str) -> S3Location | None:
+        """``<the stored image's results prefix><name>``, or ``None`` (not stored, unknown)."""
+        where = self.images.get(index)
+        return S3Location(where[0], where[1] + name) if where else None
+
+    def artifacts(self, index: int) -> dict[str, str]:
+        """The stored image's result, COCO and overlay as ``s3://`` URIs."""
+        return {name: loc.uri for name in _ARTIFACT_NAMES.values()
+                if (loc := self.object(index, name)) is not None}
+
+
+def _image_prefix(run_id: str, outcome: Mapping[str, Any]) -> tuple[str, str]:
+    """A stored outcome's ``(bucket, "results/<image-id>/<params-hash>/")``, checked against
+    the layout ``batch_steps`` writes: its own image id, the bucket of its own image."""
+    image_id = str(outcome.get("image_id", ""))
+    if not _IMAGE_ID.fullmatch(image_id):
+        raise ViewerInputError(f"run {run_id}: unexpected image id {image_id!r}")
+    source_bucket, _ = _split_s3(str(outcome.get("uri", "")))
+    keys = outcome.get("keys") or {}
+    bucket, key = _split_s3(str(keys.get("result", "")))
+    parts = key.split("/")
+    if (bucket != source_bucket or not _BUCKET.fullmatch(bucket) or len(parts) != 4
+            or parts[0] != "results" or parts[1] != image_id
+            or not _PARAMS_HASH.fullmatch(parts[2]) or parts[3] != "result.json"):
+        raise ViewerInputError(f"run {run_id}: unexpected result key {keys.get('result')!r}")
+    prefix = f"results/{image_id}/{parts[2]}/"
+    for name, file in _ARTIFACT_NAMES.items():
+        if keys.get(name) not in (None, f"s3://{bucket}/{prefix}{file}"):
+            raise ViewerInputError(f"run {run_id}: unexpected {name} key {keys.get(name)!r}")
+    return bucket, prefix
+
+
+def batch_prefixes(run: BatchRun, outcomes_doc: dict[str, Any] | None) -> BatchPrefixes:
+    """The batch run's prefixes from its own ``outcomes.json`` (``None``: not stored yet —
+    only ``results/batches/<run>/``). The document must name this run; every stored image's
+    result key must fit the layout, or the whole document is refused."""
+    if outcomes_doc is None:
+        return BatchPrefixes(run.bucket, run.batch)
+    if not isinstance(outcomes_doc, dict) or outcomes_doc.get("run_id") != run.run_id:
+        raise ViewerInputError(f"run {run.run_id}: its outcomes.json names another run")
+    images: dict[int, tuple[str, str]] = {}
+    for outcome in outcomes_doc.get("outcomes") or []:
+        if not isinstance(outcome, dict):
+            raise ViewerInputError(f"run {run.run_id}: unexpected outcome {outcome!r}")
+        index = validate_image(outcome.get("index"))
+        if index is None or index in images:
+            raise ViewerInputError(f"run {run.run_id}: bad or repeated outcome index "
+                                   f"{outcome.get('index')!r}")
+        if outcome.get("status") == "stored":
+            images[index] = _image_prefix(run.run_id, outcome)
+    return BatchPrefixes(run.bucket, run.batch, images)
+
+
+def resolve_key(raw: str, run: RunPrefixes | BatchPrefixes,
                 suffixes: tuple[str, ...] = SERVABLE_SUFFIXES) -> S3Location:
     """A key (``results/…`` or ``s3://bucket/results/…``) from a URL, if it is one of the run's.
 
@@ -130,10 +268,10 @@ def resolve_key(raw: str, run: RunPrefixes,
     """
     if not isinstance(raw, str) or not raw:
         raise ViewerInputError("empty key")
-    key = raw
+    key, bucket = raw, run.bucket
     if raw.startswith("s3://"):
         bucket, key = _split_s3(raw)
-        if bucket != run.bucket:
+        if bucket not in run.buckets:
             raise ViewerInputError(f"key {raw!r} is not in the run's bucket")
     if len(key) > KEY_MAX or any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise ViewerInputError("key too long or with control characters")
@@ -142,10 +280,10 @@ def resolve_key(raw: str, run: RunPrefixes,
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(key) != key:
         raise ViewerInputError(f"invalid key {raw!r} (empty, '.' or '..' segment)")
-    if not any(key.startswith(prefix) for prefix in run.prefixes):
+    if not run.allows(bucket, key):
         raise ViewerInputError(f"key {raw!r} is outside this run's results and scratch")
     if not key.lower().endswith(suffixes):
         raise ViewerInputError(f"key {raw!r}: the viewer serves only {', '.join(suffixes)}")
     if not all(_SAFE_PART.fullmatch(p) for p in parts):
         raise ViewerInputError(f"invalid key {raw!r}")
-    return S3Location(run.bucket, key)
+    return S3Location(bucket, key)

@@ -148,3 +148,86 @@ def class_counts(classes: Iterable[int], names: Sequence[str],
 
     picked = [c for i, c in enumerate(classes) if scores is None or scores[i] >= min_score]
     return dict(Counter(name(int(c)) for c in picked).most_common())
+
+
+# --- batch runs (many images in one run; see tilescope.batch_steps) ---------------------
+
+#: a batch image's status before store wrote its outcome (the plan only knows bad inputs)
+PENDING = "pending"
+BATCH_STATUSES = ("stored", "bad", "failed", PENDING)
+#: a refusal reason as the image list shows it (the full text is in the task log)
+ERROR_MAX = 500
+
+
+def _object_name(uri: str) -> str:
+    """``incoming/a.jpg`` for ``s3://bucket/incoming/a.jpg`` (what the pipeline shows)."""
+    return uri.split("/", 3)[3] if uri.startswith("s3://") and uri.count("/") >= 3 else uri
+
+
+def _error(text: Any) -> str | None:
+    if not text:
+        return None
+    text = str(text)
+    return text if len(text) <= ERROR_MAX else text[:ERROR_MAX - 1] + "…"
+
+
+def batch_plan_payload(units: Sequence[dict[str, Any]] | None,
+                       prepared: dict[str, Any] | None) -> dict[str, Any]:
+    """A batch run's plan: how many images and units, and the mapped units in map-index
+    order (``{"index", "name", "slices"}``) — the page lists their live states."""
+    batch = (prepared or {}).get("batch") or {}
+    rows = [{"index": int(u["index"]), "name": str(u.get("name", "")),
+             "slices": int(u.get("slice_count") or 0)}
+            for u in sorted(units or [], key=lambda u: int(u["index"]))]
+    return {"mode": "batch",
+            "batch": {"images": int(batch.get("images") or 0), "bad": int(batch.get("bad") or 0),
+                      "units": int(batch.get("units") or 0)} if batch else None,
+            "units": rows, "image": None, "grid": None, "regions": []}
+
+
+def batch_images_payload(outcomes_doc: dict[str, Any] | None = None,
+                         plan_doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The batch's images for the page's list: from ``outcomes.json`` once store wrote it
+    (``final``), else from the run's ``plan.json`` (bad inputs known, the rest pending)."""
+    images = []
+    if outcomes_doc is not None:
+        for o in outcomes_doc.get("outcomes") or []:
+            status = str(o.get("status"))
+            images.append({
+                "index": int(o["index"]), "name": _object_name(str(o.get("uri", ""))),
+                "status": status if status in BATCH_STATUSES else "failed",
+                "image_id": o.get("image_id"),
+                "detections": int(o["detections"]) if o.get("detections") is not None
+                else None,
+                "counts": dict(o.get("counts") or {}), "result_status": o.get("result_status"),
+                "error": _error(o.get("error")), "error_class": o.get("error_class"),
+                "viewable": status == "stored"})
+    elif plan_doc is not None:
+        for item in plan_doc.get("items") or []:
+            bad = bool(item.get("bad"))
+            images.append({
+                "index": int(item["index"]), "name": _object_name(str(item.get("uri", ""))),
+                "status": "bad" if bad else PENDING,
+                "image_id": (item.get("image") or {}).get("image_id"),
+                "detections": None, "counts": {}, "result_status": None,
+                "error": _error(item.get("bad")), "error_class": item.get("error_class"),
+                "viewable": False})
+    images.sort(key=lambda i: i["index"])
+    return {"final": outcomes_doc is not None, "images": images,
+            "counts": dict(Counter(i["status"] for i in images)),
+            "detections": sum(i["detections"] or 0 for i in images)}
+
+
+def batch_image_payload(doc: dict[str, Any]) -> dict[str, Any]:
+    """One stored image of a batch, from its ``result.json``: what a single-image run's
+    ``plan`` and ``result`` give together — the image size, its region grid (numbered in
+    order, each with the state its region ended in) and the merged detections."""
+    regions = list(doc.get("regions") or [])
+    if doc.get("frames"):  # a video: the grid of the first sampled frame, like its boxes
+        first = doc["frames"][0]["frame_index"]
+        regions = [r for r in regions if r.get("frame_index", first) == first]
+    regions.sort(key=lambda r: int(r["index"]))
+    shaped = plan_payload([{**r, "index": n} for n, r in enumerate(regions)],
+                          {"image": doc.get("image") or {}, "plan": doc.get("plan") or {}})
+    return {**result_payload(doc), **shaped,
+            "region_states": [viewer_state(str(r.get("status") or "none")) for r in regions]}
