@@ -84,3 +84,20 @@ def test_observe_region_adds_queue_wait_on_first_attempt_and_emits(statsd_server
     retry = SimpleNamespace(try_number=2, start_date=START + timedelta(seconds=60))
     finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, prepared, retry)
     assert "queue_wait" not in finding["seconds"]  # would include the failed attempt
+
+
+def test_a_batch_run_counts_and_times_every_image():
+    from tilescope.notify import batch_image_outcomes
+
+    entries = [{"index": i, "uri": f"s3://b/{i}.jpg", "status": status,
+                "result_status": "partial" if i == 1 else "complete"}
+               for i, status in enumerate(["stored", "stored", "bad", "failed"])]
+    outcomes = batch_image_outcomes(dag_id="d", run_id="r", outcomes=entries,
+                                    finished_at=START + timedelta(seconds=9), started_at=START)
+    metrics = [m for o in outcomes for m in image_metrics(o)]
+    assert [m.name for m in metrics if m.name.startswith(f"{IMAGES}.")] == [
+        "tilescope.images.succeeded", "tilescope.images.partial", "tilescope.images.failed",
+        "tilescope.images.failed"]
+    assert sum(m.value for m in metrics if m.name == IMAGES) == 4
+    assert [m.value for m in metrics if m.name == "tilescope.image"] == [9.0] * 4
+    assert not [m for m in metrics if m.name == MODEL_SHARE]

@@ -155,3 +155,167 @@ def test_topics_come_from_variables_then_environment(variables, env, expected):
 
 def test_no_topic_means_no_target():
     assert Topics().for_status("succeeded") is None and Topics().for_status("failed") is None
+
+
+# --- batch runs: one outcome per image, sent ten to a PublishBatch call ---------------------
+
+BATCH_PREFIX = "s3://tilescope/results/"
+
+
+def batch_entry(index: int, status: str, **extra) -> dict:
+    """One entry of a batch run's outcomes.json (``batch_steps.ItemOutcome``)."""
+    entry = {"index": index, "uri": f"s3://tilescope/incoming/{index}.jpg", "status": status,
+             "image_id": f"id{index}", "keys": {}, "detections": None, "counts": {},
+             "result_status": None, "error": None, "error_class": None}
+    if status == "stored":
+        entry.update(keys={"result": f"{BATCH_PREFIX}id{index}/p/result.json"}, detections=3,
+                     counts={"person": 2, "kite": 1}, result_status="complete")
+    return {**entry, **extra}
+
+
+def batch(**kwargs):
+    from tilescope.notify import batch_image_outcomes
+
+    args = {"dag_id": "tiled_inference", "run_id": "manual__b", "finished_at": END,
+            "started_at": START}
+    return batch_image_outcomes(**{**args, **kwargs})
+
+
+NOT_STORED = "AirflowFailException: 2 of 4 images not stored: s3://…"
+
+
+def test_a_batch_gives_one_outcome_per_image_on_its_topic():
+    outcomes = batch(outcomes=[
+        batch_entry(0, "stored"), batch_entry(1, "stored", result_status="partial"),
+        batch_entry(2, "bad", error="s3://tilescope/incoming/2.jpg is not an image",
+                    error_class="BadImageError"),
+        batch_entry(3, "failed", error="RegionsFailedError: 1 of 1 regions failed",
+                    error_class="RegionsFailedError")],
+        failures=[failure("analyze", "ModelError: boom", 1, "0.jpg … 3.jpg (4 images)")],
+        last_task_ok=False, last_task_error=NOT_STORED)
+    assert [(o.image_uri.rsplit("/", 1)[1], o.status) for o in outcomes] == [
+        ("0.jpg", "succeeded"), ("1.jpg", "partial"), ("2.jpg", "failed"), ("3.jpg", "failed")]
+    topics = Topics("ok-arn", "err-arn")
+    assert [topics.for_status(o.status) for o in outcomes] == ["ok-arn", "ok-arn", "err-arn",
+                                                               "err-arn"]
+    ok, partial, bad, failed = (o.to_message() for o in outcomes)
+    assert ok["reason"] is None and ok["failures"] == [] and ok["detections"] == 3
+    assert ok["counts"] == {"person": 2, "kite": 1} and ok["image"] == {
+        "uri": "s3://tilescope/incoming/0.jpg", "id": "id0"}
+    assert ok["result_keys"]["result"] == f"{BATCH_PREFIX}id0/p/result.json"
+    assert ok["batch"] == {"index": 0, "images": 4} and ok["run_id"] == "manual__b"
+    assert ok["duration_seconds"] == 42.5
+    assert partial["reason"].startswith("partial result") and "ModelError: boom" in \
+        partial["reason"]
+    # the refused input: its own reason with its class, no task failure of the run
+    assert bad["reason"] == "BadImageError: s3://tilescope/incoming/2.jpg is not an image"
+    assert bad["failures"] == [] and bad["result_keys"] == {}
+    assert failed["reason"] == "RegionsFailedError: 1 of 1 regions failed"  # class once
+    assert [f["task_id"] for f in failed["failures"]] == ["analyze"]
+    assert {o.subject() for o in outcomes[2:]} == {"tilescope failed: image id2",
+                                                   "tilescope failed: image id3"}
+    # a single-image message says it is none of a batch
+    assert outcome(stored=stored()).to_message()["batch"] is None
+
+
+def test_a_batch_whose_finalize_failed_settling_fails_its_stored_images_too():
+    error = "StorageError: could not move the original"
+    outcomes = batch(outcomes=[batch_entry(0, "stored"), batch_entry(1, "bad", error="empty")],
+                     last_task_ok=False, last_task_error=error)
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", error), ("failed", "empty")]
+    assert outcomes[0].result_keys  # the result exists: its keys are still reported
+    # ... while finalize's "images not stored" failure leaves a stored image succeeded
+    (ok,) = batch(outcomes=[batch_entry(0, "stored")], last_task_ok=False,
+                  last_task_error=NOT_STORED)
+    assert ok.status == "succeeded"
+
+
+def test_a_batch_that_failed_before_store_fails_every_image_of_its_plan():
+    items = [{"index": 0, "uri": "s3://tilescope/incoming/0.jpg",
+              "image": {"image_id": "id0"}, "plan": {"regions": 1}},
+             {"index": 1, "uri": "s3://tilescope/incoming/1.jpg", "bad": "x is not an image",
+              "error_class": "BadImageError"},
+             {"index": 2, "uri": "s3://tilescope/incoming/2.jpg"}]
+    outcomes = batch(outcomes=None, items=items, last_task_ok=False,
+                     last_task_error="AirflowFailException: 3 of 3 images not stored: …",
+                     failures=[failure("store", "StorageError: S3 is down"),
+                               failure("analyze", "ModelError: a", 0, "0.jpg")])
+    assert [o.status for o in outcomes] == ["failed"] * 3
+    assert [o.reason for o in outcomes] == ["store: StorageError: S3 is down",
+                                            "BadImageError: x is not an image",
+                                            "store: StorageError: S3 is down"]
+    assert outcomes[0].image_id == "id0" and outcomes[2].image_id is None
+    assert [len(o.failures) for o in outcomes] == [2, 0, 2]
+    assert [o.batch_index for o in outcomes] == [0, 1, 2] and outcomes[0].batch_images == 3
+    # no failure records: the last task's own error
+    (only,) = batch(outcomes=None, items=items[:1], last_task_ok=False,
+                    last_task_error="Boom: x")
+    assert only.reason == "Boom: x"
+
+
+def test_publish_batches_ten_per_call_per_topic_and_under_the_size_cap():
+    from tilescope.notify import BATCH_BYTES, BATCH_ENTRIES, publish_batches
+
+    entries = [batch_entry(i, "stored") for i in range(23)] + [
+        batch_entry(23 + i, "bad", error="not an image") for i in range(3)]
+    outcomes = batch(outcomes=entries)
+    calls = publish_batches(outcomes, Topics("ok-arn", "err-arn"))
+    assert [(topic, len(chunk)) for topic, chunk in calls] == [
+        ("ok-arn", 10), ("ok-arn", 10), ("ok-arn", 3), ("err-arn", 3)]
+    ids = [e["Id"] for _, chunk in calls for e in chunk]
+    assert sorted(ids, key=int) == [str(i) for i in range(26)]  # each image once
+    first = calls[0][1][0]
+    assert json.loads(first["Message"]) == outcomes[0].to_message()
+    assert first["Subject"] == outcomes[0].subject()
+    assert first["MessageAttributes"] == {
+        "status": {"DataType": "String", "StringValue": "succeeded"},
+        "image_id": {"DataType": "String", "StringValue": "id0"}}
+    # no error topic: the bad images are left out, nothing else changes
+    assert [t for t, _ in publish_batches(outcomes, Topics("ok-arn", None))] == ["ok-arn"] * 3
+    assert publish_batches(outcomes, Topics()) == []
+    # big messages: a call holds fewer than ten, never more than the byte cap
+    reason = "x" * 3000
+    heavy = batch(outcomes=[batch_entry(i, "failed", error="e") for i in range(30)],
+                  failures=[failure("analyze", reason, i, f"u{i}") for i in range(20)])
+    calls = publish_batches(heavy, Topics("ok-arn", "err-arn"))
+    assert sum(len(chunk) for _, chunk in calls) == 30
+    assert all(len(chunk) <= BATCH_ENTRIES for _, chunk in calls)
+    assert all(sum(len(e["Message"].encode()) for e in chunk) <= BATCH_BYTES
+               for _, chunk in calls)
+    assert len(calls) > 3  # ~60 KB each: fewer than ten fit
+
+
+class FakeSns:
+    """A boto3 SNS client's publish_batch: records calls; fails entry "1" once (SNS's side)
+    and entry "2" always (the sender's)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def publish_batch(self, TopicArn, PublishBatchRequestEntries):  # boto3 names
+        ids = [e["Id"] for e in PublishBatchRequestEntries]
+        self.calls.append((TopicArn, ids))
+        failed = [{"Id": "2", "Code": "InvalidParameter", "Message": "no", "SenderFault": True}
+                  ] if "2" in ids else []
+        if "1" in ids and len(self.calls) == 1:
+            failed.append({"Id": "1", "Code": "InternalError", "Message": "try again",
+                           "SenderFault": False})
+        return {"Successful": [{"Id": i} for i in ids if i not in {f["Id"] for f in failed}],
+                "Failed": failed}
+
+
+def test_the_notifier_sends_a_batch_in_publish_batch_calls_and_retries_sns_side_failures():
+    from types import SimpleNamespace
+
+    from tilescope.airflow_callbacks import ImageOutcomeNotifier
+
+    notifier = ImageOutcomeNotifier(last_task_ok=True)
+    fake = FakeSns()
+    notifier.__dict__["hook"] = SimpleNamespace(conn=fake)  # the cached SnsHook
+    outcomes = batch(outcomes=[batch_entry(i, "stored") for i in range(12)])
+    refused = notifier._publish_many(outcomes, Topics("ok-arn", "err-arn"))
+    first_calls = sorted(ids for _, ids in fake.calls if len(ids) > 1)
+    assert sorted(map(len, first_calls)) == [2, 10]
+    assert ("ok-arn", ["1"]) in fake.calls  # retried once, alone
+    assert len(fake.calls) == 3  # the sender's fault ("2") is not retried
+    assert refused == ["ok-arn #2: InvalidParameter no"]

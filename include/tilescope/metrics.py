@@ -21,6 +21,11 @@ Names (after Airflow's prefix, ``airflow.`` by default):
 ``tilescope.model_share``                 gauge    model time / wall time of the last run
 ========================================  =======  =====================================
 
+A batch run (many images in one run) counts and times each of its images: one
+``tilescope.images``/``tilescope.images.<status>`` per image, each image's
+``tilescope.image`` being the run's start → its outcome (the images of a batch finish
+together); a batch has no per-image model share, so no ``tilescope.model_share`` gauge.
+
 Computing the metrics is pure (a list of :class:`Metric`); only :func:`emit` touches Airflow.
 """
 

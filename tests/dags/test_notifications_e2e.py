@@ -135,3 +135,58 @@ def test_one_message_per_image_and_statsd_metrics(dag, topics, statsd_server, sa
     assert samples(lines, "tilescope.images.failed") == [(1.0, "c")]
     assert samples(lines, "tilescope.images.partial") == []
     assert samples(lines, "tilescope.region_failures") == [(1.0, "c")]
+
+
+def test_a_batch_run_sends_one_message_per_image_on_its_topic(dag, topics, statsd_server,
+                                                              sample):
+    """Two good images and a non-image in one batch run: two messages on the success topic,
+    one on the error topic with the reason, each image's metrics — though finalize fails
+    the run (an image was not stored)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    s3, sqs, queues = topics["s3"], topics["sqs"], topics["queues"]
+    kite = np.asarray(Image.open(sample("kite")).convert("RGB"))
+    inputs = {"batch/a.jpg": kite[100:356, 200:456], "batch/b.jpg": kite[300:556, 500:756],
+              "batch/notes.jpg": b"this is not a picture"}
+    for key, pixels in inputs.items():
+        body = pixels
+        if not isinstance(pixels, bytes):
+            out = io.BytesIO()
+            Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+            body = out.getvalue()
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    uris = [f"s3://{BUCKET}/{key}" for key in inputs]
+    statsd_server.take()  # nothing left from an earlier test
+    run = dag.test(run_conf={"images": uris, "grid": "auto", "model": "nanodet-coco"})
+    assert str(run.state) == "failed"  # finalize: 1 of 3 images not stored
+
+    good = sorted(messages(sqs, queues["success"]), key=lambda n: n["Message"]["image"]["uri"])
+    assert [n["Message"]["image"]["uri"] for n in good] == uris[:2]
+    for index, note in enumerate(good):
+        body = note["Message"]
+        assert body["status"] == "succeeded" and body["run_id"] == run.run_id
+        assert note["MessageAttributes"]["status"]["Value"] == "succeeded"
+        assert body["batch"] == {"index": index, "images": 3}
+        assert body["reason"] is None and body["failures"] == []
+        result_key = body["result_keys"]["result"].removeprefix(f"s3://{BUCKET}/")
+        doc = json.loads(s3.get_object(Bucket=BUCKET, Key=result_key)["Body"].read())
+        assert doc["image"]["uri"] == uris[index] and doc["image"]["image_id"] == \
+            body["image"]["id"]
+        assert body["detections"] == len(doc["detections"])
+        assert body["counts"] == doc["summary"]["counts"]
+        assert note["Subject"] == f"tilescope succeeded: image {body['image']['id']}"
+    (bad,) = messages(sqs, queues["error"])
+    body = bad["Message"]
+    assert body["status"] == "failed" and body["image"]["uri"] == uris[2]
+    assert body["batch"] == {"index": 2, "images": 3}
+    assert body["reason"].startswith("BadImageError: ") and "not an image" in body["reason"]
+    assert body["result_keys"] == {} and body["failures"] == []
+
+    lines = statsd_server.take()
+    assert samples(lines, "tilescope.images") == [(1.0, "c")] * 3
+    assert samples(lines, "tilescope.images.succeeded") == [(1.0, "c")] * 2
+    assert samples(lines, "tilescope.images.failed") == [(1.0, "c")]
+    assert [kind for _, kind in samples(lines, "tilescope.image")] == ["ms"] * 3
