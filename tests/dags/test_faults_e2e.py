@@ -2,6 +2,8 @@
 (LocalExecutor, SQLite metadata) on SeaweedFS, sharing one stack:
 
 * ``kill -9`` of one region task's process → only that region is retried;
+* ``kill -9`` of one work unit's process in a *batch* run (six small images packed a few to
+  a unit) → only that unit is retried, and every image gets one result and one catalog row;
 * SeaweedFS SIGKILLed and restarted (same ports, data on disk) while regions read and while
   the result is written → botocore retries ride it out, nothing half-written;
 * the scheduler crashes (its whole process tree, running tasks included) and a new one is
@@ -39,6 +41,9 @@ pytestmark = pytest.mark.slow
 BUCKET = "tilescope"
 IMAGE_KEY = "incoming/kite.jpg"
 PAUSE_SECONDS = 3
+UNIT_SECONDS = 0.1
+#: the batch: six 320×240 crops of the sample photo (one slice each), (top, left)
+BATCH_CROPS = ((500, 0), (500, 330), (500, 660), (500, 990), (660, 200), (660, 800))
 
 SLOW_MODEL = '''
 import os
@@ -97,6 +102,9 @@ def stack(tmp_path_factory, seaweed):
         "TILESCOPE_TEST_PAUSE_SECONDS": str(PAUSE_SECONDS),
         "TILESCOPE_REGION_RETRIES": "2",
         "TILESCOPE_RETRY_DELAY_SECONDS": "1",
+        # batch runs: units of ~0.1 model-second, i.e. 2 slices (slow-nanodet: 0.04 s a
+        # slice), so six one-slice images make three units (single-image runs: no units)
+        "TILESCOPE_UNIT_SECONDS": str(UNIT_SECONDS),
     }
     with running_airflow(tmp, server.endpoint, dags=("tiled_inference",), extra_env=env,
                          components=("api-server", "scheduler", "dag-processor"),
@@ -111,12 +119,14 @@ def conf_for(score_threshold: float) -> dict[str, Any]:
             "score_threshold": score_threshold}
 
 
-def clean_detections(client, conf: dict[str, Any]) -> list[dict[str, Any]]:
+def clean_detections(client, conf: dict[str, Any], key: str = IMAGE_KEY
+                     ) -> list[dict[str, Any]]:
     """The detections of a fault-free run: the same stages in this process, plain NanoDet."""
-    data = client.get_object(Bucket=BUCKET, Key=IMAGE_KEY)["Body"].read()
+    data = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     params = InferenceParams.from_dict(conf)
     reader = reader_for_bytes(data)
-    info = ImageInfo(conf["image_uri"], reader.width, reader.height, "0" * 64, "JPEG", len(data))
+    info = ImageInfo(f"s3://{BUCKET}/{key}", reader.width, reader.height, "0" * 64, "JPEG",
+                     len(data))
     with NanoDetModel(score_threshold=params.score_threshold) as model:
         return run_image(reader, info, params, model).to_dict()["detections"]
 
@@ -217,6 +227,74 @@ def test_kill_9_of_a_region_task_retries_only_that_region(stack):
     assert doc["detections"] == clean_detections(client, conf)
     print(f"\nkill -9 at {killed_at - started:.1f} s: region 1 retried once (try 2), "
           f"run done in {took:.1f} s, {len(doc['detections'])} detections = clean run")
+
+
+def upload_batch(client) -> list[str]:
+    """The batch's six JPEG crops under ``batch/``; their keys."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tilescope.samples import sample_path
+
+    photo = np.asarray(Image.open(sample_path("kite")).convert("RGB"))
+    keys = []
+    for number, (top, left) in enumerate(BATCH_CROPS):
+        out = io.BytesIO()
+        Image.fromarray(photo[top:top + 240, left:left + 320]).save(out, format="JPEG",
+                                                                     quality=90)
+        keys.append(f"batch/crop-{number}.jpg")
+        client.put_object(Bucket=BUCKET, Key=keys[-1], Body=out.getvalue())
+    return keys
+
+
+def test_kill_9_of_a_batch_unit_retries_only_that_unit(stack):
+    client = stack["seaweed"]["server"].client()
+    keys = upload_batch(client)
+    conf = {"images": [f"s3://{BUCKET}/{k}" for k in keys], "model": "slow-nanodet",
+            "grid": "auto", "score_threshold": 0.29}
+    run_id, started = start_run(stack, conf)
+    target = wait_until(lambda: [r for r in paused_regions(stack, run_id)
+                                 if r["map_index"] == 1], 180, "unit 1 inside the model")[0]
+    cmdline = Path(f"/proc/{target['pid']}/cmdline").read_text().replace("\0", " ")
+    assert target["id"].replace("-", "") in cmdline.replace("-", "")
+    os.kill(target["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    assert wait_for_run(stack["api"], "tiled_inference", run_id, timeout=300) == "success"
+    took = time.monotonic() - started
+    task_tries = tries(stack, run_id)
+    units = sorted(i for t, i in task_tries if t == "analyze")
+    assert 2 <= len(units) < len(keys), units  # packed: a few images to a unit
+    assert task_tries == {("preprocess", -1): 1, **{("analyze", i): 2 if i == 1 else 1
+                                                    for i in units},
+                          ("synthesize", -1): 1, ("store", -1): 1, ("finalize", -1): 1}
+    assert region_successes(stack, run_id) == {i: 1 for i in units}
+
+    # every image: one result.json, one catalog row, the clean run's detections
+    params = InferenceParams.from_dict(conf)
+    rows = [r for r in find_results(connect(f"sqlite:///{stack['catalog']}"))
+            if r["params_hash"] == params.digest()]
+    assert sorted(r["image_uri"] for r in rows) == sorted(conf["images"])
+    assert {r["run_id"] for r in rows} == {run_id}
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+    results = sorted(o["Key"] for o in listing["Contents"]
+                     if o["Key"].endswith(f"/{params.digest()}/result.json"))
+    assert results == sorted(r["result_keys"]["result"].split(f"s3://{BUCKET}/", 1)[1]
+                             for r in rows)
+    found = 0
+    for row in rows:
+        key = row["result_keys"]["result"].split(f"s3://{BUCKET}/", 1)[1]
+        doc = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        assert doc["status"] == "complete" and doc["image"]["uri"] == row["image_uri"]
+        image_key = row["image_uri"].split(f"s3://{BUCKET}/", 1)[1]
+        assert doc["detections"] == clean_detections(client, conf, image_key), image_key
+        found += len(doc["detections"])
+    assert found > 0
+    print(f"\nbatch of {len(keys)} images in {len(units)} units: kill -9 of unit 1 at "
+          f"{killed_at - started:.1f} s, retried once (try 2), run done in {took:.1f} s, "
+          f"{found} detections = clean run")
 
 
 def test_s3_crash_and_restart_during_a_run_is_ridden_out(stack):
