@@ -487,7 +487,7 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
                 ) -> tuple[dict[str, Any], list[ItemOutcome]]:
     """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
     ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
-    in a run of its own. Writes the per-image outcomes to ``<scratch>/outcomes.json``.
+    in a run of its own. Writes the per-image outcomes to the batch's ``outcomes.json``.
     Returns a small summary and the outcomes."""
     items = load_items(prepared, client)
     entries = json.loads(read_bytes(results_uri, client))["results"]

@@ -1,0 +1,121 @@
+"""Batch runs' task bodies on a moto S3 server, without Airflow: inputs and manifests, a
+1,000-image plan whose XComs stay small, per-image results equal to single-image runs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tilescope.batch_steps import (
+    BAD,
+    STORED,
+    analyze_unit,
+    batch_entries,
+    combine_batch,
+    load_items,
+    parse_manifest,
+    prepare_batch,
+    settle_batch,
+    store_batch,
+)
+from tilescope.errors import ConfigError
+from tilescope.params import InferenceParams
+from tilescope.storage import read_bytes
+
+BUCKET = "batches"
+PARAMS = InferenceParams(model="nanodet-coco")
+
+
+def tiny_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8)).save(
+        out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def test_manifests_in_every_form_and_inputs_listed_once(s3_client):
+    s3_client.create_bucket(Bucket=BUCKET)
+    for key in ("in/a.jpg", "in/b.jpg", "in/sub/c.jpg"):
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    assert parse_manifest(b'{"images": ["s3://b/1.jpg", {"uri": "s3://b/2.jpg", '
+                          b'"claim": {"k": 1}}]}') == [
+        {"uri": "s3://b/1.jpg"}, {"uri": "s3://b/2.jpg", "claim": {"k": 1}}]
+    assert parse_manifest(b'["s3://b/1.jpg"]') == [{"uri": "s3://b/1.jpg"}]
+    assert parse_manifest(b"# a list\ns3://b/1.jpg\n\n s3://b/2.jpg \n") == [
+        {"uri": "s3://b/1.jpg"}, {"uri": "s3://b/2.jpg"}]
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_manifest(b"{oops")
+    s3_client.put_object(Bucket=BUCKET, Key="m.txt", Body=b"s3://batches/in/a.jpg\n")
+    entries = batch_entries({"images": [f"s3://{BUCKET}/in/"],
+                             "manifest": f"s3://{BUCKET}/m.txt"}, client=s3_client)
+    assert [e["uri"] for e in entries] == [f"s3://{BUCKET}/in/{k}" for k in
+                                           ("a.jpg", "b.jpg", "sub/c.jpg")]  # a.jpg once
+    with pytest.raises(ConfigError, match="empty"):
+        batch_entries({"images": []}, client=s3_client)
+    with pytest.raises(ConfigError, match="s3:// URIs"):
+        batch_entries({"images": ["/local/a.jpg"]}, client=s3_client)
+
+
+def test_a_thousand_image_plan_keeps_every_xcom_small(s3_client):
+    """What Airflow maps over and the ``prepared`` XCom stay far under 64 KB for 1,000 images
+    (seen red with one unit per image, TILESCOPE_UNIT_SECONDS=0.04: 1,000 mapped items)."""
+    s3_client.create_bucket(Bucket=BUCKET)
+    body = tiny_jpeg(0)
+    entries = []
+    for i in range(1000):
+        s3_client.put_object(Bucket=BUCKET, Key=f"in/{i:04d}.jpg", Body=body)
+        entries.append({"uri": f"s3://{BUCKET}/in/{i:04d}.jpg"})
+    mapped, prepared = prepare_batch(entries, PARAMS, client=s3_client, run="r-1000",
+                                     model_slice_size=416, slice_seconds=0.04)
+    assert len(json.dumps(mapped)) < 16 * 1024 and len(json.dumps(prepared)) < 1024
+    assert len(mapped) == 2  # 1,000 slices at 750 a unit, balanced: 500 + 500
+    assert [m["slice_count"] for m in mapped] == [500, 500]
+    assert mapped[0]["name"] == "in/0000.jpg … in/0499.jpg (500 images)"
+    items = load_items(prepared, s3_client)
+    assert len(items) == 1000 and all(i.whole and not i.bad for i in items)
+
+
+def test_bad_inputs_are_marked_in_the_plan_and_settled_as_quarantined(s3_client, sql_url):
+    from tilescope.catalog import connect
+    from tilescope.claims import QUARANTINED, claim, status_of
+    from tilescope.models.nanodet import NanoDetModel
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    s3_client.put_object(Bucket=BUCKET, Key="in/good.jpg", Body=tiny_jpeg(1, (300, 200)))
+    s3_client.put_object(Bucket=BUCKET, Key="in/empty.jpg", Body=b"")
+    s3_client.put_object(Bucket=BUCKET, Key="in/text.jpg", Body=b"hello")
+    engine = connect(sql_url)
+    entries = []
+    for key in ("in/good.jpg", "in/empty.jpg", "in/text.jpg", "in/missing.jpg"):
+        size = len(read_bytes(f"s3://{BUCKET}/{key}", s3_client)) if key != \
+            "in/missing.jpg" else 1
+        owned = claim(engine, BUCKET, key, f"etag-{key}", size)
+        entries.append({"uri": f"s3://{BUCKET}/{key}", "claim": owned.to_dict()})
+    mapped, prepared = prepare_batch(entries, PARAMS, client=s3_client, run="r-bad",
+                                     model_slice_size=416)
+    items = load_items(prepared, s3_client)
+    assert [bool(i.bad) for i in items] == [False, True, True, True]
+    assert "empty" in items[1].bad and "not an image" in items[2].bad
+    assert "no such object" in items[3].bad
+    with NanoDetModel() as model:
+        findings = [analyze_unit(m, prepared, PARAMS, model, client=s3_client, budget=48_000)
+                    for m in mapped]
+    results = combine_batch(prepared, findings, PARAMS, "nanodet-coco", client=s3_client)
+    summary, outcomes = store_batch(results, prepared, PARAMS, client=s3_client,
+                                    catalog_url=sql_url, run_id="r-bad")
+    assert [o.status for o in outcomes] == [STORED, BAD, BAD, BAD]
+    assert summary["stored"] == 1 and summary["bad"] == 3
+    for outcome in outcomes[1:3]:  # the ones a claim can move: still there, then moved
+        s3_client.put_object(Bucket=BUCKET, Key=outcome.uri.split(f"{BUCKET}/")[1],
+                             Body=b"" if "empty" in outcome.uri else b"hello")
+    settled = settle_batch(prepared, client=s3_client, engine=engine, run_id="r-bad")
+    assert [o.status for o in settled] == [STORED, BAD, BAD, BAD]
+    assert status_of(engine, BUCKET, "in/text.jpg", "etag-in/text.jpg")["status"] == \
+        QUARANTINED
+    listed = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/")
+    assert listed.get("KeyCount", 0) == 0  # scratch removed once store has run
