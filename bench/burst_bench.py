@@ -1,10 +1,18 @@
-"""A burst of arrivals: N small images uploaded at once under ``incoming/`` → time until every
-result is stored, images per minute, and the longest wait in the backlog.
+"""A burst of arrivals: N images uploaded at once under ``incoming/`` → time until every result
+is stored, images per minute, the longest wait in the backlog — and the model alone on the
+same images, for the ratio.
 
-Runs the real path: SeaweedFS + Airflow, ``s3_arrivals`` ticks back to back (as its
-schedule would, minus the wait for the next minute), ``tiled_inference`` per image.
+Runs the real path with ``make run``'s settings: SeaweedFS + Airflow, the `tilescope` pool at
+its default 4 slots (``TILESCOPE_POOL_SLOTS``), every ``TILESCOPE_ARRIVALS_*`` setting at its
+default (claims per tick, images and slices per batch run); only the schedule is off, because
+``s3_arrivals`` ticks are triggered back to back here (as its schedule would, minus the wait
+for the next minute), each starting one ``tiled_inference`` run per batch.
 
-    python bench/burst_bench.py [--count 1000] [--pool-slots 2] [--per-tick 50]
+The model-only rate runs the same images in one process: decoded and cut into the same
+416-px slices beforehand, only ``model.predict`` timed (``bench/e2e_bench.py``'s "model only").
+
+    python bench/burst_bench.py [--count 1000] [--size 256x192]
+    python bench/burst_bench.py --count 100 --size 4000x3000     # ~12 MP photos
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import argparse
 import io
 import json
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,36 +30,96 @@ from pathlib import Path
 
 from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
 
+DEFAULT_POOL_SLOTS = 4  # TILESCOPE_POOL_SLOTS' default (include/tilescope/stack/settings.py)
+SLICE, OVERLAP = 416, 0.2
 
-def small_images(count: int) -> list[bytes]:
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--size wants WxH (e.g. 4000x3000), got {text!r}") from None
+    if min(size) < 16:
+        raise argparse.ArgumentTypeError(f"--size {text}: at least 16 px a side")
+    return size
+
+
+def photos(count: int, size: tuple[int, int]) -> list[bytes]:
+    """``count`` distinct JPEG photos of ``size``: crops of the kite photo at shifting
+    offsets, scaled to the size when it is larger than the crop allows."""
     from PIL import Image
 
     from tilescope.samples import sample_path
 
     base = Image.open(sample_path("kite")).convert("RGB")
+    width, height = size
+    crop_w, crop_h = min(width, base.width // 2), min(height, base.height // 2)
     out = []
     for i in range(count):
-        x, y = (i * 37) % 1100, (i * 53) % 700
+        x = (i * 37) % (base.width - crop_w + 1)
+        y = (i * 53) % (base.height - crop_h + 1)
+        picture = base.crop((x, y, x + crop_w, y + crop_h))
+        if picture.size != size:
+            picture = picture.resize(size, Image.Resampling.BILINEAR)
         buf = io.BytesIO()
-        base.crop((x, y, x + 256, y + 192)).save(buf, format="JPEG", quality=85)
+        picture.save(buf, format="JPEG", quality=85)
         out.append(buf.getvalue())
     return out
+
+
+def model_child(folder: str) -> None:
+    """The model alone over every slice of every image in ``folder`` (one model, pixels
+    decoded and cut beforehand): prints ``RESULT {"wall", "images", "slices"}``."""
+    from tilescope.models import load_model
+    from tilescope.readers import open_image
+    from tilescope.slicing import plan_slices
+
+    model = load_model("nanodet-coco", score_threshold=0.4)
+    overlap = int(SLICE * OVERLAP)
+    wall, images, slices = 0.0, 0, 0
+    for index, path in enumerate(sorted(Path(folder).glob("*.jpg"))):
+        reader, _ = open_image(str(path))
+        pixels = reader.read_all()
+        plan = plan_slices(reader.width, reader.height, SLICE, SLICE, overlap, overlap)
+        views = [pixels[s.y1:s.y2, s.x1:s.x2] for s in plan.slices()]
+        if index == 0:
+            model.predict(views[:1])  # warm-up (session start), not timed
+        started = time.perf_counter()
+        model.predict(views)
+        wall += time.perf_counter() - started
+        images += 1
+        slices += len(views)
+    print("RESULT " + json.dumps({"wall": wall, "images": images, "slices": slices}))
+
+
+def measure_model(images: list[bytes]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, body in enumerate(images):
+            (Path(tmp) / f"{i:05d}.jpg").write_bytes(body)
+        proc = subprocess.run([sys.executable, __file__, "--model-child", tmp],
+                              capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--pool-slots", type=int, default=2)
-    parser.add_argument("--per-tick", type=int, default=50)
+    parser.add_argument("--size", type=parse_size, default=(256, 192), help="WxH of each image")
+    parser.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
+    parser.add_argument("--skip-model-only", action="store_true")
+    parser.add_argument("--model-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_child:
+        model_child(args.model_child)
+        return 0
 
     from tilescope.stack.provision import list_runs, trigger, wait_for_run
 
-    env = {"TILESCOPE_ARRIVALS_SCHEDULE": "none", "TILESCOPE_ARRIVALS_WAIT_SECONDS": "20",
-           "TILESCOPE_ARRIVALS_POKE_SECONDS": "2", "TILESCOPE_MAX_ACTIVE_RUNS": "16",
-           "TILESCOPE_ARRIVALS_PER_TICK": str(args.per_tick),
-           "AIRFLOW__CORE__PARALLELISM": "8"}
-    images = small_images(args.count)
+    env = {"TILESCOPE_ARRIVALS_SCHEDULE": "none"}  # ticks are triggered back to back below
+    images = photos(args.count, args.size)
     with tempfile.TemporaryDirectory() as tmp, bench_stack(
             Path(tmp), pool_slots=args.pool_slots, dags=("tiled_inference", "s3_arrivals"),
             extra_env=env) as stack:
@@ -76,17 +145,30 @@ def main() -> int:
             else:
                 time.sleep(2)
         wall = time.perf_counter() - started
+        runs = [r for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")]
         waits = [(datetime.fromisoformat(r["start_date"]) - uploaded_at).total_seconds()
-                 for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")]
+                 for r in runs]
         metadata = stack.metadata
-    summary = {"images": args.count, "pool_slots": args.pool_slots, "per_tick": args.per_tick,
-               "upload_s": round(upload_s, 1), "all_stored_s": round(wall, 1),
-               "images_per_minute": round(60 * args.count / wall, 1),
+    rate = 60 * args.count / wall
+    summary = {"images": args.count, "size": "x".join(map(str, args.size)),
+               "pool_slots": args.pool_slots, "upload_s": round(upload_s, 1),
+               "all_stored_s": round(wall, 1), "images_per_minute": round(rate, 1),
                "max_backlog_s": round(max(waits), 1), "arrival_ticks": ticks,
-               "metadata_db": metadata}
-    print(f"burst of {args.count} images (pool {args.pool_slots} slots, {args.per_tick} per "
-          f"tick): all stored after {wall:.0f}s → {summary['images_per_minute']} images/min, "
-          f"longest backlog wait {summary['max_backlog_s']:.0f}s, {ticks} arrival ticks")
+               "pipeline_runs": len(runs), "metadata_db": metadata}
+    print(f"burst of {args.count} images of {summary['size']} (pool {args.pool_slots} slots): "
+          f"all stored after {wall:.0f}s → {summary['images_per_minute']} images/min, "
+          f"longest wait for a run {summary['max_backlog_s']:.0f}s, {ticks} arrival ticks, "
+          f"{len(runs)} tiled_inference runs")
+    if not args.skip_model_only:
+        model = measure_model(images)
+        model_rate = 60 * model["images"] / model["wall"]
+        summary.update(model_only_s=round(model["wall"], 1),
+                       model_only_images_per_minute=round(model_rate, 1),
+                       slices=model["slices"],
+                       share_of_model_rate=round(rate / model_rate, 3))
+        print(f"model only on the same images: {model['wall']:.1f}s for {model['slices']} "
+              f"slices → {model_rate:.0f} images/min; the burst ran at "
+              f"{100 * rate / model_rate:.1f} % of the model's rate")
     print("RESULT " + json.dumps(summary))
     return 0
 

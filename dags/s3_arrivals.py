@@ -1,20 +1,32 @@
 """
-### s3_arrivals — start one `tiled_inference` run per image arriving under `incoming/`
+### s3_arrivals — start `tiled_inference` runs, one per batch of images arriving under `incoming/`
 
 Every tick (default each minute, `max_active_runs=1`, no catch-up) a **deferrable**
 `S3KeySensor` waits for any key under `s3://<bucket>/incoming/` — in the triggerer, holding
 no worker slot; a time-out ends the tick quietly (skipped). Then `claim_arrivals` lists the
-prefix and **claims** each object version (bucket, key, ETag) under a unique key in the SQL
-catalog, so overlapping ticks, retries and restarts never start two pipelines for one
-version. Non-images (by suffix or by their first bytes) and empty objects are moved to
-`quarantine/` at once with a `<key>.error.json`. At most `TILESCOPE_ARRIVALS_PER_TICK`
-claims per tick (back-pressure); the rest wait, unclaimed.
+prefix and **claims** the new object versions (bucket, key, ETag) under a unique key in the
+SQL catalog — up to `TILESCOPE_ARRIVALS_PER_TICK` (2000) per tick, in one transaction — so
+overlapping ticks, retries and restarts never start two pipelines for one version; the rest
+wait, unclaimed (back-pressure). Each claimed object is **screened** by one ranged GET of its
+first 64 KB (on a small thread pool): non-images (by suffix or by their first bytes) and empty
+objects are moved to `quarantine/` at once with a `<key>.error.json`; for images the header
+gives the pixel size, hence the estimated slice count (unknown: a conservative estimate from
+the byte size).
 
-`start_pipelines` is a mapped `TriggerDagRunOperator` with **deterministic run ids** derived
-from the claim, so a retry after a crash between claim and trigger finds the existing run
-instead of starting a second one. Each `tiled_inference` run then moves its original to
-`processed/` when the result is stored, to `quarantine/` when the input is bad, or releases
-the claim for another attempt (after `TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS`, up to
+The claims are cut into **batches** of at most `TILESCOPE_ARRIVALS_IMAGES_PER_RUN` (1000)
+images and `TILESCOPE_ARRIVALS_SLICES_PER_RUN` (20000) estimated slices. A batch's run id is
+derived from its claims (`arrivals__<hash of bucket/key/etag/attempt>`) and **stored in the
+claim rows** before its manifest (`s3://<bucket>/manifests/<run_id>.json`, `{"images": [{"uri",
+"claim"}]}`) is written and the run started. `start_pipelines` is a mapped
+`TriggerDagRunOperator` over the batches (`conf={"manifest": uri}`, `skip_when_already_exists`)
+and `mark_triggered` marks every claim of the started batches. Claims left unfinished by a
+crash anywhere between claim and trigger are re-offered by the next tick grouped by their
+stored run id — the same run id, the same manifest, so a run that already started is found,
+not doubled; claims that never got a run id are simply batched anew.
+
+Each `tiled_inference` run then settles every image of its batch on its own: the original to
+`processed/` when its result is stored, to `quarantine/` when the input is bad, or the claim
+released for another attempt (after `TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS`, up to
 `TILESCOPE_ARRIVALS_MAX_ATTEMPTS`) when something transient failed.
 """
 
@@ -29,6 +41,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from tilescope.airflow_adapters import start_claimed_pipelines
 from tilescope.arrivals import DEFAULT_SUFFIXES
+from tilescope.limits import positive_int_env
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
@@ -36,7 +49,9 @@ _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
 _SCHEDULE = os.getenv("TILESCOPE_ARRIVALS_SCHEDULE", "* * * * *")
 _SCHEDULE = None if _SCHEDULE.strip().lower() in ("", "none") else _SCHEDULE
 _SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
-_PER_TICK = int(os.getenv("TILESCOPE_ARRIVALS_PER_TICK", "50"))
+_PER_TICK = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_PER_TICK", 2000)
+_IMAGES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_IMAGES_PER_RUN", 1000)
+_SLICES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_SLICES_PER_RUN", 20000)
 _MAX_ATTEMPTS = int(os.getenv("TILESCOPE_ARRIVALS_MAX_ATTEMPTS", "3"))
 _RETRY_AFTER = float(os.getenv("TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS", "300"))
 _WAIT_TIMEOUT = float(os.getenv("TILESCOPE_ARRIVALS_WAIT_SECONDS", "50"))
@@ -66,18 +81,22 @@ def s3_arrivals() -> None:
 
     @task
     def claim_arrivals() -> list[dict[str, Any]]:
-        """Claim new image versions (and re-offer unfinished claims); quarantine non-images."""
+        """Claim new image versions (and re-offer unfinished claims); quarantine non-images;
+        batch the rest (run ids stored, manifests written). One small request per batch."""
         from tilescope.airflow_adapters import catalog_engine, s3_client
-        from tilescope.intake import IntakePolicy, trigger_requests
-        from tilescope.intake import claim_arrivals as claim_step
+        from tilescope.intake import IntakePolicy, batch_requests, take_arrivals
 
         policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_TICK,
-                              max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER)
-        claims, rejected = claim_step(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
-                                      _BUCKET, policy, run_id=get_current_context()["run_id"])
-        for item in rejected:
+                              max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER,
+                              images_per_run=_IMAGES_PER_RUN, slices_per_run=_SLICES_PER_RUN)
+        intake = take_arrivals(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
+                               _BUCKET, policy, run_id=get_current_context()["run_id"])
+        for item in intake.rejected:
             print(f"quarantined {item['key']}: {item['reason']}")
-        return trigger_requests(claims)
+        for batch in intake.batches:
+            print(f"batch {batch.run_id}: {len(batch.claims)} image(s), ~{batch.slices} "
+                  f"slices, {batch.manifest_uri}")
+        return batch_requests(intake.batches)
 
     requests = claim_arrivals()
     wait >> requests

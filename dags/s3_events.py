@@ -1,5 +1,5 @@
 """
-### s3_events — start a `tiled_inference` run as soon as S3 says an image arrived
+### s3_events — start `tiled_inference` runs as soon as S3 says images arrived
 
 Event-driven twin of `s3_arrivals`: the bucket sends **S3 event notifications**
 (`s3:ObjectCreated:*`, prefix `incoming/`) to an **SQS queue**; an `AssetWatcher` on the
@@ -14,12 +14,17 @@ recorded while that many are busy are batched into one run.
 `claim_events` reads the run's `triggering_asset_events`, parses the S3 records (keys
 URL-decoded; `s3:TestEvent`, non-creations, other buckets and keys outside `incoming/`
 ignored), re-reads each object with HEAD (gone or superseded versions are skipped), and then
-**claims, screens and triggers exactly like `s3_arrivals`**: one claim per (bucket, key,
-ETag) in the SQL catalog, non-images to `quarantine/` with a `<key>.error.json`,
-deterministic run ids. SQS delivers at least once: a duplicate message finds the version
-already claimed and starts nothing. At most `TILESCOPE_EVENTS_PER_RUN` runs are started per
-run; the rest stay claimed and `continue_backlog` emits an event on the same asset so
-another run picks them up.
+**claims, screens, batches and triggers exactly like `s3_arrivals`**: one claim per (bucket,
+key, ETag) in the SQL catalog (all notified versions in one transaction), non-images to
+`quarantine/` with a `<key>.error.json`, the images cut into batches (bounded by
+`TILESCOPE_ARRIVALS_IMAGES_PER_RUN` and `TILESCOPE_ARRIVALS_SLICES_PER_RUN`) whose
+deterministic run ids are stored in the claim rows before each batch's manifest is written
+and its single `tiled_inference` run (`conf={"manifest": uri}`) is started. SQS delivers at
+least once: a duplicate message finds the version already claimed and starts nothing. At
+most `TILESCOPE_EVENTS_PER_RUN` (2000) images are started per run; the rest stay claimed and
+`continue_backlog` emits an event on the same asset so another run picks them up (unfinished
+claims are re-offered grouped by their stored run id: a batch that was stored but not
+started is started under that same id).
 
 Both DAGs share the claims, so they can run side by side: keep `s3_arrivals` on a slow
 schedule as a sweep for what notifications cannot cover (objects uploaded before the
@@ -44,12 +49,16 @@ from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 
 from tilescope.airflow_adapters import start_claimed_pipelines
 from tilescope.arrivals import DEFAULT_SUFFIXES
+from tilescope.limits import positive_int_env
 
 _QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
 _PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
 _SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
-_PER_RUN = int(os.getenv("TILESCOPE_EVENTS_PER_RUN", "200"))  # < max_map_length (1024)
+# Images per run (batched: a run starts a few tiled_inference runs, not one per image).
+_PER_RUN = positive_int_env(os.environ, "TILESCOPE_EVENTS_PER_RUN", 2000)
+_IMAGES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_IMAGES_PER_RUN", 1000)
+_SLICES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_SLICES_PER_RUN", 20000)
 _MAX_ACTIVE_RUNS = int(os.getenv("TILESCOPE_EVENTS_MAX_ACTIVE_RUNS", "4"))
 # Unfinished claims of other runs are re-offered only once this old (their claimer died).
 _REOFFER_AFTER = float(os.getenv("TILESCOPE_EVENTS_REOFFER_AFTER_SECONDS", "600"))
@@ -95,7 +104,7 @@ def build(queue_url: str) -> Any:
         def claim_events() -> list[dict[str, Any]]:
             """Claim the notified image versions; quarantine non-images."""
             from tilescope.airflow_adapters import catalog_engine, s3_client
-            from tilescope.intake import IntakePolicy, claim_notified, trigger_requests
+            from tilescope.intake import IntakePolicy, batch_requests, claim_notified
             from tilescope.notifications import read_notifications
 
             context = get_current_context()
@@ -105,7 +114,9 @@ def build(queue_url: str) -> Any:
             for why in notes.skipped:
                 print(f"ignored {why}")
             policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_RUN,
-                                  max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER)
+                                  max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER,
+                                  images_per_run=_IMAGES_PER_RUN,
+                                  slices_per_run=_SLICES_PER_RUN)
             # A backlog event names no versions: it asks for every unfinished claim, now.
             backlog_run = any(_BACKLOG in (e.extra or {}) for e in asset_events)
             intake = claim_notified(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
@@ -116,9 +127,10 @@ def build(queue_url: str) -> Any:
             for item in intake.rejected:
                 print(f"quarantined {item['key']}: {item['reason']}")
             print(f"{len(asset_events)} asset event(s), {len(notes.arrivals)} notified "
-                  f"version(s): starting {len(intake.claims)}, backlog {intake.backlog}")
+                  f"version(s): starting {len(intake.claims)} in {len(intake.batches)} "
+                  f"run(s), backlog {intake.backlog}")
             context["ti"].xcom_push(key="backlog", value=intake.backlog)
-            return trigger_requests(intake.claims)
+            return batch_requests(intake.batches)
 
         @task(outlets=[events])
         def continue_backlog() -> int:

@@ -89,3 +89,35 @@ def test_a_newer_version_under_the_same_key_is_never_deleted(s3):
 def test_destination_keeps_the_path_below_incoming():
     assert destination("incoming/a/b.jpg", "processed/") == "processed/a/b.jpg"
     assert destination("elsewhere/b.jpg", "quarantine/") == "quarantine/elsewhere/b.jpg"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_the_screen_reads_the_pixel_size_from_the_same_ranged_get(s3, fmt):
+    import io
+
+    from PIL import Image
+
+    from tilescope.arrivals import inspect
+
+    out = io.BytesIO()
+    Image.new("RGB", (1234, 567), (10, 200, 30)).save(out, format=fmt)
+    seen = inspect(s3, put(s3, f"incoming/x.{fmt.lower()}", out.getvalue()))
+    assert (seen.reason, seen.width, seen.height, seen.video) == (None, 1234, 567, False)
+
+
+def test_the_screen_passes_videos_without_a_size(s3):
+    from tilescope.arrivals import inspect
+
+    mp4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 100
+    seen = inspect(s3, put(s3, "incoming/clip.mp4", mp4))
+    assert seen.reason is None and seen.video and seen.width is None
+
+
+def test_the_screen_does_not_trust_a_wrong_size(s3):
+    """A claim or notification may carry a wrong size (0 from a notification without one):
+    the ranged GET asks for the head whatever the size says."""
+    from tilescope.arrivals import inspect
+
+    real = put(s3, "incoming/sized.jpg", JPEG)
+    seen = inspect(s3, Arrival(BUCKET, real.key, real.etag, 1))
+    assert seen.reason is None

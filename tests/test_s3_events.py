@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from tilescope.arrivals import Arrival
 from tilescope.claims import all_claims, unfinished
-from tilescope.intake import IntakePolicy, claim_notified, mark_triggered, trigger_requests
+from tilescope.intake import (
+    IntakePolicy,
+    batch_requests,
+    claim_notified,
+    mark_batches_triggered,
+    mark_triggered,
+    trigger_requests,
+)
 from tilescope.notifications import read_notifications, s3_records_from_events
 
 BUCKET = "tilescope"
@@ -253,6 +260,49 @@ def test_intake_caps_each_run_and_leaves_a_backlog(s3, engine):
     second = claim_notified(s3, engine, [], policy)  # the backlog run: no new events
     assert len(second.claims) == 2 and second.backlog == 1
     assert {c.key for c in first.claims}.isdisjoint(c.key for c in second.claims)
+
+
+def test_intake_batches_notified_images_into_few_runs(s3, engine):
+    """A message naming many images starts a few batch runs (bounded by images per run),
+    each with its run id stored in the claims and its manifest written; the run's requests
+    stay small."""
+    arrivals = [upload(s3, f"incoming/n/{i:02d}.jpg", JPEG + bytes([i])) for i in range(25)]
+    got = claim_notified(s3, engine, arrivals, IntakePolicy(images_per_run=10))
+    assert [len(b.claims) for b in got.batches] == [10, 10, 5] and got.backlog == 0
+    rows = {r["key"]: r["run_id"] for r in all_claims(engine)}
+    for batch in got.batches:
+        assert {rows[c.key] for c in batch.claims} == {batch.run_id}
+        manifest = json.loads(s3.get_object(
+            Bucket=BUCKET, Key=f"manifests/{batch.run_id}.json")["Body"].read())
+        assert sorted(i["claim"]["key"] for i in manifest["images"]) == sorted(
+            c.key for c in batch.claims)
+    requests = batch_requests(got.batches)
+    assert [r["conf"] for r in requests] == [{"manifest": b.manifest_uri} for b in got.batches]
+    assert len(json.dumps(requests)) < 2048
+
+
+def test_intake_reoffers_a_stored_batch_whole_when_one_member_is_redelivered(s3, engine,
+                                                                             monkeypatch):
+    """The run died after storing its batch ids, before the trigger. SQS redelivers one of
+    the messages: that version is re-offered at once — as its whole stored batch, under the
+    same run id, with the same manifest a backlog run would write."""
+    import tilescope.intake as intake
+
+    arrivals = [upload(s3, f"incoming/r{i}.jpg", JPEG + bytes([i])) for i in range(4)]
+    monkeypatch.setattr(intake, "write_manifest", lambda client, batch: (_ for _ in ()).throw(
+        SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        claim_notified(s3, engine, arrivals, IntakePolicy())
+    monkeypatch.undo()
+    (stored,) = {r["run_id"] for r in all_claims(engine)}
+    got = claim_notified(s3, engine, [arrivals[2]], IntakePolicy(), reoffer_after_seconds=600)
+    assert [b.run_id for b in got.batches] == [stored]
+    assert sorted(c.key for c in got.claims) == sorted(a.key for a in arrivals)
+    backlog_run = claim_notified(s3, engine, [], IntakePolicy(), reoffer_after_seconds=0)
+    assert [(b.run_id, b.manifest_bytes()) for b in backlog_run.batches] == [
+        (stored, got.batches[0].manifest_bytes())]
+    assert mark_batches_triggered(engine, [stored]) == 4
+    assert claim_notified(s3, engine, arrivals, IntakePolicy()).batches == []
 
 
 # --- the DAG file --------------------------------------------------------------------------

@@ -106,11 +106,15 @@ def task_outcome(on_bad_input: Callable[[TilescopeError], None] | None = None
 
 
 def start_claimed_pipelines(requests: Any, trigger_dag_id: str = "tiled_inference") -> Any:
-    """Inside a DAG: one ``tiled_inference`` run per claim, then mark the claims triggered.
+    """Inside a DAG: one ``tiled_inference`` run per batch of claims, then mark the claims
+    triggered.
 
-    Shared by ``s3_arrivals`` and ``s3_events``. Run ids come from the claims, so a start
-    whose run already exists (a re-offered claim) is *skipped* — and still counts as started:
-    ``mark_triggered`` runs unless a start failed. Returns the ``mark_triggered`` task.
+    Shared by ``s3_arrivals`` and ``s3_events``. ``requests`` are
+    :func:`tilescope.intake.batch_requests` (``conf={"manifest": uri}``, a few hundred bytes
+    per batch). Run ids come from the claims and are stored in their rows, so a start whose
+    run already exists (a re-offered batch) is *skipped* — and still counts as started:
+    ``mark_triggered`` runs unless a start failed, and marks every claim stored under the
+    started run ids. Returns the ``mark_triggered`` task.
     """
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk import TriggerRule, task
@@ -119,15 +123,19 @@ def start_claimed_pipelines(requests: Any, trigger_dag_id: str = "tiled_inferenc
     def mark_triggered(requests: list[dict[str, Any]]) -> int:
         """The runs exist now: their claims leave the 'unfinished' list."""
         from tilescope.claims import Claim
+        from tilescope.intake import mark_batches_triggered
         from tilescope.intake import mark_triggered as mark_step
 
-        claims = [Claim.from_dict(r["conf"]["claim"]) for r in requests]
-        return mark_step(catalog_engine(required=True), claims)
+        engine = catalog_engine(required=True)
+        singles = [Claim.from_dict(r["conf"]["claim"]) for r in requests
+                   if r["conf"].get("claim")]  # single-image requests (older releases)
+        batches = [r["trigger_run_id"] for r in requests if not r["conf"].get("claim")]
+        return mark_batches_triggered(engine, batches) + mark_step(engine, singles)
 
     started = TriggerDagRunOperator.partial(
         task_id="start_pipelines",
         trigger_dag_id=trigger_dag_id,
-        skip_when_already_exists=True,  # same claim → same run id → never a second run
+        skip_when_already_exists=True,  # same claims → same run id → never a second run
         wait_for_completion=False,
     ).expand_kwargs(requests)
     marked = mark_triggered(requests)

@@ -8,7 +8,10 @@ a new arrival of its own).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import struct
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +24,9 @@ INCOMING, PROCESSED, QUARANTINE = "incoming/", "processed/", "quarantine/"
 #: S3's limit on a key, in UTF-8 bytes
 MAX_KEY_BYTES = 1024
 ERROR_SUFFIX = ".error.json"
+#: bytes read by the screen's ranged GET: the signature and, for most images, the header
+#: that holds the pixel size (JPEG headers after a big EXIF block may lie beyond it)
+HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,38 @@ def list_arrivals(client: Any, bucket: str, prefix: str = INCOMING) -> list[Arri
     return [arrival for _, arrival in found]
 
 
+@dataclass(frozen=True)
+class Screened:
+    """What the screen found: why the object is refused (``reason``), else its pixel size
+    where the header could be read cheaply (``None`` for videos and unreadable headers)."""
+
+    reason: str | None
+    width: int | None = None
+    height: int | None = None
+    video: bool = False
+
+
+def inspect(client: Any, arrival: Arrival,
+            suffixes: tuple[str, ...] = DEFAULT_SUFFIXES) -> Screened:
+    """Screen an arrival (see :func:`screen`) and read its pixel size from the same ranged
+    GET of the first :data:`HEAD_BYTES` (a TIFF whose first IFD lies further in costs one
+    more ranged GET)."""
+    if arrival.size == 0:
+        return Screened("empty object (0 bytes)")
+    if not arrival.key.lower().endswith(tuple(s.lower() for s in suffixes)):
+        return Screened(f"not an image suffix (accepted: {', '.join(suffixes)})")
+    head = _read_range(client, arrival, 0, HEAD_BYTES)
+    kind = sniff_format(head[:SNIFF_BYTES])
+    if kind is None:
+        if sniff_video(head[:SNIFF_BYTES]) is not None:
+            return Screened(None, video=True)
+        return Screened(f"not an image: content starts with {describe_head(head)}")
+    size = image_size(head)
+    if size is None and kind == "TIFF":
+        size = _tiff_size(client, arrival, head)
+    return Screened(None, *(size or (None, None)))
+
+
 def screen(client: Any, arrival: Arrival,
            suffixes: tuple[str, ...] = DEFAULT_SUFFIXES) -> str | None:
     """Why this object cannot be an image we process, or ``None`` if it may be one.
@@ -57,14 +95,62 @@ def screen(client: Any, arrival: Arrival,
     Cheap checks only (size, name, the first bytes by a ranged GET); decoding problems are
     found later by the pipeline's preprocess.
     """
-    if arrival.size == 0:
-        return "empty object (0 bytes)"
-    if not arrival.key.lower().endswith(tuple(s.lower() for s in suffixes)):
-        return f"not an image suffix (accepted: {', '.join(suffixes)})"
-    head = client.get_object(Bucket=arrival.bucket, Key=arrival.key,
-                             Range=f"bytes=0-{SNIFF_BYTES - 1}")["Body"].read()
-    if sniff_format(head) is None and sniff_video(head) is None:
-        return f"not an image: content starts with {describe_head(head)}"
+    return inspect(client, arrival, suffixes).reason
+
+
+def _read_range(client: Any, arrival: Arrival, start: int, length: int) -> bytes:
+    """Up to ``length`` bytes from ``start`` (fewer at the end of the object; the range is
+    not clipped to ``arrival.size``, which a notification or a claim may have wrong)."""
+    return client.get_object(Bucket=arrival.bucket, Key=arrival.key,
+                             Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's first bytes (Pillow reads only the header), or
+    ``None`` when the header is not all there or not understood."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head)) as image:
+                width, height = image.size
+    except Exception:  # truncated header, decompression-bomb guard, unknown format
+        return None
+    return (int(width), int(height)) if width > 0 and height > 0 else None
+
+
+def _tiff_size(client: Any, arrival: Arrival, head: bytes) -> tuple[int, int] | None:
+    """Width and height from the first IFD of a TIFF (classic or BigTIFF), fetched with one
+    more ranged GET when it lies past the head (writers often put it at the end)."""
+    try:
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        offset = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        if offset <= 0 or offset >= arrival.size:
+            return None
+        count_size, entry_size = (8, 20) if big else (2, 12)
+        block = head[offset:offset + HEAD_BYTES] if offset + 64 <= len(head) else None
+        if block is None:
+            block = _read_range(client, arrival, offset, 4096)
+        count = struct.unpack(order + ("Q" if big else "H"), block[:count_size])[0]
+        tags: dict[int, int] = {}
+        for i in range(min(count, (len(block) - count_size) // entry_size)):
+            entry = block[count_size + i * entry_size: count_size + (i + 1) * entry_size]
+            tag, kind = struct.unpack(order + "HH", entry[:4])
+            if tag in (256, 257):
+                value = entry[12:] if big else entry[8:]
+                fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
+                if fmt:
+                    tags[tag] = struct.unpack(order + fmt, value[:struct.calcsize(fmt)])[0]
+        if tags.get(256, 0) > 0 and tags.get(257, 0) > 0:
+            return tags[256], tags[257]
+    except (struct.error, IndexError, ValueError):
+        return None
+    except Exception as exc:  # the extra GET failed: estimate from the byte size instead
+        if _code(exc):
+            return None
+        raise
     return None
 
 

@@ -1,12 +1,17 @@
 """s3_arrivals + tiled_inference under the real scheduler and triggerer (deferrable sensor):
-every image processed exactly once, bad input quarantined with a reason, nothing lost."""
+arrivals started in batches (one run per batch), every image processed exactly once — also
+after a claimer killed for real between claim and trigger — bad input quarantined with a
+reason, nothing lost."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +70,20 @@ def run_arrivals(api) -> str:
     return run_id
 
 
+def manifest_keys(s3, run: dict) -> list[str]:
+    """Keys of the images a batch run was started for, from its manifest."""
+    uri = run["conf"]["manifest"]
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return [item["claim"]["key"] for item in manifest["images"]]
+
+
+def pipeline_runs(api) -> list[dict]:
+    from tilescope.stack.provision import list_runs
+
+    return list_runs(api, "tiled_inference")
+
+
 def wait_for_pipelines(api, expected: int, timeout: float = 1800) -> dict[str, str]:
     """Block until ``expected`` tiled_inference runs exist and all have finished."""
     deadline = time.monotonic() + timeout
@@ -90,8 +109,13 @@ def test_images_processed_bad_input_quarantined_nothing_lost(stack, s3_client, s
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
 
     run_arrivals(stack["api"])
-    states = wait_for_pipelines(stack["api"], expected=4)  # 3 images + the truncated JPEG
-    assert sorted(states.values()) == ["failed", "success", "success", "success"]
+    # One batch run for the 3 images + the truncated JPEG (the non-image never starts); it
+    # ends failed because one of its images could not be stored.
+    states = wait_for_pipelines(stack["api"], expected=1)
+    assert list(states.values()) == ["failed"]
+    (run,) = pipeline_runs(stack["api"])
+    assert run["dag_run_id"].startswith("arrivals__") and set(run["conf"]) == {"manifest"}
+    assert sorted(manifest_keys(s3, run)) == sorted([*good, "incoming/cut.jpg"])
 
     assert keys(s3, "incoming/") == []
     assert keys(s3, "processed/") == sorted(k.replace("incoming/", "processed/") for k in good)
@@ -103,25 +127,27 @@ def test_images_processed_bad_input_quarantined_nothing_lost(stack, s3_client, s
     cut = json.loads(s3.get_object(Bucket=BUCKET, Key="quarantine/cut.jpg.error.json")[
         "Body"].read())
     assert cut["error_class"] == "BadImageError" and "truncated" in cut["reason"]
-    assert cut["run_id"].startswith("arrival__")
+    assert cut["run_id"] == run["dag_run_id"]
     notes = json.loads(s3.get_object(Bucket=BUCKET, Key="quarantine/notes.txt.error.json")[
         "Body"].read())
     assert "suffix" in notes["reason"]
     assert sum(k.endswith("result.json") for k in keys(s3, "results/")) == 3
     with sqlite3.connect(stack["catalog"]) as conn:
         assert conn.execute("SELECT COUNT(*) FROM tilescope_results").fetchone()[0] == 3
-        claims = dict(conn.execute("SELECT key, status FROM tilescope_claims").fetchall())
-    assert sorted(claims.values()) == ["processed"] * 3 + ["quarantined"] * 2
+        claims = conn.execute("SELECT key, status, run_id FROM tilescope_claims").fetchall()
+    assert sorted(s for _, s, _ in claims) == ["processed"] * 3 + ["quarantined"] * 2
+    assert {r for k, _, r in claims if k != "incoming/notes.txt"} == {run["dag_run_id"]}
 
     # Nothing new: the next tick's sensor times out quietly and starts nothing.
     run_arrivals(stack["api"])
-    assert len(wait_for_pipelines(stack["api"], expected=4)) == 4
+    assert len(wait_for_pipelines(stack["api"], expected=1)) == 1
 
 
 @pytest.mark.timeout(3000)
 def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample):
-    """200 images arrive in waves while pipelines run; a claimer 'crashes' between claim and
-    trigger; an unchanged re-upload is ignored and a changed one is processed again."""
+    """200 images arrive in waves while batch runs go on; a claimer 'crashes' between claim and
+    batching; an unchanged re-upload is ignored and a changed one is processed again. Each
+    tick takes all it finds in one batch run (the default bounds are far off)."""
     from tilescope.catalog import connect
     from tilescope.claims import claim
 
@@ -131,7 +157,8 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     s3 = s3_client
     s3.create_bucket(Bucket=BUCKET)
     base = Image.open(sample("kite")).convert("RGB")
-    before = len(wait_for_pipelines(stack["api"], expected=0))
+    wait_for_pipelines(stack["api"], expected=0)
+    earlier = {r["dag_run_id"] for r in pipeline_runs(stack["api"])}
 
     def image(i: int) -> bytes:
         out = io.BytesIO()
@@ -152,14 +179,19 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
                 key = f"incoming/burst/{i:03d}.jpg"
                 assert claim(engine, BUCKET, key, etags[key], 1) is not None
         run_arrivals(stack["api"])
-    for _ in range(total // 50 + 3):  # drain: per-tick limit 50, waves overlapped pipelines
+    for _ in range(5):  # drain: waves overlapped runs (a failed image rests, then retries)
         wait_for_pipelines(stack["api"], expected=0)
         if not keys(s3, "incoming/"):
             break
         run_arrivals(stack["api"])
     assert keys(s3, "incoming/") == [], "arrivals did not drain"
-    states = wait_for_pipelines(stack["api"], expected=before + total)
-    assert len(states) == before + total and list(states.values()).count("failed") <= 1
+    wait_for_pipelines(stack["api"], expected=0)
+    runs = [r for r in pipeline_runs(stack["api"]) if r["dag_run_id"] not in earlier]
+    assert 4 <= len(runs) <= 9, [r["dag_run_id"] for r in runs]  # a run per tick, not per image
+    assert all(r["dag_run_id"].startswith("arrivals__") for r in runs)
+    started = [k for r in runs for k in manifest_keys(s3, r)]
+    assert sorted(started) == sorted(etags), "each image started in exactly one batch run"
+    assert [r["state"] for r in runs].count("failed") <= 1
 
     with sqlite3.connect(stack["catalog"]) as conn:
         rows = conn.execute("SELECT image_uri, COUNT(*) FROM tilescope_results WHERE "
@@ -173,11 +205,93 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     # The same bytes again under the same key (same ETag): not processed again.
     key = "incoming/burst/007.jpg"
     s3.put_object(Bucket=BUCKET, Key=key, Body=image(7))
+    count = len(earlier) + len(runs)
     run_arrivals(stack["api"])
-    assert len(wait_for_pipelines(stack["api"], expected=0)) == before + total
+    assert len(wait_for_pipelines(stack["api"], expected=0)) == count
     assert keys(s3, "incoming/") == [key]  # left alone: that version was processed already
-    # Changed bytes (new ETag): a new version, processed.
+    # Changed bytes (new ETag): a new version, processed (a batch of one).
     s3.put_object(Bucket=BUCKET, Key=key, Body=image(7) + b"\0")
     run_arrivals(stack["api"])
-    assert len(wait_for_pipelines(stack["api"], expected=before + total + 1)) == \
-        before + total + 1
+    assert len(wait_for_pipelines(stack["api"], expected=count + 1)) == count + 1
+    assert keys(s3, "incoming/") == []
+
+
+CLAIMER = """
+import json, sys
+import boto3
+from botocore.config import Config
+from tilescope.catalog import connect
+from tilescope.intake import IntakePolicy, take_arrivals
+
+endpoint, catalog, bucket = sys.argv[1:4]
+client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+got = take_arrivals(client, connect("sqlite:///" + catalog), bucket,
+                    IntakePolicy(images_per_run=4))
+print("RETURNED", json.dumps([b.run_id for b in got.batches]), flush=True)
+"""
+
+
+def test_a_claimer_killed_between_claim_and_trigger_loses_and_doubles_nothing(
+        stack, s3_client, s3_server, sample):
+    """The claim step (``take_arrivals``, what the DAG's claim task calls) runs in a process
+    that is SIGKILLed once its claims are committed and its batch run ids stored — before
+    any manifest is written or anything triggered. The next ordinary tick starts those
+    batches under the stored run ids, and every image is processed exactly once."""
+    from tilescope.intake import PAUSE_ENV
+
+    s3 = s3_client
+    s3.create_bucket(Bucket=BUCKET)
+    wait_for_pipelines(stack["api"], expected=0)
+    earlier = {r["dag_run_id"] for r in pipeline_runs(stack["api"])}
+    images = {f"incoming/crash/{i}.jpg": small_jpeg(sample, "kite", (i * 60, 200, i * 60 + 300,
+                                                                    420)) for i in range(6)}
+    for key, body in images.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLAIMER, s3_server, str(stack["catalog"]), BUCKET],
+        env={**os.environ, PAUSE_ENV: "600"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    stored: dict[str, str] = {}
+    while len(stored) < len(images):  # the rows say it: claimed, batch run id stored
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the claimer never stored its batches"
+        time.sleep(0.2)
+        with sqlite3.connect(stack["catalog"]) as conn:
+            try:
+                stored = dict(conn.execute(
+                    "SELECT key, run_id FROM tilescope_claims WHERE key LIKE "
+                    "'incoming/crash/%' AND status = 'claimed' AND run_id IS NOT NULL"
+                ).fetchall())
+            except sqlite3.OperationalError:  # the claimer has not created the table yet
+                stored = {}
+    os.kill(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and "RETURNED" not in out
+    batches = sorted(set(stored.values()))
+    assert len(batches) == 2  # 4 + 2 images
+    assert keys(s3, "manifests/") == []  # killed before any manifest or trigger
+    assert not {r["dag_run_id"] for r in pipeline_runs(stack["api"])} - earlier
+
+    run_arrivals(stack["api"])  # an ordinary tick
+    wait_for_pipelines(stack["api"], expected=len(earlier) + 2, timeout=600)
+    runs = {r["dag_run_id"]: r for r in pipeline_runs(stack["api"])
+            if r["dag_run_id"] not in earlier}
+    assert sorted(runs) == batches  # the stored run ids, nothing else
+    assert all(r["state"] == "success" for r in runs.values())
+    for run_id, run in runs.items():
+        assert sorted(manifest_keys(s3, run)) == sorted(k for k, v in stored.items()
+                                                       if v == run_id)
+    with sqlite3.connect(stack["catalog"]) as conn:
+        results = conn.execute("SELECT image_uri, COUNT(*) FROM tilescope_results WHERE "
+                               "image_uri LIKE '%/crash/%' GROUP BY image_uri").fetchall()
+        claims = conn.execute("SELECT key, status, run_id FROM tilescope_claims WHERE "
+                              "key LIKE 'incoming/crash/%'").fetchall()
+    assert sorted(results) == sorted((f"s3://{BUCKET}/{k}", 1) for k in images)
+    assert sorted(claims) == sorted((k, "processed", stored[k]) for k in images)
+    assert keys(s3, "incoming/") == []
+    assert keys(s3, "processed/crash/") == sorted(k.replace("incoming/", "processed/")
+                                                  for k in images)

@@ -1,7 +1,9 @@
 """s3_events + tiled_inference under the real scheduler, dag-processor and triggerer: S3 event
 notifications reach an SQS queue (moto), the asset watcher's SQS trigger turns them into asset
 events, and every notified image is processed exactly once — a redelivered message included,
-and a message naming more objects than one run starts (the backlog continues in another run)."""
+and a message naming more objects than one run starts (the backlog continues in another run).
+Runs are started per batch (``conf={"manifest": uri}``); one image per run here, so that a
+two-image message leaves a backlog."""
 
 from __future__ import annotations
 
@@ -107,6 +109,13 @@ def jpeg(sample, box: tuple[int, int, int, int]) -> bytes:
     return out.getvalue()
 
 
+def manifest_keys(s3, run: dict[str, Any]) -> list[str]:
+    """Keys of the images a batch run was started for, from its manifest."""
+    bucket, _, key = run["conf"]["manifest"].removeprefix("s3://").partition("/")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return [item["claim"]["key"] for item in manifest["images"]]
+
+
 def keys(s3, prefix: str) -> list[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
@@ -134,7 +143,8 @@ def test_notified_images_are_processed_once_and_redelivery_starts_nothing(stack,
     pipelines = wait("2 tiled_inference runs", lambda: finished(api, "tiled_inference", 2),
                      180, interval=1)
     assert sorted(r["state"] for r in pipelines) == ["success", "success"]
-    assert all(r["dag_run_id"].startswith("arrival__") for r in pipelines)
+    assert all(r["dag_run_id"].startswith("arrivals__") for r in pipelines)
+    assert all(set(r["conf"]) == {"manifest"} for r in pipelines)
     events_runs = wait("s3_events runs", lambda: finished(api, "s3_events", 2), 60)
     assert all(r["state"] == "success" for r in events_runs)
 
@@ -161,7 +171,8 @@ def test_notified_images_are_processed_once_and_redelivery_starts_nothing(stack,
     start = min(uploaded.values())
     event_run = min((r for r in events_runs if r["dag_run_id"] != first["dag_run_id"]),
                     key=lambda r: r["queued_at"])
-    by_key = {r["conf"]["claim"]["key"]: r for r in pipelines}
+    by_key = {key: r for r in pipelines for key in manifest_keys(s3, r)}
+    assert sorted(by_key) == sorted(good)  # each image in exactly one run's manifest
     report = {"upload_to_events_run_queued_s":
               round((when(event_run["queued_at"]) - start).total_seconds(), 1),
               "upload_to_events_run_started_s":
@@ -200,6 +211,8 @@ def test_notified_images_are_processed_once_and_redelivery_starts_nothing(stack,
     pipelines = wait("4 tiled_inference runs", lambda: finished(api, "tiled_inference", 4),
                      180, interval=1)
     assert sorted(r["state"] for r in pipelines) == ["success"] * 4
+    started = [k for r in pipelines for k in manifest_keys(s3, r)]
+    assert sorted(started) == sorted([*good, *late])  # the redelivery started nothing
     after = wait("the message and backlog runs", lambda: finished(api, "s3_events", before + 2),
                  60)
     assert len(after) == before + 2 and all(r["state"] == "success" for r in after)
