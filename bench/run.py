@@ -45,6 +45,10 @@ def main() -> int:
         print("\n== scale: overhead at 9/64/400/1,000 regions, a 50,000-slice run ==",
               flush=True)
         subprocess.run([sys.executable, str(HERE / "scale_bench.py"), *scale], check=True)
+    batch = 100 if args.quick else args.burst
+    print(f"\n== one batch run of {batch} small images vs the model alone ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "batch_bench.py"), "--count", str(batch)],
+                   check=True)
     burst = 50 if args.quick else args.burst
     print(f"\n== a burst of {burst} arrivals through s3_arrivals ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "burst_bench.py"), "--count", str(burst)],

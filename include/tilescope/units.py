@@ -51,6 +51,11 @@ UNIT_SECONDS_ENV = "TILESCOPE_UNIT_SECONDS"
 DEFAULT_SLICE_SECONDS = 0.04
 #: fewest slices handed to one model call when small images are batched together
 MIN_BATCH_SLICES = 8
+#: small images opened ahead of the model (each a GET and a decode, on READ_THREADS threads)
+READ_AHEAD = 24
+READ_THREADS = 2
+#: …and at most this many decoded bytes of them held at once (12 MP photos: two)
+READ_AHEAD_BYTES = 64 << 20
 #: a whole-read source with more slices than this runs region by region, band by band
 #: (no full-image array copy), like ``tilescope.pipeline.run_image``
 BATCHED_SOURCE_SLICES = 64
@@ -294,16 +299,21 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
         for source in list(held):
             finish(source, held.pop(source))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unit-read") as io:
+    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="unit-read") as io:
         ahead: dict[int, Future[ImageReader]] = {}
 
         def prefetch(position: int) -> None:
-            """Open the next small whole-read sources while the model works (a big image
-            is opened when its turn comes: one decoded copy in memory at a time)."""
-            for source in order[position + 1:position + 3]:
+            """Open the next small whole-read sources while the model works — enough of them
+            that a model call never waits for its images (a big image is opened when its
+            turn comes: one decoded copy in memory at a time)."""
+            held_bytes = sum(3 * plans[s].width * plans[s].height for s in ahead)
+            for source in order[position + 1:position + 1 + READ_AHEAD]:
                 small = plans[source].slice_count <= BATCHED_SOURCE_SLICES
-                if whole.get(source, True) and small and source not in ahead:
+                if not (whole.get(source, True) and small) or held_bytes > READ_AHEAD_BYTES:
+                    break
+                if source not in ahead:
                     ahead[source] = io.submit(open_reader, source)
+                    held_bytes += 3 * plans[source].width * plans[source].height
 
         for position, source in enumerate(order):
             prefetch(position)
