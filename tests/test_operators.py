@@ -115,3 +115,26 @@ def test_execute_complete_maps_errors_like_every_task(prepared, endpoint):
         task.execute(context(PARAMS, try_number=2))
     with pytest.raises(AirflowFailException, match=r"ModelRequestError: .*client error"):
         task.execute_complete(context(PARAMS, try_number=2), event=fire(deferred.value.trigger))
+
+
+def test_each_mapped_task_gets_its_share_of_the_cores(monkeypatch):
+    """Tasks of one run side by side split the cores between their slice threads (seen red
+    with the share removed: two tasks on two cores got two threads each)."""
+    import os
+
+    from tilescope.models.onnx_cpu import shared_slice_workers
+    from tilescope.operators import _model_options
+    from tilescope.params import InferenceParams
+
+    assert [shared_slice_workers(n, cores=2) for n in (1, 2, 9)] == [2, 1, 1]
+    assert shared_slice_workers(2, cores=16) == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    nanodet = InferenceParams(model="nanodet-coco")
+    assert _model_options(nanodet, {"batch": {"units": 2}})["parallel_slices"] == 1
+    assert _model_options(nanodet, {"plan": {"regions": 1}})["parallel_slices"] == 2
+    mine = InferenceParams(model="nanodet-coco", model_options={"parallel_slices": 2})
+    assert _model_options(mine, {"batch": {"units": 4}})["parallel_slices"] == 2
+    assert "parallel_slices" not in _model_options(nanodet, {"plan": {"regions": 3},
+                                                            "video": {"fps": 1}})
+    remote = InferenceParams(model="http", model_options={"url": "http://127.0.0.1:1/"})
+    assert "parallel_slices" not in _model_options(remote, {"plan": {"regions": 3}})

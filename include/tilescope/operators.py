@@ -62,13 +62,15 @@ class AnalyzeRegionOperator(BaseOperator):
             from tilescope.batch_steps import analyze_unit
             from tilescope.steps import XCOM_BUDGET_BYTES
 
-            with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
+            with task_outcome(), load_model(params.model,
+                                            **_model_options(params, self.prepared)) as model:
                 finding = analyze_unit(self.region, self.prepared, params, model,
                                        client=client, budget=XCOM_BUDGET_BYTES,
                                        attempt=int(context["ti"].try_number),
                                        max_pixels=run_limits().max_pixels)
             return _observed(finding, self.prepared, context)
-        with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
+        with task_outcome(), load_model(params.model,
+                                        **_model_options(params, self.prepared)) as model:
             # A video chunk spans frames: it runs in the worker whatever the model.
             if is_deferrable(model) and not is_video_chunk(self.region):
                 submitted = submit_region(self.region, self.prepared["source_uri"], model,
@@ -105,6 +107,29 @@ class AnalyzeRegionOperator(BaseOperator):
                                     scratch_prefix=self.prepared["scratch_prefix"],
                                     attempt=int(context["ti"].try_number))
         return _observed(finding, self.prepared, context)
+
+
+def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's options for this task: the run's, plus — for an embedded model whose slice
+    threads the run does not set — this task's share of the cores, the run's other mapped
+    tasks running beside it (a batch's units, an image's regions)."""
+    import inspect
+
+    from tilescope.models.onnx_cpu import shared_slice_workers
+    from tilescope.models.registry import model_factory
+
+    options = dict(params.model_arguments())
+    tasks = (prepared.get("batch") or {}).get("units") or \
+        (prepared.get("plan") or {}).get("regions")
+    if "parallel_slices" in options or not tasks or prepared.get("video"):
+        return options
+    try:
+        accepted = inspect.signature(model_factory(params.model)).parameters
+    except (TypeError, ValueError):  # a factory without a signature: leave it alone
+        return options
+    if "parallel_slices" in accepted:
+        options["parallel_slices"] = shared_slice_workers(int(tasks))
+    return options
 
 
 def _params(context: Any) -> Any:
