@@ -9,7 +9,8 @@ default (claims per tick, images and slices per batch run); only the schedule is
 for the next minute), each starting one ``tiled_inference`` run per batch.
 
 The model-only rate runs the same images in one process: decoded and cut into the same
-416-px slices beforehand, only ``model.predict`` timed (``bench/e2e_bench.py``'s "model only").
+416-px slices beforehand, then every slice through one NanoDet in calls of 16 (both cores
+busy), only ``model.predict`` timed (``batch_bench.measure_model``).
 
     python bench/burst_bench.py [--count 1000] [--size 256x192]
     python bench/burst_bench.py --count 100 --size 4000x3000     # ~12 MP photos
@@ -21,7 +22,6 @@ import argparse
 import io
 import json
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,52 +69,13 @@ def photos(count: int, size: tuple[int, int]) -> list[bytes]:
     return out
 
 
-def model_child(folder: str) -> None:
-    """The model alone over every slice of every image in ``folder`` (one model, pixels
-    decoded and cut beforehand): prints ``RESULT {"wall", "images", "slices"}``."""
-    from tilescope.models import load_model
-    from tilescope.readers import open_image
-    from tilescope.slicing import plan_slices
-
-    model = load_model("nanodet-coco", score_threshold=0.4)
-    overlap = int(SLICE * OVERLAP)
-    wall, images, slices = 0.0, 0, 0
-    for index, path in enumerate(sorted(Path(folder).glob("*.jpg"))):
-        reader, _ = open_image(str(path))
-        pixels = reader.read_all()
-        plan = plan_slices(reader.width, reader.height, SLICE, SLICE, overlap, overlap)
-        views = [pixels[s.y1:s.y2, s.x1:s.x2] for s in plan.slices()]
-        if index == 0:
-            model.predict(views[:1])  # warm-up (session start), not timed
-        started = time.perf_counter()
-        model.predict(views)
-        wall += time.perf_counter() - started
-        images += 1
-        slices += len(views)
-    print("RESULT " + json.dumps({"wall": wall, "images": images, "slices": slices}))
-
-
-def measure_model(images: list[bytes]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, body in enumerate(images):
-            (Path(tmp) / f"{i:05d}.jpg").write_bytes(body)
-        proc = subprocess.run([sys.executable, __file__, "--model-child", tmp],
-                              capture_output=True, text=True, check=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--size", type=parse_size, default=(256, 192), help="WxH of each image")
     parser.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
     parser.add_argument("--skip-model-only", action="store_true")
-    parser.add_argument("--model-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.model_child:
-        model_child(args.model_child)
-        return 0
 
     from tilescope.stack.provision import list_runs, trigger, wait_for_run
 
@@ -160,6 +121,8 @@ def main() -> int:
           f"longest wait for a run {summary['max_backlog_s']:.0f}s, {ticks} arrival ticks, "
           f"{len(runs)} tiled_inference runs")
     if not args.skip_model_only:
+        from batch_bench import measure_model  # one model-only limit for both benches
+
         model = measure_model(images)
         model_rate = 60 * model["images"] / model["wall"]
         summary.update(model_only_s=round(model["wall"], 1),
