@@ -5,8 +5,9 @@ same images, for the ratio.
 Runs the real path with ``make run``'s settings: SeaweedFS + Airflow, the `tilescope` pool at
 its default 4 slots (``TILESCOPE_POOL_SLOTS``), every ``TILESCOPE_ARRIVALS_*`` setting at its
 default (claims per tick, images and slices per batch run); only the schedule is off, because
-``s3_arrivals`` ticks are triggered back to back here (as its schedule would, minus the wait
-for the next minute), each starting one ``tiled_inference`` run per batch.
+``s3_arrivals`` ticks are triggered here: the first right after the upload (its sensor would
+see the burst within a poke), then at most one a minute, as its schedule runs them, each
+starting one ``tiled_inference`` run per batch it claims.
 
 The model-only rate runs the same images in one process: decoded and cut into the same
 416-px slices beforehand, then every slice through one NanoDet in calls of 16 (both cores
@@ -31,6 +32,7 @@ from pathlib import Path
 from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
 
 DEFAULT_POOL_SLOTS = 4  # TILESCOPE_POOL_SLOTS' default (include/tilescope/stack/settings.py)
+TICK_SECONDS = 60  # s3_arrivals' schedule: a tick a minute
 SLICE, OVERLAP = 416, 0.2
 
 
@@ -77,7 +79,9 @@ def main() -> int:
     parser.add_argument("--skip-model-only", action="store_true")
     args = parser.parse_args()
 
-    from tilescope.stack.provision import list_runs, trigger, wait_for_run
+    from dag_bench import _print_timeline
+
+    from tilescope.stack.provision import list_runs, paged, trigger, wait_for_run
 
     env = {"TILESCOPE_ARRIVALS_SCHEDULE": "none"}  # ticks are triggered back to back below
     images = photos(args.count, args.size)
@@ -89,7 +93,7 @@ def main() -> int:
         for i, body in enumerate(images):
             stack.s3.put_object(Bucket=BUCKET, Key=f"incoming/burst/{i:05d}.jpg", Body=body)
         upload_s = time.perf_counter() - started
-        ticks = 0
+        ticks, next_tick = 0, 0.0
         while True:
             with sqlite3.connect(stack.catalog) as conn:
                 try:
@@ -99,14 +103,20 @@ def main() -> int:
             if done >= args.count:
                 break
             listing = stack.s3.list_objects_v2(Bucket=BUCKET, Prefix="incoming/", MaxKeys=1)
-            if listing.get("KeyCount", 0):
+            if listing.get("KeyCount", 0) and time.perf_counter() >= next_tick:
+                # at most one tick a minute, as s3_arrivals' schedule runs them
+                next_tick = time.perf_counter() + TICK_SECONDS
                 run_id = trigger(stack.api, "s3_arrivals", {})["dag_run_id"]
                 wait_for_run(stack.api, "s3_arrivals", run_id, timeout=3600)
                 ticks += 1
             else:
-                time.sleep(2)
+                time.sleep(1)
         wall = time.perf_counter() - started
         runs = [r for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")]
+        for run in runs[:3]:  # where a batch run's time went
+            path = f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}"
+            _print_timeline(stack.api.request("GET", path),
+                            paged(stack.api, f"{path}/taskInstances", "task_instances"))
         waits = [(datetime.fromisoformat(r["start_date"]) - uploaded_at).total_seconds()
                  for r in runs]
         metadata = stack.metadata

@@ -4,7 +4,12 @@ Unlike moto it checks signatures and keeps data on disk, so the embedded stack b
 a deployment: a wrong key is refused and objects survive a restart. ``weed mini`` runs
 master, volume, filer, S3 and admin servers in one process; each has an HTTP port and a
 gRPC port, all bound to 127.0.0.1. The Iceberg and Lance endpoints are switched off (two
-ports fewer to collide with). ``GOMEMLIMIT`` keeps its RSS near 170 MB.
+ports fewer to collide with).
+
+``GOMEMLIMIT`` is 512 MiB: at 256 MiB (RSS ~120 MB) Go's collector ran almost constantly under
+load — 5.8–8.1 ms of CPU per 30 KB PUT and 4.1–4.6 ms per GET, a quarter of a 2-core machine
+during a batch run — while 512 MiB (RSS ~350 MB) costs 2.1 ms and 1.2 ms (measured: 1,000
+PUTs then 1,000 GETs on 4 threads).
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ class SeaweedServer:
 
 
 def start_seaweed(state_dir: Path, ports: SeaweedPorts | None = None,
-                  credentials: S3Credentials | None = None, memory_limit: str = "256MiB",
+                  credentials: S3Credentials | None = None, memory_limit: str = "512MiB",
                   check_ports: bool = True) -> SeaweedServer:
     """Start ``weed mini`` with data in ``<state_dir>/seaweed`` (reused if present).
 
