@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,8 +91,10 @@ def main() -> int:
             extra_env=env) as stack:
         uploaded_at = datetime.now(UTC)
         started = time.perf_counter()
-        for i, body in enumerate(images):
-            stack.s3.put_object(Bucket=BUCKET, Key=f"incoming/burst/{i:05d}.jpg", Body=body)
+        with ThreadPoolExecutor(8) as uploads:  # as `aws s3 cp --recursive` would
+            list(uploads.map(lambda pair: stack.s3.put_object(
+                Bucket=BUCKET, Key=f"incoming/burst/{pair[0]:05d}.jpg", Body=pair[1]),
+                enumerate(images)))
         upload_s = time.perf_counter() - started
         ticks, next_tick = 0, 0.0
         while True:
