@@ -18,13 +18,11 @@ asset event, notification and claim. What changes is what one mapped ``analyze``
   bad with its reason; the others go on.
 * **analyze** (:func:`analyze_unit`) runs one unit; a small image found truncated or corrupt
   when the unit decodes it is reported bad in the unit's finding, without failing the unit.
-  A small image's outputs (``result.json`` last) are written by its unit while its pixels
-  are at hand: its unit carried all its regions, so its result is whole there.
 * **synthesize** (:func:`combine_batch`) merges each image's region findings exactly as a
   single-image run does; ``min_success_ratio`` applies per image (a failed unit fails only the
   images whose slices it carried).
-* **store** (:func:`store_batch`) writes a big image's outputs, every stored image's catalog
-  row (one transaction), and the per-image outcomes to ``outcomes.json``.
+* **store** (:func:`store_batch`) writes each stored image's outputs and catalog row, and
+  the per-image outcomes to ``outcomes.json``.
 * **finalize** (:func:`settle_batch`) settles each image's claim: ``processed/``,
   ``quarantine/`` with its reason, or released for another attempt.
 
@@ -344,16 +342,18 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="companions") as pool:
         writes: list[Any] = []
 
-        def write_outputs(source: int, findings: list[RegionFinding], reader: Any) -> None:
-            """A small image's outputs go out from here, while its pixels are at hand."""
+        def write_companions(source: int, findings: list[RegionFinding],
+                             reader: Any) -> None:
+            """A small image's thumbnail, overlay and COCO go out from here, while its pixels
+            are at hand; ``store`` then writes only its ``result.json`` (the commit point)."""
             from tilescope.steps import THUMBNAIL_SIDE
 
             result = _image_result(items[source], findings, params)
-            writes.append(pool.submit(_write_outputs_of_small, result,
+            writes.append(pool.submit(_write_companions, result,
                                       reader.thumbnail(THUMBNAIL_SIDE), params, client))
 
         finding = run_unit(unit, plans, whole, open_reader, model, params, attempt=attempt,
-                           on_source_done=write_outputs)
+                           on_source_done=write_companions)
         for write in writes:
             write.result()
     data = finding.to_dict()
@@ -378,13 +378,12 @@ def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
                       moderation=item.moderation)
 
 
-def _write_outputs_of_small(result: Result, thumbnail: Any, params: InferenceParams,
-                            client: Any) -> None:
-    """A small image's ``thumbnail.png``, ``coco.json``, ``overlay.png`` and — last, as
-    ``store`` does for a big one — its ``result.json``. Its unit carried all its regions, so
-    the result is whole; ``store`` then only records its catalog row."""
+def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
+                      client: Any) -> None:
+    """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
+    ``result.json``."""
     from tilescope.steps import _png, result_targets, results_prefix
-    from tilescope.writers import coco_json, overlay_png, result_json
+    from tilescope.writers import coco_json, overlay_png
 
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
@@ -392,7 +391,6 @@ def _write_outputs_of_small(result: Result, thumbnail: Any, params: InferencePar
                 _png(thumbnail), "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
-    write_bytes(targets.result, result_json(result), "application/json", client)
 
 
 def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
@@ -534,14 +532,16 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                    client: Any) -> dict[str, str]:
     """One image's outputs: a big image's through :func:`tilescope.steps.store` (its scratch
-    removed); a small one's were written by its unit — only their keys here."""
+    removed); a small one's ``result.json`` beside the companions its unit wrote."""
     from tilescope.steps import result_targets, save_result, store
+    from tilescope.writers import result_json
 
     if not item.whole:
         prepared = item.prepared or {}
         uri = save_result(result, prepared["scratch_prefix"], client)
         return store(uri, prepared, params, client=client, catalog_url=None)["keys"]
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
+    write_bytes(targets.result, result_json(result), "application/json", client)
     return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
 
 
