@@ -41,3 +41,22 @@ def test_url_from_airflow_connection_fields():
         url_from_connection("mysql", host="x")
     with pytest.raises(ValueError):
         url_from_connection("sqlite")
+
+
+def test_connect_adds_indexes_a_catalog_made_before_them_lacks(tmp_path):
+    """create_all adds indexes only with new tables (seen red without the index pass)."""
+    import sqlalchemy as sa
+
+    from tilescope.catalog import METADATA, connect
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = connect(url)
+    declared = {i.name for i in METADATA.tables["tilescope_claims"].indexes}
+    assert declared  # status and run id
+    with engine.begin() as conn:
+        for name in declared:
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+    engine.dispose()
+    again = connect(url)
+    found = {i["name"] for i in sa.inspect(again).get_indexes("tilescope_claims")}
+    assert declared <= found

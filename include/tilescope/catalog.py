@@ -46,6 +46,11 @@ def connect(url: str) -> sa.Engine:
     """An engine for ``url`` with the catalog's tables created if missing."""
     engine = sa.create_engine(url, future=True, pool_pre_ping=True)
     METADATA.create_all(engine)
+    # create_all adds indexes only with a new table: a catalog made before an index was
+    # declared (e.g. the claims' status and run id) gets it here
+    for table in METADATA.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     return engine
 
 
