@@ -47,6 +47,7 @@ def test_connect_adds_indexes_a_catalog_made_before_them_lacks(tmp_path):
     """create_all adds indexes only with new tables (seen red without the index pass)."""
     import sqlalchemy as sa
 
+    import tilescope.claims  # noqa: F401 - declares the claims table and its indexes
     from tilescope.catalog import METADATA, connect
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
