@@ -281,13 +281,14 @@ def tiled_inference() -> None:
         prepared = context["ti"].xcom_pull(task_ids="preprocess", key="prepared") or {}
         if prepared.get("batch"):
             from tilescope.batch_steps import settle_batch
+            from tilescope.notify import NOT_STORED_MARK  # the notifier reads it back
 
             outcomes = settle_batch(prepared, client=s3_client(),
                                     engine=catalog_engine(), run_id=context["run_id"])
             missed = [o for o in outcomes if o.status != "stored"]
             if missed:
                 listed = "; ".join(f"{o.uri}: {o.status} ({o.error})" for o in missed[:20])
-                fail(f"{len(missed)} of {len(outcomes)} images not stored: {listed}"
+                fail(f"{len(missed)} of {len(outcomes)}{NOT_STORED_MARK}: {listed}"
                      + (" …" if len(missed) > 20 else ""))
             return f"{len(outcomes)} images stored"
         stored = context["ti"].xcom_pull(task_ids="store") is not None

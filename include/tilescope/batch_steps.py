@@ -531,15 +531,14 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
 
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                    client: Any) -> dict[str, str]:
-    """One image's outputs: a big image's through :func:`tilescope.steps.store` (its scratch
+    """One image's outputs: a big image's as a run of its own stores them (its scratch
     removed); a small one's ``result.json`` beside the companions its unit wrote."""
-    from tilescope.steps import result_targets, save_result, store
+    from tilescope.steps import result_targets, store_result
     from tilescope.writers import result_json
 
     if not item.whole:
-        prepared = item.prepared or {}
-        uri = save_result(result, prepared["scratch_prefix"], client)
-        return store(uri, prepared, params, client=client, catalog_url=None)["keys"]
+        return store_result(result, item.prepared or {}, params, client=client,
+                            catalog_url=None)["keys"]
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
     write_bytes(targets.result, result_json(result), "application/json", client)
     return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}

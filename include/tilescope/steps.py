@@ -385,9 +385,17 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
           client: Any, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
     """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
     remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
+    result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
+    return store_result(result, prepared, params, client=client, catalog_url=catalog_url,
+                        run_id=run_id)
+
+
+def store_result(result: Result, prepared: dict[str, Any], params: InferenceParams, *,
+                 client: Any, catalog_url: str | None,
+                 run_id: str | None = None) -> dict[str, Any]:
+    """:func:`store` for a result already in hand (a batch's big image)."""
     from PIL import Image
 
-    result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
     thumbnail_png = read_bytes(prepared["thumbnail_uri"], client)
