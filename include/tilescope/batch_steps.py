@@ -53,7 +53,7 @@ from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
 from tilescope.pipeline import plan_image, synthesize
-from tilescope.readers import reader_for_bytes
+from tilescope.readers import reader_for_bytes, reopen_planned
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
@@ -329,15 +329,10 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
         item = items[source]
         if not item.whole:
             return open_source((item.prepared or {})["source_uri"], client)
-        data = read_bytes(item.uri, client)
-        if hashlib.sha256(data).hexdigest() != (item.image or {}).get("sha256"):
-            raise BadImageError(f"{item.uri} changed since it was planned (its SHA-256 "
-                                f"differs): not analysed")
-        limit = max_pixels or RunLimits().max_pixels
-        reader = reader_for_bytes(data, max_pixels=limit, name=item.uri)
-        if plans[source].slice_count <= BATCHED_SOURCE_SLICES:
-            reader.validate()  # decoded here, on the read-ahead thread, while the model runs
-        return reader
+        # small ones decoded here, on the read-ahead thread, while the model runs
+        return reopen_planned(item.uri, (item.image or {}).get("sha256", ""), client=client,
+                              max_pixels=max_pixels or RunLimits().max_pixels,
+                              decode=plans[source].slice_count <= BATCHED_SOURCE_SLICES)
 
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="companions") as pool:
         writes: list[Any] = []

@@ -21,7 +21,7 @@ from tilescope.errors import BadImageError, ConfigError, RegionsFailedError, Til
 from tilescope.models.base import DetectionModel
 from tilescope.params import InferenceParams
 from tilescope.pipeline import open_names, plan_image, run_image, synthesize
-from tilescope.readers import open_image
+from tilescope.readers import open_image, reopen_planned
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
@@ -50,17 +50,8 @@ def _plan(uri: str, params: InferenceParams, model: DetectionModel, max_pixels: 
 def _reopen(planned: _Planned, max_pixels: int, client: Any) -> ImageReader:
     """The image again, for its unit: the same bytes as planned, decoded (so bad pixels are
     found here, as the unit's bad input, on the read-ahead thread)."""
-    uri = planned.image.uri
-    reader, image = open_image(uri, client=client, max_pixels=max_pixels)
-    try:
-        if image.sha256 != planned.image.sha256:
-            raise BadImageError(f"{uri} changed since it was planned (sha256 "
-                                f"{planned.image.sha256[:12]}… now {image.sha256[:12]}…)")
-        reader.validate()
-    except BaseException:
-        reader.close()
-        raise
-    return reader
+    return reopen_planned(planned.image.uri, planned.image.sha256, client=client,
+                          max_pixels=max_pixels)
 
 
 def predict_many(uris: Sequence[str], params: InferenceParams, model: DetectionModel, *,

@@ -36,5 +36,27 @@ def open_image(uri: str, *, client: Any = None,
     return reader, info
 
 
+def reopen_planned(uri: str, sha256: str, *, client: Any = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> ImageReader:
+    """The reader of an image read again after it was planned (a work unit opening its
+    image): :class:`BadImageError` if its bytes changed since (their SHA-256), and — with
+    ``decode`` — decoded now, so bad pixels are found here, on whichever thread opens it."""
+    from tilescope.errors import BadImageError
+
+    data = read_bytes(uri, client=client)
+    now = hashlib.sha256(data).hexdigest()
+    if now != sha256:
+        raise BadImageError(f"{uri} changed since it was planned (sha256 {sha256[:12]}… "
+                            f"now {now[:12]}…): not analysed")
+    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri)
+    if decode:
+        try:
+            reader.validate()
+        except BaseException:
+            reader.close()
+            raise
+    return reader
+
+
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageHeader", "ImageReader", "PillowReader", "TiffReader",
-           "open_image", "reader_for_bytes"]
+           "open_image", "reader_for_bytes", "reopen_planned"]
