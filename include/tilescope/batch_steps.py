@@ -571,7 +571,7 @@ def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
     outcomes = load_outcomes(prepared, client)
     # scratch goes once store has run (clearing a failed unit can still complete the run
     # before that)
-    stored_all_it_could = outcomes is not None
+    store_ran = outcomes is not None
     if outcomes is None:
         outcomes = [ItemOutcome(i.index, i.uri, BAD if i.bad else FAILED,
                                 image_id=(i.image or {}).get("image_id"),
@@ -593,6 +593,6 @@ def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
 
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="settle") as pool:
         list(pool.map(settle_one, outcomes))
-    if stored_all_it_could:
+    if store_ran:
         delete_prefix(prepared["scratch_prefix"], client)
     return outcomes

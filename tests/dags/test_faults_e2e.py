@@ -204,17 +204,22 @@ def s3_retries_logged(stack, run_id: str) -> dict[str, int]:
     return counts
 
 
-def test_kill_9_of_a_region_task_retries_only_that_region(stack):
-    client = stack["seaweed"]["server"].client()
-    conf = conf_for(0.3)
-    run_id, started = start_run(stack, conf)
+def kill_paused_task(stack, run_id: str, map_index: int, what: str) -> float:
+    """SIGKILL mapped analyze instance ``map_index`` once it is inside the model; when."""
     target = wait_until(lambda: [r for r in paused_regions(stack, run_id)
-                                 if r["map_index"] == 1], 180, "region 1 inside the model")[0]
+                                 if r["map_index"] == map_index], 180, what)[0]
     # The PID is the task runner of that very task instance (its command line names it).
     cmdline = Path(f"/proc/{target['pid']}/cmdline").read_text().replace("\0", " ")
     assert target["id"].replace("-", "") in cmdline.replace("-", "")
     os.kill(target["pid"], signal.SIGKILL)
-    killed_at = time.monotonic()
+    return time.monotonic()
+
+
+def test_kill_9_of_a_region_task_retries_only_that_region(stack):
+    client = stack["seaweed"]["server"].client()
+    conf = conf_for(0.3)
+    run_id, started = start_run(stack, conf)
+    killed_at = kill_paused_task(stack, run_id, 1, "region 1 inside the model")
 
     assert wait_for_run(stack["api"], "tiled_inference", run_id, timeout=300) == "success"
     took = time.monotonic() - started
@@ -255,12 +260,7 @@ def test_kill_9_of_a_batch_unit_retries_only_that_unit(stack):
     conf = {"images": [f"s3://{BUCKET}/{k}" for k in keys], "model": "slow-nanodet",
             "grid": "auto", "score_threshold": 0.29}
     run_id, started = start_run(stack, conf)
-    target = wait_until(lambda: [r for r in paused_regions(stack, run_id)
-                                 if r["map_index"] == 1], 180, "unit 1 inside the model")[0]
-    cmdline = Path(f"/proc/{target['pid']}/cmdline").read_text().replace("\0", " ")
-    assert target["id"].replace("-", "") in cmdline.replace("-", "")
-    os.kill(target["pid"], signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_at = kill_paused_task(stack, run_id, 1, "unit 1 inside the model")
 
     assert wait_for_run(stack["api"], "tiled_inference", run_id, timeout=300) == "success"
     took = time.monotonic() - started
