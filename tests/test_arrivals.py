@@ -121,3 +121,35 @@ def test_the_screen_does_not_trust_a_wrong_size(s3):
     real = put(s3, "incoming/sized.jpg", JPEG)
     seen = inspect(s3, Arrival(BUCKET, real.key, real.etag, 1))
     assert seen.reason is None
+
+
+def test_the_screen_reads_a_whole_small_image_as_the_pipeline_will(s3):
+    """A photo that fits in the screen's ranged GET comes back whole: its SHA-256, byte size,
+    format and *oriented* pixel size are what the pipeline's own reader reports (an EXIF
+    rotation swaps the sides), so a batch run can plan it without reading it again. Seen red
+    with the header's raw size instead of the reader's (300×200 for the rotated photo)."""
+    import io
+
+    from PIL import Image
+
+    from tilescope.arrivals import HEAD_BYTES, inspect
+    from tilescope.readers import open_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: shown 200 wide, 300 high
+    out = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 40, 10)).save(out, format="JPEG", exif=exif)
+    arrival = put(s3, "incoming/rotated.jpg", out.getvalue())
+    seen = inspect(s3, arrival)
+    _, info = open_image(arrival.uri, client=s3)
+    assert seen.facts == {"sha256": info.sha256, "bytes": info.bytes, "format": info.format,
+                          "width": info.width, "height": info.height}
+    assert (info.width, info.height) == (200, 300)
+    big = io.BytesIO()
+    Image.effect_noise((400, 400), 60).convert("RGB").save(big, format="PNG")
+    assert len(big.getvalue()) > HEAD_BYTES
+    assert inspect(s3, put(s3, "incoming/big.png", big.getvalue())).facts is None
+    tiff = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(tiff, format="TIFF")
+    assert inspect(s3, put(s3, "incoming/t.tif", tiff.getvalue())).facts is None
+    assert inspect(s3, put(s3, "incoming/fake.jpg", JPEG)).facts is None  # unreadable header

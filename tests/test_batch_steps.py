@@ -119,3 +119,62 @@ def test_bad_inputs_are_marked_in_the_plan_and_settled_as_quarantined(s3_client,
         QUARANTINED
     listed = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/")
     assert listed.get("KeyCount", 0) == 0  # scratch removed once store has run
+
+
+class _CountingClient:
+    """An S3 client that counts the GETs of each key (everything else passes through)."""
+
+    def __init__(self, client) -> None:
+        self._client, self.gets = client, {}
+
+    def get_object(self, **kwargs):
+        self.gets[kwargs["Key"]] = self.gets.get(kwargs["Key"], 0) + 1
+        return self._client.get_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_screened_images_are_planned_without_a_read_and_checked_by_their_unit(s3_client):
+    """Manifest entries with the arrivals screen's facts are planned without reading the
+    image; the unit that reads it checks the facts: the true ones give the same result as a
+    plan that read the image, a wrong SHA-256 or a wrong pixel size make that image bad (the
+    others of the unit go on). Seen red: with ``_plan_screened`` disabled the preprocess read
+    every image (gets == 1 each), and without the unit's size check the lying entry was
+    analysed as a 64×48 image planned as 640×480."""
+    from tilescope.arrivals import whole_facts
+    from tilescope.models.nanodet import NanoDetModel
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    bodies = {name: tiny_jpeg(seed, (320, 240)) for seed, name in
+              enumerate(("good", "other-sha", "other-size"))}
+    entries = []
+    for name, body in bodies.items():
+        s3_client.put_object(Bucket=BUCKET, Key=f"in/{name}.jpg", Body=body)
+        facts = whole_facts(body)
+        if name == "other-sha":
+            facts = {**facts, "sha256": "0" * 64}
+        if name == "other-size":
+            facts = {**facts, "width": 640, "height": 480}
+        entries.append({"uri": f"s3://{BUCKET}/in/{name}.jpg", "screened": facts})
+    counting = _CountingClient(s3_client)
+    mapped, prepared = prepare_batch(entries, PARAMS, client=counting, run="r-screened",
+                                     model_slice_size=416)
+    assert not any(k.startswith("in/") for k in counting.gets), counting.gets
+    plain_mapped, plain = prepare_batch([{"uri": e["uri"]} for e in entries], PARAMS,
+                                        client=s3_client, run="r-plain", model_slice_size=416)
+    with NanoDetModel() as model:
+        results = {}
+        for run_mapped, run_prepared in ((mapped, prepared), (plain_mapped, plain)):
+            findings = [analyze_unit(m, run_prepared, PARAMS, model, client=s3_client,
+                                     budget=48_000) for m in run_mapped]
+            uri = combine_batch(run_prepared, findings, PARAMS, "nanodet-coco",
+                                client=s3_client)
+            results[id(run_prepared)] = json.loads(read_bytes(uri, s3_client))["results"]
+    screened, read = results[id(prepared)], results[id(plain)]
+    assert [e["status"] for e in screened] == [STORED, BAD, BAD]
+    assert "changed since it was planned" in screened[1]["error"]
+    assert "planned as 640×480" in screened[2]["error"]
+    assert [e["status"] for e in read] == [STORED, STORED, STORED]
+    assert screened[0]["result"]["image"] == read[0]["result"]["image"]
+    assert screened[0]["result"]["detections"] == read[0]["result"]["detections"]

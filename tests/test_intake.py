@@ -403,3 +403,21 @@ def test_two_claimers_racing_start_each_version_in_exactly_one_batch(s3_client, 
     offered = Counter(c.version for result in results for b in result.batches for c in b.claims)
     assert all(offered[v] == started[b] for b in by_run for v in [  # … never a version alone
         (BUCKET, k, next(r["etag"] for r in rows if r["key"] == k)) for k in by_run[b]])
+
+
+def test_the_manifest_carries_what_the_screen_read_of_small_photos(env):
+    """A photo read whole by the screen is described in its manifest entry (``screened``:
+    what the run plans it from, without a second read); one it could not read whole is not.
+    Seen red with the facts left out of ``Batch`` in ``_form_batches``."""
+    from tilescope.arrivals import whole_facts
+
+    s3, engine = env
+    photo = io.BytesIO()
+    Image.new("RGB", (320, 240), (9, 99, 199)).save(photo, format="JPEG")
+    s3.put_object(Bucket=BUCKET, Key="incoming/photo.jpg", Body=photo.getvalue())
+    s3.put_object(Bucket=BUCKET, Key="incoming/header-only.jpg", Body=JPEG)
+    (batch,) = take_arrivals(s3, engine, BUCKET, IntakePolicy()).batches
+    entries = {e["uri"].rsplit("/", 1)[1]: e for e in manifest_of(s3, batch)["images"]}
+    assert entries["photo.jpg"]["screened"] == whole_facts(photo.getvalue())
+    assert entries["photo.jpg"]["screened"]["width"] == 320
+    assert "screened" not in entries["header-only.jpg"]

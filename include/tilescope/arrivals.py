@@ -65,6 +65,10 @@ class Screened:
     width: int | None = None
     height: int | None = None
     video: bool = False
+    #: when the ranged GET brought the whole object (a small photo): its identity as the
+    #: pipeline's preprocess would read it (``sha256``, ``bytes``, ``format``, oriented
+    #: ``width`` and ``height``), so a batch run can plan it without reading it again
+    facts: dict[str, Any] | None = None
 
 
 def inspect(client: Any, arrival: Arrival,
@@ -85,7 +89,24 @@ def inspect(client: Any, arrival: Arrival,
     size = image_size(head)
     if size is None and kind == "TIFF":
         size = _tiff_size(client, arrival, head)
-    return Screened(None, *(size or (None, None)))
+    facts = whole_facts(head) if kind != "TIFF" and len(head) == arrival.size else None
+    return Screened(None, *(size or (None, None)), facts=facts)
+
+
+def whole_facts(data: bytes) -> dict[str, Any] | None:
+    """``sha256``, ``bytes``, ``format`` and the oriented ``width``/``height`` of a whole
+    image in memory, read from its header exactly as the pipeline's reader reads it; ``None``
+    if the header cannot be read (the run then reads the object itself and says why)."""
+    from tilescope.errors import TilescopeError
+    from tilescope.readers import reader_for_bytes
+
+    try:
+        with reader_for_bytes(data) as reader:
+            width, height, fmt = reader.width, reader.height, reader.header.format
+    except TilescopeError:
+        return None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "format": fmt,
+            "width": int(width), "height": int(height)}
 
 
 def screen(client: Any, arrival: Arrival,

@@ -158,8 +158,8 @@ def parse_manifest(data: bytes, name: str = "manifest") -> list[dict[str, Any]]:
             if isinstance(item, str):
                 out.append({"uri": item})
             elif isinstance(item, dict) and isinstance(item.get("uri"), str):
-                out.append({"uri": item["uri"], **({"claim": item["claim"]}
-                                                   if item.get("claim") else {})})
+                out.append({"uri": item["uri"], **{k: item[k] for k in ("claim", "screened")
+                                                   if isinstance(item.get(k), dict)}})
             else:
                 raise ConfigError(f"{name}: each image is a URI or {{'uri': ...}}, got {item!r}")
         return out
@@ -199,6 +199,9 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
 
     item = BatchItem(index, entry["uri"], claim=entry.get("claim"))
     try:
+        if _plan_screened(item, entry.get("screened"), params, model_slice_size, limits,
+                          moderation):
+            return item
         # One ranged GET: a small image comes back whole, a big one tells its size.
         data, size = read_start(item.uri, FIRST_READ_BYTES, client)
         if size == 0:
@@ -239,6 +242,35 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
         if isinstance(exc, ImageBlockedError):
             item.image, item.moderation = exc.image, exc.verdict
     return item
+
+
+def _plan_screened(item: BatchItem, facts: Any, params: InferenceParams,
+                   model_slice_size: int, limits: RunLimits,
+                   moderation: ModerationPolicy | None) -> bool:
+    """Plan a small image from what ``s3_arrivals``' screen read of it (the manifest's
+    ``screened`` facts: SHA-256, size, format, oriented pixel size), without reading it again.
+    ``False`` (read it as usual) when the facts are missing or incomplete, or a moderation
+    gate must look at the pixels. The facts are checked when the unit reads the image: bytes
+    that do not match the SHA-256, or pixels of another size, make it a bad image."""
+    if moderation is not None and moderation.enabled:
+        return False
+    try:
+        image = ImageInfo(uri=item.uri, width=int(facts["width"]), height=int(facts["height"]),
+                          sha256=str(facts["sha256"]), format=str(facts["format"]),
+                          bytes=int(facts["bytes"]))
+    except (TypeError, KeyError, ValueError):
+        return False
+    pixels = image.width * image.height
+    if image.format == "TIFF" or not 0 < pixels <= WHOLE_MAX_PIXELS or len(image.sha256) != 64:
+        return False
+    if pixels > limits.max_pixels:
+        raise ImageTooLargeError(f"{item.uri} declares {image.width}×{image.height} = "
+                                 f"{pixels:,} pixels, over the limit of {limits.max_pixels:,}")
+    plan = plan_image(image.width, image.height, params, model_slice_size,
+                      max_regions=limits.max_regions)
+    limits.check_plan(plan)
+    item.image, item.plan = image.to_dict(), plan.summary()
+    return True
 
 
 def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
@@ -330,9 +362,15 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
         if not item.whole:
             return open_source((item.prepared or {})["source_uri"], client)
         # small ones decoded here, on the read-ahead thread, while the model runs
-        return reopen_planned(item.uri, (item.image or {}).get("sha256", ""), client=client,
-                              max_pixels=max_pixels or RunLimits().max_pixels,
-                              decode=plans[source].slice_count <= BATCHED_SOURCE_SLICES)
+        reader = reopen_planned(item.uri, (item.image or {}).get("sha256", ""), client=client,
+                                max_pixels=max_pixels or RunLimits().max_pixels,
+                                decode=plans[source].slice_count <= BATCHED_SOURCE_SLICES)
+        plan = plans[source]
+        if (reader.width, reader.height) != (plan.width, plan.height):
+            reader.close()
+            raise BadImageError(f"{item.uri} is {reader.width}×{reader.height}, planned as "
+                                f"{plan.width}×{plan.height}: not analysed")
+        return reader
 
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="companions") as pool:
         writes: list[Any] = []

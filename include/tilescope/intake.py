@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -96,10 +96,15 @@ class Batch:
     manifest_uri: str
     #: estimated slices (0 for a re-offered batch: its bounds were checked when it was made)
     slices: int = 0
+    #: what the screen learned of whole small images, by claim version (``Screened.facts``):
+    #: written into the manifest so the run plans them without reading them again
+    facts: Mapping[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest's content: deterministic (claims sorted by version)."""
-        return {"images": [{"uri": c.uri, "claim": c.to_dict()}
+        return {"images": [{"uri": c.uri, "claim": c.to_dict(),
+                            **({"screened": self.facts[c.version]}
+                               if c.version in self.facts else {})}
                            for c in sorted(self.claims, key=lambda c: c.version)]}
 
     def manifest_bytes(self) -> bytes:
@@ -146,6 +151,7 @@ class _Taken:
     groups: list[list[Claim]] = field(default_factory=list)
     loose: list[tuple[Claim, int]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    facts: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 # --- estimates and batches -----------------------------------------------------------------
@@ -235,6 +241,8 @@ def _screen_claims(client: Any, engine: sa.Engine, claims: Sequence[Claim],
             taken.rejected.append({"key": owned.key, "reason": seen.reason})
         else:
             taken.loose.append((owned, estimate))
+            if seen.facts:
+                taken.facts[owned.version] = seen.facts
     if failure is not None:
         raise failure
 
@@ -293,7 +301,9 @@ def _form_batches(client: Any, engine: sa.Engine, taken: _Taken,
             estimates = {c.version: s for c, s in planned}
             batches.append(Batch(run_id, tuple(stored),
                                  manifest_uri(claims[0].bucket, run_id, policy.manifest_prefix),
-                                 sum(estimates[c.version] for c in stored)))
+                                 sum(estimates[c.version] for c in stored),
+                                 {c.version: taken.facts[c.version] for c in stored
+                                  if c.version in taken.facts}))
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     if pause > 0 and batches:
         print(f"batches stored: {[b.run_id for b in batches]}; pausing {pause:.0f}s",
@@ -510,6 +520,7 @@ def claim_notified(client: Any, engine: sa.Engine, arrivals: Iterable[Arrival],
     taken = _Taken(groups=groups, rejected=fresh.rejected)
     _screen_claims(client, engine, loose, policy, run_id, taken)
     taken.loose.extend(fresh.loose[:max(room, 0)])
+    taken.facts.update(fresh.facts)
     backlog = len(left) + len(fresh.loose) - max(min(room, len(fresh.loose)), 0)
     batches, unbatched = _form_batches(client, engine, taken, policy)
     return NotifiedIntake(batches, taken.rejected, skipped, backlog + unbatched)
