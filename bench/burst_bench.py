@@ -78,6 +78,8 @@ def main() -> int:
     parser.add_argument("--size", type=parse_size, default=(256, 192), help="WxH of each image")
     parser.add_argument("--pool-slots", type=int, default=DEFAULT_POOL_SLOTS)
     parser.add_argument("--skip-model-only", action="store_true")
+    parser.add_argument("--unit-seconds", type=float, default=None,
+                        help="TILESCOPE_UNIT_SECONDS for the run (default: the setting's)")
     args = parser.parse_args()
 
     from dag_bench import _print_timeline
@@ -85,6 +87,8 @@ def main() -> int:
     from tilescope.stack.provision import list_runs, paged, trigger, wait_for_run
 
     env = {"TILESCOPE_ARRIVALS_SCHEDULE": "none"}  # ticks are triggered back to back below
+    if args.unit_seconds is not None:
+        env["TILESCOPE_UNIT_SECONDS"] = str(args.unit_seconds)
     images = photos(args.count, args.size)
     with tempfile.TemporaryDirectory() as tmp, bench_stack(
             Path(tmp), pool_slots=args.pool_slots, dags=("tiled_inference", "s3_arrivals"),
@@ -115,6 +119,10 @@ def main() -> int:
             else:
                 time.sleep(1)
         wall = time.perf_counter() - started
+        for tick in [r for r in list_runs(stack.api, "s3_arrivals") if r.get("start_date")][:1]:
+            path = f"/api/v2/dags/s3_arrivals/dagRuns/{tick['dag_run_id']}"  # the first tick
+            _print_timeline(stack.api.request("GET", path),
+                            paged(stack.api, f"{path}/taskInstances", "task_instances"))
         runs = [r for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")]
         for run in runs[:3]:  # where a batch run's time went
             path = f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}"
