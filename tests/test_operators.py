@@ -117,11 +117,15 @@ def test_execute_complete_maps_errors_like_every_task(prepared, endpoint):
         task.execute_complete(context(PARAMS, try_number=2), event=fire(deferred.value.trigger))
 
 
-def test_each_mapped_task_gets_its_share_of_the_cores(monkeypatch):
-    """Tasks of one run side by side split the cores between their slice threads (seen red
-    with the share removed: two tasks on two cores got two threads each)."""
+def test_each_mapped_task_shares_the_cores(monkeypatch):
+    """Tasks of one run side by side share the machine's cores: an embedded model gets
+    ``share_cores`` (core slots, see tests/models/test_onnx_cpu.py); one that only knows
+    ``parallel_slices`` gets a fixed share (seen red with the share removed: two tasks on two
+    cores got two threads each); a run's own setting, a video and a remote model are left
+    alone."""
     import os
 
+    from tilescope.models import registry
     from tilescope.models.onnx_cpu import shared_slice_workers
     from tilescope.operators import _model_options
     from tilescope.params import InferenceParams
@@ -130,11 +134,20 @@ def test_each_mapped_task_gets_its_share_of_the_cores(monkeypatch):
     assert shared_slice_workers(2, cores=16) == 8
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     nanodet = InferenceParams(model="nanodet-coco")
+    options = _model_options(nanodet, {"batch": {"units": 2}})
+    assert options["share_cores"] is True and "parallel_slices" not in options
+    mine = InferenceParams(model="nanodet-coco", model_options={"parallel_slices": 2})
+    options = _model_options(mine, {"batch": {"units": 4}})
+    assert options["parallel_slices"] == 2 and "share_cores" not in options
+    assert not {"share_cores", "parallel_slices"} & set(
+        _model_options(nanodet, {"plan": {"regions": 3}, "video": {"fps": 1}}))
+    remote = InferenceParams(model="http", model_options={"url": "http://127.0.0.1:1/"})
+    assert "share_cores" not in _model_options(remote, {"plan": {"regions": 3}})
+
+    def older(parallel_slices: int | None = None) -> None: ...
+
+    real = registry.model_factory
+    monkeypatch.setattr(registry, "model_factory",
+                        lambda name: older if name == "nanodet-coco" else real(name))
     assert _model_options(nanodet, {"batch": {"units": 2}})["parallel_slices"] == 1
     assert _model_options(nanodet, {"plan": {"regions": 1}})["parallel_slices"] == 2
-    mine = InferenceParams(model="nanodet-coco", model_options={"parallel_slices": 2})
-    assert _model_options(mine, {"batch": {"units": 4}})["parallel_slices"] == 2
-    assert "parallel_slices" not in _model_options(nanodet, {"plan": {"regions": 3},
-                                                            "video": {"fps": 1}})
-    remote = InferenceParams(model="http", model_options={"url": "http://127.0.0.1:1/"})
-    assert "parallel_slices" not in _model_options(remote, {"plan": {"regions": 3}})

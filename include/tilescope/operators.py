@@ -111,8 +111,10 @@ class AnalyzeRegionOperator(BaseOperator):
 
 def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
     """The model's options for this task: the run's, plus — for an embedded model whose slice
-    threads the run does not set — this task's share of the cores, the run's other mapped
-    tasks running beside it (a batch's units, an image's regions)."""
+    threads the run does not set — sharing the machine's cores with the run's other mapped
+    tasks running beside it (a batch's units, an image's regions): one core held, the free
+    ones borrowed call by call (:class:`tilescope.models.onnx_cpu.CoreSlots`); a model
+    without ``share_cores`` gets a fixed share instead."""
     import inspect
 
     from tilescope.models.onnx_cpu import shared_slice_workers
@@ -127,7 +129,9 @@ def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
         accepted = inspect.signature(model_factory(params.model)).parameters
     except (TypeError, ValueError):  # a factory without a signature: leave it alone
         return options
-    if "parallel_slices" in accepted:
+    if "share_cores" in accepted:
+        options.setdefault("share_cores", True)
+    elif "parallel_slices" in accepted:
         options["parallel_slices"] = shared_slice_workers(int(tasks))
     return options
 

@@ -28,7 +28,7 @@ from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelError
 from tilescope.models.base import DetectionModel
 from tilescope.models.coco import COCO_CATEGORY_IDS, COCO_NAMES
-from tilescope.models.onnx_cpu import SlicePool, open_cpu_session, slice_workers
+from tilescope.models.onnx_cpu import CoreSlots, SlicePool, open_cpu_session, slice_workers
 from tilescope.postprocess.combine import nms
 
 __all__ = ["INPUT_SIZE", "NanoDetModel", "decode_nanodet", "preprocess"]
@@ -138,6 +138,7 @@ class NanoDetModel(DetectionModel):
         intra_op_threads: int = 1,
         parallel_slices: int | None = None,
         model_path: str | Path | None = None,
+        share_cores: bool = False,
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -153,7 +154,7 @@ class NanoDetModel(DetectionModel):
             model_path = ensure_nanodet_onnx()
         self.model_path = Path(model_path)
         self._session = open_cpu_session(self.model_path, intra_op_threads, "NanoDet")
-        self._pool = SlicePool(parallel, "nanodet")
+        self._pool = SlicePool(parallel, "nanodet", CoreSlots() if share_cores else None)
         self._buffers = threading.local()
 
     def _input_buffer(self) -> np.ndarray:

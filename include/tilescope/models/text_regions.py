@@ -32,7 +32,7 @@ import numpy as np
 from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelError, ModelUnavailableError
 from tilescope.models.base import DetectionModel
-from tilescope.models.onnx_cpu import SlicePool, open_cpu_session, slice_workers
+from tilescope.models.onnx_cpu import CoreSlots, SlicePool, open_cpu_session, slice_workers
 
 __all__ = ["TextRegionsModel", "bundled_model_path", "db_boxes", "preprocess"]
 
@@ -147,6 +147,7 @@ class TextRegionsModel(DetectionModel):
         intra_op_threads: int = 1,
         parallel_slices: int | None = None,
         model_path: str | Path | None = None,
+        share_cores: bool = False,
     ) -> None:
         for label, value in (("score_threshold", score_threshold),
                              ("box_threshold", box_threshold),
@@ -164,7 +165,8 @@ class TextRegionsModel(DetectionModel):
         self.min_side, self.max_side = int(min_side), int(max_side)
         self.model_path = Path(model_path) if model_path is not None else bundled_model_path()
         self._session = open_cpu_session(self.model_path, intra_op_threads, "text-regions")
-        self._pool = SlicePool(slice_workers(parallel_slices), "text-regions")
+        self._pool = SlicePool(slice_workers(parallel_slices), "text-regions",
+                                CoreSlots() if share_cores else None)
 
     def predict_one(self, image: np.ndarray) -> Detections:
         """Text boxes of one RGB uint8 slice, in its pixel coordinates."""
