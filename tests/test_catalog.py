@@ -61,3 +61,28 @@ def test_connect_adds_indexes_a_catalog_made_before_them_lacks(tmp_path):
     again = connect(url)
     found = {i["name"] for i in sa.inspect(again).get_indexes("tilescope_claims")}
     assert declared <= found
+
+
+def test_many_rows_in_one_statement_the_same_image_twice_keeps_the_last(sql_url):
+    """A batch's rows go in one executemany; the same bytes twice in one batch (two keys)
+    leave one row, the later one — as two upserts in a row would (seen red with the fold
+    keeping the first row of a key instead of the last)."""
+    from dataclasses import replace
+
+    from tilescope.catalog import record_results
+
+    engine = connect(sql_url)
+    first, second = result(n=2), result(n=4)
+    second = replace(second, image=replace(second.image, uri="s3://b/incoming/copy.jpg"))
+    others = [replace(result(n=i), image=replace(result().image, sha256=f"{i:064d}"))
+              for i in range(1, 300)]
+    record_results(engine, [(first, "p1", {"result": "a"}), *[(o, "p1", {}) for o in others],
+                            (second, "p1", {"result": "b"})], "run-1")
+    assert len(find_results(engine)) == 300
+    (row,) = find_results(engine, "ab" * 32)
+    assert row["detections"] == 4 and row["image_uri"] == "s3://b/incoming/copy.jpg"
+    assert row["result_keys"] == {"result": "b"} and row["run_id"] == "run-1"
+    record_results(engine, [(first, "p1", {"result": "c"})], "run-2")  # a re-run updates
+    (row,) = find_results(engine, "ab" * 32)
+    assert (row["detections"], row["run_id"], row["result_keys"]) == (2, "run-2",
+                                                                      {"result": "c"})
