@@ -421,3 +421,25 @@ def test_the_manifest_carries_what_the_screen_read_of_small_photos(env):
     assert entries["photo.jpg"]["screened"] == whole_facts(photo.getvalue())
     assert entries["photo.jpg"]["screened"]["width"] == 320
     assert "screened" not in entries["header-only.jpg"]
+
+
+def test_a_batch_from_an_arrivals_manifest_plans_small_photos_without_reading_them(env):
+    """The tick's manifest, read by the batch run's preprocess: the screened photos are
+    planned without a GET (only the manifest is read). Seen red with ``parse_manifest``
+    dropping the ``screened`` entries: every photo read again."""
+    from test_batch_steps import _CountingClient, tiny_jpeg
+
+    from tilescope.batch_steps import batch_entries, load_items, prepare_batch
+    from tilescope.params import InferenceParams
+
+    s3, engine = env
+    for i in range(5):
+        s3.put_object(Bucket=BUCKET, Key=f"incoming/p{i}.jpg", Body=tiny_jpeg(i, (320, 240)))
+    (batch,) = take_arrivals(s3, engine, BUCKET, IntakePolicy()).batches
+    counting = _CountingClient(s3)
+    entries = batch_entries({"manifest": batch.manifest_uri}, client=counting)
+    _, prepared = prepare_batch(entries, InferenceParams(model="nanodet-coco"),
+                                client=counting, run=batch.run_id, model_slice_size=416)
+    assert [k for k in counting.gets if k.startswith("incoming/")] == []
+    items = load_items(prepared, s3)
+    assert [(i.image["width"], i.image["height"]) for i in items] == [(320, 240)] * 5
