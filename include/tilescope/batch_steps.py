@@ -176,7 +176,7 @@ def _list_prefix(prefix_uri: str, client: Any) -> list[str]:
 
 def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
     """``s3://<bucket of the first image>/scratch/batch/<run>/``."""
-    from tilescope.steps import safe_key_part
+    from tilescope.scratch import safe_key_part
 
     bucket = parse_s3_uri(entries[0]["uri"]).bucket
     return f"s3://{bucket}/scratch/batch/{safe_key_part(run)}/"
@@ -185,7 +185,7 @@ def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
 def outcomes_uri(entries: Sequence[Mapping[str, Any]], run: str) -> str:
     """Where a batch run's per-image outcomes are kept for good (finalize, notifications
     and the results viewer read them): ``s3://<bucket>/results/batches/<run>/outcomes.json``."""
-    from tilescope.steps import safe_key_part
+    from tilescope.scratch import safe_key_part
 
     bucket = parse_s3_uri(entries[0]["uri"]).bucket
     return f"s3://{bucket}/results/batches/{safe_key_part(run)}/outcomes.json"
@@ -379,7 +379,7 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                              reader: Any) -> None:
             """A small image's thumbnail, overlay and COCO go out from here, while its pixels
             are at hand; ``store`` then writes only its ``result.json`` (the commit point)."""
-            from tilescope.steps import THUMBNAIL_SIDE
+            from tilescope.scratch import THUMBNAIL_SIDE
 
             result = _image_result(items[source], findings, params)
             writes.append(pool.submit(_write_companions, result,
@@ -415,13 +415,14 @@ def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
                       client: Any) -> None:
     """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
     ``result.json``."""
-    from tilescope.steps import _png, result_targets, results_prefix
+    from tilescope.scratch import png_bytes
+    from tilescope.steps import result_targets, results_prefix
     from tilescope.writers import coco_json, overlay_png
 
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
     write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
-                _png(thumbnail), "image/png", client)
+                png_bytes(thumbnail), "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
 
@@ -603,7 +604,7 @@ def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
     (images store never reached count as failed, bad ones found in preprocess as bad)."""
     from tilescope.claims import Claim
     from tilescope.intake import quarantine_claimed, settle
-    from tilescope.steps import delete_prefix
+    from tilescope.scratch import delete_prefix
 
     items = load_items(prepared, client)
     outcomes = load_outcomes(prepared, client)

@@ -195,3 +195,19 @@ def moderate(pixels: np.ndarray, policy: ModerationPolicy, client: Any = None) -
                            policy.backend, error=error, fail_open=True)
         return Verdict(True, f"moderation failed, blocked (fail-closed): {error}",
                        policy.backend, error=error)
+
+
+def gate(reader: Any, image: Any, policy: ModerationPolicy | None) -> dict[str, Any] | None:
+    """The verdict on a downscaled copy of ``reader``'s picture (an image, or a video's
+    sampled frames side by side); raises :class:`~tilescope.errors.ImageBlockedError` if it
+    must not be processed. ``None`` when no gate is configured. ``image`` is its
+    :class:`~tilescope.results.ImageInfo`."""
+    if policy is None or not policy.enabled:
+        return None
+    from tilescope.errors import ImageBlockedError
+
+    verdict = moderate(reader.thumbnail(policy.max_side), policy)
+    if verdict.blocked:
+        raise ImageBlockedError(f"{image.uri} blocked by moderation: {verdict.reason}",
+                                verdict.to_dict(), image.to_dict())
+    return verdict.to_dict()

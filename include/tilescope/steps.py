@@ -12,12 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,7 +26,7 @@ from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.models.sagemaker import AsyncOutcome, SageMakerAsyncModel
-from tilescope.moderation import ModerationPolicy
+from tilescope.moderation import ModerationPolicy, gate
 from tilescope.params import InferenceParams
 from tilescope.pipeline import (
     analyze_region,
@@ -49,9 +45,16 @@ from tilescope.results import (
     detections_from_compact,
     detections_to_compact,
 )
-from tilescope.slicing import Box, Region, SlicePlan
+from tilescope.scratch import (
+    THUMBNAIL_SIDE,
+    ScratchLayout,
+    delete_prefix,
+    open_source,
+    png_bytes,
+    upload_tiled_tiff,
+)
+from tilescope.slicing import Region, SlicePlan
 from tilescope.storage import (
-    RangedS3File,
     object_size,
     parse_s3_uri,
     read_bytes,
@@ -66,29 +69,6 @@ from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
 XCOM_BUDGET_BYTES = 48 * 1024
 #: default refusal size for an input object (the pixel limit guards decoding separately)
 DEFAULT_MAX_BYTES = 2 * 1024**3
-SCRATCH_TILE = 512
-THUMBNAIL_SIDE = 2048
-
-
-@dataclass(frozen=True)
-class ScratchLayout:
-    """Where one run keeps its intermediate objects: ``scratch/<image_id>/<run>/``."""
-
-    bucket: str
-    image_id: str
-    run: str
-
-    @property
-    def prefix(self) -> str:
-        return f"scratch/{self.image_id}/{safe_key_part(self.run)}/"
-
-    def uri(self, name: str) -> str:
-        return f"s3://{self.bucket}/{self.prefix}{name}"
-
-
-def safe_key_part(text: str) -> str:
-    """``text`` made safe for one S3 key segment (run ids contain ``:`` and ``+``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
 
 
 def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
@@ -147,13 +127,13 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             source_uri = image_uri  # already tiled: regions read its tiles directly
         else:
             source_uri = scratch.uri("pixels.tif")
-            _upload_tiled_tiff(reader, source_uri, client)
+            upload_tiled_tiff(reader, source_uri, client)
         full_image = None
         if full_image_model is not None:
             full_image = detections_to_compact(
                 full_image_detections(reader, full_image_model, params))
         thumbnail_uri = scratch.uri("thumbnail.png")
-        write_bytes(thumbnail_uri, _png(reader.thumbnail(THUMBNAIL_SIDE)), "image/png", client)
+        write_bytes(thumbnail_uri, png_bytes(reader.thumbnail(THUMBNAIL_SIDE)), "image/png", client)
     return {"image": image.to_dict(), "plan": plan.summary(),
             "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
             "thumbnail_uri": thumbnail_uri, "full_image": full_image,
@@ -182,21 +162,6 @@ def open_input(uri: str, head: bytes, *, client: Any, size: int,
     return reader_for_bytes(data, max_pixels=max_pixels, name=uri), lambda: digest
 
 
-def gate(reader: ImageReader, image: ImageInfo,
-         policy: ModerationPolicy | None) -> dict[str, Any] | None:
-    """The moderation verdict on a downscaled copy; raises :class:`ImageBlockedError` if the
-    image must not be processed. ``None`` when no gate is configured."""
-    if policy is None or not policy.enabled:
-        return None
-    from tilescope.moderation import moderate
-
-    verdict = moderate(reader.thumbnail(policy.max_side), policy)
-    if verdict.blocked:
-        raise ImageBlockedError(f"{image.uri} blocked by moderation: {verdict.reason}",
-                                verdict.to_dict(), image.to_dict())
-    return verdict.to_dict()
-
-
 def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: Any,
                    catalog_url: str | None, run_id: str | None = None) -> str:
     """Record a blocked image as its result: ``result.json`` with status ``blocked``, the
@@ -217,69 +182,6 @@ def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client:
         finally:
             engine.dispose()
     return targets.result
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    # Level 1: a 2048² thumbnail in ~0.1 s instead of ~0.6 s at the default level 6.
-    Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
-    return out.getvalue()
-
-
-def scratch_tile_shape(width: int, height: int) -> tuple[int, int]:
-    """(tile height, tile width): ``SCRATCH_TILE`` square, but never much larger than the
-    image along a side — TIFF pads every tile to full size, so a 100000×8 strip in 512² tiles
-    would stage 64 times its pixels. Sides are multiples of 16, as TIFF requires."""
-    def fit(side: int) -> int:
-        return min(SCRATCH_TILE, -(-side // 16) * 16)
-
-    return fit(height), fit(width)
-
-
-def _tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray]:
-    """The image as ``tile_h × tile_w`` tiles in row-major order, edge tiles zero-padded (as
-    TIFF stores them), read one at a time so no second full copy of the image is made."""
-    for y in range(0, reader.height, tile_h):
-        for x in range(0, reader.width, tile_w):
-            pixels = reader.read(Box(x, y, x + tile_w, y + tile_h))
-            if pixels.shape[:2] != (tile_h, tile_w):
-                tile = np.zeros((tile_h, tile_w, 3), np.uint8)
-                tile[: pixels.shape[0], : pixels.shape[1]] = pixels
-                pixels = tile
-            yield pixels
-
-
-def _upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
-    """Write the image as a zstd-compressed tiled TIFF and upload it with a managed multipart
-    transfer, staging on local disk rather than in memory.
-
-    Lossless, so regions see the very pixels ``tilescope predict`` sees. zstd level 1 encodes
-    at several hundred MB/s and halves photos or better: on a loopback S3 server, where uploads
-    run at ~60 MB/s, sending half the bytes saves far more than the encoding costs, and every
-    region task reads half as much."""
-    import tifffile
-
-    loc = parse_s3_uri(uri)
-    with tempfile.NamedTemporaryFile(suffix=".tif", dir=os.environ.get("TILESCOPE_TMP")) as tmp:
-        tile = scratch_tile_shape(reader.width, reader.height)
-        tifffile.imwrite(tmp.name, _tiles(reader, *tile),
-                         shape=(reader.height, reader.width, 3), dtype=np.uint8,
-                         tile=tile, photometric="rgb",
-                         compression="zstd", compressionargs={"level": 1}, maxworkers=2)
-        client.upload_file(tmp.name, loc.bucket, loc.key,
-                           ExtraArgs={"ContentType": "image/tiff"})
-
-
-def open_source(source_uri: str, client: Any, *, size: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> TiffReader:
-    """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
-    tiles a read needs. ``size`` (if known) saves a HEAD request."""
-    # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
-    return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
-                                        buffer_size=64 << 10),
-                      max_pixels=max_pixels, name=source_uri)
 
 
 def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
@@ -428,18 +330,3 @@ def store_result(result: Result, prepared: dict[str, Any], params: InferencePara
             "counts": result.counts(), "failed_regions": result.failed_regions,
             "regions": len(result.regions), "model_share": result.summary()["model_share"],
             "keys": keys, "scratch_objects_deleted": deleted}
-
-
-def delete_prefix(prefix_uri: str, client: Any) -> int:
-    """Delete every object under an ``s3://bucket/prefix/`` (scratch clean-up)."""
-    loc = parse_s3_uri(prefix_uri)
-    if not loc.key.startswith("scratch/"):
-        raise ValueError(f"refusing to delete outside scratch/: {prefix_uri}")
-    deleted = 0
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True})
-            deleted += len(keys)
-    return deleted

@@ -284,7 +284,7 @@ def test_batch_keys_are_confined_to_the_batch_and_its_outcomes(viewer_stack):
     token = viewer_stack["airflow"].token()
     urls = _batch_urls(viewer_stack)
     api = urls["api"]
-    from tilescope.steps import safe_key_part
+    from tilescope.scratch import safe_key_part
 
     outcomes = f"results/batches/{safe_key_part(viewer_stack['batch_run_id'])}/outcomes.json"
     status, _, body = _get(f"{api}/object?key={urllib.parse.quote(outcomes, safe='')}",

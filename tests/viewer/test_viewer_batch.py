@@ -14,8 +14,8 @@ from tilescope.batch_steps import ItemOutcome, batch_scratch
 from tilescope.detections import Detections
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo, RegionFinding, Result
+from tilescope.scratch import safe_key_part
 from tilescope.slicing import plan_slices
-from tilescope.steps import safe_key_part
 from tilescope.viewer.keys import (
     BatchPrefixes,
     ViewerInputError,

@@ -26,12 +26,20 @@ from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.limits import RunLimits, positive_int_env
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
-from tilescope.moderation import ModerationPolicy
+from tilescope.moderation import ModerationPolicy, gate
 from tilescope.params import InferenceParams
 from tilescope.readers.array import ArrayReader
 from tilescope.readers.base import ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
+from tilescope.scratch import (
+    THUMBNAIL_SIDE,
+    ScratchLayout,
+    delete_prefix,
+    open_source,
+    png_bytes,
+    upload_tiled_tiff,
+)
 from tilescope.slicing import DEFAULT_MIN_SLICES_PER_REGION, SlicePlan
 from tilescope.storage import (
     is_s3_uri,
@@ -102,15 +110,6 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
     Over-budget videos are refused from the header before decoding; a stream found truncated
     or corrupt while decoding removes whatever was staged before the error is raised.
     """
-    from tilescope.steps import (
-        THUMBNAIL_SIDE,
-        ScratchLayout,
-        _png,
-        _upload_tiled_tiff,
-        delete_prefix,
-        gate,
-    )
-
     if params.full_image_pass or full_image_model is not None:
         raise ConfigError("full_image_pass is not supported for video")
     with local_copy(uri, client) as (path, sha256), \
@@ -124,7 +123,7 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
                 for frame, pixels in frames:
                     # encoding (zstd) and uploads overlap decoding; a bounded queue keeps
                     # at most a few frames in memory
-                    pending.append(pool.submit(_upload_tiled_tiff, ArrayReader(pixels),
+                    pending.append(pool.submit(upload_tiled_tiff, ArrayReader(pixels),
                                                frame_uri(frames_prefix, frame.frame_index),
                                                client))
                     while len(pending) >= _UPLOADS_IN_FLIGHT:
@@ -140,7 +139,7 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
             write_bytes(sheet_uri, sheet_png, "image/png", client)
             thumbnail_uri = scratch.uri("thumbnail.png")
             first = ArrayReader(sampled.first_frame).thumbnail(THUMBNAIL_SIDE)
-            write_bytes(thumbnail_uri, _png(first), "image/png", client)
+            write_bytes(thumbnail_uri, png_bytes(first), "image/png", client)
         except BaseException:
             delete_prefix(f"s3://{scratch.bucket}/{scratch.prefix}", client)
             raise
@@ -221,7 +220,6 @@ def _frame_readers(frame_indices: list[int], frames_prefix: str, client: Any,
     cost ~50 ms a frame on the critical path. Larger frames are read band by band with
     ranged GETs, as image regions are, so memory stays bounded by a band."""
     from tilescope.readers import TiffReader
-    from tilescope.steps import open_source
 
     if not whole:
         for index in frame_indices:

@@ -115,10 +115,10 @@ def run_prefixes(run_id: str, prepared: dict[str, Any] | None,
 
     ``prepared`` is preprocess's ``prepared`` XCom (``scratch_prefix``, ``image``);
     ``stored`` is store's return value (``keys.result``), present once the result exists.
-    Each prefix is checked against the layout the pipeline writes (``steps.ScratchLayout``,
+    Each prefix is checked against the layout the pipeline writes (``scratch.ScratchLayout``,
     ``steps.results_prefix``), so a tampered XCom cannot widen what the viewer serves.
     """
-    from tilescope.steps import safe_key_part
+    from tilescope.scratch import safe_key_part
 
     if not prepared:
         return None
@@ -163,7 +163,7 @@ def batch_run(run_id: str, prepared: dict[str, Any] | None) -> BatchRun | None:
     """The batch run's document locations, or ``None`` for a single-image run (or before
     preprocess planned the batch). Each URI must be exactly where ``batch_steps`` writes it
     for *this* run id — a tampered XCom cannot point the viewer elsewhere."""
-    from tilescope.steps import safe_key_part
+    from tilescope.scratch import safe_key_part
 
     batch = (prepared or {}).get("batch")
     if not batch:
