@@ -17,8 +17,9 @@ or error topic (`tilescope_success_topic_arn` / `tilescope_error_topic_arn` Vari
 
 A **video** (AVI, MP4/MOV, MKV/WebM — recognised by its bytes) runs through the same tasks:
 preprocess samples `video_fps` frames per second and stages each frame; analyze is mapped
-over chunks of (frame, region) units; synthesize merges per frame, never across frames; the
-overlay is a contact sheet of annotated frames.
+over work units of the frames' regions (each frame a source, like a batch's images);
+synthesize merges per frame, never across frames; the overlay is a contact sheet of
+annotated frames.
 
 Trigger it from the UI form, the REST API (`conf: {"image_uri": "s3://bucket/key", ...}`)
 or the `s3_arrivals` DAG. Clearing a failed `analyze` instance (with downstream) re-runs

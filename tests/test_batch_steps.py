@@ -178,3 +178,72 @@ def test_screened_images_are_planned_without_a_read_and_checked_by_their_unit(s3
     assert [e["status"] for e in read] == [STORED, STORED, STORED]
     assert screened[0]["result"]["image"] == read[0]["result"]["image"]
     assert screened[0]["result"]["detections"] == read[0]["result"]["detections"]
+
+
+def test_a_videos_frames_are_packed_into_units_with_the_other_images(s3_client, tmp_path,
+                                                                      monkeypatch):
+    """A batch's video is not mapped apart: its sampled frames are sources packed together
+    with the photos' (a unit holds a photo and frames), and each still gets exactly the
+    result of a run of its own — the video merged per frame. (Seen red with the batch's
+    combine keeping one unit's regions per source: the frame split over both units lost
+    regions and the video came back failed; and with frames numbered from 0, colliding
+    with the photo's source.)"""
+    from blob_model import BrightBlobModel, blob_image
+    from video_samples import moving_blobs, write_video
+
+    from tilescope.models import register_model
+    from tilescope.pipeline import run_image
+    from tilescope.readers import reader_for_bytes
+    from tilescope.results import ImageInfo
+    from tilescope.units import UNIT_SECONDS_ENV, WorkUnit
+    from tilescope.video.decoder import VideoSource
+    from tilescope.video.pipeline import run_video
+
+    register_model("bright-blobs", BrightBlobModel)
+    params = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="2x2",
+                             score_threshold=0.1, video_fps=5)
+    s3_client.create_bucket(Bucket=BUCKET)
+    photo = io.BytesIO()
+    Image.fromarray(blob_image(600, 400, 6, seed=3)[0]).save(photo, format="PNG")
+    clip = write_video(tmp_path / "clip.avi", moving_blobs(12)[0], fps=10)
+    inputs = {"in/a.png": photo.getvalue(), "in/clip.avi": clip.read_bytes()}
+    for key, body in inputs.items():
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    entries = [{"uri": f"s3://{BUCKET}/{key}"} for key in inputs]
+    monkeypatch.setenv(UNIT_SECONDS_ENV, str(40 * 0.04))  # 40 slices a unit
+    mapped, prepared = prepare_batch(entries, params, client=s3_client, run="r-video",
+                                     model_slice_size=256, slice_seconds=0.04)
+    items = load_items(prepared, s3_client)
+    assert items[0].whole and items[1].video and items[1].first_source == 2
+    units = [WorkUnit.from_dict(m) for m in mapped]
+    assert all("video" not in m and "unit" in m for m in mapped)
+    # the photo and 6 frames (sources 2–7), the third frame's regions split over both units
+    assert [u.sources for u in units] == [[0, 2, 3, 4], [4, 5, 6, 7]]
+    assert [m["name"] for m in mapped] == ["in/a.png … in/clip.avi f4 (4 sources)",
+                                           "in/clip.avi f4 … in/clip.avi f10 (4 frames)"]
+    findings = [analyze_unit(m, prepared, params, BrightBlobModel(), client=s3_client,
+                             budget=48_000) for m in mapped]
+    results = combine_batch(prepared, findings, params, "bright-blobs", client=s3_client)
+    summary, outcomes = store_batch(results, prepared, params, client=s3_client,
+                                    catalog_url=None, run_id="r-video")
+    assert [o.status for o in outcomes] == [STORED, STORED] and summary["stored"] == 2
+
+    def stored(outcome) -> dict:
+        return json.loads(read_bytes(outcome.keys["result"], s3_client))
+
+    data = inputs["in/a.png"]
+    reader = reader_for_bytes(data)
+    info = ImageInfo(entries[0]["uri"], reader.width, reader.height,
+                     items[0].image["sha256"], "PNG", len(data))
+    alone = run_image(reader, info, params, BrightBlobModel())
+    assert stored(outcomes[0])["detections"] == alone.to_dict()["detections"]
+    video = stored(outcomes[1])
+    with VideoSource(str(clip), container="AVI", name=entries[1]["uri"]) as source:
+        info = ImageInfo(entries[1]["uri"], 640, 480, items[1].image["sha256"], "AVI",
+                         len(inputs["in/clip.avi"]))
+        local, _ = run_video(source, info, params, BrightBlobModel())
+    assert video["detections"] == local.to_dict()["detections"]
+    assert [f["detections"] for f in video["frames"]] == [3] * 6
+    assert [r["name"] for r in video["regions"]] == [r.name for r in local.regions]
+    settle_batch(prepared, client=s3_client, engine=None, run_id="r-video")
+    assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/").get("KeyCount", 0) == 0

@@ -11,11 +11,13 @@ asset event, notification and claim. What changes is what one mapped ``analyze``
   read *whole* by the unit that analyzes it — no staging copy. A big image (or a tiled
   TIFF) is prepared exactly as a single-image run prepares it (:func:`tilescope.steps.prepare`:
   staged or read in place) and its regions are spread over units. A video is prepared as in
-  a single-image run and its chunks are mapped as they are. The sources' regions are packed
-  into work units (:mod:`tilescope.units`) sized by model cost; the plan of every image goes
-  to ``scratch/batch/<run>/plan.json`` (XComs stay small: the mapped list only names sources
-  by index). An image refused here (not an image, empty, over a budget, blocked) is marked
-  bad with its reason; the others go on.
+  a single-image run (its sampled frames staged) and each frame is a range-read source like
+  a big image's. All the sources' regions are packed together into work units
+  (:mod:`tilescope.units`) sized by model cost; the plan of every image goes to
+  ``scratch/batch/<run>/plan.json`` (XComs stay small: the mapped list only names sources
+  by number — an image's is its index in the batch, a video's frames come after all images).
+  An image refused here (not an image, empty, over a budget, blocked) is marked bad with its
+  reason; the others go on.
 * **analyze** (:func:`analyze_unit`) runs one unit; a small image found truncated or corrupt
   when the unit decodes it is reported bad in the unit's finding, without failing the unit.
 * **synthesize** (:func:`combine_batch`) merges each image's region findings exactly as a
@@ -61,11 +63,11 @@ from tilescope.storage import is_s3_uri, parse_s3_uri, read_bytes, read_start, w
 from tilescope.units import (
     BATCHED_SOURCE_SLICES,
     SourcePlan,
-    UnitFinding,
     WorkUnit,
-    is_work_unit,
+    load_unit_finding,
     pack_units,
     run_unit,
+    unit_payload,
     unit_slice_budget,
 )
 
@@ -94,6 +96,8 @@ class BatchItem:
     #: read whole by its unit; otherwise ``prepared`` is a single-image run's preparation
     whole: bool = True
     prepared: dict[str, Any] | None = None
+    #: a video: the source number of its first sampled frame (the others follow)
+    first_source: int | None = None
     moderation: dict[str, Any] | None = None
     #: why the image was refused (it is quarantined with this reason), and the error class
     bad: str | None = None
@@ -107,6 +111,11 @@ class BatchItem:
     @property
     def video(self) -> bool:
         return bool(self.prepared and self.prepared.get("video"))
+
+    @property
+    def frame_count(self) -> int:
+        """How many sampled frames (unit sources) a video has; 0 for an image."""
+        return len((self.prepared or {}).get("video", {}).get("frames", [])) if self.video else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -279,8 +288,8 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
                   moderation: ModerationPolicy | None = None
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plan every image and pack the work units. Returns ``(items to map over, prepared)``:
-    the mapped items are work units (and a video's chunks); ``prepared`` is small — the plan
-    itself is written to ``<scratch>/plan.json``."""
+    the mapped items are work units (of images and videos' frames alike); ``prepared`` is
+    small — the plan itself is written to ``<scratch>/plan.json``."""
     if params.full_image_pass:
         raise ConfigError("full_image_pass is not supported in batch runs (one image per run)")
     limits = limits or RunLimits()
@@ -290,26 +299,26 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
             pair[0], pair[1], params, client=client, run=run,
             model_slice_size=model_slice_size, limits=limits, moderation=moderation),
             enumerate(entries)))
-    sources, mapped = [], []
+    sources: list[SourcePlan] = []
+    next_frame = len(items)  # a video's frames are numbered after every image
     for item in items:
         if item.bad:
             continue
-        if item.video:  # a video's chunks are mapped as in a run of its own
-            for chunk in item.prepared.pop("regions"):  # type: ignore[union-attr]
-                mapped.append({**chunk, "item": item.index,
-                               "name": f"{item.name} {chunk['name']}"})
-            continue
         if item.prepared:
-            item.prepared.pop("regions", None)
-        sources.append(SourcePlan(item.index, SlicePlan.from_summary(item.plan or {}),
-                                  whole=item.whole))
+            item.prepared.pop("regions", None)  # a run of its own's units: packed here anew
+        plan = SlicePlan.from_summary(item.plan or {})
+        if item.video:  # its sampled frames are sources like any other
+            from tilescope.video.steps import frame_sources
+
+            item.first_source = next_frame
+            sources.extend(frame_sources(plan, item.frame_count, next_frame))
+            next_frame += item.frame_count
+            continue
+        sources.append(SourcePlan(item.index, plan, whole=item.whole))
     units = pack_units(sources, unit_slice_budget(slice_seconds),
-                       max_units=max(1, limits.max_regions - len(mapped)))
-    by_index = {item.index: item for item in items}
-    for unit in units:
-        mapped.insert(unit.index, {**unit.to_dict(), "name": _unit_label(unit, by_index)})
-    for number, entry in enumerate(mapped):
-        entry["index"] = number
+                       max_units=limits.max_regions)
+    table = _SourceTable(items)
+    mapped = [{**unit.to_dict(), "name": _unit_label(unit, table)} for unit in units]
     write_bytes(scratch + PLAN_NAME, json.dumps(
         {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
     prepared = {"batch": {"plan_uri": scratch + PLAN_NAME, "images": len(items),
@@ -319,17 +328,50 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     return mapped, prepared
 
 
-def _unit_label(unit: WorkUnit, items: Mapping[int, BatchItem]) -> str:
-    """``a.jpg`` · ``a.jpg … z.jpg (40 images)`` · ``big.tif r0c1–r1c1``."""
+class _SourceTable:
+    """Which image (and which of a video's frames) each source number of a batch is."""
+
+    def __init__(self, items: Sequence[BatchItem]) -> None:
+        self.items = list(items)
+        self.videos = [i for i in self.items if i.first_source is not None]
+
+    def item(self, source: int) -> tuple[BatchItem, int | None]:
+        """``(item, frame position)``; the position is ``None`` for an image."""
+        if source < len(self.items):
+            return self.items[source], None
+        for item in self.videos:
+            position = source - (item.first_source or 0)
+            if 0 <= position < item.frame_count:
+                return item, position
+        raise KeyError(f"no source {source} in this batch")
+
+    def plan(self, source: int) -> SlicePlan:
+        return SlicePlan.from_summary(self.item(source)[0].plan or {})
+
+    def name(self, source: int) -> str:
+        """``a.jpg``, or ``clip.avi f120`` for a video's frame."""
+        item, position = self.item(source)
+        if position is None:
+            return item.name
+        index = int((item.prepared or {})["video"]["frames"][position][0])
+        return f"{item.name} f{index}"
+
+
+def _unit_label(unit: WorkUnit, table: _SourceTable) -> str:
+    """``a.jpg`` · ``a.jpg … z.jpg (40 images)`` · ``big.tif r0c1–r1c1`` ·
+    ``clip.avi f0 … clip.avi f90 (4 frames)``."""
     sources = unit.sources
-    first, last = items[sources[0]].name, items[sources[-1]].name
+    first, last = table.name(sources[0]), table.name(sources[-1])
     if len(sources) == 1:
+        item, _ = table.item(sources[0])
         part = unit.parts[0]
-        regions = SlicePlan.from_summary(items[sources[0]].plan or {}).regions
-        if items[sources[0]].whole or (part.first == 0 and part.stop == len(regions)):
+        regions = table.plan(sources[0]).regions
+        if item.whole or (part.first == 0 and part.stop == len(regions)):
             return first
         return f"{first} {regions[part.first].name}–{regions[unit.parts[-1].stop - 1].name}"
-    return f"{first} … {last} ({len(sources)} images)"
+    kinds = {table.item(s)[1] is None for s in sources}
+    what = "images" if kinds == {True} else "frames" if kinds == {False} else "sources"
+    return f"{first} … {last} ({len(sources)} {what})"
 
 
 def load_items(prepared: Mapping[str, Any], client: Any) -> list[BatchItem]:
@@ -343,22 +385,25 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                  budget: int, attempt: int = 1,
                  max_pixels: int | None = None) -> dict[str, Any]:
     """One work unit → its finding dict (over ``budget`` bytes: written to scratch and
-    passed as a key). A batch video's chunk runs as in a run of its own."""
-    from tilescope.steps import analyze, open_source
+    passed as a key). A video's frames are opened from their staged TIFFs."""
+    from tilescope.scratch import open_source
 
     items = load_items(prepared, client)
-    if not is_work_unit(unit_data):  # a video chunk of the batch
-        item = items[int(unit_data["item"])]
-        video = item.prepared or {}
-        data = analyze(dict(unit_data), video["source_uri"], params, model, client=client,
-                       scratch_prefix=video["scratch_prefix"], attempt=attempt)
-        return {**data, "item": item.index}
+    table = _SourceTable(items)
     unit = WorkUnit.from_dict(unit_data)
-    plans = {s: SlicePlan.from_summary(items[s].plan or {}) for s in unit.sources}
-    whole = {s: items[s].whole for s in unit.sources}
+    plans = {s: table.plan(s) for s in unit.sources}
+    whole = {s: table.item(s)[1] is None and table.item(s)[0].whole for s in unit.sources}
+    frames: dict[int, Any] = {}  # video item → its frame opener
 
     def open_reader(source: int) -> Any:
-        item = items[source]
+        item, position = table.item(source)
+        if position is not None:
+            if item.index not in frames:
+                from tilescope.video.steps import frame_readers
+
+                frames[item.index] = frame_readers(item.prepared or {}, client,
+                                                   item.first_source or 0)
+            return frames[item.index](source)
         if not item.whole:
             return open_source((item.prepared or {})["source_uri"], client)
         # small ones decoded here, on the read-ahead thread, while the model runs
@@ -389,15 +434,9 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                            on_source_done=write_companions)
         for write in writes:
             write.result()
-    data = finding.to_dict()
-    data["slice_count"] = unit.slice_count
-    if len(json.dumps(data)) > budget:
-        uri = f"{prepared['scratch_prefix']}findings/unit-{unit.index:04d}.json"
-        write_bytes(uri, json.dumps(data).encode(), "application/json", client)
-        data = {"index": unit.index, "slice_count": unit.slice_count, "attempts": attempt,
-                "seconds": data["seconds"], "finding_uri": uri,
-                "bad": data["bad"]}
-    return data
+    for readers in frames.values():
+        readers.charge(finding)
+    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
 
 
 def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
@@ -428,25 +467,18 @@ def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
 
 
 def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
-                   ) -> tuple[dict[int, list[RegionFinding]], dict[int, str],
-                              dict[int, list[dict[str, Any]]]]:
-    """Region findings per source, bad sources, and video chunk results per item."""
+                   ) -> tuple[dict[int, list[RegionFinding]], dict[int, str]]:
+    """Region findings per source, and bad sources."""
     regions: dict[int, list[RegionFinding]] = {}
     bad: dict[int, str] = {}
-    chunks: dict[int, list[dict[str, Any]]] = {}
     for data in findings:
         if not data:
             continue
-        if "item" in data:
-            chunks.setdefault(int(data["item"]), []).append(dict(data))
-            continue
-        if data.get("finding_uri"):
-            data = json.loads(read_bytes(data["finding_uri"], client))
-        unit = UnitFinding.from_dict(data)
+        unit = load_unit_finding(data, client)
         for source, found in unit.findings.items():
             regions.setdefault(source, []).extend(found)
         bad.update(unit.bad)
-    return regions, bad, chunks
+    return regions, bad
 
 
 def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
@@ -457,7 +489,7 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
     from tilescope.steps import combine
 
     items = load_items(prepared, client)
-    regions, bad_sources, chunks = _unit_findings(findings, client)
+    regions, bad_sources = _unit_findings(findings, client)
     entries: list[dict[str, Any]] = []
     for item in items:
         entry: dict[str, Any] = {"index": item.index}
@@ -468,9 +500,13 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
                 raise _Refused(bad_sources[item.index], "BadImageError")
             if item.whole:
                 result = _image_result(item, regions.get(item.index, []), params)
-            elif item.video:
-                result = combine(item.prepared or {}, chunks.get(item.index, []), params,
-                                 model_name, client=client)
+            elif item.video:  # merged per frame, never across frames
+                from tilescope.video.steps import video_result
+
+                first = item.first_source or 0
+                result = video_result(item.prepared or {}, {
+                    position: regions.get(first + position, [])
+                    for position in range(item.frame_count)}, params, model_name)
             else:
                 result = combine(item.prepared or {},
                                  [f.to_dict() for f in regions.get(item.index, [])], params,

@@ -30,7 +30,8 @@ def region_label(region: Mapping[str, Any]) -> str:
 
 
 class AnalyzeRegionOperator(BaseOperator):
-    """One region (or a video's chunk of units) through the run's model → a finding dict.
+    """One region (or a work unit: a video's frames, a batch's images) through the run's
+    model → a finding dict.
 
     ``region`` is what ``preprocess`` returned for this map index; ``prepared`` is its
     ``prepared`` XCom (source, scratch prefix, plan). Use with
@@ -51,28 +52,30 @@ class AnalyzeRegionOperator(BaseOperator):
         from tilescope.deferred import is_deferrable
         from tilescope.models import load_model
         from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger
-        from tilescope.steps import analyze, submit_region
-        from tilescope.video.units import is_video_chunk
+        from tilescope.steps import XCOM_BUDGET_BYTES, analyze, submit_region
+        from tilescope.units import is_work_unit
 
         context["region_label"] = region_label(self.region)
         params = _params(context)
         client = s3_client()
-        if self.prepared.get("batch"):  # a work unit (or a video chunk) of a batch run
-            from tilescope.airflow_adapters import run_limits
-            from tilescope.batch_steps import analyze_unit
-            from tilescope.steps import XCOM_BUDGET_BYTES
+        if is_work_unit(self.region):  # a batch's images and frames, or a video's frames
+            from functools import partial
 
+            if self.prepared.get("batch"):
+                from tilescope.airflow_adapters import run_limits
+                from tilescope.batch_steps import analyze_unit
+
+                run = partial(analyze_unit, max_pixels=run_limits().max_pixels)
+            else:
+                from tilescope.video.steps import analyze_frames as run
             with task_outcome(), load_model(params.model,
                                             **_model_options(params, self.prepared)) as model:
-                finding = analyze_unit(self.region, self.prepared, params, model,
-                                       client=client, budget=XCOM_BUDGET_BYTES,
-                                       attempt=int(context["ti"].try_number),
-                                       max_pixels=run_limits().max_pixels)
+                finding = run(self.region, self.prepared, params, model, client=client,
+                              budget=XCOM_BUDGET_BYTES, attempt=int(context["ti"].try_number))
             return _observed(finding, self.prepared, context)
         with task_outcome(), load_model(params.model,
                                         **_model_options(params, self.prepared)) as model:
-            # A video chunk spans frames: it runs in the worker whatever the model.
-            if is_deferrable(model) and not is_video_chunk(self.region):
+            if is_deferrable(model):
                 submitted = submit_region(self.region, self.prepared["source_uri"], model,
                                           client=client)
                 self.log.info("Region %s: %d slices submitted to %s; deferring",

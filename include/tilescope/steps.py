@@ -62,7 +62,6 @@ from tilescope.storage import (
     sha256_hex,
     write_bytes,
 )
-from tilescope.video.units import is_video_chunk
 from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
 
 #: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
@@ -188,13 +187,7 @@ def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
             model: DetectionModel, *, client: Any, scratch_prefix: str,
             attempt: int = 1) -> dict[str, Any]:
     """One region → a finding dict small enough for an XCom (large detections go to S3).
-    A video's chunk of (frame, region) units goes to :func:`tilescope.video.steps.analyze_chunk`."""
-    if is_video_chunk(region):
-        from tilescope.video.steps import analyze_chunk
-
-        return analyze_chunk(region, source_uri, params, model, client=client,
-                             scratch_prefix=scratch_prefix, budget=XCOM_BUDGET_BYTES,
-                             attempt=attempt)
+    (A video's work units run through :func:`tilescope.video.steps.analyze_frames`.)"""
     with open_source(source_uri, client) as reader:
         finding = analyze_region(reader, Region.from_dict(region), model, params,
                                  attempt=attempt)

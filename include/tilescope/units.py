@@ -25,6 +25,7 @@ Packing rules:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -43,6 +44,7 @@ from tilescope.pipeline import analyze_region, region_finding
 from tilescope.readers.base import ImageReader
 from tilescope.results import RegionFinding
 from tilescope.slicing import MAX_MAP_LENGTH, Box, Region, SlicePlan
+from tilescope.storage import read_bytes, write_bytes
 
 #: model seconds (one thread) a unit should carry: well over 10× a task's fixed cost
 DEFAULT_UNIT_SECONDS = 30.0
@@ -223,6 +225,33 @@ class UnitFinding:
                    bad={int(s): str(why) for s, why in (data.get("bad") or {}).items()})
 
 
+def unit_payload(finding: UnitFinding, unit: WorkUnit, scratch_prefix: str, budget: int,
+                 client: Any) -> dict[str, Any]:
+    """A unit's finding as its XCom dict; over ``budget`` bytes it is written to
+    ``<scratch>/findings/unit-NNNN.json`` and the dict keeps only its key and timings."""
+    data = finding.to_dict()
+    data["slice_count"] = unit.slice_count
+    if len(json.dumps(data)) > budget:
+        uri = f"{scratch_prefix}findings/unit-{unit.index:04d}.json"
+        write_bytes(uri, json.dumps(data).encode(), "application/json", client)
+        data = {"index": unit.index, "slice_count": unit.slice_count,
+                "attempts": finding.attempts, "seconds": data["seconds"], "finding_uri": uri,
+                "bad": data["bad"]}
+    return data
+
+
+def load_unit_finding(data: Mapping[str, Any], client: Any) -> UnitFinding:
+    """A unit's finding from its XCom dict (an offloaded one fetched back); the task's queue
+    wait (added to the dict by the task) is kept in its ``seconds``."""
+    wait = (data.get("seconds") or {}).get("queue_wait")
+    if data.get("finding_uri"):
+        data = json.loads(read_bytes(data["finding_uri"], client))
+    finding = UnitFinding.from_dict(data)
+    if wait is not None:
+        finding.seconds["queue_wait"] = float(wait)
+    return finding
+
+
 #: opens a source's reader: raises :class:`BadImageError` for unreadable input
 OpenReader = Callable[[int], ImageReader]
 
@@ -303,13 +332,14 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
         ahead: dict[int, Future[ImageReader]] = {}
 
         def prefetch(position: int) -> None:
-            """Open the next small whole-read sources while the model works — enough of them
-            that a model call never waits for its images (a big image is opened when its
-            turn comes: one decoded copy in memory at a time)."""
+            """Open the next small sources while the model works — enough of them that a
+            model call never waits for its images (a big image is opened when its turn
+            comes: one decoded copy in memory at a time). Small range-read sources (a
+            video's staged frames) are opened ahead too: one GET each, no decoding."""
             held_bytes = sum(3 * plans[s].width * plans[s].height for s in ahead)
             for source in order[position + 1:position + 1 + READ_AHEAD]:
-                small = plans[source].slice_count <= BATCHED_SOURCE_SLICES
-                if not (whole.get(source, True) and small) or held_bytes > READ_AHEAD_BYTES:
+                if plans[source].slice_count > BATCHED_SOURCE_SLICES \
+                        or held_bytes > READ_AHEAD_BYTES:
                     break
                 if source not in ahead:
                     ahead[source] = io.submit(open_reader, source)

@@ -1,5 +1,5 @@
 """tiled_inference on a real street video with ``dag.test()`` (moto S3 on loopback): the same
-DAG maps ``analyze`` over chunks of (frame, region) units and stores per-frame results, COCO
+DAG maps ``analyze`` over work units of the sampled frames and stores per-frame results, COCO
 per frame and a contact sheet — equal to the one-process CLI path."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo
+from tilescope.units import UNIT_SECONDS_ENV
 from tilescope.video.decoder import VideoSource
 from tilescope.video.pipeline import run_video
-from tilescope.video.steps import SLICES_PER_TASK_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,9 @@ def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     client = airflow_env["client"]
     data = vtest.read_bytes()
     uri = upload(client, "incoming/street.avi", data)
-    # 8 frames (one every 10 s) × 6 slices; 16 slices per task → 3 mapped analyze tasks
-    monkeypatch.setenv(SLICES_PER_TASK_ENV, "16")
+    # 8 frames (one every 10 s) × 6 slices; 16 slices a unit (NanoDet: 0.04 s a slice)
+    # → 3 mapped analyze tasks
+    monkeypatch.setenv(UNIT_SECONDS_ENV, "0.64")
     conf = {"image_uri": uri, "video_fps": 0.1}
     run = dag.test(run_conf=conf)
     assert str(run.state) == "success"
@@ -44,7 +45,7 @@ def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     tries = task_tries("tiled_inference", run.run_id, "analyze")
     assert sorted(tries) == [0, 1, 2]
     assert all(state == "success" for state, _ in tries.values())
-    # every XCom of the run is small: chunks and findings, never pixels
+    # every XCom of the run is small: units and findings, never pixels
     sizes = run_xcoms("tiled_inference", run.run_id)
     assert max(size for *_, size in sizes) < 16 * 1024, sizes
 

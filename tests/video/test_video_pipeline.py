@@ -23,8 +23,7 @@ from tilescope.pipeline import plan_image
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.video.contact_sheet import SheetCells, render_contact_sheet
 from tilescope.video.decoder import VideoSource
-from tilescope.video.pipeline import run_video, synthesize_video
-from tilescope.video.units import video_units
+from tilescope.video.pipeline import run_video, synthesize_video, video_units
 
 register_model("bright-blobs", BrightBlobModel)
 BLOBS = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="2x2",
@@ -119,6 +118,16 @@ def _finding(unit, boxes) -> RegionFinding:
                          Detections(np.array(boxes, np.float32).reshape(-1, 4),
                                     np.full(len(boxes), 0.9), np.zeros(len(boxes))),
                          frame=unit.frame)
+
+
+def test_units_are_every_region_of_every_frame_in_time_order():
+    plan = plan_image(1920, 1080, InferenceParams(grid="2x2"), 416)
+    frames = [VideoFrame(i * 30, i * 1000.0) for i in range(3)]
+    units = video_units(frames, plan)
+    assert [u.index for u in units] == list(range(12))
+    assert [u.name for u in units[:5]] == ["f0.r0c0", "f0.r0c1", "f0.r1c0", "f0.r1c1",
+                                           "f30.r0c0"]
+    assert {u.region.index for u in units} == {0, 1, 2, 3}
 
 
 def test_merging_never_crosses_frames_and_failed_units_count():

@@ -1,6 +1,7 @@
 """The DAG's steps on a video without Airflow, against a real S3 server (moto): one decode in
-preprocess, frames staged as tiled TIFFs, chunks of units, per-frame synthesis, the contact
-sheet stored, scratch removed — and the same result as the one-process CLI path."""
+preprocess, frames staged as tiled TIFFs, the frames' regions packed into work units, per-frame
+synthesis, the contact sheet stored, scratch removed — and the same result as the one-process
+CLI path."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from tilescope.limits import RunLimits
 from tilescope.models import register_model
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo
-from tilescope.steps import XCOM_BUDGET_BYTES, analyze, combine, prepare, save_result, store
+from tilescope.steps import XCOM_BUDGET_BYTES, combine, prepare, save_result, store
+from tilescope.units import UNIT_SECONDS_ENV, WorkUnit
 from tilescope.video.decoder import VideoSource
 from tilescope.video.pipeline import run_video
-from tilescope.video.steps import SLICES_PER_TASK_ENV, slices_per_task
+from tilescope.video.steps import analyze_frames
 
 register_model("bright-blobs", BrightBlobModel)
 BUCKET = "videos"
@@ -46,22 +48,35 @@ def put(client, key: str, data: bytes) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
+def slices_per_unit(monkeypatch, slices: int) -> None:
+    """Work units of ``slices`` slices (the blob model costs the default 0.04 s a slice)."""
+    monkeypatch.setenv(UNIT_SECONDS_ENV, str(slices * 0.04))
+
+
+def analyze(unit, prepared, params, client, **kwargs):
+    return analyze_frames(unit, prepared, params, BrightBlobModel(), client=client,
+                          budget=XCOM_BUDGET_BYTES, **kwargs)
+
+
+def found(finding) -> int:
+    """Region findings in a unit's finding dict."""
+    return sum(len(regions) for regions in finding["sources"].values())
+
+
 def keys(client, prefix: str) -> list[str]:
     return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
             .get("Contents", [])]
 
 
 def run_steps(client, uri: str, params: InferenceParams, tmp_path, *, drop: set[int] = ()):
-    """prepare → analyze (each chunk, except ``drop``) → combine → store, as the DAG does."""
+    """prepare → analyze (each unit, except ``drop``) → combine → store, as the DAG does."""
     prepared = prepare(uri, params, client=client, run=RUN, model_slice_size=256)
-    chunks = prepared.pop("regions")
-    findings = [analyze(c, prepared["source_uri"], params, BrightBlobModel(), client=client,
-                        scratch_prefix=prepared["scratch_prefix"])
-                for c in chunks if c["index"] not in drop]
+    units = prepared.pop("regions")
+    findings = [analyze(c, prepared, params, client) for c in units if c["index"] not in drop]
     result = combine(prepared, findings, params, "bright-blobs", client=client)
     summary = store(save_result(result, prepared["scratch_prefix"], client), prepared, params,
                     client=client, catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    return prepared, chunks, findings, result, summary
+    return prepared, units, findings, result, summary
 
 
 def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, tmp_path,
@@ -69,15 +84,16 @@ def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, 
     path, _ = blobs_avi
     data = path.read_bytes()
     uri = put(bucket, "incoming/clip.bin", data)  # no telling suffix: the bytes decide
-    monkeypatch.setenv(SLICES_PER_TASK_ENV, "30")  # 6 frames × 12 slices → 2 chunks
-    prepared, chunks, findings, _, summary = run_steps(bucket, uri, PARAMS, tmp_path)
+    slices_per_unit(monkeypatch, 36)  # 6 frames × 12 slices → 2 units
+    prepared, units, findings, _, summary = run_steps(bucket, uri, PARAMS, tmp_path)
 
     assert prepared["image"]["format"] == "AVI" and prepared["plan"]["regions"] == 4
-    assert [c["name"] for c in chunks] == ["f0.r0c0–f4.r1c1", "f6.r0c0–f10.r1c1"]
-    assert [c["slice_count"] for c in chunks] == [36, 36]
-    assert len(json.dumps(prepared)) < 8 * 1024 and len(json.dumps(chunks)) < 8 * 1024
+    assert [c["name"] for c in units] == ["f0.r0c0–f4.r1c1", "f6.r0c0–f10.r1c1"]
+    assert [c["slice_count"] for c in units] == [36, 36]
+    assert len(json.dumps(prepared)) < 8 * 1024 and len(json.dumps(units)) < 8 * 1024
     assert all(len(json.dumps(f)) < XCOM_BUDGET_BYTES for f in findings)
-    assert [len(f["findings"]) for f in findings] == [12, 12]
+    assert [found(f) for f in findings] == [12, 12]
+    assert [WorkUnit.from_dict(c).sources for c in units] == [[0, 1, 2], [3, 4, 5]]
     assert summary["status"] == "complete" and summary["detections"] == 18
     # six staged frames, the sheet cells, the first-frame thumbnail, the parked result
     assert summary["regions"] == 24 and summary["scratch_objects_deleted"] == 6 + 3
@@ -109,11 +125,11 @@ def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, 
     assert [r["name"] for r in doc["regions"]] == [r.name for r in local.regions]
 
 
-def test_frames_are_staged_once_and_chunks_read_only_their_frames(bucket, blobs_avi,
-                                                                  monkeypatch):
+def test_frames_are_staged_once_and_units_read_only_their_frames(bucket, blobs_avi,
+                                                                 monkeypatch):
     path, _ = blobs_avi
     uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
-    monkeypatch.setenv(SLICES_PER_TASK_ENV, "12")  # a frame per chunk
+    slices_per_unit(monkeypatch, 12)  # a frame per unit
     prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256)
     staged = sorted(k for k in keys(bucket, "scratch/") if "/frames/" in k)
     assert [k.rsplit("/", 1)[1] for k in staged] == [
@@ -122,23 +138,22 @@ def test_frames_are_staged_once_and_chunks_read_only_their_frames(bucket, blobs_
     requests = []
     bucket.meta.events.register("before-parameter-build.s3.GetObject",
                                 lambda params, **_: requests.append(params["Key"]))
-    whole = analyze(prepared["regions"][2], prepared["source_uri"], PARAMS, BrightBlobModel(),
-                    client=bucket, scratch_prefix=prepared["scratch_prefix"])
+    whole = analyze(prepared["regions"][2], prepared, PARAMS, bucket)
     assert [k.rsplit("/", 1)[1] for k in requests] == ["0000004.tif"]  # one GET, whole
     # frames too large to fetch whole are read band by band with ranged GETs instead
     requests.clear()
     monkeypatch.setattr("tilescope.video.steps.WHOLE_FRAME_BYTES", 0)
-    banded = analyze(prepared["regions"][2], prepared["source_uri"], PARAMS, BrightBlobModel(),
-                     client=bucket, scratch_prefix=prepared["scratch_prefix"])
+    banded = analyze(prepared["regions"][2], prepared, PARAMS, bucket)
     assert {k.rsplit("/", 1)[1] for k in requests} == {"0000004.tif"} and len(requests) > 1
-    assert [f["detections"] for f in banded["findings"]] == [
-        f["detections"] for f in whole["findings"]]
+    assert list(whole["sources"]) == ["2"] and found(whole) == 4
+    assert [f["detections"] for f in banded["sources"]["2"]] == [
+        f["detections"] for f in whole["sources"]["2"]]
 
 
-def test_a_failed_chunk_leaves_its_units_failed(bucket, blobs_avi, tmp_path, monkeypatch):
+def test_a_failed_unit_leaves_its_regions_failed(bucket, blobs_avi, tmp_path, monkeypatch):
     path, _ = blobs_avi
     uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
-    monkeypatch.setenv(SLICES_PER_TASK_ENV, "24")  # 3 chunks of 2 frames
+    slices_per_unit(monkeypatch, 24)  # 3 units of 2 frames
     with pytest.raises(RegionsFailedError, match=r"8 of 24 regions failed \(f4\.r0c0, "):
         run_steps(bucket, uri, PARAMS, tmp_path, drop={1})
     params = InferenceParams(**{**PARAMS.to_dict(), "min_success_ratio": 0.6})
@@ -169,12 +184,39 @@ def test_bad_videos_are_refused_and_leave_no_scratch(bucket, tmp_path):
     assert keys(bucket, "scratch/") == []
 
 
-def test_slices_per_task_setting():
-    assert slices_per_task({}) == 256
-    assert slices_per_task({SLICES_PER_TASK_ENV: "16"}) == 16
-    for bad in ("0", "x"):
-        with pytest.raises(ConfigError, match=SLICES_PER_TASK_ENV):
-            slices_per_task({SLICES_PER_TASK_ENV: bad})
+def test_frames_split_across_units_still_merge_per_frame(bucket, blobs_avi, tmp_path,
+                                                        monkeypatch):
+    """Units cut through frames (9 slices a unit, 12 a frame): a frame's regions come back
+    from two units and are merged together — per frame, never across frames — into exactly
+    the one-process path's detections. (Seen red with combine_video keeping only the last
+    unit's regions of a frame: 12 of 24 regions failed.)"""
+    path, _ = blobs_avi
+    data = path.read_bytes()
+    uri = put(bucket, "incoming/split.avi", data)
+    slices_per_unit(monkeypatch, 9)
+    prepared, units, _, result, _ = run_steps(bucket, uri, PARAMS, tmp_path)
+    parts = [WorkUnit.from_dict(u).parts for u in units]
+    assert len(units) == 8 and [(p.source, p.first, p.stop) for p in parts[1]] == [
+        (0, 3, 4), (1, 0, 2)]  # frame 0's last region, then half of frame 1
+    with VideoSource(str(path), container="AVI", name=uri) as source:
+        info = ImageInfo(uri, 640, 480, prepared["image"]["sha256"], "AVI", len(data))
+        local, _ = run_video(source, info, PARAMS, BrightBlobModel())
+    assert result.to_dict()["detections"] == local.to_dict()["detections"]
+    assert [r.name for r in result.regions] == [r.name for r in local.regions]
+
+
+def test_units_stay_within_the_region_budget(bucket, blobs_avi, monkeypatch):
+    """However small a unit, a video maps at most ``max_regions`` tasks (seen red with
+    frame_units not passing max_units: 24 units)."""
+    path, _ = blobs_avi
+    uri = put(bucket, "incoming/capped.avi", path.read_bytes())
+    slices_per_unit(monkeypatch, 1)
+    prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256,
+                       limits=RunLimits(max_regions=5))
+    units = [WorkUnit.from_dict(u) for u in prepared["regions"]]
+    assert len(units) == 5 and sum(u.slice_count for u in units) == 72
+    covered = [(p.source, r) for u in units for p in u.parts for r in range(p.first, p.stop)]
+    assert covered == [(f, r) for f in range(6) for r in range(4)]
 
 
 def test_arrivals_accept_videos_by_their_bytes(bucket, blobs_avi):
@@ -191,17 +233,17 @@ def test_arrivals_accept_videos_by_their_bytes(bucket, blobs_avi):
 
 def test_results_viewer_shapes_a_video_run(bucket, blobs_avi, tmp_path, monkeypatch):
     """The viewer draws the first sampled frame (the run's thumbnail) with that frame's
-    boxes, and chunks as cells of the frame (their live states)."""
+    boxes, and work units as cells of the frame (their live states)."""
     from tilescope.viewer.shaping import finding_payload, plan_payload, result_payload
 
     path, truth = blobs_avi
     uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
-    monkeypatch.setenv(SLICES_PER_TASK_ENV, "36")
-    prepared, chunks, findings, result, _ = run_steps(bucket, uri, PARAMS, tmp_path)
-    plan = plan_payload(chunks, prepared)
+    slices_per_unit(monkeypatch, 36)
+    prepared, units, findings, result, _ = run_steps(bucket, uri, PARAMS, tmp_path)
+    plan = plan_payload(units, prepared)
     assert plan["image"]["width"] == 640 and [r["box"] for r in plan["regions"]] == [
         [0, 0, 640, 480]] * 2
-    assert finding_payload(findings[0])["boxes"] == []  # unit boxes travel inside the chunk
+    assert finding_payload(findings[0])["boxes"] == []  # region boxes travel inside the unit
     shown = result_payload(result.to_dict())
     assert len(shown["boxes"]) == 3
     for gt in truth[0]:

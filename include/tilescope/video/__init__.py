@@ -1,7 +1,7 @@
 """Video objects (AVI, MP4/MOV, Matroska/WebM): sampled frames analyzed like images.
 
 ``decoder`` reads frames with OpenCV's bundled FFmpeg, ``sampling`` picks N per second,
-``units`` turns (frame, region) pairs into chunks a DAG task maps over, ``pipeline`` holds
-the stages (``run_video`` for the CLI), ``steps`` the DAG task bodies, ``contact_sheet`` the
-overlay picture.
+``pipeline`` holds the stages (``run_video`` for the CLI; (frame, region) units merged per
+frame), ``steps`` the DAG task bodies (each staged frame a source of
+:mod:`tilescope.units`' work units), ``contact_sheet`` the overlay picture.
 """

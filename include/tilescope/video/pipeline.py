@@ -9,7 +9,7 @@ runs :func:`run_video` in one process; the DAG calls the same functions from its
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +31,31 @@ from tilescope.pipeline import (
 from tilescope.readers.array import ArrayReader
 from tilescope.readers.base import ImageReader
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
-from tilescope.slicing import SlicePlan
+from tilescope.slicing import Region, SlicePlan
 from tilescope.video.contact_sheet import SheetCells
 from tilescope.video.decoder import VideoHeader, VideoSource
-from tilescope.video.units import VideoUnit, video_units
+
+
+@dataclass(frozen=True)
+class VideoUnit:
+    """One region of one sampled frame: unit ``k`` is region ``k % R`` of the ``k // R``-th
+    sampled frame (``R`` regions a frame; every frame has the same plan)."""
+
+    index: int
+    frame: VideoFrame
+    region: Region
+
+    @property
+    def name(self) -> str:
+        """E.g. ``f120.r0c1``: frame 120 of the stream, region r0c1 of it."""
+        return f"{self.frame.name}.{self.region.name}"
+
+
+def video_units(frames: Sequence[VideoFrame], plan: SlicePlan) -> list[VideoUnit]:
+    """Every (frame, region) unit, frame by frame in time order."""
+    regions = plan.regions
+    return [VideoUnit(position * len(regions) + region.index, frame, region)
+            for position, frame in enumerate(frames) for region in regions]
 
 
 def plan_frames(header: VideoHeader, params: InferenceParams, model_slice_size: int,
@@ -108,9 +129,24 @@ def analyze_unit(reader: ImageReader, unit: VideoUnit, model: DetectionModel,
                  params: InferenceParams, *, attempt: int = 1) -> RegionFinding:
     """One region of one frame (``reader`` serves that frame): an image region's finding,
     named and numbered as the unit and carrying its frame."""
-    finding = analyze_region(reader, unit.region, model, params, attempt=attempt)
+    return as_unit(analyze_region(reader, unit.region, model, params, attempt=attempt), unit)
+
+
+def as_unit(finding: RegionFinding, unit: VideoUnit) -> RegionFinding:
+    """A region finding of one frame named and numbered as its unit, carrying its frame."""
     finding.index, finding.name, finding.frame = unit.index, unit.name, unit.frame
     return finding
+
+
+def frame_findings(frames: Sequence[VideoFrame], plan: SlicePlan,
+                   per_frame: Mapping[int, Sequence[RegionFinding]]) -> list[RegionFinding]:
+    """Region findings per sampled frame (keyed by the frame's position; each numbered as
+    its region, as :func:`tilescope.pipeline.analyze_region` numbers them) → the video's
+    unit findings."""
+    regions = plan.regions
+    return [as_unit(finding, VideoUnit(position * len(regions) + finding.index,
+                                       frames[position], regions[finding.index]))
+            for position, found in sorted(per_frame.items()) for finding in found]
 
 
 def failed_unit(unit: VideoUnit, error: str, attempts: int = 1) -> RegionFinding:

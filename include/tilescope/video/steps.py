@@ -1,31 +1,33 @@
-"""The DAG's task bodies for a video: the same DAG, the same tasks, other units of work.
+"""The DAG's task bodies for a video: the same DAG, the same tasks; a video's sampled frames
+are the sources of its work units.
 
 ``prepare_video`` (preprocess) downloads the object once to a local temporary file (FFmpeg
 seeks around containers; a file keeps a 2 GiB video out of memory), decodes the sampled
 frames in one pass and stages each as a tiled TIFF under the run's scratch prefix — exactly
-how an image is staged — so ``analyze_chunk`` reads only the tiles of its units' regions,
-band by band, as an image region does. It returns *chunks* of (frame, region) units for
-the mapped ``analyze``; ``combine_video`` merges per frame; ``video_overlay_png`` draws
-the contact sheet for ``store``. Nothing here imports Airflow.
+how an image is staged. Each staged frame is then a range-read source of
+:mod:`tilescope.units`: the frames' regions are packed into work units sized by model cost
+(:func:`tilescope.units.pack_units`) and each unit runs with :func:`tilescope.units.run_unit`,
+in a run of its own (:func:`analyze_frames`) as in a batch (the frames packed with the other
+images' sources). ``combine_video`` merges per frame, never across frames;
+``video_overlay_png`` draws the contact sheet for ``store``. Nothing here imports Airflow
+or :mod:`tilescope.steps`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from itertools import groupby
 from typing import Any
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
-from tilescope.limits import RunLimits, positive_int_env
+from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
-from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.models.registry import model_categories, model_coco_ids, model_slice_seconds
 from tilescope.moderation import ModerationPolicy, gate
 from tilescope.params import InferenceParams
 from tilescope.readers.array import ArrayReader
@@ -40,7 +42,7 @@ from tilescope.scratch import (
     png_bytes,
     upload_tiled_tiff,
 )
-from tilescope.slicing import DEFAULT_MIN_SLICES_PER_REGION, SlicePlan
+from tilescope.slicing import SlicePlan
 from tilescope.storage import (
     is_s3_uri,
     parse_s3_uri,
@@ -49,16 +51,24 @@ from tilescope.storage import (
     sha256_hex,
     write_bytes,
 )
+from tilescope.units import (
+    SourcePlan,
+    UnitFinding,
+    WorkUnit,
+    load_unit_finding,
+    pack_units,
+    run_unit,
+    unit_payload,
+    unit_slice_budget,
+)
 from tilescope.video.contact_sheet import pack_cells, render_contact_sheet, unpack_cells
 from tilescope.video.decoder import VideoSource
-from tilescope.video.pipeline import analyze_unit, sample_video, synthesize_video
-from tilescope.video.units import chunk_units, unit_chunks
+from tilescope.video.pipeline import frame_findings, sample_video, synthesize_video
 
-#: slices per mapped analyze task (the chunk size), default: as an image's auto regions
-SLICES_PER_TASK_ENV = "TILESCOPE_VIDEO_SLICES_PER_TASK"
 #: staged frames being encoded/uploaded at once while decoding continues
 _UPLOADS_IN_FLIGHT = 4
-#: frames up to this size decoded (a 4K frame is 25 MB) are fetched whole and one ahead
+#: frames up to this size decoded (a 4K frame is 25 MB) are fetched whole with one GET (and
+#: opened ahead while the model works: :func:`tilescope.units.run_unit`)
 WHOLE_FRAME_BYTES = 64 << 20
 
 
@@ -74,12 +84,6 @@ def video_container(uri: str, client: Any = None, size: int | None = None) -> st
 def frame_uri(frames_prefix: str, frame_index: int) -> str:
     """Where a sampled frame is staged: ``<scratch>/frames/<frame number>.tif``."""
     return f"{frames_prefix}{frame_index:07d}.tif"
-
-
-def slices_per_task(environ: dict[str, str] | None = None) -> int:
-    """``TILESCOPE_VIDEO_SLICES_PER_TASK``, default 256 (as many as an auto image region)."""
-    return positive_int_env(environ if environ is not None else os.environ,
-                            SLICES_PER_TASK_ENV, DEFAULT_MIN_SLICES_PER_REGION)
 
 
 @contextmanager
@@ -105,7 +109,8 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
                   full_image_model: DetectionModel | None = None) -> dict[str, Any]:
     """Check, sample, stage and plan a video; the same keys as an image's ``prepare`` plus
     ``video`` (the stream's facts, the sampled frames as ``[frame_index, timestamp_ms]``
-    rows, the contact sheet's cells). ``regions`` holds the unit chunks to map over.
+    rows, the contact sheet's cells). ``regions`` holds the work units to map over: the
+    frames' regions packed by model cost, at most ``limits.max_regions`` of them.
 
     Over-budget videos are refused from the header before decoding; a stream found truncated
     or corrupt while decoding removes whatever was staged before the error is raised.
@@ -143,9 +148,8 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
         except BaseException:
             delete_prefix(f"s3://{scratch.bucket}/{scratch.prefix}", client)
             raise
-    chunks = unit_chunks(sampled.frames, sampled.plan, max_tasks=limits.max_regions,
-                         min_slices=slices_per_task())
-    return {"image": image.to_dict(), "plan": sampled.plan.summary(), "regions": chunks,
+    units = frame_units(sampled.frames, sampled.plan, params, limits)
+    return {"image": image.to_dict(), "plan": sampled.plan.summary(), "regions": units,
             "source_uri": frames_prefix, "thumbnail_uri": thumbnail_uri, "full_image": None,
             "full_image_names": None, "moderation": verdict,
             "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
@@ -172,106 +176,145 @@ def _plain_sheet(cells: list[tuple[int, Any]]) -> Any:
     return sheet
 
 
-def analyze_chunk(chunk: dict[str, Any], frames_prefix: str, params: InferenceParams,
-                  model: DetectionModel, *, client: Any, scratch_prefix: str,
-                  budget: int, attempt: int = 1) -> dict[str, Any]:
-    """Every unit of a chunk, frame by frame (each staged frame opened once):
-    ``{"index", "name", "slice_count", "attempts", "seconds", "findings"}``. Findings over
-    ``budget`` bytes go to scratch and travel as a key."""
-    units = chunk_units(chunk)
-    whole = _frame_bytes(chunk) <= WHOLE_FRAME_BYTES
-    findings: list[RegionFinding] = []
-    per_frame = [list(group) for _, group in groupby(units, key=lambda u: u.frame.frame_index)]
-    readers = _frame_readers([g[0].frame.frame_index for g in per_frame], frames_prefix,
-                             client, whole)
-    for group, (reader, waited) in zip(per_frame, readers, strict=True):
-        with reader:
-            done = [analyze_unit(reader, unit, model, params, attempt=attempt)
-                    for unit in group]
-        for key in ("read", "total"):  # the wait for this frame's bytes, once per frame
-            done[0].seconds[key] = done[0].seconds.get(key, 0.0) + waited
-        findings.extend(done)
-    seconds: dict[str, float] = {}
-    for finding in findings:
-        for key, value in finding.seconds.items():
-            seconds[key] = round(seconds.get(key, 0.0) + value, 4)
-    data: dict[str, Any] = {"index": chunk["index"], "name": chunk["name"],
-                            "slice_count": chunk["slice_count"], "attempts": attempt,
-                            "seconds": seconds, "findings": [f.to_dict() for f in findings]}
-    if len(json.dumps(data)) > budget:
-        uri = f"{scratch_prefix}findings/chunk-{int(chunk['index']):04d}.json"
-        write_bytes(uri, json.dumps(data["findings"]).encode(), "application/json", client)
-        data["findings"], data["findings_uri"] = None, uri
-    return data
+def frame_sources(plan: SlicePlan, count: int, first: int = 0) -> list[SourcePlan]:
+    """A video's ``count`` sampled frames as unit sources ``first, first + 1, …``: each read
+    by ranges from its staged tiled TIFF (so its regions may spread over units), all with
+    the video's one plan."""
+    return [SourcePlan(first + position, plan, whole=False) for position in range(count)]
 
 
-def _frame_bytes(chunk: dict[str, Any]) -> int:
-    plan = chunk["video"]["plan"]
-    return int(plan["width"]) * int(plan["height"]) * 3
+def frame_units(frames: Sequence[VideoFrame], plan: SlicePlan, params: InferenceParams,
+                limits: RunLimits) -> list[dict[str, Any]]:
+    """What a video's own run maps ``analyze`` over: its frames' regions packed into work
+    units of about ``TILESCOPE_UNIT_SECONDS`` of model time (:func:`unit_slice_budget`), at
+    most ``limits.max_regions`` of them. Each is a :meth:`WorkUnit.to_dict` named by its
+    first and last (frame, region), with the cell the results viewer draws it as."""
+    budget = unit_slice_budget(model_slice_seconds(params.model))
+    units = pack_units(frame_sources(plan, len(frames)), budget, max_units=limits.max_regions)
+    return [{**unit.to_dict(), "name": _frames_label(unit, frames, plan),
+             # where a region grid is drawn (the results viewer), a unit is its frames' box
+             "row": unit.index, "col": 0, "box": [0, 0, plan.width, plan.height]}
+            for unit in units]
 
 
-def _frame_readers(frame_indices: list[int], frames_prefix: str, client: Any,
-                   whole: bool) -> Iterator[tuple[ImageReader, float]]:
-    """A reader per staged frame, in order, and the seconds spent waiting for it.
+def _frames_label(unit: WorkUnit, frames: Sequence[VideoFrame], plan: SlicePlan) -> str:
+    """``f0–f570`` (one region a frame), else ``f0.r0c0–f4.r1c1``."""
+    ends = []
+    for position, region in ((unit.parts[0].source, unit.parts[0].first),
+                             (unit.parts[-1].source, unit.parts[-1].stop - 1)):
+        name = frames[position].name
+        ends.append(name if len(plan.regions) == 1
+                    else f"{name}.{plan.regions[region].name}")
+    return ends[0] if ends[0] == ends[1] else f"{ends[0]}–{ends[1]}"
 
-    Frames of at most :data:`WHOLE_FRAME_BYTES` decoded are fetched whole with one GET, the
-    next one on a background thread while the model works on this one: a chunk holds many
-    small frames, and opening each with ranged reads (a HEAD, the header, then tile rows)
-    cost ~50 ms a frame on the critical path. Larger frames are read band by band with
-    ranged GETs, as image regions are, so memory stays bounded by a band."""
+
+def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
+               client: Any) -> ImageReader:
+    """A reader over one staged frame. A frame of at most :data:`WHOLE_FRAME_BYTES` decoded
+    is fetched whole with one GET (opening it with ranged reads — a HEAD, the header, then
+    tile rows — cost ~50 ms a frame); a larger one is read band by band with ranged GETs, as
+    image regions are, so memory stays bounded by a band. A staged frame that cannot be read
+    is a scratch problem, not bad input: :class:`StorageError` (the task is retried)."""
     from tilescope.readers import TiffReader
 
-    if not whole:
-        for index in frame_indices:
-            started = time.perf_counter()
-            reader = open_source(frame_uri(frames_prefix, index), client)
-            yield reader, time.perf_counter() - started
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-fetch") as fetcher:
-        ahead = [fetcher.submit(read_bytes, frame_uri(frames_prefix, i), client)
-                 for i in frame_indices[:1]]
-        for position, index in enumerate(frame_indices):
-            started = time.perf_counter()
-            data = ahead.pop(0).result()
-            waited = time.perf_counter() - started
-            if position + 1 < len(frame_indices):
-                ahead.append(fetcher.submit(read_bytes, frame_uri(
-                    frames_prefix, frame_indices[position + 1]), client))
-            yield TiffReader(io.BytesIO(data), name=frame_uri(frames_prefix, index)), waited
+    uri = frame_uri(frames_prefix, frame_index)
+    try:
+        if plan.width * plan.height * 3 <= WHOLE_FRAME_BYTES:
+            return TiffReader(io.BytesIO(read_bytes(uri, client)), name=uri)
+        return open_source(uri, client)
+    except BadImageError as exc:
+        raise StorageError(f"staged frame {uri} is unreadable: {exc}") from exc
 
 
-def load_chunk(data: dict[str, Any], client: Any) -> list[RegionFinding]:
-    """The unit findings of a chunk result (offloaded ones fetched back). The chunk task's
-    queue wait is put on its first unit, so the run's sum counts it once."""
-    items = data["findings"]
-    if items is None:
-        items = json.loads(read_bytes(data["findings_uri"], client))
-    findings = [RegionFinding.from_dict(item) for item in items]
-    wait = (data.get("seconds") or {}).get("queue_wait")
-    if findings and wait is not None:
-        findings[0].seconds["queue_wait"] = float(wait)
-    return findings
+class FrameReaders:
+    """Opens a unit's frame sources (through :func:`open_frame`) and keeps how long each
+    took, so the wait is charged to the frame's first finding (:meth:`charge`)."""
+
+    def __init__(self, frames_prefix: str, frame_indices: Sequence[int], plan: SlicePlan,
+                 client: Any, first: int = 0) -> None:
+        self.prefix, self.indices, self.plan = frames_prefix, list(frame_indices), plan
+        self.client, self.first = client, first
+        self.waits: dict[int, float] = {}
+
+    def __call__(self, source: int) -> ImageReader:
+        started = time.perf_counter()
+        reader = open_frame(self.prefix, self.indices[source - self.first], self.plan,
+                            self.client)
+        self.waits[source] = time.perf_counter() - started
+        return reader
+
+    def charge(self, finding: UnitFinding) -> None:
+        """Each frame's read wait onto its first region finding (once per frame)."""
+        for source, waited in self.waits.items():
+            found = finding.findings.get(source)
+            if found:
+                for key in ("read", "total"):
+                    found[0].seconds[key] = found[0].seconds.get(key, 0.0) + waited
 
 
-def combine_video(prepared: dict[str, Any], chunks: list[dict[str, Any] | None],
-                  params: InferenceParams, model_name: str, *, client: Any,
-                  run_started: float | None = None) -> Result:
-    """Merge the chunks' findings per frame into the video's Result (units of failed chunks
-    count as failed; ``min_success_ratio`` applies to all units)."""
+def frame_readers(prepared: Mapping[str, Any], client: Any, first: int = 0) -> FrameReaders:
+    """The frame opener of a prepared video whose frames are sources ``first, …``."""
+    return FrameReaders(prepared["source_uri"], [int(i) for i, _ in prepared["video"]["frames"]],
+                        SlicePlan.from_summary(prepared["plan"]), client, first)
+
+
+def analyze_frames(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
+                   params: InferenceParams, model: DetectionModel, *, client: Any,
+                   budget: int, attempt: int = 1) -> dict[str, Any]:
+    """One work unit of a video's own run → its finding dict (region findings per frame
+    position; over ``budget`` bytes written to scratch and passed as a key)."""
+    unit = WorkUnit.from_dict(unit_data)
+    plan = SlicePlan.from_summary(prepared["plan"])
+    readers = frame_readers(prepared, client)
+    finding = run_unit(unit, dict.fromkeys(unit.sources, plan),
+                       dict.fromkeys(unit.sources, False), readers, model, params,
+                       attempt=attempt)
+    readers.charge(finding)
+    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+
+
+def video_result(prepared: Mapping[str, Any],
+                 per_frame: Mapping[int, Sequence[RegionFinding]], params: InferenceParams,
+                 model_name: str) -> Result:
+    """Merge the region findings of each frame (keyed by its position among the sampled
+    frames) into the video's Result: per frame, never across frames. Regions without a
+    finding count as failed units; ``min_success_ratio`` applies to all units."""
     video = dict(prepared["video"])
     frames = [VideoFrame(int(i), float(ms)) for i, ms in video.pop("frames")]
     video.pop("sheet", None)
-    findings = [f for chunk in chunks if chunk for f in load_chunk(chunk, client)]
-    result = synthesize_video(ImageInfo.from_dict(prepared["image"]), frames,
-                              SlicePlan.from_summary(prepared["plan"]), findings, params,
+    plan = SlicePlan.from_summary(prepared["plan"])
+    result = synthesize_video(ImageInfo.from_dict(prepared["image"]), frames, plan,
+                              frame_findings(frames, plan, per_frame), params,
                               model_name=model_name, category_names=model_categories(model_name),
                               coco_category_ids=model_coco_ids(model_name), video=video)
     if prepared.get("moderation") is not None:
         result.moderation = prepared["moderation"]
+    return result
+
+
+def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, Any] | None],
+                  params: InferenceParams, model_name: str, *, client: Any,
+                  run_started: float | None = None) -> Result:
+    """The video's Result from its units' finding dicts (units of failed tasks are missing:
+    their regions count as failed). A unit task's queue wait is put on its first finding,
+    so the run's sum counts it once."""
+    per_frame: dict[int, list[RegionFinding]] = {}
+    loaded: list[RegionFinding] = []
+    for data in findings:
+        if not data:
+            continue
+        unit = load_unit_finding(data, client)
+        wait = unit.seconds.get("queue_wait")
+        for number, (position, found) in enumerate(unit.findings.items()):
+            if number == 0 and found and wait is not None:
+                found[0].seconds["queue_wait"] = wait
+            per_frame.setdefault(position, []).extend(found)
+            loaded.extend(found)
+    result = video_result(prepared, per_frame, params, model_name)
     if run_started is not None:
         from tilescope.metrics import run_seconds
 
-        result.seconds.update(run_seconds((f.seconds for f in findings), run_started,
+        result.seconds.update(run_seconds((f.seconds for f in loaded), run_started,
                                           time.time()))
     return result
 
