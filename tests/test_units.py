@@ -271,3 +271,33 @@ def test_each_whole_source_is_handed_over_once_with_its_findings_and_open_reader
     cut = next(i for i, p in enumerate(photos) if p.name == "cut.jpg")
     assert set(seen) == set(plans) - {cut} == set(outcome.findings)
     assert all(seen[s][0] == len(plans[s].regions) for s in seen)
+
+
+def test_small_range_read_sources_are_opened_ahead_and_run_region_by_region(photos, model):
+    """A video's staged frames are small range-read sources: the next ones are opened on the
+    read-ahead threads while the model works on this one (seen red with the read-ahead
+    limited to whole-read sources: every frame opened on the unit's own thread), and each
+    still runs region by region with exactly run_image's findings."""
+    import threading
+
+    reader, info = open_image(str(photos[0]))
+    reader.close()
+    plan = plan_image(info.width, info.height, PARAMS, 416)
+    plans = dict.fromkeys(range(4), plan)
+    opened: dict[int, str] = {}
+
+    def open_reader(source: int):
+        opened[source] = threading.current_thread().name
+        return open_image(str(photos[0]))[0]
+
+    (unit,) = pack_units([SourcePlan(s, plan, whole=False) for s in plans], max_slices=1000)
+    outcome = run_unit(unit, plans, dict.fromkeys(plans, False), open_reader, model, PARAMS)
+    assert opened[0] == threading.current_thread().name
+    assert all(opened[s].startswith("unit-read") for s in (1, 2, 3)), opened
+    alone = run_image(*open_image(str(photos[0])), PARAMS, model)
+    for source in plans:
+        found = outcome.findings[source]
+        assert [f.index for f in found] == [r.index for r in plan.regions]
+        merged = synthesize(info, plan, found, PARAMS, model_name=model.name,
+                            category_names=list(model.category_names))
+        assert merged.detections.boxes.tolist() == alone.detections.boxes.tolist()
