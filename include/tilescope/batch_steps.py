@@ -399,10 +399,10 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
         item, position = table.item(source)
         if position is not None:
             if item.index not in frames:
-                from tilescope.video.steps import frame_readers
+                from tilescope.video.steps import frame_opener
 
-                frames[item.index] = frame_readers(item.prepared or {}, client,
-                                                   item.first_source or 0)
+                frames[item.index] = frame_opener(item.prepared or {}, client,
+                                                  item.first_source or 0)
             return frames[item.index](source)
         if not item.whole:
             return open_source((item.prepared or {})["source_uri"], client)
@@ -434,8 +434,6 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                            on_source_done=write_companions)
         for write in writes:
             write.result()
-    for readers in frames.values():
-        readers.charge(finding)
     return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
 
 

@@ -278,9 +278,11 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
     model works, and their slices are batched across images into model calls of at least
     :data:`MIN_BATCH_SLICES` (the model's own thread pool then has work for every core).
     Range-read sources run region by region through :func:`tilescope.pipeline.analyze_region`
-    (banded reads). A source whose bytes turn out bad (truncated, corrupt, replaced since it
-    was planned) is reported in ``bad`` and the unit goes on with the others; any other error
-    fails the unit (Airflow retries it). ``on_source_done`` sees each whole-read source once
+    (banded reads); small ones (a video's staged frames) are opened ahead too, and the wait
+    to open a source is charged to its first region, as a whole-read source's read is. A
+    source whose bytes turn out bad (truncated, corrupt, replaced since it was planned) is
+    reported in ``bad`` and the unit goes on with the others; any other error fails the unit
+    (Airflow retries it). ``on_source_done`` sees each whole-read source once
     all its regions are done, while its pixels are still at hand (e.g. to write its
     thumbnail and overlay without reading it again).
     """
@@ -380,6 +382,9 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
                     for region in plan.regions[part.first:part.stop]:
                         finding = analyze_region(reader, region, model, params,
                                                  attempt=attempt)
+                        for key in ("read", "total"):  # the wait to open the source, once
+                            finding.seconds[key] = finding.seconds.get(key, 0.0) + waited
+                        waited = 0.0
                         model_seconds += finding.seconds.get("model", 0.0)
                         outcome.findings.setdefault(source, []).append(finding)
                         if progress:

@@ -52,8 +52,8 @@ from tilescope.storage import (
     write_bytes,
 )
 from tilescope.units import (
+    OpenReader,
     SourcePlan,
-    UnitFinding,
     WorkUnit,
     load_unit_finding,
     pack_units,
@@ -145,14 +145,14 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
             thumbnail_uri = scratch.uri("thumbnail.png")
             first = ArrayReader(sampled.first_frame).thumbnail(THUMBNAIL_SIDE)
             write_bytes(thumbnail_uri, png_bytes(first), "image/png", client)
+            units = frame_units(sampled.frames, sampled.plan, params, limits)
         except BaseException:
-            delete_prefix(f"s3://{scratch.bucket}/{scratch.prefix}", client)
+            delete_prefix(scratch.prefix_uri, client)
             raise
-    units = frame_units(sampled.frames, sampled.plan, params, limits)
     return {"image": image.to_dict(), "plan": sampled.plan.summary(), "regions": units,
             "source_uri": frames_prefix, "thumbnail_uri": thumbnail_uri, "full_image": None,
             "full_image_names": None, "moderation": verdict,
-            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
+            "scratch_prefix": scratch.prefix_uri,
             "video": {**sampled.describe(params),
                       "frames": [[f.frame_index, f.timestamp_ms] for f in sampled.frames],
                       "sheet": {"uri": sheet_uri, **layout}},
@@ -226,36 +226,16 @@ def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
         raise StorageError(f"staged frame {uri} is unreadable: {exc}") from exc
 
 
-class FrameReaders:
-    """Opens a unit's frame sources (through :func:`open_frame`) and keeps how long each
-    took, so the wait is charged to the frame's first finding (:meth:`charge`)."""
+def frame_opener(prepared: Mapping[str, Any], client: Any, first: int = 0) -> OpenReader:
+    """Opens a prepared video's frames as unit sources ``first, first + 1, …`` (through
+    :func:`open_frame`)."""
+    indices = [int(i) for i, _ in prepared["video"]["frames"]]
+    plan = SlicePlan.from_summary(prepared["plan"])
 
-    def __init__(self, frames_prefix: str, frame_indices: Sequence[int], plan: SlicePlan,
-                 client: Any, first: int = 0) -> None:
-        self.prefix, self.indices, self.plan = frames_prefix, list(frame_indices), plan
-        self.client, self.first = client, first
-        self.waits: dict[int, float] = {}
+    def open_reader(source: int) -> ImageReader:
+        return open_frame(prepared["source_uri"], indices[source - first], plan, client)
 
-    def __call__(self, source: int) -> ImageReader:
-        started = time.perf_counter()
-        reader = open_frame(self.prefix, self.indices[source - self.first], self.plan,
-                            self.client)
-        self.waits[source] = time.perf_counter() - started
-        return reader
-
-    def charge(self, finding: UnitFinding) -> None:
-        """Each frame's read wait onto its first region finding (once per frame)."""
-        for source, waited in self.waits.items():
-            found = finding.findings.get(source)
-            if found:
-                for key in ("read", "total"):
-                    found[0].seconds[key] = found[0].seconds.get(key, 0.0) + waited
-
-
-def frame_readers(prepared: Mapping[str, Any], client: Any, first: int = 0) -> FrameReaders:
-    """The frame opener of a prepared video whose frames are sources ``first, …``."""
-    return FrameReaders(prepared["source_uri"], [int(i) for i, _ in prepared["video"]["frames"]],
-                        SlicePlan.from_summary(prepared["plan"]), client, first)
+    return open_reader
 
 
 def analyze_frames(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
@@ -265,11 +245,9 @@ def analyze_frames(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
     position; over ``budget`` bytes written to scratch and passed as a key)."""
     unit = WorkUnit.from_dict(unit_data)
     plan = SlicePlan.from_summary(prepared["plan"])
-    readers = frame_readers(prepared, client)
     finding = run_unit(unit, dict.fromkeys(unit.sources, plan),
-                       dict.fromkeys(unit.sources, False), readers, model, params,
-                       attempt=attempt)
-    readers.charge(finding)
+                       dict.fromkeys(unit.sources, False), frame_opener(prepared, client),
+                       model, params, attempt=attempt)
     return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
 
 
