@@ -1,11 +1,12 @@
 """Work units: the slices of many sources packed into tasks sized by their model cost.
 
-A *source* is one picture a run analyzes — an image of a batch, or one big image — planned
-exactly as before (:func:`tilescope.pipeline.plan_image`: slices grouped into regions). A
-*work unit* is what one mapped ``analyze`` task (or one step of the CLI) runs: a list of
-(source, regions) parts whose slices together cost about ``TILESCOPE_UNIT_SECONDS`` of
-single-thread model time. Units change only *where* a region runs, never *what* it is: each
-region's finding is computed and merged exactly as before, so results do not move.
+A *source* is one picture a run analyzes — an image of a batch, one big image, or one
+sampled frame of a video (all frames share the video's plan) — planned exactly as before
+(:func:`tilescope.pipeline.plan_image`: slices grouped into regions). A *work unit* is what
+one mapped ``analyze`` task (or one step of the CLI) runs: a list of (source, regions) parts
+whose slices together cost about ``TILESCOPE_UNIT_SECONDS`` of single-thread model time.
+Units change only *where* a region runs, never *what* it is: each region's finding is
+computed and merged exactly as before, so results do not move.
 
 Why: a mapped task costs ~1–1.6 s of a pool slot besides its model work (process start, DAG
 parse, imports, model session), while a 416-px NanoDet slice costs ~25–65 ms of one core.
@@ -16,8 +17,10 @@ Packing rules:
 
 * a source read **whole** (an image small enough to download and decode in the unit) is
   never split: all its regions go to one unit, so its object is read once;
-* a source read by ranges (a staged or in-place tiled TIFF) contributes its regions one by
-  one, so a big image spreads over several units as its regions did over tasks;
+* a source read by ranges (a staged or in-place tiled TIFF, a video's staged frame)
+  contributes its regions one by one, so a big image spreads over several units as its
+  regions did over tasks (and a frame may be split between two units: it is merged per
+  frame afterwards all the same);
 * units are consecutive runs of these atoms in input order, cut where the running slice
   count crosses each k/n of the total (n = ⌈total / budget⌉, at most ``max_units``), so
   units are about equal and the same inputs always give the same units (CLI and DAG alike).
