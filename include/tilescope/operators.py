@@ -115,18 +115,16 @@ class AnalyzeRegionOperator(BaseOperator):
 def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
     """The model's options for this task: the run's, plus — for an embedded model whose slice
     threads the run does not set — sharing the machine's cores with the run's other mapped
-    tasks running beside it (a batch's units, an image's regions): one core held, the free
-    ones borrowed call by call (:class:`tilescope.models.onnx_cpu.CoreSlots`); a model
-    without ``share_cores`` gets a fixed share instead."""
+    tasks running beside it (a batch's or a video's units, an image's regions): one core
+    held, the free ones borrowed call by call (:class:`tilescope.models.onnx_cpu.CoreSlots`);
+    a model without ``share_cores`` gets a fixed share of the cores instead."""
     import inspect
 
     from tilescope.models.onnx_cpu import shared_slice_workers
     from tilescope.models.registry import model_factory
 
     options = dict(params.model_arguments())
-    tasks = (prepared.get("batch") or {}).get("units") or \
-        (prepared.get("plan") or {}).get("regions")
-    if "parallel_slices" in options or not tasks or prepared.get("video"):
+    if "parallel_slices" in options:
         return options
     try:
         accepted = inspect.signature(model_factory(params.model)).parameters
@@ -134,7 +132,10 @@ def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
         return options
     if "share_cores" in accepted:
         options.setdefault("share_cores", True)
-    elif "parallel_slices" in accepted:
+        return options
+    tasks = (prepared.get("batch") or {}).get("units") or \
+        (prepared.get("plan") or {}).get("regions")
+    if tasks and not prepared.get("video") and "parallel_slices" in accepted:
         options["parallel_slices"] = shared_slice_workers(int(tasks))
     return options
 
