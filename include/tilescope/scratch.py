@@ -26,6 +26,9 @@ from tilescope.storage import RangedS3File, parse_s3_uri
 
 SCRATCH_TILE = 512
 THUMBNAIL_SIDE = 2048
+#: tiles tifffile holds at once while staging (its default, 512 MB, held copies of most of a
+#: 16384² image when the reader's crops are copies): ~40 tiles of 512² keep both encoders busy
+STAGING_BUFFER = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
         tifffile.imwrite(tmp.name, _tiles(reader, *tile),
                          shape=(reader.height, reader.width, 3), dtype=np.uint8,
                          tile=tile, photometric="rgb",
-                         compression="zstd", compressionargs={"level": 1}, maxworkers=2)
+                         compression="zstd", compressionargs={"level": 1}, maxworkers=2,
+                         buffersize=STAGING_BUFFER)
         client.upload_file(tmp.name, loc.bucket, loc.key,
                            ExtraArgs={"ContentType": "image/tiff"})
 

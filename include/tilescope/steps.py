@@ -131,8 +131,10 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
         if full_image_model is not None:
             full_image = detections_to_compact(
                 full_image_detections(reader, full_image_model, params))
-        thumbnail_uri = scratch.uri("thumbnail.png")
-        write_bytes(thumbnail_uri, png_bytes(reader.thumbnail(THUMBNAIL_SIDE)), "image/png", client)
+        thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
+    # encoded once the reader has let the decoded image go: the two never add up
+    thumbnail_uri = scratch.uri("thumbnail.png")
+    write_bytes(thumbnail_uri, png_bytes(thumbnail), "image/png", client)
     return {"image": image.to_dict(), "plan": plan.summary(),
             "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
             "thumbnail_uri": thumbnail_uri, "full_image": full_image,

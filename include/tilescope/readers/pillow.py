@@ -3,6 +3,14 @@
 Validation happens here, before any pixels are decoded: empty input, unknown signature, and
 declared pixel counts over the limit are refused from the header alone; truncation and
 corruption surface when the pixels are decoded and become :class:`BadImageError` too.
+
+A plain RGB JPEG (the common photo, and the big mosaic) is decoded by libjpeg-turbo through
+imagecodecs straight into a 3-byte-per-pixel array instead of Pillow's 4-byte RGBX buffer,
+and its encoded bytes are dropped once decoded: a 16384² image then holds 805 MB, not 1 GB
+plus the JPEG. The pixels are the very ones Pillow decodes (the same libjpeg-turbo, the same
+default IDCT and upsampling); anything else — other modes, EXIF rotation, a stream that does
+not end in an EOI marker (Pillow calls it truncated, libjpeg would pad it silently), any
+decoder error — goes through Pillow as before, so what is refused and why does not change.
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ class PillowReader(ImageReader):
         self._name = name
         self._max_pixels = max_pixels
         self._rgb: Image.Image | None = None
+        #: the pixels when libjpeg-turbo decoded them directly (read-only; crops are views)
+        self._pixels: np.ndarray | None = None
+        self._array_tried = False
         try:
             # Opening reads the header only; the check below refuses a bomb with its declared
             # size in the message (Pillow's own guard would name twice our limit instead).
@@ -114,17 +125,55 @@ class PillowReader(ImageReader):
             raise BadImageError(f"{self._name} is truncated or corrupt "
                                 f"({self.header.format}): {exc}") from exc
 
+    def _array(self) -> np.ndarray | None:
+        """The pixels as one RGB array if this image can be decoded that way (a plain JPEG;
+        decoded on first use), else ``None`` (then :meth:`_decoded` serves them)."""
+        if not self._array_tried and self._rgb is None:
+            self._array_tried = True
+            self._pixels = self._decode_jpeg()
+            if self._pixels is not None:  # the encoded bytes are not needed any more
+                self._image.close()
+                self._data = b""
+        return self._pixels
+
+    def _decode_jpeg(self) -> np.ndarray | None:
+        """A plain 8-bit RGB JPEG decoded by libjpeg-turbo into a read-only (h, w, 3) array;
+        ``None`` for anything Pillow must decode (see the module docstring)."""
+        header = self.header
+        if (header.format != "JPEG" or header.mode != "RGB" or header.orientation != 1
+                or not self._data.endswith(b"\xff\xd9")):
+            return None
+        try:
+            import imagecodecs
+
+            pixels = imagecodecs.jpeg8_decode(self._data)
+        except MemoryError:
+            raise
+        except Exception:  # Pillow decodes it, or says what is wrong with it
+            return None
+        if pixels.dtype != np.uint8 or pixels.shape != (header.height, header.width, 3):
+            return None
+        pixels.flags.writeable = False  # crops are views: nobody may draw on the image
+        return pixels
+
     def validate(self) -> None:
-        self._decoded()
+        if self._array() is None:
+            self._decoded()
 
     def read(self, box: Box) -> np.ndarray:
         box = clip_box(box, self.width, self.height)
+        pixels = self._array()
+        if pixels is not None:
+            return pixels[box.y1:box.y2, box.x1:box.x2]
         return np.asarray(self._decoded().crop((box.x1, box.y1, box.x2, box.y2)))
 
     def read_all(self) -> np.ndarray:
-        return np.asarray(self._decoded())
+        pixels = self._array()
+        return pixels if pixels is not None else np.asarray(self._decoded())
 
     def thumbnail(self, max_side: int) -> np.ndarray:
+        if self._pixels is not None:
+            return downscale(self._pixels, max_side)
         if self._rgb is None and self.header.format == "JPEG":
             # JPEG can decode at 1/2, 1/4, 1/8 scale directly: a small preview costs little.
             image = Image.open(io.BytesIO(self._data))
@@ -143,6 +192,7 @@ class PillowReader(ImageReader):
         self._image.close()
         if self._rgb is not None:
             self._rgb.close()
+        self._pixels = None
 
 
 def _orientation(image: Image.Image) -> int:
