@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tilescope.errors import BadImageError, ImageTooLargeError
 from tilescope.readers import PillowReader, TiffReader, open_image, reader_for_bytes
@@ -104,6 +104,50 @@ def test_exif_orientation_gives_displayed_pixels(orientation: int, shape: tuple)
     expected = {1: pixels, 3: pixels[::-1, ::-1], 6: np.rot90(pixels, -1),
                 8: np.rot90(pixels, 1)}[orientation]
     assert np.array_equal(out, expected)
+
+
+def pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize(("subsampling", "progressive"),
+                         [(0, False), (1, False), (2, False), (2, True)])
+def test_a_plain_jpeg_is_decoded_once_into_pillows_very_pixels(subsampling: int,
+                                                               progressive: bool) -> None:
+    """An RGB JPEG goes straight into one read-only 3-byte array (no Pillow image, no encoded
+    bytes kept), crops are views of it, and every pixel is the one Pillow decodes."""
+    pixels = np.tile(gradient(), (3, 3, 1))[:141, :187]  # sides that are not a multiple of 16
+    data = encode(Image.fromarray(pixels), "JPEG", quality=90, subsampling=subsampling,
+                  progressive=progressive)
+    reader = reader_for_bytes(data)
+    out = reader.read_all()
+    assert np.array_equal(out, pillow_pixels(data))
+    assert isinstance(reader, PillowReader) and reader._rgb is None and reader._data == b""
+    assert out.flags.writeable is False
+    crop = reader.read(Box(10, 20, 50, 60))
+    assert np.shares_memory(crop, out) and np.array_equal(crop, out[20:60, 10:50])
+
+
+def test_a_rotated_jpeg_is_decoded_by_pillow() -> None:
+    """EXIF orientation is Pillow's job: 180° keeps the shape, so only the check that sends
+    an oriented JPEG to Pillow keeps it from coming out upside down."""
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    data = encode(Image.fromarray(gradient()), "JPEG", quality=95, exif=exif)
+    reader = reader_for_bytes(data)
+    with Image.open(io.BytesIO(data)) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    assert np.array_equal(reader.read_all(), expected)
+
+
+def test_a_jpeg_without_its_end_marker_is_refused_as_pillow_refuses_it() -> None:
+    """libjpeg-turbo pads a stream that stops short without a word; Pillow calls it truncated.
+    Two bytes short is still truncated."""
+    data = encode(Image.fromarray(gradient(256, 256)), "JPEG")
+    assert data.endswith(b"\xff\xd9")
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        reader_for_bytes(data[:-2]).read_all()
 
 
 def test_animated_gif_reads_first_frame() -> None:
