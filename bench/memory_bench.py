@@ -1,4 +1,5 @@
-"""Peak memory of the DAG's two heavy steps as the image grows: preprocess and one analyze task.
+"""Peak memory of the DAG's heavy steps: preprocess and one analyze task as the image grows,
+and one work unit of a batch run.
 
 For each size, a mosaic of real photos is put in a local SeaweedFS S3 server (the demo's) as a
 JPEG and as a tiled TIFF; ``tilescope.steps.prepare`` and then ``tilescope.steps.analyze`` of
@@ -8,7 +9,12 @@ tiled TIFF, so its peak should stay flat while the image grows 16×; preprocess 
 PNG decodes the image once, so its peak grows with the pixels (~3 bytes per pixel), while a
 tiled TIFF input is only opened (header and tile-by-tile thumbnail).
 
-    python bench/memory_bench.py [--sizes 4096 8192 16384]
+Then, for each batch (``--units``: 300 small photos of 256×192, 30 photos of 4000×3000),
+``tilescope.batch_steps.prepare_batch`` plans it as the DAG's preprocess does (the model's
+slice cost sizes the units) and ``analyze_unit`` runs its largest unit, each in its own
+process: a unit's peak should not grow with the number of images it carries.
+
+    python bench/memory_bench.py [--sizes 4096 8192 16384] [--units small photos]
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import time
 from pathlib import Path
 
 BUCKET = "membench"
+#: the batches a unit is measured on: (count, width × height) of JPEG photos
+UNIT_BATCHES = {"small": (300, (256, 192)), "photos": (30, (4000, 3000))}
 
 
 def child(step: str, spec: dict) -> None:
@@ -37,7 +45,9 @@ def child(step: str, spec: dict) -> None:
     client = s3_client(spec["endpoint"], S3Credentials(spec["access"], spec["secret"]))
     params = InferenceParams.from_dict({"model": "nanodet-coco"})
     started = time.perf_counter()
-    if step == "preprocess":
+    if step in ("plan_batch", "unit"):
+        result = batch_child(step, spec, params, client)
+    elif step == "preprocess":
         out = prepare(spec["uri"], params, client=client, run=spec["run"],
                       model_slice_size=model_slice_size("nanodet-coco"))
         result = {"regions": out["regions"], "source_uri": out["source_uri"],
@@ -50,6 +60,24 @@ def child(step: str, spec: dict) -> None:
     result["wall"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's
     print("RESULT " + json.dumps(result))
+
+
+def batch_child(step: str, spec: dict, params, client) -> dict:
+    """A batch's preprocess (``prepare_batch``: its units) or one unit (``analyze_unit``)."""
+    from tilescope.batch_steps import analyze_unit, prepare_batch
+    from tilescope.models.registry import load_model, model_slice_seconds, model_slice_size
+    from tilescope.steps import XCOM_BUDGET_BYTES
+
+    if step == "plan_batch":
+        units, prepared = prepare_batch([{"uri": uri} for uri in spec["uris"]], params,
+                                        client=client, run=spec["run"],
+                                        model_slice_size=model_slice_size("nanodet-coco"),
+                                        slice_seconds=model_slice_seconds("nanodet-coco"))
+        return {"units": units, "prepared": prepared}
+    with load_model("nanodet-coco") as model:
+        finding = analyze_unit(spec["unit"], spec["prepared"], params, model, client=client,
+                               budget=XCOM_BUDGET_BYTES)
+    return {"seconds": finding["seconds"], "bad": finding.get("bad")}
 
 
 def run_child(step: str, spec: dict) -> dict:
@@ -85,10 +113,48 @@ def upload_inputs(client, size: int) -> dict[str, str]:
     return keys
 
 
+def upload_batch(client, kind: str) -> list[str]:
+    """The ``kind`` batch's photos under ``incoming/<kind>/`` (8 uploads at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from burst_bench import photos  # bench/ is on sys.path when run as a script
+
+    count, size = UNIT_BATCHES[kind]
+    keys = [f"incoming/{kind}/photo-{i:04d}.jpg" for i in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda pair: client.put_object(Bucket=BUCKET, Key=pair[0], Body=pair[1]),
+                      zip(keys, photos(count, size), strict=True)))
+    return [f"s3://{BUCKET}/{key}" for key in keys]
+
+
+def measure_unit(client, base: dict, kind: str) -> dict:
+    """Plan the ``kind`` batch, then run its largest unit, each in a process of its own."""
+    uris = upload_batch(client, kind)
+    plan = run_child("plan_batch", {**base, "uris": uris, "run": f"unit-{kind}"})
+    from tilescope.units import WorkUnit, is_work_unit
+
+    units = [WorkUnit.from_dict(u) for u in plan["units"] if is_work_unit(u)]
+    unit = max(units, key=lambda u: u.slice_count)
+    done = run_child("unit", {**base, "unit": unit.to_dict(), "prepared": plan["prepared"]})
+    count, (width, height) = UNIT_BATCHES[kind]
+    row = {"batch": kind, "images": count, "size": f"{width}x{height}", "units": len(units),
+           "unit_images": len(unit.sources), "unit_slices": unit.slice_count,
+           "plan_rss_mb": round(plan["peak_rss_mb"]), "plan_s": round(plan["wall"], 1),
+           "unit_rss_mb": round(done["peak_rss_mb"]), "unit_s": round(done["wall"], 1),
+           "unit_model_s": round(done["seconds"].get("model", 0.0), 1)}
+    print(f"{count} × {width}×{height} in {len(units)} units | preprocess "
+          f"{row['plan_rss_mb']:5d} MB {row['plan_s']:5.1f}s | largest unit "
+          f"({row['unit_images']} images, {row['unit_slices']} slices) "
+          f"{row['unit_rss_mb']:5d} MB {row['unit_s']:5.1f}s", flush=True)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
-    parser.add_argument("--child", choices=["preprocess", "analyze"])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 8192, 16384])
+    parser.add_argument("--units", nargs="*", choices=sorted(UNIT_BATCHES),
+                        default=["small", "photos"])
+    parser.add_argument("--child", choices=["preprocess", "analyze", "plan_batch", "unit"])
     parser.add_argument("spec", nargs="?")
     args = parser.parse_args()
     if args.child:
@@ -126,12 +192,17 @@ def main() -> int:
                           f"(largest {region['slice_count']} slices) | preprocess "
                           f"{prep['peak_rss_mb']:6.0f} MB {prep['wall']:5.1f}s | analyze "
                           f"{ana['peak_rss_mb']:5.0f} MB {ana['wall']:5.1f}s", flush=True)
+            unit_rows = [measure_unit(client, base, kind) for kind in args.units]
         finally:
             seaweed.stop()
-    analyze_peaks = [r["analyze_rss_mb"] for r in rows]
-    print(f"analyze peak RSS: {min(analyze_peaks)}–{max(analyze_peaks)} MB over "
-          f"{args.sizes[0]}²…{args.sizes[-1]}² (target ≤ 300 MB, flat)")
-    print("RESULT " + json.dumps(rows))
+    if rows:
+        analyze_peaks = [r["analyze_rss_mb"] for r in rows]
+        print(f"analyze peak RSS: {min(analyze_peaks)}–{max(analyze_peaks)} MB over "
+              f"{args.sizes[0]}²…{args.sizes[-1]}² (target ≤ 300 MB, flat)")
+    for row in unit_rows:
+        print(f"unit of {row['unit_images']} × {row['size']}: peak RSS {row['unit_rss_mb']} MB "
+              f"(target ≤ 300 MB)")
+    print("RESULT " + json.dumps(rows + unit_rows))
     return 0
 
 
