@@ -87,3 +87,31 @@ def test_a_pool_without_a_core_of_its_own_runs_one_thread(tmp_path):
     pool.map(probe, [np.zeros((1, 1), np.uint8)] * 6)
     assert probe.most == 1 and not pool.holds_core
     pool.close()
+
+
+def test_nobody_borrows_while_another_task_waits_for_a_core(tmp_path):
+    """A task that started while the only free core was borrowed waits for it (one thread)
+    and says so; the borrower then stops borrowing, and the waiting task gets the core at
+    its next call. Seen red without the ``someone_wants`` check: the borrower kept borrowing
+    and the newcomer never got a core of its own."""
+    images = [np.full((2, 2), i, np.uint8) for i in range(8)]
+    first = SlicePool(2, "first", CoreSlots(tmp_path, cores=2))
+    assert first.holds_core
+    blocker = CoreSlots(tmp_path, cores=2)
+    assert blocker.take(1) == [1]  # the free core, borrowed for the moment
+    second = SlicePool(2, "second", CoreSlots(tmp_path, cores=2))
+    assert not second.holds_core  # started while the core was out: waits, one thread
+    blocker.close()  # the borrow ends
+    probe = _Concurrency()
+    first.map(probe, images)
+    assert probe.most == 1  # someone waits: the first pool does not borrow the free core
+    second.map(_Concurrency(), images)
+    assert second.holds_core  # ... and the second takes it at its next call
+    probe = _Concurrency()
+    first.map(probe, images)
+    assert probe.most == 1  # both cores held now
+    second.close()
+    probe = _Concurrency()
+    first.map(probe, images)
+    assert probe.most == 2  # alone again: borrows
+    first.close()
