@@ -56,6 +56,7 @@ from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
 from tilescope.pipeline import plan_image, synthesize
 from tilescope.readers import reader_for_bytes, reopen_planned
+from tilescope.readers.base import refuse_over_pixel_limit
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
@@ -229,11 +230,8 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                     image = ImageInfo(uri=item.uri, width=reader.width, height=reader.height,
                                       sha256=hashlib.sha256(data).hexdigest(),
                                       format=reader.header.format, bytes=size)
-                    plan = plan_image(image.width, image.height, params, model_slice_size,
-                                      max_regions=limits.max_regions)
-                    limits.check_plan(plan)
+                    _plan_whole(item, image, params, model_slice_size, limits)
                     item.moderation = gate(reader, image, moderation)
-                item.image, item.plan = image.to_dict(), plan.summary()
                 return item
             reader.close()
         # big, tiled or a video: prepared exactly as a run of its own would prepare it
@@ -272,14 +270,18 @@ def _plan_screened(item: BatchItem, facts: Any, params: InferenceParams,
     pixels = image.width * image.height
     if image.format == "TIFF" or not 0 < pixels <= WHOLE_MAX_PIXELS or len(image.sha256) != 64:
         return False
-    if pixels > limits.max_pixels:
-        raise ImageTooLargeError(f"{item.uri} declares {image.width}×{image.height} = "
-                                 f"{pixels:,} pixels, over the limit of {limits.max_pixels:,}")
+    refuse_over_pixel_limit(item.uri, image.width, image.height, limits.max_pixels)
+    _plan_whole(item, image, params, model_slice_size, limits)
+    return True
+
+
+def _plan_whole(item: BatchItem, image: ImageInfo, params: InferenceParams,
+                model_slice_size: int, limits: RunLimits) -> None:
+    """Plan a small image read whole by its unit (within the run's budgets) into ``item``."""
     plan = plan_image(image.width, image.height, params, model_slice_size,
                       max_regions=limits.max_regions)
     limits.check_plan(plan)
     item.image, item.plan = image.to_dict(), plan.summary()
-    return True
 
 
 def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,

@@ -192,9 +192,8 @@ class SlicePool:
                     self._pool = ThreadPoolExecutor(max_workers=self.workers,
                                                     thread_name_prefix=self._name)
                 pool = self._pool
-            if threads >= self.workers:
-                return list(pool.map(function, images))
-            # ``threads`` lanes, each taking the next image as it finishes one
+            # ``threads`` lanes (all the pool's workers without slots), each taking the next
+            # image as it finishes one
             results: list[T | None] = [None] * len(images)
             positions = iter(range(len(images)))
             take_next = threading.Lock()

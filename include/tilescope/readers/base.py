@@ -71,6 +71,18 @@ class ImageReader(ABC):
         self.close()
 
 
+def refuse_over_pixel_limit(name: str, width: int, height: int, max_pixels: int,
+                            layout: str = "") -> None:
+    """:class:`ImageTooLargeError` naming the declared size when ``width × height`` is over
+    ``max_pixels`` (the decompression-bomb guard, checked before any pixel is decoded);
+    ``layout`` says what is guarded (e.g. `` in strips``)."""
+    if width * height > max_pixels:
+        from tilescope.errors import ImageTooLargeError
+
+        raise ImageTooLargeError(f"{name} declares {width}×{height} = {width * height:,} "
+                                 f"pixels{layout}, over the limit of {max_pixels:,}")
+
+
 def clip_box(box: Box, width: int, height: int) -> Box:
     """``box`` limited to the image."""
     return Box(max(0, box.x1), max(0, box.y1), min(width, box.x2), min(height, box.y2))

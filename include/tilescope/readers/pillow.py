@@ -31,6 +31,7 @@ from tilescope.readers.base import (
     ImageReader,
     clip_box,
     downscale,
+    refuse_over_pixel_limit,
     to_rgb8,
 )
 from tilescope.readers.sniff import describe_head, sniff_format
@@ -84,10 +85,7 @@ class PillowReader(ImageReader):
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise BadImageError(f"{name} is not a readable {fmt}: {exc}") from exc
         width, height = image.size
-        if width * height > max_pixels:  # formats Pillow does not guard itself
-            raise ImageTooLargeError(
-                f"{name} declares {width}×{height} = {width * height:,} pixels, "
-                f"over the limit of {max_pixels:,}")
+        refuse_over_pixel_limit(name, width, height, max_pixels)  # Pillow guards not all
         orientation = _orientation(image)
         if orientation in _SWAPS_AXES:
             width, height = height, width

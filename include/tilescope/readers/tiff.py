@@ -14,13 +14,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.errors import BadImageError
 from tilescope.readers.base import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
     ImageReader,
     clip_box,
     downscale,
+    refuse_over_pixel_limit,
     to_rgb8,
 )
 from tilescope.slicing import Box
@@ -41,10 +42,9 @@ class TiffReader(ImageReader):
             raise BadImageError(f"{name} is not a readable TIFF: {exc}") from exc
         self._page = page
         width, height = int(page.imagewidth), int(page.imagelength)
-        if width * height > max_pixels and not page.is_tiled:
+        if not page.is_tiled:
             # Tiled images are read by region, so only strip images need a full-decode guard.
-            raise ImageTooLargeError(f"{name} declares {width}×{height} = {width * height:,} "
-                                     f"pixels in strips, over the limit of {max_pixels:,}")
+            refuse_over_pixel_limit(name, width, height, max_pixels, " in strips")
         self._tiled = bool(page.is_tiled) and page.planarconfig == 1 and page.imagedepth == 1
         self._full: np.ndarray | None = None
         self.tiles_read = 0
