@@ -230,8 +230,9 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                     image = ImageInfo(uri=item.uri, width=reader.width, height=reader.height,
                                       sha256=hashlib.sha256(data).hexdigest(),
                                       format=reader.header.format, bytes=size)
-                    _plan_whole(item, image, params, model_slice_size, limits)
+                    plan = _plan_whole(image, params, model_slice_size, limits)
                     item.moderation = gate(reader, image, moderation)
+                item.image, item.plan = image.to_dict(), plan
                 return item
             reader.close()
         # big, tiled or a video: prepared exactly as a run of its own would prepare it
@@ -271,17 +272,18 @@ def _plan_screened(item: BatchItem, facts: Any, params: InferenceParams,
     if image.format == "TIFF" or not 0 < pixels <= WHOLE_MAX_PIXELS or len(image.sha256) != 64:
         return False
     refuse_over_pixel_limit(item.uri, image.width, image.height, limits.max_pixels)
-    _plan_whole(item, image, params, model_slice_size, limits)
+    item.image, item.plan = image.to_dict(), _plan_whole(image, params, model_slice_size,
+                                                         limits)
     return True
 
 
-def _plan_whole(item: BatchItem, image: ImageInfo, params: InferenceParams,
-                model_slice_size: int, limits: RunLimits) -> None:
-    """Plan a small image read whole by its unit (within the run's budgets) into ``item``."""
+def _plan_whole(image: ImageInfo, params: InferenceParams, model_slice_size: int,
+                limits: RunLimits) -> dict[str, Any]:
+    """The plan summary of a small image read whole by its unit, within the run's budgets."""
     plan = plan_image(image.width, image.height, params, model_slice_size,
                       max_regions=limits.max_regions)
     limits.check_plan(plan)
-    item.image, item.plan = image.to_dict(), plan.summary()
+    return plan.summary()
 
 
 def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
