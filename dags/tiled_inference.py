@@ -4,7 +4,9 @@
 One run per image: **preprocess** validates the object and plans a grid of regions (each a
 block of model-sized, overlapping slices), staging the decoded pixels once as a tiled TIFF
 in `scratch/`; **analyze** is mapped over the regions — one task instance per region,
-bounded by the `tilescope` pool, retried per region — and reads only its region's tiles;
+bounded by the `tilescope` pool, retried per region — and reads only its region's tiles
+(with `grid=auto` and an embedded model, consecutive regions are packed into work units of
+~`TILESCOPE_UNIT_SECONDS` of model time, at least one per worker core: one task each);
 **synthesize** merges detections across slice and region borders, tolerating failed regions
 down to `min_success_ratio`; **store** writes `results/<image-id>/<params-hash>/`
 (`result.json`, `coco.json`, `overlay.png`), upserts the SQL catalog row, emits an Asset
@@ -173,7 +175,8 @@ def tiled_inference() -> None:
         everything else goes to the ``prepared`` XCom."""
         from tilescope.airflow_adapters import run_limits, s3_client, task_outcome
         from tilescope.models import load_model, model_slice_size
-        from tilescope.steps import prepare
+        from tilescope.models.registry import model_slice_seconds
+        from tilescope.steps import image_units, prepare
 
         context = get_current_context()
         # A placeholder first (not None: Airflow reads a None XCom as missing): when this task
@@ -182,7 +185,6 @@ def tiled_inference() -> None:
         context["ti"].xcom_push(key="prepared", value={})
         if is_batch(context["params"]):
             from tilescope.batch_steps import batch_entries, prepare_batch
-            from tilescope.models.registry import model_slice_seconds
 
             with task_outcome():
                 params, client = _params(), s3_client()
@@ -203,8 +205,14 @@ def tiled_inference() -> None:
                                model_slice_size=model_slice_size(params.model),
                                full_image_model=model, limits=run_limits())
         regions = prepared.pop("regions")
+        # grid=auto with an embedded model: regions packed into fewer tasks (work units)
+        units = image_units(prepared, params, workers=os.cpu_count() or 1,
+                            slice_seconds=model_slice_seconds(params.model),
+                            max_units=run_limits().max_regions)
+        if units:
+            prepared["units"] = len(units)
         context["ti"].xcom_push(key="prepared", value=prepared)
-        return regions
+        return units or regions
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:

@@ -102,3 +102,61 @@ def test_prepare_refuses_empty_and_oversized_objects(bucket):
 def test_delete_prefix_refuses_anything_outside_scratch(bucket):
     with pytest.raises(ValueError, match="scratch"):
         delete_prefix(f"s3://{BUCKET}/incoming/", bucket)
+
+
+def test_an_images_regions_packed_into_units_give_the_region_tasks_result(bucket):
+    from tilescope.results import detections_to_compact
+    from tilescope.slicing import SlicePlan
+    from tilescope.steps import analyze_unit
+    from tilescope.units import region_units
+
+    pixels, truth = blob_image(1500, 1100, 300, seed=4, max_side=12)
+    uri = put_png(bucket, "incoming/units.png", pixels)
+    params = InferenceParams(model="bright-blobs", slice_size=128, overlap=0.25, grid="3x3",
+                             score_threshold=0.1)
+    prepared = prepare(uri, params, client=bucket, run="r-units", model_slice_size=128)
+    model = BrightBlobModel()
+    by_region = [analyze(r, prepared["source_uri"], params, model, client=bucket,
+                         scratch_prefix=prepared["scratch_prefix"])
+                 for r in prepared["regions"]]
+    expected = combine(prepared, by_region, params, "bright-blobs", client=bucket)
+    assert len(expected.detections) == len(truth)
+
+    units = region_units(SlicePlan.from_summary(prepared["plan"]), 40, workers=2)
+    assert 2 <= len(units) < 9
+    # one unit's finding offloaded to S3 (a tiny budget), the others inline
+    payloads = [analyze_unit(u.to_dict(), prepared, params, model, client=bucket,
+                             budget=1 if u.index == 0 else XCOM_BUDGET_BYTES)
+                for u in units]
+    assert payloads[0].get("finding_uri") and "sources" not in payloads[0]
+    assert all("sources" in p for p in payloads[1:])
+    got = combine(prepared, payloads, params, "bright-blobs", client=bucket)
+    assert detections_to_compact(got.detections) == detections_to_compact(expected.detections)
+    assert [r.name for r in got.regions] == [r.name for r in expected.regions]
+    assert got.status == "complete"
+
+    # a unit whose task failed for good: its regions count as failed, the rest merge
+    partial = combine(prepared, [None, *payloads[1:]],
+                      InferenceParams.from_dict({**params.to_dict(), "min_success_ratio": 0.1}),
+                      "bright-blobs", client=bucket)
+    first = units[0].parts[0]
+    failed = {r.index for r in partial.regions if r.status != "success"}
+    assert failed == set(range(first.first, first.stop))
+    assert partial.status == "partial"
+
+
+def test_only_an_auto_grid_with_an_embedded_model_packs_regions():
+    from tilescope.slicing import plan_slices
+    from tilescope.steps import image_units
+
+    plan = plan_slices(4000, 4000, 100, 100, 0, 0, grid=(4, 4))  # 1,600 slices, 16 regions
+    prepared = {"plan": plan.summary()}
+    auto = InferenceParams(grid="auto")
+    units = image_units(prepared, auto, slice_seconds=0.04, workers=2)
+    assert units and len(units) == 4  # 1,600 × 0.04 s over 30 s a unit: 3, rounded up to 4
+    assert {u["name"] for u in units} >= {"r0c0–r0c3"}
+    assert image_units(prepared, InferenceParams(grid="4x4"), slice_seconds=0.04,
+                       workers=2) is None  # the user chose one task a region
+    assert image_units(prepared, auto, slice_seconds=None, workers=2) is None  # remote
+    assert image_units({**prepared, "video": {"frames": [[0, 0.0]]}}, auto, slice_seconds=0.04,
+                       workers=2) is None  # a video's frames are units already

@@ -16,7 +16,15 @@ from tilescope.params import InferenceParams
 from tilescope.pipeline import open_names, plan_image, run_image, synthesize
 from tilescope.readers import open_image
 from tilescope.slicing import SlicePlan, plan_slices
-from tilescope.units import SourcePlan, UnitFinding, UnitPart, WorkUnit, pack_units, run_unit
+from tilescope.units import (
+    SourcePlan,
+    UnitFinding,
+    UnitPart,
+    WorkUnit,
+    pack_units,
+    region_units,
+    run_unit,
+)
 
 
 def grid_plan(width: int, height: int, slice_px: int = 100, grid: tuple[int, int] | None = None
@@ -70,6 +78,29 @@ def test_big_range_read_source_spreads_by_region():
     whole = pack_units([SourcePlan(0, sources[0].plan), SourcePlan(1, big),
                         SourcePlan(2, sources[2].plan)], max_slices=100)
     assert len([u for u in whole if 1 in u.sources]) == 1
+
+
+def test_one_images_regions_pack_into_a_multiple_of_the_workers_or_not_at_all():
+    plan = grid_plan(3000, 3000, grid=(3, 3))  # 900 slices in 9 regions of 100
+    # the budget asks for 2 units of ≤ 500; two workers: 2 units, regions in order
+    units = region_units(plan, 500, workers=2)
+    assert [u.slice_count for u in units] == [500, 400]
+    assert covered(units) == [(0, r.index) for r in plan.regions]
+    assert [u.label for u in units] == ["r0c0–r1c1", "r1c2–r2c2"]
+    assert all(len(u.parts) == 1 for u in units)
+    # 3 units asked for, two workers: rounded up to 4 (no lone last unit)
+    assert [u.slice_count for u in region_units(plan, 300, workers=2)] == [300, 200, 200, 200]
+    # a budget bigger than the image still gives every worker a unit
+    assert len(region_units(plan, 10_000, workers=4)) == 4
+    # as many units as regions saves no task start: one task a region
+    assert region_units(plan, 100, workers=2) is None
+    assert region_units(plan, 10_000, workers=9) is None
+    assert region_units(grid_plan(3000, 3000, grid=(1, 2)), 10_000, workers=2) is None
+    # the map length caps the count
+    assert len(region_units(plan, 100, workers=1, max_units=3)) == 3
+    # a unit's dict round-trips, labels included
+    for unit in units:
+        assert WorkUnit.from_dict(unit.to_dict()) == unit
 
 
 def test_units_are_balanced_and_deterministic():

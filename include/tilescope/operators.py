@@ -30,7 +30,8 @@ def region_label(region: Mapping[str, Any]) -> str:
 
 
 class AnalyzeRegionOperator(BaseOperator):
-    """One region (or a work unit: a video's frames, a batch's images) through the run's
+    """One region (or a work unit: an image's regions, a video's frames, a batch's images)
+    through the run's
     model → a finding dict.
 
     ``region`` is what ``preprocess`` returned for this map index; ``prepared`` is its
@@ -66,8 +67,10 @@ class AnalyzeRegionOperator(BaseOperator):
                 from tilescope.batch_steps import analyze_unit
 
                 run = partial(analyze_unit, max_pixels=run_limits().max_pixels)
-            else:
+            elif self.prepared.get("video"):
                 from tilescope.video.steps import analyze_frames as run
+            else:  # several regions of one image (tilescope.steps.image_units)
+                from tilescope.steps import analyze_unit as run
             with task_outcome(), load_model(params.model,
                                             **_model_options(params, self.prepared)) as model:
                 finding = run(self.region, self.prepared, params, model, client=client,
@@ -133,7 +136,7 @@ def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
     if "share_cores" in accepted:
         options.setdefault("share_cores", True)
         return options
-    tasks = (prepared.get("batch") or {}).get("units") or \
+    tasks = (prepared.get("batch") or {}).get("units") or prepared.get("units") or \
         (prepared.get("plan") or {}).get("regions")
     if tasks and not prepared.get("video") and "parallel_slices" in accepted:
         options["parallel_slices"] = shared_slice_workers(int(tasks))

@@ -2,7 +2,8 @@
 
 ``prepare`` (preprocess) validates the image, plans regions and writes the decoded pixels once
 to a scratch *tiled* TIFF, so every region task fetches only the tiles it needs with ranged
-GETs instead of decoding the whole image again. ``analyze`` runs one region;
+GETs instead of decoding the whole image again. ``analyze`` runs one region (or
+``analyze_unit`` several: :func:`image_units`);
 ``synthesize`` merges; ``store`` writes the artefacts. Nothing here imports Airflow, so each
 step is unit-testable against any S3 server, and the XComs stay small by construction.
 """
@@ -53,7 +54,7 @@ from tilescope.scratch import (
     png_bytes,
     upload_tiled_tiff,
 )
-from tilescope.slicing import Region, SlicePlan
+from tilescope.slicing import MAX_MAP_LENGTH, Region, SlicePlan
 from tilescope.storage import (
     object_size,
     parse_s3_uri,
@@ -61,6 +62,15 @@ from tilescope.storage import (
     read_head,
     sha256_hex,
     write_bytes,
+)
+from tilescope.units import (
+    WorkUnit,
+    is_unit_payload,
+    region_units,
+    run_unit,
+    source_findings,
+    unit_payload,
+    unit_slice_budget,
 )
 from tilescope.writers import OutputTargets, coco_json, overlay_png, result_json
 
@@ -196,6 +206,39 @@ def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
     return finding_payload(finding, scratch_prefix, client)
 
 
+def image_units(prepared: dict[str, Any], params: InferenceParams, *,
+                slice_seconds: float | None, workers: int,
+                max_units: int = MAX_MAP_LENGTH) -> list[dict[str, Any]] | None:
+    """What a one-image run maps ``analyze`` over when its regions are packed into work
+    units (:func:`tilescope.units.region_units`), or ``None`` to map one task per region.
+
+    Packed only when the grid is ``auto`` (an explicit grid is the user choosing the
+    fan-out: one task a region, as documented) and the model runs on the worker's cores and
+    says what a slice costs (``slice_seconds``): a remote model's time is network-bound, and
+    more tasks in flight are what make it faster. A video's frames are packed already."""
+    if params.grid != "auto" or not slice_seconds or prepared.get("video"):
+        return None
+    units = region_units(SlicePlan.from_summary(prepared["plan"]),
+                         unit_slice_budget(slice_seconds), workers=workers,
+                         max_units=max_units)
+    return [unit.to_dict() for unit in units] if units else None
+
+
+def analyze_unit(unit_data: dict[str, Any], prepared: dict[str, Any], params: InferenceParams,
+                 model: DetectionModel, *, client: Any, budget: int = XCOM_BUDGET_BYTES,
+                 attempt: int = 1) -> dict[str, Any]:
+    """One work unit of a one-image run (several of its regions, one task) → the unit's
+    finding dict. The source is opened once for all of them; each region is analyzed and
+    merged exactly as :func:`analyze` does it."""
+    unit = WorkUnit.from_dict(unit_data)
+    finding = run_unit(unit, {0: SlicePlan.from_summary(prepared["plan"])}, {0: False},
+                       lambda _: open_source(prepared["source_uri"], client), model, params,
+                       attempt=attempt)
+    if finding.bad:  # the image itself turned out unreadable: no retry can help
+        raise BadImageError(finding.bad[0])
+    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+
+
 def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) -> dict[str, Any]:
     """A finding as its XCom dict: detections over the budget go to S3 as a key."""
     data = finding.to_dict()
@@ -249,7 +292,11 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
         return combine_video(prepared, findings, params, model_name, client=client,
                              run_started=run_started)
     plan = SlicePlan.from_summary(prepared["plan"])
-    loaded = [load_finding(f, client) for f in findings if f]
+    present = [f for f in findings if f]
+    if present and is_unit_payload(present[0]):  # regions packed into units
+        loaded = source_findings(present, client).get(0, [])
+    else:
+        loaded = [load_finding(f, client) for f in present]
     result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
                         model_name=model_name, category_names=model_categories(model_name),
                         coco_category_ids=model_coco_ids(model_name),

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -170,9 +170,10 @@ def balanced_cuts(counts: Sequence[int], parts: int) -> list[tuple[int, int]]:
 
 
 def pack_units(sources: Sequence[SourcePlan], max_slices: int, *,
-               max_units: int = MAX_MAP_LENGTH) -> list[WorkUnit]:
+               max_units: int = MAX_MAP_LENGTH, count: int | None = None) -> list[WorkUnit]:
     """Pack the sources' regions into about-equal units of at most ~``max_slices`` slices
-    (see the module docstring). Deterministic: the same sources give the same units."""
+    (see the module docstring). Deterministic: the same sources give the same units.
+    ``count`` asks for that many units instead (fewer when there are fewer atoms)."""
     if max_slices < 1:
         raise ConfigError(f"a unit must hold at least one slice, got {max_slices}")
     atoms: list[UnitPart] = []
@@ -187,7 +188,7 @@ def pack_units(sources: Sequence[SourcePlan], max_slices: int, *,
                 atoms.append(UnitPart(source.index, region.index, region.index + 1))
                 weights.append(region.slice_count)
     total = sum(weights)
-    wanted = min(max_units, max(1, math.ceil(total / max_slices)))
+    wanted = min(max_units, max(1, count or math.ceil(total / max_slices)))
     units = []
     for number, (start, stop) in enumerate(balanced_cuts(weights, wanted)):
         merged: list[UnitPart] = []
@@ -198,6 +199,36 @@ def pack_units(sources: Sequence[SourcePlan], max_slices: int, *,
                 merged.append(atom)
         units.append(WorkUnit(number, tuple(merged), int(sum(weights[start:stop]))))
     return units
+
+
+def region_units(plan: SlicePlan, max_slices: int, *, workers: int,
+                 max_units: int = MAX_MAP_LENGTH) -> list[WorkUnit] | None:
+    """One big image's regions packed into the units of its own run, or ``None`` where
+    packing would not save a task start (then each region is its own task, as before).
+
+    A region task pays a task start, imports, the model session and its first tiles
+    (~1.3× its model share at 16384², measured); a unit of several regions pays them once
+    and reads the image's header once. The count is what the slice budget asks for, but at
+    least ``workers`` (every core of the worker gets a unit: units hold one core each and
+    borrow idle ones) and rounded up to a multiple of ``workers``, so the last round of units
+    is not one unit alone on a machine whose other cores have nothing left to do. Units are
+    consecutive regions (row-major), about equal in slices, labelled ``r0c0–r1c2``.
+    """
+    workers = max(1, workers)
+    wanted = max(math.ceil(plan.slice_count / max(1, max_slices)), workers)
+    wanted = min(math.ceil(wanted / workers) * workers, max_units)
+    if wanted >= len(plan.regions):
+        return None
+    units = pack_units([SourcePlan(0, plan, whole=False)], max_slices, max_units=max_units,
+                       count=wanted)
+    names = [region.name for region in plan.regions]
+    return [WorkUnit(u.index, u.parts, u.slice_count,
+                     _span_label(names[u.parts[0].first], names[u.parts[-1].stop - 1]))
+            for u in units]
+
+
+def _span_label(first: str, last: str) -> str:
+    return first if first == last else f"{first}–{last}"
 
 
 @dataclass
@@ -253,6 +284,31 @@ def load_unit_finding(data: Mapping[str, Any], client: Any) -> UnitFinding:
     if wait is not None:
         finding.seconds["queue_wait"] = float(wait)
     return finding
+
+
+def is_unit_payload(data: Mapping[str, Any]) -> bool:
+    """Whether an ``analyze`` XCom is a unit's finding (:func:`unit_payload`), not a
+    region's."""
+    return "sources" in data or "finding_uri" in data
+
+
+def source_findings(payloads: Iterable[Mapping[str, Any] | None], client: Any
+                    ) -> dict[int, list[RegionFinding]]:
+    """The region findings of every source from the units' XComs (missing units — failed
+    tasks — simply add nothing: their regions count as failed where they are merged). A
+    unit task's queue wait goes on its first region finding, so a run's sum counts it
+    once."""
+    per_source: dict[int, list[RegionFinding]] = {}
+    for data in payloads:
+        if not data:
+            continue
+        unit = load_unit_finding(data, client)
+        wait = unit.seconds.get("queue_wait")
+        for number, (source, found) in enumerate(unit.findings.items()):
+            if number == 0 and found and wait is not None:
+                found[0].seconds["queue_wait"] = wait
+            per_source.setdefault(source, []).extend(found)
+    return per_source
 
 
 #: opens a source's reader: raises :class:`BadImageError` for unreadable input

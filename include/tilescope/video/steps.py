@@ -55,9 +55,9 @@ from tilescope.units import (
     OpenReader,
     SourcePlan,
     WorkUnit,
-    load_unit_finding,
     pack_units,
     run_unit,
+    source_findings,
     unit_payload,
     unit_slice_budget,
 )
@@ -276,18 +276,8 @@ def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, A
     """The video's Result from its units' finding dicts (units of failed tasks are missing:
     their regions count as failed). A unit task's queue wait is put on its first finding,
     so the run's sum counts it once."""
-    per_frame: dict[int, list[RegionFinding]] = {}
-    loaded: list[RegionFinding] = []
-    for data in findings:
-        if not data:
-            continue
-        unit = load_unit_finding(data, client)
-        wait = unit.seconds.get("queue_wait")
-        for number, (position, found) in enumerate(unit.findings.items()):
-            if number == 0 and found and wait is not None:
-                found[0].seconds["queue_wait"] = wait
-            per_frame.setdefault(position, []).extend(found)
-            loaded.extend(found)
+    per_frame = source_findings(findings, client)
+    loaded = [f for found in per_frame.values() for f in found]
     result = video_result(prepared, per_frame, params, model_name)
     if run_started is not None:
         from tilescope.metrics import run_seconds
