@@ -33,7 +33,11 @@ def test_plan_payload_lists_regions_in_map_index_order():
     first = payload["regions"][0]
     assert first["box"][:2] == [0, 0] and first["name"] == plan.regions[0].name
     assert payload["image"]["width"] == 4000
-    assert plan_payload(None, None) == {"image": None, "grid": None, "regions": []}
+    # analyze maps the regions themselves: each region is its own task
+    assert [r["task"] for r in payload["regions"]] == list(range(12))
+    assert payload["tasks"] == 12
+    assert plan_payload(None, None) == {"image": None, "grid": None, "regions": [],
+                                        "tasks": 0}
 
 
 def test_states_of_a_thousand_regions_in_one_payload():

@@ -3,15 +3,24 @@
 Pure functions from what Airflow stores (task-instance rows, XCom values, ``result.json``)
 to compact, columnar payloads the page can draw directly: a 1,000-region run is one list
 of states, not 1,000 objects to poll.
+
+A one-image run maps ``analyze`` either over its regions (map index = region index) or
+over *work units* of consecutive regions (:mod:`tilescope.units`). States and tries stay
+per map index — what Airflow has — and each region row of the plan says which map index
+(``task``) runs it, so the page colours a region by its task; a unit's XCom is expanded
+into one finding per region, so boxes still arrive under their region's index.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from tilescope.slicing import SlicePlan
+from tilescope.units import WorkUnit, is_work_unit
 
 #: Airflow task-instance states as the viewer colours them; anything else shows as "none"
 REGION_STATES = ("none", "scheduled", "queued", "running", "success", "failed",
@@ -41,28 +50,71 @@ def viewer_state(state: str | None) -> str:
     return value if value in REGION_STATES else "none"
 
 
-def plan_payload(regions: Sequence[dict[str, Any]] | None,
+def region_tasks(units: Sequence[Mapping[str, Any]], region_count: int) -> list[int]:
+    """For each region of a one-image plan, the map index of the work unit (the ``analyze``
+    instance) that runs it: the unit holding regions ``[first, stop)`` of source 0. ``-1``
+    marks a region no unit claims, which the page then shows as never scheduled rather
+    than borrowing another task's state."""
+    tasks = [-1] * region_count
+    for item in units:
+        unit = WorkUnit.from_dict(item)
+        for part in unit.parts:
+            if part.source == 0:  # a one-image run has one source
+                for region in range(max(part.first, 0), min(part.stop, region_count)):
+                    tasks[region] = unit.index
+    return tasks
+
+
+def maps_units(items: Sequence[Mapping[str, Any]] | None,
+               prepared: Mapping[str, Any] | None) -> bool:
+    """Whether a one-image run's ``analyze`` maps work units of its plan's regions. A video
+    also maps units, but each is drawn as a cell of its own (their ``box`` is the frame),
+    so it keeps the one-row-per-mapped-item view."""
+    return bool(items) and not (prepared or {}).get("video") and is_work_unit(items[0])
+
+
+def _region_row(region: Mapping[str, Any], task: int) -> dict[str, Any]:
+    return {"index": int(region["index"]), "name": str(region["name"]),
+            "row": int(region["row"]), "col": int(region["col"]),
+            "box": [int(v) for v in region["box"]],
+            "slices": int(region.get("slice_count", 0)), "task": task}
+
+
+def plan_payload(items: Sequence[dict[str, Any]] | None,
                  prepared: dict[str, Any] | None) -> dict[str, Any]:
-    """Image size and the region grid, from preprocess's XComs (``None`` before it ran)."""
+    """Image size and the region grid, from preprocess's XComs (``None`` before it ran).
+
+    ``items`` is what ``analyze`` maps over: regions (each row its own task), or work
+    units, whose regions are rebuilt from the plan summary (planning is deterministic)
+    and each tagged with its unit's map index. ``tasks`` counts the mapped instances:
+    what the page asks ``/states`` for.
+    """
     image = (prepared or {}).get("image") or {}
     plan = (prepared or {}).get("plan") or {}
-    rows = [{"index": int(r["index"]), "name": str(r["name"]), "row": int(r["row"]),
-             "col": int(r["col"]), "box": [int(v) for v in r["box"]],
-             "slices": int(r.get("slice_count", 0))}
-            for r in sorted(regions or [], key=lambda r: int(r["index"]))]
+    listed = list(items or [])
+    if maps_units(listed, prepared):
+        # no plan summary (yet): no rows rather than units drawn as regions
+        regions = [r.to_dict() for r in SlicePlan.from_summary(plan).regions] if plan else []
+        tasks = region_tasks(listed, len(regions))
+    else:
+        regions = sorted(listed, key=lambda r: int(r["index"]))
+        tasks = [int(r["index"]) for r in regions]
+    rows = [_region_row(r, task) for r, task in zip(regions, tasks, strict=True)]
     return {
         "image": {"uri": image.get("uri"), "width": image.get("width"),
                   "height": image.get("height"), "image_id": image.get("image_id")}
         if image else None,
         "grid": {"rows": plan.get("grid_rows"), "cols": plan.get("grid_cols"),
                  "slices": plan.get("slices")} if plan else None,
-        "regions": rows,
+        "regions": rows, "tasks": len(listed),
     }
 
 
 def states_payload(rows: Iterable[TaskRow], region_count: int,
                    run_state: str | None) -> dict[str, Any]:
-    """Every region's state and try number, indexed by map index, plus the stage tasks.
+    """Every ``analyze`` instance's state and try number, indexed by map index (a region,
+    or a work unit whose regions the page colours alike: see :func:`plan_payload`), plus
+    the stage tasks.
 
     Before ``analyze`` is expanded Airflow has a single unmapped row (map index -1) for
     it: its state then applies to no region, so every region shows "none".
