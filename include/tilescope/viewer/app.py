@@ -9,13 +9,22 @@ connection; the browser only ever sees this app's URLs.
 Routes (``{run}`` = ``dags/{dag_id}/runs/{run_id}``):
 
 * ``GET /viewer/{run}[?region=N][&image=I]`` — the page (canvas, grid, boxes, filters);
-* ``GET /api/{run}/plan`` — image size and regions (once); a batch: its work units;
-* ``GET /api/{run}/states`` — every region's (a batch: unit's) live state in one DB query;
+* ``GET /api/{run}/plan`` — image size and regions (once), each with the map index of the
+  ``analyze`` instance that runs it (``task``), and how many instances (``tasks``); a
+  batch: its work units;
+* ``GET /api/{run}/states?regions=N`` — the live state and try of each of the N ``analyze``
+  instances (by map index) in one DB query;
 * ``GET /api/{run}/findings?since=ISO`` — region boxes written since a cursor;
 * ``GET /api/{run}/result[?image=I]`` — the merged detections from ``result.json``;
 * ``GET /api/{run}/image?side=N[&image=I]`` — the thumbnail, downscaled, as JPEG;
 * ``GET /api/{run}/object?key=K`` — one of the run's own result/scratch objects;
 * ``GET /api/{run}/images`` — a batch run's images (name, status, detections, error).
+
+A one-image run whose ``analyze`` maps **work units** (several consecutive regions a task,
+:mod:`tilescope.units`) keeps its region grid: the regions are rebuilt from the plan
+summary, a region takes its unit's state and try, and a unit's findings (inline, or read
+back from the run's scratch when offloaded) arrive as its regions' findings. A video's
+units stay cells of their own.
 
 A **batch** run (many images in one run, ``tilescope.batch_steps``) names an image by its
 number in the batch (``image=I``, the outcome's ``index``): its grid and boxes come from its
@@ -60,7 +69,7 @@ from tilescope.viewer.shaping import (
     batch_image_payload,
     batch_images_payload,
     batch_plan_payload,
-    finding_payload,
+    findings_payload,
     plan_payload,
     result_payload,
     states_payload,
@@ -114,8 +123,10 @@ def _stored(session: Any, run: metadata.RunInfo) -> dict[str, Any] | None:
     return metadata.xcom_value(session, run.dag_id, run.run_id, "store")
 
 
-def _prefixes(session: Any, run: metadata.RunInfo) -> RunPrefixes | None:
-    return run_prefixes(run.run_id, _prepared(session, run), _stored(session, run))
+def _prefixes(session: Any, run: metadata.RunInfo,
+              prepared: dict[str, Any] | None = None) -> RunPrefixes | None:
+    """The run's own S3 prefixes (``prepared`` when the caller already read it)."""
+    return run_prefixes(run.run_id, prepared or _prepared(session, run), _stored(session, run))
 
 
 def _is_batch(run: metadata.RunInfo) -> bool:
@@ -278,19 +289,20 @@ def create_app(static_dir: Path) -> FastAPI:
         if _is_batch(run):  # unit findings hold many images' regions: see /result?image=
             return {"cursor": since, "findings": []}
         rows = metadata.xcom_values_since(session, dag_id, run_id, MAPPED_TASK, moment)
-        prefixes = _prefixes(session, run) if rows else None
-        out = []
-        for _, _, value in rows:
-            if not isinstance(value, dict) or "index" not in value:
-                continue
-            detections = None
-            if value.get("detections_uri") and prefixes is not None:
-                try:
-                    location = resolve_key(str(value["detections_uri"]), prefixes)
-                    detections = json.loads(_read(location))
-                except (HTTPException, ViewerInputError):
-                    detections = None  # scratch already cleaned up: the result has them
-            out.append(finding_payload(value, detections))
+        prepared = _prepared(session, run) if rows else None
+        prefixes = _prefixes(session, run, prepared) if rows else None
+
+        def scratch_json(uri: str) -> Any | None:
+            """One of the run's own objects named by its XCom, or ``None`` once gone."""
+            if prefixes is None:
+                return None
+            try:
+                return json.loads(_read(resolve_key(uri, prefixes)))
+            except (HTTPException, ViewerInputError):
+                return None  # scratch already cleaned up: the result has them
+
+        out = findings_payload((value for _, _, value in rows), scratch_json,
+                               video=bool((prepared or {}).get("video")))
         cursor = rows[-1][1].isoformat() if rows else since
         return {"cursor": cursor, "findings": out}
 

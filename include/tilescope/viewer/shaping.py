@@ -14,7 +14,7 @@ into one finding per region, so boxes still arrive under their region's index.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -163,6 +163,45 @@ def finding_payload(finding: dict[str, Any],
                "missing": offloaded and detections is None}
     payload.update(_compact(detections if offloaded else inline))
     return payload
+
+
+def is_unit_payload(value: Mapping[str, Any]) -> bool:
+    """Whether an ``analyze`` XCom is a work unit's (its regions' findings per source, or
+    the S3 key they were offloaded to) rather than one region's finding."""
+    return "sources" in value or "finding_uri" in value
+
+
+def unit_findings(payload: Mapping[str, Any],
+                  stored: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One :func:`finding_payload` per region finding of source 0 of a one-image run's
+    unit XCom, in region order. An offloaded unit (``finding_uri``) takes them from
+    ``stored``, the document at that key: none when it could not be read (scratch already
+    cleaned up — the stored result has the boxes)."""
+    body = stored if payload.get("finding_uri") else payload
+    found = ((body or {}).get("sources") or {}).get("0") or []
+    return [finding_payload(f) for f in sorted(found, key=lambda f: int(f["index"]))]
+
+
+def findings_payload(values: Iterable[Any], read_json: Callable[[str], Any | None], *,
+                     video: bool = False) -> list[dict[str, Any]]:
+    """The page's region findings from ``analyze`` XCom values, in the order given.
+
+    ``read_json`` reads one of the run's own scratch objects by URI (``None`` when it is
+    gone or not the run's): a region's offloaded boxes, or an offloaded unit. A unit of a
+    one-image run becomes its regions' findings; a video's units keep one (boxless) row
+    each, as their cells are units, not regions.
+    """
+    out: list[dict[str, Any]] = []
+    for value in values:
+        if not isinstance(value, dict) or "index" not in value:
+            continue
+        if not video and is_unit_payload(value):
+            uri = value.get("finding_uri")
+            out.extend(unit_findings(value, read_json(str(uri)) if uri else None))
+            continue
+        uri = value.get("detections_uri")
+        out.append(finding_payload(value, read_json(str(uri)) if uri else None))
+    return out
 
 
 def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
