@@ -2,6 +2,8 @@
 // State for people and tests alike lives in window.tilescopeViewer and data-* attributes.
 // A batch run (many images in one run) lists its images and its work units' live states;
 // picking a stored image draws that image's grid and boxes from its result.json.
+// A one-image run may map analyze over work units (several regions a task): states and
+// tries are per task (map index), and each region of /plan names its task.
 (() => {
   "use strict";
   const cfg = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -16,7 +18,7 @@
     deferred: "#9370db", restarting: "#ee82ee", up_for_reschedule: "#40e0d0",
   };
   const S = (window.tilescopeViewer = {
-    ready: false, mode: "waiting", runState: null, regions: 0, cellsDrawn: 0,
+    ready: false, mode: "waiting", runState: null, regions: 0, tasks: 0, cellsDrawn: 0,
     boxesDrawn: 0, boxesTotal: 0, labelsDrawn: 0, imageLoaded: false, stateCounts: {},
     classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
     lastDrawMs: null, lastPollMs: null,
@@ -26,8 +28,9 @@
   const $ = (id) => document.getElementById(id);
   const canvas = $("view");
   const ctx = canvas.getContext("2d");
-  let plan = null; // {image, grid, regions, category_names}
-  let states = [], tries = [];
+  let plan = null; // {image, grid, regions (each with its task), tasks, category_names}
+  let states = [], tries = []; // per region, from its task's
+  let taskStates = [], taskTries = []; // per analyze instance (map index), from /states
   let stages = {};
   let image = null;
   let imageRequested = false;
@@ -190,9 +193,9 @@
       li.append(swatch, `${state.replaceAll("_", " ")}: ${n}`);
       return li;
     }));
-    // analyze's instances: the regions of a single-image run, the units of a batch
-    const mapped = S.batch ? unitStates : states;
-    const mappedCounts = S.batch ? countStates(unitStates) : counts;
+    // analyze's instances: a single-image run's regions or units, a batch's units
+    const mapped = S.batch ? unitStates : taskStates;
+    const mappedCounts = countStates(mapped);
     const order = ["preprocess", "analyze", "synthesize", "store", "finalize"];
     $("stages").replaceChildren(...order.map((task) => {
       const li = document.createElement("li");
@@ -250,8 +253,11 @@
     S.selected = index;
     const info = regionInfo.get(index) || {};
     const boxes = final ? null : regionBoxes.get(index);
+    // no task for a batch image's regions (they ran inside units) or an unclaimed one
+    const task = S.batch || !(r.task >= 0) ? null : r.task;
     const details = {
-      state: states[index] || "none", "try": S.batch ? "–" : tries[index] || "–",
+      state: states[index] || "none", task: task ?? "–",
+      "try": task === null ? "–" : tries[index] || "–",
       box: r.box.join(", "), slices: r.slices,
       detections: boxes ? boxes.boxes.length : info.count ?? "–",
       seconds: info.seconds && info.seconds.total !== undefined
@@ -264,9 +270,11 @@
       return [dt, dd];
     }));
     const link = $("region-log");
-    link.href = cfg.log_prefix + index + (tries[index] ? `?try_number=${tries[index]}` : "");
+    // the log of the analyze instance that ran the region (its unit's, when units are mapped)
+    link.href = cfg.log_prefix + task + (tries[index] ? `?try_number=${tries[index]}` : "");
     link.dataset.region = String(index);
-    link.hidden = S.batch; // a batch image's regions ran inside units, not as tasks
+    link.dataset.task = String(task);
+    link.hidden = task === null;
     $("region-info").hidden = false;
     redraw();
   }
@@ -473,12 +481,15 @@
           return;
         }
         S.regions = plan.regions.length;
+        S.tasks = plan.tasks ?? S.regions;
         states = new Array(S.regions).fill("none");
         if (!plan.regions.length) say("waiting for preprocess to plan the regions…");
       }
       loadImage();
-      const st = await getJSON(`/states?regions=${S.regions}`);
-      states = st.states; tries = st.tries; stages = st.stages;
+      const st = await getJSON(`/states?regions=${S.tasks}`);
+      taskStates = st.states; taskTries = st.tries; stages = st.stages;
+      states = plan.regions.map((r) => taskStates[r.task] || "none");
+      tries = plan.regions.map((r) => taskTries[r.task] || 0);
       S.runState = st.run_state;
       $("run-state").textContent = st.run_state;
       $("run-state").style.background = COLORS[st.run_state] || "";
@@ -503,7 +514,12 @@
       renderLegend();
       renderClasses();
       if (S.selected !== null) showRegion(S.selected);
-      else if (cfg.region !== null && plan.regions[cfg.region]) showRegion(cfg.region);
+      else if (cfg.region !== null) {
+        // ?region= comes from an analyze instance's tab: its map index, so the first
+        // region that task runs (the region itself when analyze maps regions)
+        const first = plan.regions.find((r) => r.task === cfg.region);
+        if (first) showRegion(first.index);
+      }
       redraw();
       const done = st.terminal && Boolean(final || !st.result_ready);
       if (st.terminal && !final && plan.regions.length) say(`run ${st.run_state}; no stored result`);

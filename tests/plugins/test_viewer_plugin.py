@@ -174,6 +174,8 @@ def test_authenticated_json_describes_the_finished_run(viewer_stack):
     assert status == 200
     plan = json.loads(body)
     assert len(plan["regions"]) == GRID[0] * GRID[1]
+    # analyze maps this run's regions: each region is its own task
+    assert plan["tasks"] == 6 and [r["task"] for r in plan["regions"]] == list(range(6))
     assert plan["image"]["width"] > 0 and "person" in plan["category_names"]
     states = json.loads(_get(urls["states"], token=token)[2])
     assert states["states"] == ["success"] * 6 and states["result_ready"]
@@ -398,7 +400,7 @@ def test_a_real_browser_logs_in_and_sees_the_grid_and_boxes(viewer_stack):
         link = wait.until(lambda d: d.find_element(By.ID, "region-log")
                           if d.find_element(By.ID, "region-log").get_attribute("data-region")
                           else None)
-        assert link.get_attribute("data-region") == "5"
+        assert link.get_attribute("data-region") == link.get_attribute("data-task") == "5"
         assert "/tasks/analyze/mapped/5" in link.get_attribute("href")
 
         # The score filter hides boxes below it; the class filter hides a whole class.
