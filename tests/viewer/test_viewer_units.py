@@ -12,7 +12,14 @@ from tilescope.detections import Detections
 from tilescope.results import RegionFinding
 from tilescope.scratch import ScratchLayout
 from tilescope.slicing import plan_slices
-from tilescope.units import SourcePlan, UnitFinding, WorkUnit, pack_units, unit_payload
+from tilescope.units import (
+    SourcePlan,
+    UnitFinding,
+    WorkUnit,
+    pack_units,
+    region_units,
+    unit_payload,
+)
 from tilescope.viewer.keys import ViewerInputError, resolve_key, run_prefixes
 from tilescope.viewer.shaping import findings_payload, plan_payload, region_tasks
 
@@ -29,10 +36,10 @@ def prepared(**extra) -> dict:
             "plan": PLAN.summary(), "scratch_prefix": SCRATCH, **extra}
 
 
-def units(budget: int = 25) -> list[dict]:
-    """What preprocess maps over: 25 slices a unit gives 3, 2, 3, 2 and 2 regions."""
-    packed = pack_units([SourcePlan(0, PLAN, whole=False)], budget)
-    return [u.to_dict() for u in packed]
+def units() -> list[dict]:
+    """What preprocess maps over (``steps.image_units``): 25 slices a unit gives 3, 2, 3, 2
+    and 2 regions."""
+    return [u.to_dict() for u in region_units(PLAN, 25, workers=1)]
 
 
 def test_a_unit_mapped_plan_keeps_the_region_grid_and_names_each_regions_task():
@@ -56,7 +63,9 @@ def test_region_tasks_read_singles_and_parts_of_source_zero_only():
                "unit": {"singles": [], "parts": [[0, 1, 3], [1, 3, 4]]}}]
     # region 3 belongs to no unit of source 0: never scheduled, not unit 1's state
     assert region_tasks(mapped, 5) == [0, 1, 1, -1, -1]
-    assert region_tasks([units(9)[0]], 2) == [0, -1]
+    first = pack_units([SourcePlan(0, PLAN, whole=False)], 9)[0].to_dict()
+    assert first["unit"] == {"singles": [[0, 0]], "parts": []}
+    assert region_tasks([first], 2) == [0, -1]
 
 
 def test_a_video_keeps_one_cell_per_mapped_unit():

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from tilescope.slicing import SlicePlan
-from tilescope.units import WorkUnit, is_work_unit
+from tilescope.units import WorkUnit, is_unit_payload, is_work_unit
 
 #: Airflow task-instance states as the viewer colours them; anything else shows as "none"
 REGION_STATES = ("none", "scheduled", "queued", "running", "success", "failed",
@@ -163,12 +163,6 @@ def finding_payload(finding: dict[str, Any],
                "missing": offloaded and detections is None}
     payload.update(_compact(detections if offloaded else inline))
     return payload
-
-
-def is_unit_payload(value: Mapping[str, Any]) -> bool:
-    """Whether an ``analyze`` XCom is a work unit's (its regions' findings per source, or
-    the S3 key they were offloaded to) rather than one region's finding."""
-    return "sources" in value or "finding_uri" in value
 
 
 def unit_findings(payload: Mapping[str, Any],
