@@ -56,6 +56,7 @@ def main() -> int:
                 "GET", f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}")
             regions = sum(1 for t in tis if t["task_id"] == "analyze")
             _print_timeline(dag_run, tis)
+            _print_region_seconds(stack.s3)
         if state != "success":
             print(f"run ended {state}")
             return 1
@@ -73,6 +74,23 @@ def main() -> int:
           f"overhead {overhead:.0%}")
     print("RESULT " + json.dumps(summary))
     return 0
+
+
+def _print_region_seconds(s3: object) -> None:
+    """Where the analyze tasks' time went, summed over the stored result's regions: reading
+    pixels (waits for bands), the model, and the rest (slicing, merging)."""
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="results/").get("Contents", [])
+    key = next((o["Key"] for o in listed if o["Key"].endswith("result.json")), None)
+    if key is None:
+        return
+    doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    sums: dict[str, float] = {}
+    for region in doc.get("regions") or []:
+        for name, value in (region.get("seconds") or {}).items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    slices = sum(int(r.get("slice_count") or 0) for r in doc.get("regions") or [])
+    print("region seconds (sum): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(sums.items()))
+          + (f"; model {1000 * sums.get('model', 0) / slices:.1f} ms a slice" if slices else ""))
 
 
 def _print_timeline(dag_run: dict, tis: list[dict]) -> None:
