@@ -118,6 +118,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "kite.coco.json").exists()
     assert (tmp_path / "kite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.getvalue().strip() == document["summary"]["description"]
+    # the comment on the print line says what it prints
+    promised = re.search(r"^print\(.*#\s*(.+)$", code, re.MULTILINE)
+    assert promised and out.getvalue().strip() == promised.group(1).strip()
 
 
 def test_architecture_lists_every_module():
