@@ -45,6 +45,40 @@ class BrightBlobModel(DetectionModel):
         return out
 
 
+class WholeBlobModel(BrightBlobModel):
+    """The blob detector that, like a neural detector, misses an object it only sees cut.
+
+    A component touching its input's border is dropped, so an object larger than a slice is
+    found by no slice and only by a whole-image pass: what the full-image pass exists for.
+    """
+
+    name = "whole-blobs"
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        found = super().predict(images)
+        return [dets.select(~touches_border(dets.boxes, image.shape[1], image.shape[0]))
+                for dets, image in zip(found, images, strict=True)]
+
+
+def touches_border(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Which xyxy ``boxes`` reach an edge of a ``width`` × ``height`` input (cut objects)."""
+    return ((boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= width)
+            | (boxes[:, 3] >= height))
+
+
+def big_object_image() -> tuple[np.ndarray, list[list[int]], list[int]]:
+    """A 640² dark image for slices of 256 (overlap 0.2): four small white squares, each
+    whole inside a corner slice, and one yellow square of 400² that every slice sees cut.
+    Returns the pixels, the small squares' boxes and the big square's box."""
+    image = np.zeros((640, 640, 3), np.uint8)
+    small = [[20, 20, 50, 50], [580, 20, 610, 50], [20, 580, 50, 610], [590, 590, 620, 620]]
+    for x1, y1, x2, y2 in small:
+        image[y1:y2, x1:x2] = (255, 255, 255)
+    big = [120, 120, 520, 520]
+    image[big[1]:big[3], big[0]:big[2]] = (255, 255, 0)
+    return image, small, big
+
+
 def blob_image(width: int, height: int, count: int, seed: int = 0,
                max_side: int = 60) -> tuple[np.ndarray, list[list[int]]]:
     """A dark image with ``count`` non-touching white or yellow rectangles, and their boxes."""

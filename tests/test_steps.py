@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from blob_model import BrightBlobModel, blob_image
+from blob_model import BrightBlobModel, WholeBlobModel, big_object_image, blob_image
 from PIL import Image
 
 from tilescope.errors import BadImageError, ImageTooLargeError
@@ -16,6 +16,7 @@ from tilescope.params import InferenceParams
 from tilescope.steps import XCOM_BUDGET_BYTES, analyze, combine, delete_prefix, prepare, store
 
 register_model("bright-blobs", BrightBlobModel)
+register_model("whole-blobs", WholeBlobModel)
 BUCKET = "steps"
 
 
@@ -97,6 +98,29 @@ def test_prepare_refuses_empty_and_oversized_objects(bucket):
     with pytest.raises(BadImageError, match="no such object"):
         prepare(f"s3://{BUCKET}/incoming/missing.png", params, client=bucket, run="r",
                 model_slice_size=416)
+
+
+def test_full_image_pass_goes_from_prepare_through_combine(bucket):
+    """The DAG's path: ``prepare`` runs the whole-image pass, ``combine`` merges it in, so
+    the object every region task sees cut is in the result only with the pass."""
+    pixels, small, big = big_object_image()
+    uri = put_png(bucket, "incoming/big.png", pixels)
+    params = InferenceParams(model="whole-blobs", slice_size=256, overlap=0.2,
+                             full_image_pass=True)
+    model = WholeBlobModel()
+
+    def run(full_image_model: WholeBlobModel | None) -> list[list[float]]:
+        prepared = prepare(uri, params, client=bucket, run="r-full", model_slice_size=256,
+                           full_image_model=full_image_model)
+        findings = [analyze(r, prepared["source_uri"], params, model, client=bucket,
+                            scratch_prefix=prepared["scratch_prefix"])
+                    for r in prepared["regions"]]
+        result = combine(prepared, findings, params, "whole-blobs", client=bucket)
+        return sorted(result.detections.boxes.tolist())
+
+    as_floats = [[float(v) for v in box] for box in small]
+    assert run(None) == sorted(as_floats)
+    assert run(model) == sorted([*as_floats, [float(v) for v in big]])
 
 
 def test_delete_prefix_refuses_anything_outside_scratch(bucket):
