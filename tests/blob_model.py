@@ -21,7 +21,10 @@ class BrightBlobModel(DetectionModel):
     preferred_slice_size = 256
     CATEGORY_NAMES = ("white", "yellow")
 
-    def __init__(self, fail_on: set[tuple[int, int]] | None = None) -> None:
+    def __init__(self, fail_on: set[tuple[int, int]] | None = None,
+                 score_threshold: float = 0.0) -> None:
+        # score_threshold: accepted as load_model passes it (the CLI, the DAG); the pipeline
+        # applies the run's threshold itself
         self.calls = 0
         self.slices_seen = 0
         self._fail_on = fail_on or set()

@@ -8,8 +8,42 @@ import sys
 from pathlib import Path
 
 import pytest
+from blob_model import BrightBlobModel, blob_image
+from PIL import Image
 
-from tilescope.cli import main
+from tilescope.cli import EXIT_STATUSES, main
+from tilescope.errors import ModelOutputError, ModelUnavailableError
+from tilescope.models import register_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CrashingModel(BrightBlobModel):
+    """A model whose backend fails while running (its output cannot be understood)."""
+
+    name = "crashing-blobs"
+
+    def predict(self, images):
+        raise ModelOutputError("the backend answered garbage")
+
+
+def unavailable_model(**options: object) -> BrightBlobModel:
+    """A model factory whose weights cannot be obtained (cache empty, registry unreachable)."""
+    raise ModelUnavailableError("weights not cached and the registry is unreachable")
+
+
+register_model("bright-blobs", BrightBlobModel)
+register_model("crashing-blobs", CrashingModel)
+register_model("unavailable-blobs", unavailable_model)
+
+
+@pytest.fixture
+def blobs_png(tmp_path: Path) -> Path:
+    """A small image of bright blobs the test models read in a blink."""
+    pixels, _ = blob_image(300, 200, 5, seed=7)
+    path = tmp_path / "blobs.png"
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -35,6 +69,58 @@ def test_missing_file_and_bad_params(tmp_path: Path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nope.jpg"), "--overlap", "0.95"]) == 2
     assert "overlap" in capsys.readouterr().err
+
+
+def test_unparseable_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exited:  # argparse's own refusal: same status
+        main(["predict", "x.jpg", "--overlap", "a lot"])
+    assert exited.value.code == 2
+    assert "--overlap" in capsys.readouterr().err
+
+
+def test_success_exits_0(blobs_png: Path, tmp_path: Path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["predict", str(blobs_png), "--model", "bright-blobs", "--slice", "256",
+                 "--out", str(out), "--quiet"]) == 0
+    assert len(json.loads(out.read_text())["detections"]) == 5
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("unavailable-blobs", "weights not cached"),
+    ("crashing-blobs", "the backend answered garbage"),
+])
+def test_model_unavailable_or_failing_exits_3(blobs_png: Path, capsys, model, message):
+    assert main(["predict", str(blobs_png), "--model", model, "--quiet"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tilescope: model error:") and message in err
+
+
+def test_other_tilescope_error_exits_1(blobs_png: Path, s3_client, capsys):
+    """The run succeeded but its results could not be written (no such bucket): a storage
+    error, neither the input's fault nor the model's."""
+    assert main(["predict", str(blobs_png), "--model", "bright-blobs", "--quiet",
+                 "--out", "s3://no-such-bucket/r.json"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tilescope: error: writing s3://no-such-bucket/r.json failed")
+
+
+def test_help_and_docs_list_every_exit_status(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert [code for code, _ in EXIT_STATUSES] == [0, 1, 2, 3]
+    for code, meaning in EXIT_STATUSES:
+        assert f"  {code}  {meaning.split()[0]}" in help_text
+    cells = [line.strip().split("|")[1].strip(" `")
+             for line in (ROOT / "docs" / "cli.md").read_text().splitlines()
+             if line.strip().startswith("| `")]
+    assert [int(cell) for cell in cells if cell.isdigit()] == [0, 1, 2, 3]
+    section = (ROOT / "README.md").read_text().split("## `tilescope predict`", 1)[1]
+    summary = " ".join(section.split("\n## ", 1)[0].split("Exit codes", 1)[1].split())
+    # the README's one-line summary names each status by its meaning's first word
+    assert all(f"{code} {meaning.split()[0]}" in summary for code, meaning in EXIT_STATUSES)
 
 
 def test_truncated_jpeg_and_bomb(tmp_path: Path, sample, capsys):

@@ -6,9 +6,7 @@
 DAG uses, with one progress bar; ``--out-dir`` gets ``<name>.json`` per image, ``coco.json``
 (all images) and ``summary.json``.
 
-Exit status: 0 success (every image), 2 bad parameters or a bad input (with many inputs: any
-of them — the others are still analyzed and written), 3 model unavailable/failed, 1 any other
-tilescope error (e.g. storage).
+Exit statuses: :data:`EXIT_STATUSES` (``tilescope --help`` lists them, so does the README).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -34,6 +33,27 @@ from tilescope.sources import is_plain_file
 from tilescope.storage import is_s3_uri, write_bytes
 from tilescope.video.steps import video_container
 from tilescope.writers import OutputTargets, write_outputs, write_video_outputs
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
+#: what each exit status means: scripts and schedulers branch on these, so they are part of
+#: the interface (``--help`` prints them; tests/test_cli.py pins each one)
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success (with many inputs: every one of them)"),
+    (EXIT_ERROR, "any other tilescope error, e.g. S3 unreachable after its retries"),
+    (EXIT_BAD_INPUT, "bad parameters or a bad input (missing, not an image, truncated, "
+                     "over --max-pixels); with many inputs: any of them bad, the others "
+                     "still analyzed and written"),
+    (EXIT_MODEL, "model unavailable (weights not obtainable) or failed while running"),
+)
+
+
+def exit_status_help() -> str:
+    """The ``--help`` epilog: one wrapped entry per exit status."""
+    lines = ["exit status:"]
+    for code, meaning in EXIT_STATUSES:
+        lines.append(textwrap.fill(meaning, width=78, initial_indent=f"  {code}  ",
+                                   subsequent_indent="     "))
+    return "\n".join(lines)
 
 
 class ProgressBar:
@@ -98,11 +118,15 @@ def _slice_size(text: str) -> int | str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tilescope", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tilescope", description=__doc__.split("\n")[0],
+                                     epilog=exit_status_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tilescope {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="sliced inference on images")
+    predict = commands.add_parser("predict", help="sliced inference on images",
+                                  epilog=exit_status_help(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image path or s3://bucket/key; also folders (recursive), "
                               "glob patterns and s3://bucket/prefix/ (many images)")
@@ -176,7 +200,7 @@ def _predict(args: argparse.Namespace) -> int:
         result = run_image(reader, image, params, model, progress=progress)
         write_outputs(result, reader, OutputTargets(args.out, args.coco, args.overlay))
     print(_image_line(args.image, result))
-    return 0
+    return EXIT_OK
 
 
 def _video_result(uri: str, args: argparse.Namespace, params: InferenceParams,
@@ -206,7 +230,7 @@ def _predict_video(args: argparse.Namespace, params: InferenceParams, container:
     result, cells = _video_result(args.image, args, params, container, progress)
     write_video_outputs(result, cells, OutputTargets(args.out, args.coco, args.overlay))
     print(_video_line(args.image, result))
-    return 0
+    return EXIT_OK
 
 
 def _video_line(uri: str, result: Result) -> str:
@@ -319,7 +343,7 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
                     "application/json")
     print(f"{totals['images']} images, {failed} failed, {slices} slices, "
           f"{seconds:.2f}s ({totals['images_per_minute']} images/min)")
-    return 2 if failed else 0
+    return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,22 +351,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             print("\n".join(available_models()))
-            return 0
+            return EXIT_OK
         if args.command == "sample":
             from tilescope.samples import sample_path
 
             print(sample_path(args.name))
-            return 0
+            return EXIT_OK
         return _predict(args)
     except (BadImageError, ConfigError) as exc:
         print(f"tilescope: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except ModelError as exc:
         print(f"tilescope: model error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_MODEL
     except TilescopeError as exc:
         print(f"tilescope: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
