@@ -118,7 +118,7 @@ def test_contract_validation_error_fails_fast(bedrock, photo):
 
 def test_contract_bad_signature_is_refused_not_retried(bedrock, photo, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_BEDROCK_TEST", json.dumps({
-        "conn_type": "aws", "login": "AKIDTILESCOPETEST", "password": "wrong-secret",
+        "conn_type": "aws", "login": "AKIDTILESCOPETEST", "password": "wrong-test-secret",
         "extra": {"endpoint_url": bedrock.url, "region_name": "eu-west-1"}}))
     with model() as detector, pytest.raises(ModelRequestError, match="InvalidSignature"):
         detector.predict([photo])

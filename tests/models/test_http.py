@@ -83,11 +83,11 @@ def test_connection_supplies_url_and_credentials(server, monkeypatch):
     host, port = server.url.removeprefix("http://").split(":")
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER", json.dumps({
         "conn_type": "http", "host": host, "port": int(port), "schema": "http",
-        "password": "s3cr3t-token", "extra": {"headers": {"X-Tenant": "vision"}}}))
+        "password": "s3cr3t-test-token", "extra": {"headers": {"X-Tenant": "vision"}}}))
     with load_model("http", conn_id="model_server", path="/predict") as detector:
         detector.predict([PIXELS])
     (request,) = server.requests
-    assert request.header("authorization") == "Bearer s3cr3t-token"
+    assert request.header("authorization") == "Bearer s3cr3t-test-token"
     assert request.header("x-tenant") == "vision"
 
 
