@@ -196,19 +196,19 @@ def tiled_inference() -> None:
             context["ti"].xcom_push(key="prepared", value=prepared)
             return units
         with task_outcome(on_bad_input=_quarantine_claimed):
-            params = _params()
+            params, limits = _params(), run_limits()
             model = None
             if params.full_image_pass:
                 model = load_model(params.model, **params.model_arguments())
             prepared = prepare(context["params"]["image_uri"], params, client=s3_client(),
                                run=context["run_id"], moderation=_moderation(),
                                model_slice_size=model_slice_size(params.model),
-                               full_image_model=model, limits=run_limits())
+                               full_image_model=model, limits=limits)
         regions = prepared.pop("regions")
         # grid=auto with an embedded model: regions packed into fewer tasks (work units)
         units = image_units(prepared, params, workers=os.cpu_count() or 1,
                             slice_seconds=model_slice_seconds(params.model),
-                            max_units=run_limits().max_regions)
+                            max_units=limits.max_regions)
         if units:
             prepared["units"] = len(units)
         context["ti"].xcom_push(key="prepared", value=prepared)

@@ -31,8 +31,7 @@ def region_label(region: Mapping[str, Any]) -> str:
 
 class AnalyzeRegionOperator(BaseOperator):
     """One region (or a work unit: an image's regions, a video's frames, a batch's images)
-    through the run's
-    model → a finding dict.
+    through the run's model → a finding dict.
 
     ``region`` is what ``preprocess`` returned for this map index; ``prepared`` is its
     ``prepared`` XCom (source, scratch prefix, plan). Use with

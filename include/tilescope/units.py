@@ -206,13 +206,14 @@ def region_units(plan: SlicePlan, max_slices: int, *, workers: int,
     """One big image's regions packed into the units of its own run, or ``None`` where
     packing would not save a task start (then each region is its own task, as before).
 
-    A region task pays a task start, imports, the model session and its first tiles
-    (~1.3× its model share at 16384², measured); a unit of several regions pays them once
-    and reads the image's header once. The count is what the slice budget asks for, but at
-    least ``workers`` (every core of the worker gets a unit: units hold one core each and
-    borrow idle ones) and rounded up to a multiple of ``workers``, so the last round of units
-    is not one unit alone on a machine whose other cores have nothing left to do. Units are
-    consecutive regions (row-major), about equal in slices, labelled ``r0c0–r1c2``.
+    A region task pays a task start, imports, the model session and the image's header and
+    first tiles; a unit of several regions pays them once (at 16384², 4 unit tasks instead
+    of 9 region tasks: 1.20× SAHI instead of 1.26×, measured). The count is what the slice
+    budget asks for, but at least ``workers`` (every core of the worker gets a unit: units
+    hold one core each and borrow idle ones) and rounded up to a multiple of ``workers``, so
+    the last round of units is not one unit alone on a machine whose other cores have
+    nothing left to do. Units are consecutive regions (row-major), about equal in slices,
+    labelled ``r0c0–r1c2``.
     """
     workers = max(1, workers)
     wanted = max(math.ceil(plan.slice_count / max(1, max_slices)), workers)
@@ -223,11 +224,13 @@ def region_units(plan: SlicePlan, max_slices: int, *, workers: int,
                        count=wanted)
     names = [region.name for region in plan.regions]
     return [WorkUnit(u.index, u.parts, u.slice_count,
-                     _span_label(names[u.parts[0].first], names[u.parts[-1].stop - 1]))
+                     span_label(names[u.parts[0].first], names[u.parts[-1].stop - 1]))
             for u in units]
 
 
-def _span_label(first: str, last: str) -> str:
+def span_label(first: str, last: str) -> str:
+    """A unit's name in the UI from the names of its first and last region: ``r0c0–r1c2``,
+    or one name when they are the same."""
     return first if first == last else f"{first}–{last}"
 
 

@@ -235,28 +235,28 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _cached_ok(path: Path) -> bool:
-    """True if ``path`` holds the expected model; a wrong file is removed (and rebuilt)."""
+def _cached_file_ok(path: Path, expected_sha256: str, what: str) -> bool:
+    """True if ``path`` holds the file with ``expected_sha256``; a wrong one is removed, so
+    the caller makes it again (``what`` names it in the warning)."""
     if not path.is_file():
         return False
     actual = sha256_file(path)
-    if actual == NANODET_ONNX_SHA256:
+    if actual == expected_sha256:
         return True
-    log.warning("cached model %s is corrupt (sha256 %s); rebuilding it", path, actual)
+    log.warning("cached %s %s is corrupt (sha256 %s); making it again", what, path, actual)
     path.unlink(missing_ok=True)
     return False
+
+
+def _cached_ok(path: Path) -> bool:
+    """True if ``path`` holds the expected model; a wrong file is removed (and rebuilt)."""
+    return _cached_file_ok(path, NANODET_ONNX_SHA256, "model")
 
 
 def _cached_tarball(cache_dir: Path | None) -> Path | None:
     """The kept tarball if it is there and verifies; a wrong one is removed."""
     path = nanodet_tarball_path(cache_dir)
-    if not path.is_file():
-        return None
-    if sha256_file(path) == NANODET_TARBALL_SHA256:
-        return path
-    log.warning("cached weights tarball %s is corrupt; fetching it again", path)
-    path.unlink(missing_ok=True)
-    return None
+    return path if _cached_file_ok(path, NANODET_TARBALL_SHA256, "weights tarball") else None
 
 
 def ensure_nanodet_tarball(cache_dir: Path | None = None) -> Path:

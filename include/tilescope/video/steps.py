@@ -58,6 +58,7 @@ from tilescope.units import (
     pack_units,
     run_unit,
     source_findings,
+    span_label,
     unit_payload,
     unit_slice_budget,
 )
@@ -205,7 +206,7 @@ def _frames_label(unit: WorkUnit, frames: Sequence[VideoFrame], plan: SlicePlan)
         name = frames[position].name
         ends.append(name if len(plan.regions) == 1
                     else f"{name}.{plan.regions[region].name}")
-    return ends[0] if ends[0] == ends[1] else f"{ends[0]}–{ends[1]}"
+    return span_label(*ends)
 
 
 def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
