@@ -24,14 +24,7 @@ from tilescope.params import InferenceParams
 pytestmark = pytest.mark.contract
 
 
-class EmbeddedBlobs(BrightBlobModel):
-    """The bright-blob detector as a registered embedded model (takes the run's threshold)."""
-
-    def __init__(self, score_threshold: float = 0.0) -> None:
-        super().__init__()
-
-
-register_model("embedded-blobs", EmbeddedBlobs)
+register_model("embedded-blobs", BrightBlobModel)  # an embedded model (takes the threshold)
 PARAMS = InferenceParams(model="sagemaker-async", slice_size=256, overlap=0.2, grid="2x1",
                          score_threshold=0.1, model_options=MODEL_OPTIONS)
 

@@ -30,14 +30,7 @@ from tilescope.models import register_model
 pytestmark = pytest.mark.slow
 
 
-class DagBlobModel(BrightBlobModel):
-    """The blob detector as the DAG loads models (it passes the run's score threshold)."""
-
-    def __init__(self, score_threshold: float = 0.0) -> None:
-        super().__init__()
-
-
-register_model("bright-blobs-dag", DagBlobModel)  # in-process: dag.test() runs tasks here
+register_model("bright-blobs-dag", BrightBlobModel)  # in-process: dag.test() runs tasks here
 XCOM_LIMIT = 64 * 1024
 #: every parameter stated: dag.test() keeps the previous run's conf in dag.params
 BASE_CONF = {"model": "bright-blobs-dag", "slice_size": "256", "overlap": 0.3, "grid": "2x2",

@@ -35,14 +35,10 @@ XCOM_LIMIT = 64 * 1024
 
 
 class ScaleBlobModel(BrightBlobModel):
-    """The blob detector as the DAG loads models (it passes the run's score threshold). It
-    runs on the worker's cores and says what a slice costs, as the embedded models do, so
-    ``grid=auto`` packs the image's regions into work units."""
+    """The blob detector as an embedded model: it runs on the worker's cores and says what a
+    slice costs, so ``grid=auto`` packs the image's regions into work units."""
 
     slice_seconds = 0.002  # → 50,176 × 2 ms = 100 s of model time: units of ~30 s
-
-    def __init__(self, score_threshold: float = 0.0) -> None:
-        super().__init__()
 
 
 register_model("bright-blobs-scale", ScaleBlobModel)  # in-process: dag.test() runs tasks here
