@@ -2,7 +2,8 @@
 and one work unit of a batch run.
 
 For each size, a mosaic of real photos is put in a local SeaweedFS S3 server (the demo's) as a
-JPEG and as a tiled TIFF; ``tilescope.steps.prepare`` and then ``tilescope.steps.analyze`` of
+JPEG and as a tiled TIFF; ``tilescope.tasks.image.prepare`` and then
+``tilescope.tasks.image.analyze`` of
 the largest region run in **separate subprocesses** (as Airflow runs them), each reporting its
 own peak RSS. An analyze task reads its region band by band from the staged (or original)
 tiled TIFF, so its peak should stay flat while the image grows 16×; preprocess of a JPEG or
@@ -10,7 +11,7 @@ PNG decodes the image once, so its peak grows with the pixels (~3 bytes per pixe
 tiled TIFF input is only opened (header and tile-by-tile thumbnail).
 
 Then, for each batch (``--units``: 300 small photos of 256×192, 30 photos of 4000×3000),
-``tilescope.batch_steps.prepare_batch`` plans it as the DAG's preprocess does (the model's
+``tilescope.tasks.batch.prepare_batch`` plans it as the DAG's preprocess does (the model's
 slice cost sizes the units) and ``analyze_unit`` runs its largest unit, each in its own
 process: a unit's peak should not grow with the number of images it carries.
 
@@ -40,7 +41,7 @@ def child(step: str, spec: dict) -> None:
     from tilescope.params import InferenceParams
     from tilescope.stack.procs import peak_rss_mb
     from tilescope.stack.seaweed import S3Credentials, s3_client
-    from tilescope.steps import analyze, prepare
+    from tilescope.tasks.image import analyze, prepare
 
     client = s3_client(spec["endpoint"], S3Credentials(spec["access"], spec["secret"]))
     params = InferenceParams.from_dict({"model": "nanodet-coco"})
@@ -64,9 +65,9 @@ def child(step: str, spec: dict) -> None:
 
 def batch_child(step: str, spec: dict, params, client) -> dict:
     """A batch's preprocess (``prepare_batch``: its units) or one unit (``analyze_unit``)."""
-    from tilescope.batch_steps import analyze_unit, prepare_batch
     from tilescope.models.registry import load_model, model_slice_seconds, model_slice_size
-    from tilescope.steps import XCOM_BUDGET_BYTES
+    from tilescope.tasks.batch import analyze_unit, prepare_batch
+    from tilescope.tasks.image import XCOM_BUDGET_BYTES
 
     if step == "plan_batch":
         units, prepared = prepare_batch([{"uri": uri} for uri in spec["uris"]], params,

@@ -15,7 +15,7 @@ connection; without it the tally is only logged). Re-stored results replace thei
 `SELECT category, SUM(count) FROM tilescope_class_tallies GROUP BY category` counts every
 image once. Copy this DAG to start your own consumer (alerts on a class, exports, …).
 
-New DAGs start paused: unpause it to start consuming. Logic: `include/tilescope/tallies.py`.
+New DAGs start paused: unpause it to start consuming. Logic: `include/tilescope/outputs/tallies.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
 
-from tilescope.airflow_adapters import results_asset
+from tilescope.airflow.adapters import results_asset
 
 RESULTS_ASSET = results_asset(os.getenv("TILESCOPE_BUCKET", "tilescope"))
 
@@ -43,8 +43,8 @@ def results_consumer() -> None:
     @task
     def tally_classes() -> list[dict[str, Any]]:
         """The triggering results' per-class counts → log lines and catalog rows."""
-        from tilescope.airflow_adapters import catalog_engine
-        from tilescope.tallies import record_tallies, tallies_from_events
+        from tilescope.airflow.adapters import catalog_engine
+        from tilescope.outputs.tallies import record_tallies, tallies_from_events
 
         # A manual run has no triggering events: nothing to tally.
         events = get_current_context()["triggering_asset_events"].get(RESULTS_ASSET, [])
@@ -69,7 +69,7 @@ def _outcomes(uri: str) -> list[dict[str, Any]]:
     """A batch run's per-image outcomes (its one asset event points at them)."""
     import json
 
-    from tilescope.airflow_adapters import s3_client
+    from tilescope.airflow.connections import s3_client
     from tilescope.storage import read_bytes
 
     return list(json.loads(read_bytes(uri, s3_client()))["outcomes"])

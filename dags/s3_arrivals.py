@@ -39,8 +39,8 @@ from typing import Any
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import dag, get_current_context, task
 
-from tilescope.airflow_adapters import start_claimed_pipelines
-from tilescope.arrivals import DEFAULT_SUFFIXES
+from tilescope.airflow.adapters import start_claimed_pipelines
+from tilescope.intake.arrivals import DEFAULT_SUFFIXES
 from tilescope.limits import positive_int_env
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
@@ -83,8 +83,9 @@ def s3_arrivals() -> None:
     def claim_arrivals() -> list[dict[str, Any]]:
         """Claim new image versions (and re-offer unfinished claims); quarantine non-images;
         batch the rest (run ids stored, manifests written). One small request per batch."""
-        from tilescope.airflow_adapters import catalog_engine, s3_client
-        from tilescope.intake import IntakePolicy, batch_requests, take_arrivals
+        from tilescope.airflow.adapters import catalog_engine
+        from tilescope.airflow.connections import s3_client
+        from tilescope.intake.flow import IntakePolicy, batch_requests, take_arrivals
 
         policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_TICK,
                               max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER,

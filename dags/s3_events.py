@@ -47,8 +47,8 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 
-from tilescope.airflow_adapters import start_claimed_pipelines
-from tilescope.arrivals import DEFAULT_SUFFIXES
+from tilescope.airflow.adapters import start_claimed_pipelines
+from tilescope.intake.arrivals import DEFAULT_SUFFIXES
 from tilescope.limits import positive_int_env
 
 _QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
@@ -103,9 +103,10 @@ def build(queue_url: str) -> Any:
         @task
         def claim_events() -> list[dict[str, Any]]:
             """Claim the notified image versions; quarantine non-images."""
-            from tilescope.airflow_adapters import catalog_engine, s3_client
-            from tilescope.intake import IntakePolicy, batch_requests, claim_notified
-            from tilescope.notifications import read_notifications
+            from tilescope.airflow.adapters import catalog_engine
+            from tilescope.airflow.connections import s3_client
+            from tilescope.intake.events import read_notifications
+            from tilescope.intake.flow import IntakePolicy, batch_requests, claim_notified
 
             context = get_current_context()
             asset_events = [e for evs in context["triggering_asset_events"].values()

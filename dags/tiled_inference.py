@@ -29,7 +29,8 @@ just that region and completes the result: scratch is kept until `store` succeed
 
 Connections: `aws_default` (S3; `endpoint_url` in extra for local servers) and
 `tilescope_catalog` (sqlite file path as host, or postgres). Logic lives in
-`include/tilescope/steps.py` (analyze's operator in `include/tilescope/operators.py`: with
+`include/tilescope/tasks/image.py` (analyze's operator in
+`include/tilescope/airflow/operators.py`: with
 the `sagemaker-async` model it defers while the endpoint works); this file only wires it.
 """
 
@@ -41,10 +42,10 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, get_current_context, task
 
-from tilescope.airflow_adapters import results_asset
-from tilescope.airflow_callbacks import finalize_callbacks, record_failure
+from tilescope.airflow.adapters import results_asset
+from tilescope.airflow.callbacks import finalize_callbacks, record_failure
+from tilescope.airflow.operators import AnalyzeRegionOperator
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
-from tilescope.operators import AnalyzeRegionOperator
 from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS, is_batch
 
 _BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
@@ -66,9 +67,10 @@ _S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 
 def _quarantine_claimed(error: Exception) -> None:
     """Bad input from s3_arrivals: set the original aside with the reason, then fail."""
-    from tilescope.airflow_adapters import catalog_engine, s3_client
-    from tilescope.claims import Claim
-    from tilescope.intake import quarantine_claimed
+    from tilescope.airflow.adapters import catalog_engine
+    from tilescope.airflow.connections import s3_client
+    from tilescope.intake.claims import Claim
+    from tilescope.intake.flow import quarantine_claimed
 
     _record_blocked(error)  # a moderation block is recorded as the image's result
     context = get_current_context()
@@ -84,8 +86,9 @@ def _record_blocked(error: Exception) -> None:
     from tilescope.errors import ImageBlockedError
 
     if isinstance(error, ImageBlockedError):
-        from tilescope.airflow_adapters import catalog_url, s3_client
-        from tilescope.steps import record_blocked
+        from tilescope.airflow.adapters import catalog_url
+        from tilescope.airflow.connections import s3_client
+        from tilescope.tasks.image import record_blocked
 
         record_blocked(error, _params(), client=s3_client(), catalog_url=catalog_url(),
                        run_id=get_current_context()["run_id"])
@@ -173,10 +176,11 @@ def tiled_inference() -> None:
     def preprocess() -> list[dict[str, Any]]:
         """Validate, plan, stage pixels. Returns the region list (what analyze maps over);
         everything else goes to the ``prepared`` XCom."""
-        from tilescope.airflow_adapters import run_limits, s3_client, task_outcome
+        from tilescope.airflow.adapters import run_limits, task_outcome
+        from tilescope.airflow.connections import s3_client
         from tilescope.models import load_model, model_slice_size
         from tilescope.models.registry import model_slice_seconds
-        from tilescope.steps import image_units, prepare
+        from tilescope.tasks.image import image_units, prepare
 
         context = get_current_context()
         # A placeholder first (not None: Airflow reads a None XCom as missing): when this task
@@ -184,7 +188,7 @@ def tiled_inference() -> None:
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
         if is_batch(context["params"]):
-            from tilescope.batch_steps import batch_entries, prepare_batch
+            from tilescope.tasks.batch import batch_entries, prepare_batch
 
             with task_outcome():
                 params, client = _params(), s3_client()
@@ -216,15 +220,16 @@ def tiled_inference() -> None:
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
-        from tilescope.airflow_adapters import fail, s3_client, task_outcome
-        from tilescope.steps import combine, save_result
+        from tilescope.airflow.adapters import fail, task_outcome
+        from tilescope.airflow.connections import s3_client
+        from tilescope.tasks.image import combine, save_result
 
         if not prepared:  # preprocess failed: nothing to merge, and no retry can help
             fail("preprocess did not finish: nothing to synthesize")
         params = _params()
         client = s3_client()
         if prepared.get("batch"):  # every image merged on its own; results in scratch
-            from tilescope.batch_steps import combine_batch
+            from tilescope.tasks.batch import combine_batch
 
             with task_outcome():
                 return combine_batch(prepared, list(findings[:]), params, params.model,
@@ -238,12 +243,13 @@ def tiled_inference() -> None:
 
     @task(outlets=[RESULTS_ASSET, RESULTS_ALIAS])
     def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
-        from tilescope.airflow_adapters import catalog_url, s3_client
-        from tilescope.steps import store as store_step
+        from tilescope.airflow.adapters import catalog_url
+        from tilescope.airflow.connections import s3_client
+        from tilescope.tasks.image import store as store_step
 
         context = get_current_context()
         if prepared.get("batch"):
-            from tilescope.batch_steps import batch_event, store_batch
+            from tilescope.tasks.batch import batch_event, store_batch
 
             summary, outcomes = store_batch(result_uri, prepared, _params(), client=s3_client(),
                                             catalog_url=catalog_url(),
@@ -267,7 +273,7 @@ def tiled_inference() -> None:
     regions = preprocess()
     prepared = regions["prepared"]
     # analyze: one region per mapped instance; with sagemaker-async it defers (waits in the
-    # triggerer, holding no worker or pool slot) — see tilescope.operators.
+    # triggerer, holding no worker or pool slot) — see tilescope.airflow.operators.
     findings = AnalyzeRegionOperator.partial(
         task_id="analyze",
         map_index_template="{{ region_label }}",
@@ -282,15 +288,18 @@ def tiled_inference() -> None:
     def finalize() -> str:
         """Settle the run: move a claimed original to processed/ (or leave it quarantined or
         claimable again), and fail — as the last task — whenever no result was stored."""
-        from tilescope.airflow_adapters import catalog_engine, fail, s3_client
-        from tilescope.claims import Claim
-        from tilescope.intake import settle
+        from tilescope.airflow.adapters import catalog_engine, fail
+        from tilescope.airflow.connections import s3_client
+        from tilescope.intake.claims import Claim
+        from tilescope.intake.flow import settle
 
         context = get_current_context()
         prepared = context["ti"].xcom_pull(task_ids="preprocess", key="prepared") or {}
         if prepared.get("batch"):
-            from tilescope.batch_steps import settle_batch
-            from tilescope.notify import NOT_STORED_MARK  # the notifier reads it back
+            from tilescope.outputs.notifications import (
+                NOT_STORED_MARK,  # the notifier reads it back
+            )
+            from tilescope.tasks.batch import settle_batch
 
             outcomes = settle_batch(prepared, client=s3_client(),
                                     engine=catalog_engine(), run_id=context["run_id"])

@@ -14,26 +14,26 @@ import json
 
 import numpy as np
 import pytest
-from badinputs import BadInput, corpus
-from blob_model import BrightBlobModel
+from support.badinputs import BadInput, corpus
+from support.blob_model import BrightBlobModel
 
-from tilescope.airflow_adapters import task_outcome
-from tilescope.arrivals import (
+from tilescope.airflow.adapters import task_outcome
+from tilescope.errors import TilescopeError
+from tilescope.intake.arrivals import (
     MAX_KEY_BYTES,
     PROCESSED,
     QUARANTINE,
     destination,
     error_record_key,
 )
-from tilescope.catalog import connect, find_results
-from tilescope.claims import PROCESSED as CLAIM_PROCESSED
-from tilescope.claims import QUARANTINED, status_of
-from tilescope.errors import TilescopeError
-from tilescope.intake import IntakePolicy, claim_arrivals, quarantine_claimed, settle
+from tilescope.intake.claims import PROCESSED as CLAIM_PROCESSED
+from tilescope.intake.claims import QUARANTINED, status_of
+from tilescope.intake.flow import IntakePolicy, claim_arrivals, quarantine_claimed, settle
 from tilescope.models import register_model
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
-from tilescope.steps import analyze, combine, prepare, save_result, store
 from tilescope.storage import object_size
+from tilescope.tasks.image import analyze, combine, prepare, save_result, store
 
 register_model("bright-blobs", BrightBlobModel)
 BUCKET = "corpus"

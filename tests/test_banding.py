@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import tifffile
-from blob_model import BrightBlobModel, blob_image
+from support.blob_model import BrightBlobModel, blob_image
 
 from tilescope.banding import predict_region, region_bands
 from tilescope.readers import reader_for_bytes

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from blob_model import BrightBlobModel, blob_image
 from PIL import Image
+from support.blob_model import BrightBlobModel, blob_image
 
 from tilescope.cli import EXIT_STATUSES, main
 from tilescope.errors import ModelOutputError, ModelUnavailableError

@@ -8,16 +8,16 @@ import asyncio
 import json
 
 import pytest
-from async_blobs import BUCKET, INPUT_PREFIX, MODEL_OPTIONS, blob_endpoint, prepared_blobs
-from blob_model import BrightBlobModel
-from cloud_wire import aws_error
+from support.async_blobs import BUCKET, INPUT_PREFIX, MODEL_OPTIONS, blob_endpoint, prepared_blobs
+from support.blob_model import BrightBlobModel
+from support.cloud_wire import aws_error
 
+from tilescope.airflow.triggers import AsyncInferenceTrigger, outcomes_from_event
 from tilescope.deferred import is_deferrable
 from tilescope.errors import ModelRequestError, ModelThrottledError
 from tilescope.models import load_model
-from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger, outcomes_from_event
 from tilescope.params import InferenceParams
-from tilescope.steps import analyze, finish_region, submit_region
+from tilescope.tasks.image import analyze, finish_region, submit_region
 
 pytestmark = pytest.mark.contract
 PARAMS = InferenceParams(model="sagemaker-async", slice_size=256, overlap=0.2, grid="1x2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cloud_wire import LocalServer, Reply, aws_connection, aws_error
+from support.cloud_wire import LocalServer, Reply, aws_connection, aws_error
 
 from tilescope.describe import position_name, scene_facts
 from tilescope.detections import Detections

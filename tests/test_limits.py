@@ -20,7 +20,7 @@ from tilescope.limits import (
 from tilescope.params import InferenceParams
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
 from tilescope.slicing import MAX_MAP_LENGTH, plan_slices
-from tilescope.steps import prepare
+from tilescope.tasks.image import prepare
 
 BUCKET = "limits"
 
@@ -94,7 +94,7 @@ def test_an_explicit_grid_over_max_map_length_is_refused(bucket):
 
 
 def test_airflow_max_map_length_is_the_region_cap(monkeypatch):
-    from tilescope.airflow_adapters import run_limits
+    from tilescope.airflow.adapters import run_limits
 
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "77")
     monkeypatch.setenv("TILESCOPE_MAX_SLICES", "1234")

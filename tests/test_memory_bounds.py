@@ -29,7 +29,7 @@ import json, sys, boto3
 from tilescope.models.registry import load_model
 from tilescope.params import InferenceParams
 from tilescope.stack.procs import peak_rss_mb
-from tilescope.steps import analyze
+from tilescope.tasks.image import analyze
 spec = json.loads(sys.argv[1])
 client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")
@@ -46,7 +46,7 @@ PREPROCESS = """
 import json, sys, boto3
 from tilescope.params import InferenceParams
 from tilescope.stack.procs import peak_rss_mb
-from tilescope.steps import prepare
+from tilescope.tasks.image import prepare
 spec = json.loads(sys.argv[1])
 client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")
@@ -64,7 +64,7 @@ import json, sys, boto3, cv2, imagecodecs, tifffile
 from PIL import Image
 from tilescope.params import InferenceParams
 from tilescope.stack.procs import peak_rss_mb
-from tilescope.steps import prepare
+from tilescope.tasks.image import prepare
 spec = json.loads(sys.argv[1])
 client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")

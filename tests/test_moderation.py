@@ -7,16 +7,16 @@ from __future__ import annotations
 import io
 import json
 
-import cloud_wire as wire
 import numpy as np
 import pytest
 from PIL import Image
+from support import cloud_wire as wire
 
-from tilescope.catalog import connect, find_results
 from tilescope.errors import ConfigError, ImageBlockedError
 from tilescope.moderation import ModerationPolicy, moderate
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
-from tilescope.steps import prepare, record_blocked
+from tilescope.tasks.image import prepare, record_blocked
 
 pytestmark = pytest.mark.contract
 BUCKET = "moderated"

@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from blob_model import BrightBlobModel, blob_image
-from cloud_wire import LocalServer, Reply
 from PIL import Image
+from support.blob_model import BrightBlobModel, blob_image
+from support.cloud_wire import LocalServer, Reply
 
 from tilescope.detections import Detections
 from tilescope.models import load_model

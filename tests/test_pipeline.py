@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from blob_model import BrightBlobModel, blob_image
+from support.blob_model import BrightBlobModel, blob_image
 
 from tilescope.errors import ConfigError, RegionsFailedError
+from tilescope.outputs.writers import OutputTargets, write_outputs
 from tilescope.params import InferenceParams
 from tilescope.pipeline import analyze_region, failed_finding, plan_image, run_image, synthesize
 from tilescope.readers import reader_for_bytes
 from tilescope.results import ImageInfo, RegionFinding, Result
-from tilescope.writers import OutputTargets, write_outputs
 
 
 def iou(a, b) -> float:

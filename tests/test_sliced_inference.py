@@ -4,7 +4,7 @@ whole-image pass misses; the optional full-image pass adds large objects back.""
 from __future__ import annotations
 
 import pytest
-from blob_model import WholeBlobModel, big_object_image
+from support.blob_model import WholeBlobModel, big_object_image
 
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.params import InferenceParams

@@ -36,7 +36,7 @@ def test_s3_clients_retry_with_backoff(monkeypatch):
     """The CLI's client and the DAG's (from an Airflow connection) both use botocore's
     standard mode — connection errors, 5xx and throttling retried with jittered backoff —
     10 attempts, 5 s connect timeout; a connection's own ``config_kwargs`` win."""
-    from tilescope.airflow_adapters import s3_client
+    from tilescope.airflow.connections import s3_client
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AIRFLOW_CONN_FAULTS_PLAIN", aws_connection("http://127.0.0.1:9"))
@@ -73,7 +73,7 @@ def test_reads_and_writes_ride_out_an_s3_crash_and_restart(tmp_path, caplog):
     """SeaweedFS is SIGKILLed and comes back 4 s later on the same ports and data: a write
     and a read issued while it is down succeed once it is back, without the caller seeing an
     error, and every failed attempt is logged."""
-    from s3_faults import crash, restart, start
+    from support.s3_faults import crash, restart, start
 
     server = start(tmp_path, BUCKET)
     servers = [server]

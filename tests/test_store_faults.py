@@ -21,16 +21,16 @@ from typing import Any
 
 import boto3
 import pytest
-from blob_model import BrightBlobModel, blob_image
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from PIL import Image
+from support.blob_model import BrightBlobModel, blob_image
 
-from tilescope.catalog import connect, find_results
 from tilescope.models import register_model
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
-from tilescope.steps import analyze, combine, prepare, result_targets, save_result, store
 from tilescope.storage import parse_s3_uri
+from tilescope.tasks.image import analyze, combine, prepare, result_targets, save_result, store
 
 register_model("bright-blobs", BrightBlobModel)
 BUCKET = "store-faults"
@@ -38,9 +38,9 @@ BUCKET = "store-faults"
 CRASHING_STORE = """
 import json, os, signal, sys
 
-import tilescope.catalog
+import tilescope.outputs.catalog
 from tilescope.params import InferenceParams
-from tilescope.steps import store
+from tilescope.tasks.image import store
 from tilescope.storage import default_s3_client
 
 args = json.loads(sys.argv[1])
@@ -57,7 +57,7 @@ if args["crash_before"] == "result.json":
             crash()
     client.meta.events.register("before-parameter-build.s3.PutObject", before_put)
 else:  # the catalog row
-    tilescope.catalog.record_result = lambda *a, **k: crash()
+    tilescope.outputs.catalog.record_result = lambda *a, **k: crash()
 store(args["result_uri"], args["prepared"], InferenceParams.from_dict(args["params"]),
       client=client, catalog_url=args["catalog"], run_id="crashing")
 """

@@ -24,6 +24,7 @@ from tilescope import __version__
 from tilescope.errors import BadImageError, ConfigError, ModelError, TilescopeError
 from tilescope.limits import DEFAULT_MAX_FRAMES, RunLimits
 from tilescope.models import available_models, load_model
+from tilescope.outputs.writers import OutputTargets, write_outputs, write_video_outputs
 from tilescope.params import DEFAULT_VIDEO_FPS, MATCH_METRICS, POSTPROCESS_TYPES, InferenceParams
 from tilescope.pipeline import run_image
 from tilescope.readers import open_image
@@ -31,8 +32,7 @@ from tilescope.readers.base import DEFAULT_MAX_PIXELS
 from tilescope.results import Result
 from tilescope.sources import is_plain_file
 from tilescope.storage import is_s3_uri, write_bytes
-from tilescope.video.steps import video_container
-from tilescope.writers import OutputTargets, write_outputs, write_video_outputs
+from tilescope.tasks.video import video_container
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
 #: what each exit status means: scripts and schedulers branch on these, so they are part of
@@ -208,9 +208,9 @@ def _video_result(uri: str, args: argparse.Namespace, params: InferenceParams,
     """A video's sampled frames through the same stages, in this process → (result, the
     contact sheet's chosen cells)."""
     from tilescope.results import ImageInfo
+    from tilescope.tasks.video import local_copy
     from tilescope.video.decoder import VideoSource
     from tilescope.video.pipeline import run_video
-    from tilescope.video.steps import local_copy
 
     limits = RunLimits(max_pixels=args.max_pixels, max_frames=args.max_frames)
     with local_copy(uri, None) as (path, sha256), \
@@ -275,9 +275,9 @@ def merged_coco(results: Sequence[Result]) -> dict[str, Any]:
 def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     """``predict`` over many inputs (see the module docstring): one line per image, a
     summary line; exit 2 if any input was bad."""
+    from tilescope.outputs.writers import result_json
     from tilescope.predict import predict_many
     from tilescope.sources import expand_named
-    from tilescope.writers import result_json
 
     if args.out or args.coco or args.overlay:
         raise ConfigError("--out/--coco/--overlay take one image; with several inputs, a "

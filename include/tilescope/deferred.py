@@ -4,7 +4,7 @@ A SageMaker asynchronous endpoint takes each slice from S3 and writes its answer
 possibly minutes later. Waiting for it in a worker would hold a worker (and pool) slot doing
 nothing, so the DAG's ``analyze`` cuts a region in two: :func:`submit_region` reads the
 region's pixels band by band and submits every slice, the task defers on
-:class:`~tilescope.models.sagemaker_trigger.AsyncInferenceTrigger` (the triggerer waits), and
+:class:`~tilescope.airflow.triggers.AsyncInferenceTrigger` (the triggerer waits), and
 :func:`finish_region` turns the outcomes into the very :class:`RegionFinding` that
 :func:`tilescope.pipeline.analyze_region` returns — same shift, threshold and merge
 (:func:`tilescope.pipeline.region_finding`), same errors. Nothing here imports Airflow.

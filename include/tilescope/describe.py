@@ -71,7 +71,7 @@ def bedrock_description(result: Result, *, model_id: str = "",
                         max_attempts: int = 4, base_delay: float = 0.5,
                         max_delay: float = 20.0, timeout: float = 60.0) -> str:
     """A scene description from Bedrock ``Converse`` (text in, text out)."""
-    from tilescope.models.aws import aws_client
+    from tilescope.airflow.connections import aws_client
     from tilescope.models.bedrock import converse_with_retry
     from tilescope.models.retry import RetryPolicy
 

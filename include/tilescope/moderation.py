@@ -174,7 +174,7 @@ def moderate(pixels: np.ndarray, policy: ModerationPolicy, client: Any = None) -
     """
     if not policy.enabled:
         return Verdict(False, "moderation disabled", "none")
-    from tilescope.models.aws import aws_client
+    from tilescope.airflow.connections import aws_client
     from tilescope.models.retry import RetryPolicy, call_with_retry
 
     try:

@@ -25,7 +25,7 @@ _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key
 
 def is_batch(conf: Any) -> bool:
     """Whether a run's params ask for a batch: ``images`` or a ``manifest`` set (see
-    :mod:`tilescope.batch_steps`); otherwise the run is one ``image_uri``."""
+    :mod:`tilescope.tasks.batch`); otherwise the run is one ``image_uri``."""
     return bool(conf.get("images") or conf.get("manifest"))
 
 

@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tilescope.arrivals import DEFAULT_SUFFIXES
 from tilescope.errors import BadImageError, ConfigError, StorageError
+from tilescope.readers.sniff import IMAGE_SUFFIXES
 from tilescope.storage import default_s3_client, is_s3_uri
 
-#: what a folder or prefix is searched for: the arrivals' image suffixes (videos are not
-#: expanded from folders; name one explicitly to analyze it)
-IMAGE_SUFFIXES = tuple(s for s in DEFAULT_SUFFIXES
-                       if s not in (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm"))
+# a folder or prefix is searched for IMAGE_SUFFIXES (videos are not expanded from folders;
+# name one explicitly to analyze it)
 #: output names the run's own files take in ``--out-dir``
 RESERVED_NAMES = frozenset({"coco", "summary"})
 #: keys per listing page (S3's maximum)

@@ -1,9 +1,10 @@
 """Object access for ``s3://`` URIs and local paths: whole reads, ranged reads, writes.
 
 The library never builds credentials: it takes a boto3 client (Airflow passes one built from
-its connection, ``airflow_adapters.s3_client``); without one it makes a default client, which
-honours the usual ``AWS_*`` environment variables including ``AWS_ENDPOINT_URL`` for local S3
-servers. Both retry with backoff (:func:`resilient_config`) and log failed attempts.
+its connection, ``tilescope.airflow.connections.s3_client``); without one it makes a default
+client, which honours the usual ``AWS_*`` environment variables including
+``AWS_ENDPOINT_URL`` for local S3 servers. Both retry with backoff (:func:`resilient_config`)
+and log failed attempts.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow_support import connection_env
+from support.airflow_support import connection_env
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 BUCKET = "tilescope"

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow_support import running_airflow
 from PIL import Image
+from support.airflow_support import running_airflow
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -148,8 +148,8 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     """200 images arrive in waves while batch runs go on; a claimer 'crashes' between claim and
     batching; an unchanged re-upload is ignored and a changed one is processed again. Each
     tick takes all it finds in one batch run (the default bounds are far off)."""
-    from tilescope.catalog import connect
-    from tilescope.claims import claim
+    from tilescope.intake.claims import claim
+    from tilescope.outputs.catalog import connect
 
     if not stack["postgres"]:
         pytest.skip("needs PostgreSQL on 127.0.0.1:5432 for Airflow's metadata under a burst "
@@ -220,8 +220,8 @@ CLAIMER = """
 import json, sys
 import boto3
 from botocore.config import Config
-from tilescope.catalog import connect
-from tilescope.intake import IntakePolicy, take_arrivals
+from tilescope.outputs.catalog import connect
+from tilescope.intake.flow import IntakePolicy, take_arrivals
 
 endpoint, catalog, bucket = sys.argv[1:4]
 client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
@@ -239,7 +239,7 @@ def test_a_claimer_killed_between_claim_and_trigger_loses_and_doubles_nothing(
     that is SIGKILLed once its claims are committed and its batch run ids stored — before
     any manifest is written or anything triggered. The next ordinary tick starts those
     batches under the stored run ids, and every image is processed exactly once."""
-    from tilescope.intake import PAUSE_ENV
+    from tilescope.intake.flow import PAUSE_ENV
 
     s3 = s3_client
     s3.create_bucket(Bucket=BUCKET)

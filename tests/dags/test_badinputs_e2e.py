@@ -10,9 +10,9 @@ import io
 import json
 
 import pytest
-from badinputs import corpus
-from blob_model import BrightBlobModel, blob_image
 from PIL import Image
+from support.badinputs import corpus
+from support.blob_model import BrightBlobModel, blob_image
 from test_tiled_inference import (  # helpers shared with that module (fixtures: conftest)
     BUCKET,
     keys_under,
@@ -20,12 +20,12 @@ from test_tiled_inference import (  # helpers shared with that module (fixtures:
     task_tries,
 )
 
-from tilescope.arrivals import PROCESSED, QUARANTINE, destination, error_record_key
-from tilescope.catalog import connect, find_results
-from tilescope.claims import PROCESSED as CLAIM_PROCESSED
-from tilescope.claims import QUARANTINED, status_of
-from tilescope.intake import IntakePolicy, claim_arrivals, trigger_requests
+from tilescope.intake.arrivals import PROCESSED, QUARANTINE, destination, error_record_key
+from tilescope.intake.claims import PROCESSED as CLAIM_PROCESSED
+from tilescope.intake.claims import QUARANTINED, status_of
+from tilescope.intake.flow import IntakePolicy, claim_arrivals, trigger_requests
 from tilescope.models import register_model
+from tilescope.outputs.catalog import connect, find_results
 
 pytestmark = pytest.mark.slow
 

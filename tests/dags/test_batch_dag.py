@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from support.video_samples import write_video
 from test_tiled_inference import keys_under, run_xcoms, task_tries, upload
-from video_samples import write_video
 
-from tilescope.catalog import connect, find_results
-from tilescope.claims import PROCESSED, QUARANTINED, all_claims, claim
+from tilescope.intake.claims import PROCESSED, QUARANTINED, all_claims, claim
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 from tilescope.pipeline import run_image
 from tilescope.readers import reader_for_bytes

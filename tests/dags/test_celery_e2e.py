@@ -10,8 +10,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from airflow_support import running_airflow, task_intervals
-from intervals import max_overlap
+from support.airflow_support import running_airflow, task_intervals
+from support.intervals import max_overlap
 
 pytestmark = pytest.mark.slow
 BUCKET = "tilescope"

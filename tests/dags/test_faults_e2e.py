@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_support import model_plugin, running_airflow
+from support.airflow_support import model_plugin, running_airflow
 
-from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 from tilescope.pipeline import run_image
 from tilescope.readers import reader_for_bytes
@@ -71,7 +71,7 @@ class SlowNanoDet(NanoDetModel):
 def seaweed(tmp_path_factory):
     """SeaweedFS with the image uploaded; ``seaweed["server"]`` is the current process (a
     test that crashes and restarts it puts the new one there)."""
-    from s3_faults import start
+    from support.s3_faults import start
 
     server = start(tmp_path_factory.mktemp("seaweed"), BUCKET)
     holder = {"server": server}
@@ -298,7 +298,7 @@ def test_kill_9_of_a_batch_unit_retries_only_that_unit(stack):
 
 
 def test_s3_crash_and_restart_during_a_run_is_ridden_out(stack):
-    from s3_faults import crash, restart
+    from support.s3_faults import crash, restart
 
     seaweed = stack["seaweed"]
     conf = conf_for(0.31)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_support import detection_keys, embedded_detections
-from cloud_wire import LocalServer, Reply, aws_connection, detections_body
 from PIL import Image
+from support.airflow_support import detection_keys, embedded_detections
+from support.cloud_wire import LocalServer, Reply, aws_connection, detections_body
 
-from tilescope.catalog import connect, find_results
-from tilescope.claims import claim, status_of
+from tilescope.intake.claims import claim, status_of
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]

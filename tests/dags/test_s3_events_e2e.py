@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from airflow_support import running_airflow
 from PIL import Image
+from support.airflow_support import running_airflow
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow_support import detection_keys, embedded_detections
-from cloud_wire import AsyncInferenceEndpoint, LocalServer, aws_connection, detections_body
+from support.airflow_support import detection_keys, embedded_detections
+from support.cloud_wire import AsyncInferenceEndpoint, LocalServer, aws_connection, detections_body
 
-from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.contract]
@@ -85,7 +85,7 @@ def test_contract_sagemaker_async_regions_defer_and_match_the_embedded_model(
     instances = analyze_instances(dag.dag_id, run.run_id)
     assert len(instances) == 4
     assert all(i["state"] == "success" and i["try"] == 1 and i["trigger"] ==
-               "tilescope.models.sagemaker_trigger.AsyncInferenceTrigger"
+               "tilescope.airflow.triggers.AsyncInferenceTrigger"
                for i in instances), instances
     inline = [r for r in caplog.records if "running trigger in line" in r.getMessage()]
     assert len(inline) == 4

@@ -20,11 +20,11 @@ import os
 
 import pytest
 import tifffile
-from blob_model import BrightBlobModel, blob_image
+from support.blob_model import BrightBlobModel, blob_image
 from test_tiled_inference import BUCKET, run_xcoms, task_tries
 
-from tilescope.catalog import connect, find_results
 from tilescope.models import register_model
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.slicing import MAX_MAP_LENGTH
 
 pytestmark = pytest.mark.slow

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_support import (
+from PIL import Image
+from support.airflow_support import (
     connection_env,
     model_plugin,
     running_airflow,
     task_intervals,
 )
-from intervals import max_overlap
-from PIL import Image
+from support.intervals import max_overlap
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tilescope.catalog import connect, find_results
 from tilescope.errors import ModelError
 from tilescope.models import register_model
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 from tilescope.pipeline import run_image
 from tilescope.readers import reader_for_bytes

@@ -10,6 +10,7 @@ import json
 
 import pytest
 from PIL import Image
+from support.video_samples import vtest_path
 from test_tiled_inference import (  # helpers shared with that module (fixtures: conftest)
     BUCKET,
     keys_under,
@@ -17,10 +18,9 @@ from test_tiled_inference import (  # helpers shared with that module (fixtures:
     task_tries,
     upload,
 )
-from video_samples import vtest_path
 
-from tilescope.catalog import connect, find_results
 from tilescope.models.nanodet import NanoDetModel
+from tilescope.outputs.catalog import connect, find_results
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo
 from tilescope.units import UNIT_SECONDS_ENV

@@ -9,11 +9,9 @@ test needs the network for it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -42,18 +40,9 @@ def nanodet(nanodet_onnx: Path) -> Iterator[NanoDetModel]:
     model.close()
 
 
-def _load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def run_reference() -> Callable[..., list]:
-    """The numpy TF-semantics interpreter of ``tfjs_reference.py`` (import-mode independent)."""
-    module = _load_module(
-        "tilescope_tests_tfjs_reference", Path(__file__).with_name("tfjs_reference.py")
-    )
-    return module.run_reference
+    """The numpy TF-semantics interpreter of ``tests/support/tfjs_reference.py``."""
+    from support.tfjs_reference import run_reference
+
+    return run_reference

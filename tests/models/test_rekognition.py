@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from cloud_wire import LocalServer, Reply, aws_connection, aws_error
+from support.cloud_wire import LocalServer, Reply, aws_connection, aws_error
 
 from tilescope.errors import ModelOutputError, ModelRequestError, ModelThrottledError
 from tilescope.models import load_model

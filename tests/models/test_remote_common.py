@@ -88,7 +88,7 @@ def test_call_with_retry_retries_only_throttling():
 def test_request_errors_fail_the_task_without_retry_and_load_errors_retry():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tilescope.airflow_adapters import task_outcome
+    from tilescope.airflow.adapters import task_outcome
 
     with pytest.raises(AirflowFailException, match="ModelRequestError: HTTP 400"), \
             task_outcome():

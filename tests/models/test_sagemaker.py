@@ -15,13 +15,13 @@ import uuid
 import numpy as np
 import pytest
 import requests
-from cloud_wire import AsyncInferenceEndpoint, LocalServer, Reply, aws_connection, aws_error
 from PIL import Image
+from support.cloud_wire import AsyncInferenceEndpoint, LocalServer, Reply, aws_connection, aws_error
 
+from tilescope.airflow.triggers import AsyncInferenceTrigger, outcomes_from_event
 from tilescope.errors import ModelOutputError, ModelRequestError, ModelThrottledError
 from tilescope.models import load_model
 from tilescope.models.sagemaker import AsyncInvocation
-from tilescope.models.sagemaker_trigger import AsyncInferenceTrigger, outcomes_from_event
 
 pytestmark = pytest.mark.contract
 
@@ -218,7 +218,7 @@ def test_trigger_fires_when_outputs_appear(runtime, moto_aws):
         trigger = AsyncInferenceTrigger([c.to_dict() for c in calls], "moto_aws",
                                         poll_interval=0.1, max_wait=10)
         classpath, kwargs = trigger.serialize()
-        assert classpath == "tilescope.models.sagemaker_trigger.AsyncInferenceTrigger"
+        assert classpath == "tilescope.airflow.triggers.AsyncInferenceTrigger"
         (event,) = run_trigger(AsyncInferenceTrigger(**kwargs))
         outcomes = outcomes_from_event(event.payload)
         dets = detector.finish([AsyncInvocation.from_dict(c.to_dict()) for c in calls],

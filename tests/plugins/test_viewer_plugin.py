@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,7 +24,6 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-sys.path.insert(0, str(REPO / "tests" / "dags"))  # airflow_support: the shared Airflow helpers
 BUCKET = "tilescope"
 DAG_ID = "tiled_inference"
 GRID = (2, 3)
@@ -52,7 +50,7 @@ def _s3(endpoint: str):
 @pytest.fixture(scope="module")
 def viewer_stack(tmp_path_factory, s3_server, sample):
     """A finished run (``airflow dags test``) and an api-server with the plugin loaded."""
-    from airflow_support import connection_env
+    from support.airflow_support import connection_env
 
     from tilescope.stack.airflow_stack import AirflowStack
     from tilescope.stack.api import AirflowApi
@@ -286,7 +284,7 @@ def test_batch_keys_are_confined_to_the_batch_and_its_outcomes(viewer_stack):
     token = viewer_stack["airflow"].token()
     urls = _batch_urls(viewer_stack)
     api = urls["api"]
-    from tilescope.scratch import safe_key_part
+    from tilescope.layout import safe_key_part
 
     outcomes = f"results/batches/{safe_key_part(viewer_stack['batch_run_id'])}/outcomes.json"
     status, _, body = _get(f"{api}/object?key={urllib.parse.quote(outcomes, safe='')}",

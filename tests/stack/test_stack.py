@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from intervals import max_overlap
+from support.intervals import max_overlap
 
 from tilescope.stack import procs, provision
 from tilescope.stack.airflow_stack import AirflowStack

@@ -8,7 +8,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-from video_samples import moving_blobs, vtest_path, write_video
+from support.video_samples import moving_blobs, vtest_path, write_video
 
 from tilescope.errors import BadImageError, ConfigError, ImageTooLargeError
 from tilescope.limits import RunLimits

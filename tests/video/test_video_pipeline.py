@@ -9,21 +9,22 @@ import json
 
 import numpy as np
 import pytest
-from blob_model import BrightBlobModel
 from PIL import Image
-from video_samples import moving_blobs, vtest_path, write_video
+from support.blob_model import BrightBlobModel
+from support.video_samples import moving_blobs, vtest_path, write_video
 
 from tilescope.cli import main
 from tilescope.detections import Detections
 from tilescope.errors import RegionsFailedError
 from tilescope.models import register_model
-from tilescope.overlay import category_colour
+from tilescope.outputs.contact_sheet import render_contact_sheet
+from tilescope.outputs.overlay import category_colour
 from tilescope.params import InferenceParams
 from tilescope.pipeline import plan_image
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
-from tilescope.video.contact_sheet import SheetCells, render_contact_sheet
 from tilescope.video.decoder import VideoSource
 from tilescope.video.pipeline import run_video, synthesize_video, video_units
+from tilescope.video.sampling import SheetCells
 
 register_model("bright-blobs", BrightBlobModel)
 BLOBS = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="2x2",

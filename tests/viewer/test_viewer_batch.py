@@ -10,12 +10,12 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from tilescope.batch_steps import ItemOutcome, batch_scratch
 from tilescope.detections import Detections
+from tilescope.layout import safe_key_part
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo, RegionFinding, Result
-from tilescope.scratch import safe_key_part
 from tilescope.slicing import plan_slices
+from tilescope.tasks.batch import ItemOutcome, batch_scratch
 from tilescope.viewer.keys import (
     BatchPrefixes,
     ViewerInputError,
@@ -37,7 +37,7 @@ HASH = "a1b2c3d4e5f6"
 
 
 def prepared_for(run_id: str = RUN_ID, bucket: str = "tilescope") -> dict:
-    """preprocess's ``prepared`` XCom of a batch run, as ``batch_steps.prepare_batch``
+    """preprocess's ``prepared`` XCom of a batch run, as ``tasks.batch.prepare_batch``
     writes it."""
     scratch = batch_scratch([{"uri": f"s3://{bucket}/incoming/a.jpg"}], run_id)
     safe = safe_key_part(run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tilescope.scratch import ScratchLayout
+from tilescope.layout import ScratchLayout
 from tilescope.viewer.keys import (
     RunPrefixes,
     ViewerInputError,

@@ -9,8 +9,8 @@ import json
 import numpy as np
 
 from tilescope.detections import Detections
+from tilescope.layout import ScratchLayout
 from tilescope.results import RegionFinding
-from tilescope.scratch import ScratchLayout
 from tilescope.slicing import plan_slices
 from tilescope.units import (
     SourcePlan,

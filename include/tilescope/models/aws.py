@@ -1,9 +1,8 @@
-"""AWS clients for model backends, and AWS errors mapped onto tilescope's error classes.
+"""AWS errors mapped onto tilescope's error classes, for the AWS model backends.
 
-Clients come from the amazon provider's hooks, so credentials, region and ``endpoint_url``
-live in an Airflow connection (``aws_conn_id``), never in code or options. botocore's own
-retries are switched off: :mod:`tilescope.models.retry` is the one place that retries, so
-attempts are counted and jittered once, not twice.
+Their clients come from :func:`tilescope.airflow.connections.aws_client` (an Airflow
+connection holds credentials, region and ``endpoint_url``; botocore's own retries are off, so
+:mod:`tilescope.models.retry` is the one place that retries).
 """
 
 from __future__ import annotations
@@ -22,29 +21,6 @@ TRANSIENT_CODES = frozenset({
     "InternalServerError", "InternalFailure", "ModelNotReadyException", "ModelTimeoutException",
     "RequestTimeout", "RequestTimeoutException", "SlowDown",
 })
-
-
-def aws_client(client_type: str, conn_id: str | None, *, timeout: float = 60.0,
-               region_name: str | None = None) -> Any:
-    """A boto3 client from the Airflow AWS connection ``conn_id`` (``None``: boto3's default
-    credential chain), with botocore retries off and ``timeout`` seconds to connect and read.
-
-    The connection's own ``config_kwargs`` (proxies, signature version...) are kept; only
-    retries and timeouts are overridden.
-    """
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-    from botocore.config import Config
-
-    if client_type == "bedrock-runtime":
-        from airflow.providers.amazon.aws.hooks.bedrock import BedrockRuntimeHook
-
-        hook: AwsBaseHook = BedrockRuntimeHook(aws_conn_id=conn_id, region_name=region_name)
-    else:
-        hook = AwsBaseHook(aws_conn_id=conn_id, client_type=client_type,
-                           region_name=region_name)
-    ours = Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                  connect_timeout=timeout, read_timeout=timeout)
-    return hook.get_client_type(region_name=hook.region_name, config=hook.config.merge(ours))
 
 
 def classify_aws_error(exc: Exception, backend: str) -> Exception:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tilescope.airflow.connections import aws_client
 from tilescope.errors import ConfigError, ModelOutputError
-from tilescope.models.aws import aws_client, classify_aws_error
+from tilescope.models.aws import classify_aws_error
 from tilescope.models.llm_json import COORDINATES, parse_detections
 from tilescope.models.remote import RawDetection, RemoteModel
 from tilescope.models.retry import RetryPolicy, call_with_retry

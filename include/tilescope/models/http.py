@@ -36,28 +36,6 @@ from tilescope.models.remote import (
 BODIES = ("json", "binary")
 
 
-def endpoint_from_connection(conn_id: str) -> tuple[str, dict[str, str]]:
-    """``(base URL, headers)`` from an Airflow HTTP connection."""
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    host = (conn.host or "").rstrip("/")
-    if not host:
-        raise ConfigError(f"connection {conn_id!r} has no host")
-    if "://" not in host:
-        host = f"{conn.schema or 'http'}://{host}"
-    if conn.port:
-        host = f"{host}:{conn.port}"
-    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-    headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
-    if conn.login:
-        token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    elif conn.password:
-        headers["Authorization"] = f"Bearer {conn.password}"
-    return host, headers
-
-
 class HttpEndpointModel(RemoteModel):
     """A model behind an HTTP endpoint; the shared transport of ``http`` and ``kserve-v2``."""
 
@@ -68,7 +46,9 @@ class HttpEndpointModel(RemoteModel):
             raise ConfigError(f"{self.name} needs exactly one of url or conn_id")
         headers: dict[str, str] = {}
         if conn_id:
-            url, headers = endpoint_from_connection(conn_id)
+            from tilescope.airflow.connections import http_endpoint
+
+            url, headers = http_endpoint(conn_id)
         assert url is not None
         self.url = url.rstrip("/") + ("/" + path.lstrip("/") if path else "")
         import requests

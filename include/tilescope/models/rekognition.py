@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tilescope.airflow.connections import aws_client
 from tilescope.errors import ConfigError, ModelOutputError
-from tilescope.models.aws import aws_client, classify_aws_error
+from tilescope.models.aws import classify_aws_error
 from tilescope.models.remote import RawDetection, RemoteModel
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024

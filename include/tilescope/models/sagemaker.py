@@ -10,7 +10,7 @@ Asynchronous: every slice of a call is put to S3 under ``input_uri``, submitted 
 ``InvokeEndpointAsync``, and the call then waits until each invocation's ``OutputLocation``
 (or ``FailureLocation``) object exists. :meth:`SageMakerAsyncModel.predict` polls S3 from
 the caller (the CLI); in the DAG, ``analyze`` submits the slices and defers:
-:class:`tilescope.models.sagemaker_trigger.AsyncInferenceTrigger` waits for the same objects
+:class:`tilescope.airflow.triggers.AsyncInferenceTrigger` waits for the same objects
 in Airflow's triggerer, so the wait holds no worker slot (see :mod:`tilescope.deferred`).
 
 Errors: ``ValidationError`` and other 4xx fail fast; ``ModelError`` follows the container's
@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from tilescope.airflow.connections import aws_client
 from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelOutputError, ModelRequestError
 from tilescope.models.adapters import DetectionsAdapter
-from tilescope.models.aws import aws_client, classify_aws_error
+from tilescope.models.aws import classify_aws_error
 from tilescope.models.remote import RawDetection, RemoteModel, throttled
 from tilescope.models.retry import call_with_retry
 from tilescope.storage import parse_s3_uri
@@ -209,7 +210,7 @@ class SageMakerAsyncModel(SageMakerModel):
         self.s3_conn_id = s3_conn_id or self.conn_id
         self.limits = {k: int(v) for k, v in (("InvocationTimeoutSeconds", invocation_timeout),
                                               ("RequestTTLSeconds", request_ttl)) if v}
-        from tilescope.airflow_adapters import s3_client
+        from tilescope.airflow.connections import s3_client
 
         self._s3 = s3_client(self.s3_conn_id) if self.s3_conn_id else _default_s3()
 

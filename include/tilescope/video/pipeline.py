@@ -3,7 +3,7 @@
 ``video → sample frames → plan one frame (as an image) → analyze each (frame, region) unit
 with analyze_region → synthesize: merge per frame, never across frames → Result``. The CLI
 runs :func:`run_video` in one process; the DAG calls the same functions from its tasks
-(:mod:`tilescope.video.steps`), so both give the same result by construction.
+(:mod:`tilescope.tasks.video`), so both give the same result by construction.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tilescope.readers.array import ArrayReader
 from tilescope.readers.base import ImageReader
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.slicing import Region, SlicePlan
-from tilescope.video.contact_sheet import SheetCells
 from tilescope.video.decoder import VideoHeader, VideoSource
+from tilescope.video.sampling import SheetCells
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Sampling follows the frames' timestamps rather than counting frames, so a variable-frame-rate
 stream is sampled evenly in time, and asking for more frames per second than the video has
 simply takes every frame (never the same frame twice).
+
+The frames for the contact sheet are chosen while the video is decoded, without knowing how
+many frames will come: :class:`SheetCells` keeps every ``stride``-th frame and doubles the
+stride whenever it holds twice the frames the sheet shows, so memory stays bounded by a few
+dozen small pictures and the kept frames stay evenly spread over the whole video.
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ import math
 
 import numpy as np
 
+from tilescope.readers.base import downscale
+
 #: slack for timestamps that land a hair before their target (float noise in the container)
 _EPSILON_MS = 1e-3
+#: frames shown on a contact sheet at most, and the long side of each
+MAX_SHEET_FRAMES = 24
+SHEET_CELL_SIDE = 320
 
 
 class FrameSampler:
@@ -43,3 +53,29 @@ def expected_samples(frame_count: int, native_fps: float, fps: float) -> int:
     # The sampler keeps exactly the first frame of each target interval it reaches.
     slots = np.floor((timestamps + _EPSILON_MS) / (1000.0 / fps))
     return int(np.count_nonzero(np.diff(slots, prepend=-1.0)))
+
+
+class SheetCells:
+    """Downscaled copies of evenly spaced frames, at most ``2 × limit`` held at a time."""
+
+    def __init__(self, limit: int = MAX_SHEET_FRAMES, side: int = SHEET_CELL_SIDE) -> None:
+        self.limit, self.side = max(1, limit), side
+        self._stride = 1
+        self._cells: dict[int, np.ndarray] = {}
+
+    def offer(self, position: int, pixels: np.ndarray) -> None:
+        """Consider the ``position``-th sampled frame (positions come in increasing order)."""
+        if position % self._stride:
+            return
+        self._cells[position] = downscale(pixels, self.side)
+        if len(self._cells) >= 2 * self.limit:
+            self._stride *= 2
+            self._cells = {p: c for p, c in self._cells.items() if p % self._stride == 0}
+
+    def chosen(self) -> list[tuple[int, np.ndarray]]:
+        """At most ``limit`` (position, picture) pairs, evenly spread, in order."""
+        positions = sorted(self._cells)
+        if len(positions) > self.limit:
+            picks = np.unique(np.linspace(0, len(positions) - 1, self.limit).round())
+            positions = [positions[int(i)] for i in picks]
+        return [(p, self._cells[p]) for p in positions]

@@ -26,7 +26,7 @@ summary, a region takes its unit's state and try, and a unit's findings (inline,
 back from the run's scratch when offloaded) arrive as its regions' findings. A video's
 units stay cells of their own.
 
-A **batch** run (many images in one run, ``tilescope.batch_steps``) names an image by its
+A **batch** run (many images in one run, ``tilescope.tasks.batch``) names an image by its
 number in the batch (``image=I``, the outcome's ``index``): its grid and boxes come from its
 own ``result.json``; every key served is checked against the run's ``outcomes.json``.
 """
@@ -88,7 +88,7 @@ CanReadXComs = Depends(requires_access_dag("GET", DagAccessEntity.XCOM))
 @cache
 def _s3_client() -> Any:
     """One boto3 client per api-server process (thread-safe), from ``aws_default``."""
-    from tilescope.airflow_adapters import s3_client
+    from tilescope.airflow.connections import s3_client
 
     return s3_client()
 

@@ -32,7 +32,7 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 KEY_MAX = 1024
 #: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails)
 SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
-#: a batch's documents (``tilescope.batch_steps``): the plan in scratch, outcomes kept
+#: a batch's documents (``tilescope.tasks.batch``): the plan in scratch, outcomes kept
 BATCH_PLAN, BATCH_OUTCOMES = "plan.json", "outcomes.json"
 #: the artefacts of a stored image the viewer links (``keys`` of a batch outcome)
 _ARTIFACT_NAMES = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
@@ -118,7 +118,7 @@ def run_prefixes(run_id: str, prepared: dict[str, Any] | None,
     Each prefix is checked against the layout the pipeline writes (``scratch.ScratchLayout``,
     ``steps.results_prefix``), so a tampered XCom cannot widen what the viewer serves.
     """
-    from tilescope.scratch import safe_key_part
+    from tilescope.layout import safe_key_part
 
     if not prepared:
         return None
@@ -161,9 +161,9 @@ class BatchRun:
 
 def batch_run(run_id: str, prepared: dict[str, Any] | None) -> BatchRun | None:
     """The batch run's document locations, or ``None`` for a single-image run (or before
-    preprocess planned the batch). Each URI must be exactly where ``batch_steps`` writes it
+    preprocess planned the batch). Each URI must be exactly where ``tasks.batch`` writes it
     for *this* run id — a tampered XCom cannot point the viewer elsewhere."""
-    from tilescope.scratch import safe_key_part
+    from tilescope.layout import safe_key_part
 
     batch = (prepared or {}).get("batch")
     if not batch:
@@ -218,7 +218,7 @@ class BatchPrefixes:
 
 def _image_prefix(run_id: str, outcome: Mapping[str, Any]) -> tuple[str, str]:
     """A stored outcome's ``(bucket, "results/<image-id>/<params-hash>/")``, checked against
-    the layout ``batch_steps`` writes: its own image id, the bucket of its own image."""
+    the layout ``tasks.batch`` writes: its own image id, the bucket of its own image."""
     image_id = str(outcome.get("image_id", ""))
     if not _IMAGE_ID.fullmatch(image_id):
         raise ViewerInputError(f"run {run_id}: unexpected image id {image_id!r}")

@@ -235,7 +235,7 @@ def class_counts(classes: Iterable[int], names: Sequence[str],
     return dict(Counter(name(int(c)) for c in picked).most_common())
 
 
-# --- batch runs (many images in one run; see tilescope.batch_steps) ---------------------
+# --- batch runs (many images in one run; see tilescope.tasks.batch) ---------------------
 
 #: a batch image's status before store wrote its outcome (the plan only knows bad inputs)
 PENDING = "pending"

@@ -1,0 +1,79 @@
+"""Serialise a :class:`~tilescope.results.Result` into the files a run stores.
+
+Shared by the CLI (local paths) and the DAG's store task (``s3://`` keys): the same bytes
+either way, written through :func:`tilescope.storage.write_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tilescope.outputs.overlay import DEFAULT_OVERLAY_SIDE, render_overlay
+from tilescope.readers.base import ImageReader
+from tilescope.results import Result
+from tilescope.storage import write_bytes
+
+
+def result_json(result: Result) -> bytes:
+    return json.dumps(result.to_dict(), indent=1).encode()
+
+
+def coco_json(result: Result) -> bytes:
+    return json.dumps(result.to_coco()).encode()
+
+
+def overlay_png(result: Result, thumbnail: np.ndarray) -> bytes:
+    """The overlay picture drawn on ``thumbnail`` (the whole image downscaled), failed
+    regions marked."""
+    failed = [i for i, r in enumerate(result.regions) if r.status != "success"]
+    return render_overlay(thumbnail, result.image.width, result.image.height,
+                          result.detections, result.category_names,
+                          regions=[r.box for r in result.regions] if len(result.regions) > 1
+                          else (), failed=failed)
+
+
+@dataclass(frozen=True)
+class OutputTargets:
+    """Where to write each artefact (a path or ``s3://`` URI); ``None`` skips it."""
+
+    result: str | None = None
+    coco: str | None = None
+    overlay: str | None = None
+
+
+def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
+                  client: Any = None) -> dict[str, str]:
+    """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""
+    return _write(result, targets, lambda: overlay_png(
+        result, reader.thumbnail(DEFAULT_OVERLAY_SIDE)), client)
+
+
+def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
+                        targets: OutputTargets, client: Any = None) -> dict[str, str]:
+    """:func:`write_outputs` for a video: the overlay is its contact sheet, drawn on
+    ``cells`` ((frame position, downscaled frame) pairs, see
+    :class:`tilescope.video.sampling.SheetCells`)."""
+    from tilescope.outputs.contact_sheet import render_contact_sheet
+
+    return _write(result, targets, lambda: render_contact_sheet(result, cells), client)
+
+
+def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
+           client: Any) -> dict[str, str]:
+    written: dict[str, str] = {}
+    if targets.coco:
+        write_bytes(targets.coco, coco_json(result), "application/json", client=client)
+        written["coco"] = targets.coco
+    if targets.overlay:
+        png = overlay()
+        write_bytes(targets.overlay, png, "image/png", client=client)
+        written["overlay"] = targets.overlay
+    if targets.result:  # last, so a reader who sees the result JSON finds its companions too
+        write_bytes(targets.result, result_json(result), "application/json", client=client)
+        written["result"] = targets.result
+    return written

@@ -1,0 +1,676 @@
+"""The DAG's task bodies for a *batch* run: many images in one ``tiled_inference`` run.
+
+A batch is a list of images (``images`` Param: ``s3://`` URIs or prefixes ending in ``/``;
+or a ``manifest``: a JSON object ``{"images": [{"uri": ..., "claim": ...}]}``, a JSON list
+of URIs, or one URI per line — what ``s3_arrivals`` writes). Everything an image has in a
+single-image run stays per image: its ``results/<image-id>/<params>/`` keys, catalog row,
+asset event, notification and claim. What changes is what one mapped ``analyze`` task is:
+
+* **preprocess** (:func:`prepare_batch`) plans every image. A small image (at most
+  :data:`WHOLE_MAX_PIXELS`) is read once here to hash it and read its header, and is then
+  read *whole* by the unit that analyzes it — no staging copy. A big image (or a tiled
+  TIFF) is prepared exactly as a single-image run prepares it
+  (:func:`tilescope.tasks.image.prepare`: staged or read in place) and its regions are
+  spread over units. A video is prepared as in a single-image run (its sampled frames
+  staged) and each frame is a range-read source like a big image's. All the sources'
+  regions are packed together into work units
+  (:mod:`tilescope.units`) sized by model cost; the plan of every image goes to
+  ``scratch/batch/<run>/plan.json`` (XComs stay small: the mapped list only names sources
+  by number — an image's is its index in the batch, a video's frames come after all images).
+  An image refused here (not an image, empty, over a budget, blocked) is marked bad with its
+  reason; the others go on.
+* **analyze** (:func:`analyze_unit`) runs one unit; a small image found truncated or corrupt
+  when the unit decodes it is reported bad in the unit's finding, without failing the unit.
+* **synthesize** (:func:`combine_batch`) merges each image's region findings exactly as a
+  single-image run does; ``min_success_ratio`` applies per image (a failed unit fails only the
+  images whose slices it carried).
+* **store** (:func:`store_batch`) writes each stored image's outputs and catalog row, and
+  the per-image outcomes to ``outcomes.json``.
+* **finalize** (:func:`settle_batch`) settles each image's claim: ``processed/``,
+  ``quarantine/`` with its reason, or released for another attempt.
+
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tilescope.errors import (
+    BadImageError,
+    ConfigError,
+    ImageBlockedError,
+    ImageTooLargeError,
+    RegionsFailedError,
+    TilescopeError,
+)
+from tilescope.limits import RunLimits
+from tilescope.models.base import DetectionModel
+from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.moderation import ModerationPolicy
+from tilescope.params import InferenceParams
+from tilescope.pipeline import plan_image, synthesize
+from tilescope.readers import reader_for_bytes, reopen_planned
+from tilescope.readers.base import refuse_over_pixel_limit
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
+from tilescope.results import ImageInfo, RegionFinding, Result
+from tilescope.slicing import SlicePlan
+from tilescope.storage import is_s3_uri, parse_s3_uri, read_bytes, read_start, write_bytes
+from tilescope.units import (
+    BATCHED_SOURCE_SLICES,
+    SourcePlan,
+    WorkUnit,
+    load_unit_finding,
+    pack_units,
+    run_unit,
+    unit_payload,
+    unit_slice_budget,
+)
+
+#: images up to this many pixels are read whole by their unit (no staging): 4096² = 16.8 MP,
+#: a 12 MP phone photo decoded is 36 MB
+WHOLE_MAX_PIXELS = 4096 * 4096
+#: the first read of each image: a photo of up to this size needs one request in all
+FIRST_READ_BYTES = 1 << 20
+#: S3 requests of one task at once (planning reads, stores, settling moves)
+IO_THREADS = 8
+#: at most this many images in one batch run (each is a row in the plan, an entry in results)
+MAX_BATCH_IMAGES = 10_000
+PLAN_NAME, RESULTS_NAME = "plan.json", "results.json"
+STORED, BAD, FAILED = "stored", "bad", "failed"
+
+
+@dataclass
+class BatchItem:
+    """One input object of a batch and what preprocess learned about it."""
+
+    index: int
+    uri: str
+    claim: dict[str, Any] | None = None
+    image: dict[str, Any] | None = None  # ImageInfo.to_dict()
+    plan: dict[str, Any] | None = None  # SlicePlan.summary()
+    #: read whole by its unit; otherwise ``prepared`` is a single-image run's preparation
+    whole: bool = True
+    prepared: dict[str, Any] | None = None
+    #: a video: the source number of its first sampled frame (the others follow)
+    first_source: int | None = None
+    moderation: dict[str, Any] | None = None
+    #: why the image was refused (it is quarantined with this reason), and the error class
+    bad: str | None = None
+    error_class: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The object's key (what the UI and logs show)."""
+        return parse_s3_uri(self.uri).key if is_s3_uri(self.uri) else self.uri
+
+    @property
+    def video(self) -> bool:
+        return bool(self.prepared and self.prepared.get("video"))
+
+    @property
+    def frame_count(self) -> int:
+        """How many sampled frames (unit sources) a video has; 0 for an image."""
+        return len((self.prepared or {}).get("video", {}).get("frames", [])) if self.video else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchItem:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def batch_entries(params: Mapping[str, Any], *, client: Any) -> list[dict[str, Any]]:
+    """The batch's images as ``[{"uri", "claim"?}]``, in order, each URI once: the
+    ``images`` Param (URIs; a URI ending in ``/`` is a prefix: every object under it) then
+    the ``manifest``'s entries."""
+    entries: list[dict[str, Any]] = []
+    for uri in params.get("images") or []:
+        uri = str(uri).strip()
+        if uri.endswith("/"):
+            entries.extend({"uri": u} for u in _list_prefix(uri, client))
+        elif uri:
+            entries.append({"uri": uri})
+    manifest = str(params.get("manifest") or "").strip()
+    if manifest:
+        entries.extend(parse_manifest(read_bytes(manifest, client), manifest))
+    unique: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if not is_s3_uri(entry["uri"]):
+            raise ConfigError(f"batch images must be s3:// URIs, got {entry['uri']!r}")
+        unique.setdefault(entry["uri"], entry)
+    if not unique:
+        raise ConfigError("the batch is empty: no images in 'images' or the manifest")
+    if len(unique) > MAX_BATCH_IMAGES:
+        raise ConfigError(f"{len(unique):,} images in one batch, over the limit of "
+                          f"{MAX_BATCH_IMAGES:,}: split it into several runs")
+    return list(unique.values())
+
+
+def parse_manifest(data: bytes, name: str = "manifest") -> list[dict[str, Any]]:
+    """Entries of a manifest: ``{"images": [{"uri", "claim"?} | uri]}``, a JSON list, or
+    one URI per line (blank lines and ``#`` comments skipped)."""
+    text = data.decode("utf-8", "replace").strip()
+    if text.startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} is not valid JSON: {exc}") from exc
+        items = doc.get("images", []) if isinstance(doc, dict) else doc
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                out.append({"uri": item})
+            elif isinstance(item, dict) and isinstance(item.get("uri"), str):
+                out.append({"uri": item["uri"], **{k: item[k] for k in ("claim", "screened")
+                                                   if isinstance(item.get(k), dict)}})
+            else:
+                raise ConfigError(f"{name}: each image is a URI or {{'uri': ...}}, got {item!r}")
+        return out
+    return [{"uri": line.strip()} for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _list_prefix(prefix_uri: str, client: Any) -> list[str]:
+    from tilescope.intake.arrivals import list_arrivals
+
+    loc = parse_s3_uri(prefix_uri)
+    return [a.uri for a in list_arrivals(client, loc.bucket, loc.key)]
+
+
+def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
+    """``s3://<bucket of the first image>/scratch/batch/<run>/``."""
+    from tilescope.layout import safe_key_part
+
+    bucket = parse_s3_uri(entries[0]["uri"]).bucket
+    return f"s3://{bucket}/scratch/batch/{safe_key_part(run)}/"
+
+
+def outcomes_uri(entries: Sequence[Mapping[str, Any]], run: str) -> str:
+    """Where a batch run's per-image outcomes are kept for good (finalize, notifications
+    and the results viewer read them): ``s3://<bucket>/results/batches/<run>/outcomes.json``."""
+    from tilescope.layout import safe_key_part
+
+    bucket = parse_s3_uri(entries[0]["uri"]).bucket
+    return f"s3://{bucket}/results/batches/{safe_key_part(run)}/outcomes.json"
+
+
+def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
+               client: Any, run: str, model_slice_size: int, limits: RunLimits,
+               moderation: ModerationPolicy | None) -> BatchItem:
+    """Check and plan one image of the batch (see the module docstring)."""
+    from tilescope.tasks.image import DEFAULT_MAX_BYTES, gate, prepare
+
+    item = BatchItem(index, entry["uri"], claim=entry.get("claim"))
+    try:
+        if _plan_screened(item, entry.get("screened"), params, model_slice_size, limits,
+                          moderation):
+            return item
+        # One ranged GET: a small image comes back whole, a big one tells its size.
+        data, size = read_start(item.uri, FIRST_READ_BYTES, client)
+        if size == 0:
+            raise BadImageError(f"{item.uri} is empty (0 bytes)")
+        if size > DEFAULT_MAX_BYTES:
+            raise ImageTooLargeError(f"{item.uri} is {size:,} bytes, over the limit of "
+                                     f"{DEFAULT_MAX_BYTES:,}")
+        small = sniff_format(data[:SNIFF_BYTES]) not in (None, "TIFF") \
+            and not sniff_video(data[:SNIFF_BYTES])
+        if small and size <= 3 * WHOLE_MAX_PIXELS:
+            if len(data) < size:
+                data = read_bytes(item.uri, client)
+            reader = reader_for_bytes(data, max_pixels=limits.max_pixels, name=item.uri)
+            if reader.width * reader.height <= WHOLE_MAX_PIXELS:
+                with reader:
+                    image = ImageInfo(uri=item.uri, width=reader.width, height=reader.height,
+                                      sha256=hashlib.sha256(data).hexdigest(),
+                                      format=reader.header.format, bytes=size)
+                    plan = _plan_whole(image, params, model_slice_size, limits)
+                    item.moderation = gate(reader, image, moderation)
+                item.image, item.plan = image.to_dict(), plan
+                return item
+            reader.close()
+        # big, tiled or a video: prepared exactly as a run of its own would prepare it
+        prepared = prepare(item.uri, params, client=client, run=f"{run}-{index}",
+                           model_slice_size=model_slice_size, moderation=moderation,
+                           limits=limits)
+        item.whole = False
+        item.image, item.plan = prepared["image"], prepared["plan"]
+        item.moderation = prepared.get("moderation")
+        item.prepared = prepared
+    except TilescopeError as exc:
+        if exc.retryable:
+            raise
+        item.bad, item.error_class = str(exc), type(exc).__name__
+        if isinstance(exc, ImageBlockedError):
+            item.image, item.moderation = exc.image, exc.verdict
+    return item
+
+
+def _plan_screened(item: BatchItem, facts: Any, params: InferenceParams,
+                   model_slice_size: int, limits: RunLimits,
+                   moderation: ModerationPolicy | None) -> bool:
+    """Plan a small image from what ``s3_arrivals``' screen read of it (the manifest's
+    ``screened`` facts: SHA-256, size, format, oriented pixel size), without reading it again.
+    ``False`` (read it as usual) when the facts are missing or incomplete, or a moderation
+    gate must look at the pixels. The facts are checked when the unit reads the image: bytes
+    that do not match the SHA-256, or pixels of another size, make it a bad image."""
+    if moderation is not None and moderation.enabled:
+        return False
+    try:
+        image = ImageInfo(uri=item.uri, width=int(facts["width"]), height=int(facts["height"]),
+                          sha256=str(facts["sha256"]), format=str(facts["format"]),
+                          bytes=int(facts["bytes"]))
+    except (TypeError, KeyError, ValueError):
+        return False
+    pixels = image.width * image.height
+    if image.format == "TIFF" or not 0 < pixels <= WHOLE_MAX_PIXELS or len(image.sha256) != 64:
+        return False
+    refuse_over_pixel_limit(item.uri, image.width, image.height, limits.max_pixels)
+    item.image, item.plan = image.to_dict(), _plan_whole(image, params, model_slice_size,
+                                                         limits)
+    return True
+
+
+def _plan_whole(image: ImageInfo, params: InferenceParams, model_slice_size: int,
+                limits: RunLimits) -> dict[str, Any]:
+    """The plan summary of a small image read whole by its unit, within the run's budgets."""
+    plan = plan_image(image.width, image.height, params, model_slice_size,
+                      max_regions=limits.max_regions)
+    limits.check_plan(plan)
+    return plan.summary()
+
+
+def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
+                  client: Any, run: str, model_slice_size: int,
+                  slice_seconds: float | None = None, limits: RunLimits | None = None,
+                  moderation: ModerationPolicy | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Plan every image and pack the work units. Returns ``(items to map over, prepared)``:
+    the mapped items are work units (of images and videos' frames alike); ``prepared`` is
+    small — the plan itself is written to ``<scratch>/plan.json``."""
+    if params.full_image_pass:
+        raise ConfigError("full_image_pass is not supported in batch runs (one image per run)")
+    limits = limits or RunLimits()
+    scratch = batch_scratch(entries, run)
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="plan") as pool:
+        items = list(pool.map(lambda pair: _plan_item(
+            pair[0], pair[1], params, client=client, run=run,
+            model_slice_size=model_slice_size, limits=limits, moderation=moderation),
+            enumerate(entries)))
+    sources: list[SourcePlan] = []
+    next_frame = len(items)  # a video's frames are numbered after every image
+    for item in items:
+        if item.bad:
+            continue
+        if item.prepared:
+            item.prepared.pop("regions", None)  # a run of its own's units: packed here anew
+        plan = SlicePlan.from_summary(item.plan or {})
+        if item.video:  # its sampled frames are sources like any other
+            from tilescope.tasks.video import frame_sources
+
+            item.first_source = next_frame
+            sources.extend(frame_sources(plan, item.frame_count, next_frame))
+            next_frame += item.frame_count
+            continue
+        sources.append(SourcePlan(item.index, plan, whole=item.whole))
+    units = pack_units(sources, unit_slice_budget(slice_seconds),
+                       max_units=limits.max_regions)
+    table = _SourceTable(items)
+    mapped = [{**unit.to_dict(), "name": _unit_label(unit, table)} for unit in units]
+    write_bytes(scratch + PLAN_NAME, json.dumps(
+        {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
+    prepared = {"batch": {"plan_uri": scratch + PLAN_NAME, "images": len(items),
+                          "bad": sum(1 for i in items if i.bad), "units": len(units),
+                          "outcomes_uri": outcomes_uri(entries, run)},
+                "scratch_prefix": scratch, "ready_at": time.time()}
+    return mapped, prepared
+
+
+class _SourceTable:
+    """Which image (and which of a video's frames) each source number of a batch is."""
+
+    def __init__(self, items: Sequence[BatchItem]) -> None:
+        self.items = list(items)
+        self.videos = [i for i in self.items if i.first_source is not None]
+
+    def item(self, source: int) -> tuple[BatchItem, int | None]:
+        """``(item, frame position)``; the position is ``None`` for an image."""
+        if source < len(self.items):
+            return self.items[source], None
+        for item in self.videos:
+            position = source - (item.first_source or 0)
+            if 0 <= position < item.frame_count:
+                return item, position
+        raise KeyError(f"no source {source} in this batch")
+
+    def plan(self, source: int) -> SlicePlan:
+        return SlicePlan.from_summary(self.item(source)[0].plan or {})
+
+    def name(self, source: int) -> str:
+        """``a.jpg``, or ``clip.avi f120`` for a video's frame."""
+        item, position = self.item(source)
+        if position is None:
+            return item.name
+        index = int((item.prepared or {})["video"]["frames"][position][0])
+        return f"{item.name} f{index}"
+
+
+def _unit_label(unit: WorkUnit, table: _SourceTable) -> str:
+    """``a.jpg`` · ``a.jpg … z.jpg (40 images)`` · ``big.tif r0c1–r1c1`` ·
+    ``clip.avi f0 … clip.avi f90 (4 frames)``."""
+    sources = unit.sources
+    first, last = table.name(sources[0]), table.name(sources[-1])
+    if len(sources) == 1:
+        item, _ = table.item(sources[0])
+        part = unit.parts[0]
+        regions = table.plan(sources[0]).regions
+        if item.whole or (part.first == 0 and part.stop == len(regions)):
+            return first
+        return f"{first} {regions[part.first].name}–{regions[unit.parts[-1].stop - 1].name}"
+    kinds = {table.item(s)[1] is None for s in sources}
+    what = "images" if kinds == {True} else "frames" if kinds == {False} else "sources"
+    return f"{first} … {last} ({len(sources)} {what})"
+
+
+def load_items(prepared: Mapping[str, Any], client: Any) -> list[BatchItem]:
+    """The batch's items from its ``plan.json``."""
+    doc = json.loads(read_bytes(prepared["batch"]["plan_uri"], client))
+    return [BatchItem.from_dict(d) for d in doc["items"]]
+
+
+def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
+                 params: InferenceParams, model: DetectionModel, *, client: Any,
+                 budget: int, attempt: int = 1,
+                 max_pixels: int | None = None) -> dict[str, Any]:
+    """One work unit → its finding dict (over ``budget`` bytes: written to scratch and
+    passed as a key). A video's frames are opened from their staged TIFFs."""
+    from tilescope.layout import open_source
+
+    items = load_items(prepared, client)
+    table = _SourceTable(items)
+    unit = WorkUnit.from_dict(unit_data)
+    plans = {s: table.plan(s) for s in unit.sources}
+    whole = {s: table.item(s)[1] is None and table.item(s)[0].whole for s in unit.sources}
+    frames: dict[int, Any] = {}  # video item → its frame opener
+
+    def open_reader(source: int) -> Any:
+        item, position = table.item(source)
+        if position is not None:
+            if item.index not in frames:
+                from tilescope.tasks.video import frame_opener
+
+                frames[item.index] = frame_opener(item.prepared or {}, client,
+                                                  item.first_source or 0)
+            return frames[item.index](source)
+        if not item.whole:
+            return open_source((item.prepared or {})["source_uri"], client)
+        # small ones decoded here, on the read-ahead thread, while the model runs
+        reader = reopen_planned(item.uri, (item.image or {}).get("sha256", ""), client=client,
+                                max_pixels=max_pixels or RunLimits().max_pixels,
+                                decode=plans[source].slice_count <= BATCHED_SOURCE_SLICES)
+        plan = plans[source]
+        if (reader.width, reader.height) != (plan.width, plan.height):
+            reader.close()
+            raise BadImageError(f"{item.uri} is {reader.width}×{reader.height}, planned as "
+                                f"{plan.width}×{plan.height}: not analysed")
+        return reader
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="companions") as pool:
+        writes: list[Any] = []
+
+        def write_companions(source: int, findings: list[RegionFinding],
+                             reader: Any) -> None:
+            """A small image's thumbnail, overlay and COCO go out from here, while its pixels
+            are at hand; ``store`` then writes only its ``result.json`` (the commit point)."""
+            from tilescope.layout import THUMBNAIL_SIDE
+
+            result = _image_result(items[source], findings, params)
+            writes.append(pool.submit(_write_companions, result,
+                                      reader.thumbnail(THUMBNAIL_SIDE), params, client))
+
+        finding = run_unit(unit, plans, whole, open_reader, model, params, attempt=attempt,
+                           on_source_done=write_companions)
+        for write in writes:
+            write.result()
+    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+
+
+def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
+                  params: InferenceParams) -> Result:
+    """A small image's result from its region findings, exactly as a single-image run
+    merges them (``min_success_ratio`` enforced)."""
+    return synthesize(ImageInfo.from_dict(item.image or {}),
+                      SlicePlan.from_summary(item.plan or {}), findings, params,
+                      model_name=params.model, category_names=model_categories(params.model),
+                      coco_category_ids=model_coco_ids(params.model),
+                      moderation=item.moderation)
+
+
+def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
+                      client: Any) -> None:
+    """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
+    ``result.json``."""
+    from tilescope.layout import png_bytes
+    from tilescope.outputs.writers import coco_json, overlay_png
+    from tilescope.tasks.image import result_targets, results_prefix
+
+    bucket = parse_s3_uri(result.image.uri).bucket
+    targets = result_targets(bucket, result.image.image_id, params)
+    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+                png_bytes(thumbnail), "image/png", client)
+    write_bytes(targets.coco, coco_json(result), "application/json", client)
+    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
+
+
+def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
+                   ) -> tuple[dict[int, list[RegionFinding]], dict[int, str]]:
+    """Region findings per source, and bad sources."""
+    regions: dict[int, list[RegionFinding]] = {}
+    bad: dict[int, str] = {}
+    for data in findings:
+        if not data:
+            continue
+        unit = load_unit_finding(data, client)
+        for source, found in unit.findings.items():
+            regions.setdefault(source, []).extend(found)
+        bad.update(unit.bad)
+    return regions, bad
+
+
+def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
+                  params: InferenceParams, model_name: str, *, client: Any,
+                  run_started: float | None = None) -> str:
+    """Merge each image's findings into its Result (``min_success_ratio`` per image) and
+    write every result and refusal to ``<scratch>/results.json``; returns that URI."""
+    from tilescope.tasks.image import combine
+
+    items = load_items(prepared, client)
+    regions, bad_sources = _unit_findings(findings, client)
+    entries: list[dict[str, Any]] = []
+    for item in items:
+        entry: dict[str, Any] = {"index": item.index}
+        try:
+            if item.bad:
+                raise _Refused(item.bad, item.error_class or "BadImageError")
+            if item.index in bad_sources:
+                raise _Refused(bad_sources[item.index], "BadImageError")
+            if item.whole:
+                result = _image_result(item, regions.get(item.index, []), params)
+            elif item.video:  # merged per frame, never across frames
+                from tilescope.tasks.video import video_result
+
+                first = item.first_source or 0
+                result = video_result(item.prepared or {}, {
+                    position: regions.get(first + position, [])
+                    for position in range(item.frame_count)}, params, model_name)
+            else:
+                result = combine(item.prepared or {},
+                                 [f.to_dict() for f in regions.get(item.index, [])], params,
+                                 model_name, client=client)
+            if run_started is not None:
+                result.seconds["total"] = max(0.0, time.time() - run_started)
+            entry.update(status=STORED, result=result.to_dict())
+        except _Refused as refused:
+            entry.update(status=BAD, error=refused.reason, error_class=refused.error_class)
+        except RegionsFailedError as exc:
+            entry.update(status=FAILED, error=str(exc), error_class=type(exc).__name__)
+        entries.append(entry)
+    uri = prepared["scratch_prefix"] + RESULTS_NAME
+    write_bytes(uri, json.dumps({"results": entries}).encode(), "application/json", client)
+    return uri
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, error_class: str) -> None:
+        super().__init__(reason)
+        self.reason, self.error_class = reason, error_class
+
+
+@dataclass
+class ItemOutcome:
+    """How one image of a batch ended (what finalize settles and notifies)."""
+
+    index: int
+    uri: str
+    status: str
+    image_id: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)
+    detections: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    result_status: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+
+    def asset_extra(self) -> dict[str, Any]:
+        """The results-asset event extra, as a single-image run's ``store`` emits it."""
+        return {"image_id": self.image_id, "image_uri": self.uri, "status": self.result_status,
+                "detections": self.detections, "counts": self.counts,
+                "result": self.keys.get("result")}
+
+
+def store_batch(results_uri: str, prepared: Mapping[str, Any], params: InferenceParams, *,
+                client: Any, catalog_url: str | None, run_id: str | None = None
+                ) -> tuple[dict[str, Any], list[ItemOutcome]]:
+    """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
+    ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
+    in a run of its own. Writes the per-image outcomes to the batch's ``outcomes.json``.
+    Returns a small summary and the outcomes."""
+    items = load_items(prepared, client)
+    entries = json.loads(read_bytes(results_uri, client))["results"]
+    by_index = {item.index: item for item in items}
+
+    def store_one(entry: Mapping[str, Any]) -> tuple[ItemOutcome, Result | None]:
+        item = by_index[int(entry["index"])]
+        outcome = ItemOutcome(item.index, item.uri, entry["status"],
+                              image_id=(item.image or {}).get("image_id"),
+                              error=entry.get("error"), error_class=entry.get("error_class"))
+        if entry["status"] != STORED:
+            return outcome, None
+        result = Result.from_dict(entry["result"])
+        outcome.keys = _write_outputs(item, result, params, client)
+        outcome.detections, outcome.counts = len(result.detections), result.counts()
+        outcome.result_status = result.status
+        return outcome, result
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
+        done = list(pool.map(store_one, entries))
+    if catalog_url:
+        from tilescope.outputs.catalog import connect, record_results
+
+        engine = connect(catalog_url)
+        try:
+            record_results(engine, [(result, params.digest(), outcome.keys)
+                                    for outcome, result in done if result is not None],
+                           run_id)
+        finally:
+            engine.dispose()
+    outcomes = [outcome for outcome, _ in done]
+    write_bytes(prepared["batch"]["outcomes_uri"],
+                json.dumps({"run_id": run_id, "outcomes": [asdict(o) for o in outcomes]}
+                           ).encode(), "application/json", client)
+    stored = [o for o in outcomes if o.status == STORED]
+    return ({"batch": True, "images": len(outcomes), "stored": len(stored),
+             "bad": sum(1 for o in outcomes if o.status == BAD),
+             "failed": sum(1 for o in outcomes if o.status == FAILED),
+             "detections": sum(o.detections or 0 for o in stored)}, outcomes)
+
+
+def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
+                   client: Any) -> dict[str, str]:
+    """One image's outputs: a big image's as a run of its own stores them (its scratch
+    removed); a small one's ``result.json`` beside the companions its unit wrote."""
+    from tilescope.outputs.writers import result_json
+    from tilescope.tasks.image import result_targets, store_result
+
+    if not item.whole:
+        return store_result(result, item.prepared or {}, params, client=client,
+                            catalog_url=None)["keys"]
+    targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
+    write_bytes(targets.result, result_json(result), "application/json", client)
+    return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+
+
+def batch_event(prepared: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The one results-asset event extra of a big batch: where its per-image outcomes are,
+    and its totals (consumers read the images from the outcomes document)."""
+    return {"batch": {"outcomes": prepared["batch"]["outcomes_uri"],
+                      "images": summary["images"], "stored": summary["stored"]},
+            "detections": summary["detections"], "status": "batch"}
+
+
+def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome] | None:
+    """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
+    try:
+        doc = json.loads(read_bytes(prepared["batch"]["outcomes_uri"], client))
+    except BadImageError:  # missing object
+        return None
+    return [ItemOutcome(**o) for o in doc["outcomes"]]
+
+
+def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
+                 run_id: str | None) -> list[ItemOutcome]:
+    """End of a batch run: each claimed image's original to ``processed/`` (stored),
+    ``quarantine/`` with its reason (bad input), or its claim released (anything else);
+    then the batch's scratch is removed (kept when store never ran, so clearing a failed
+    unit and its downstream can still complete the run). Returns every image's outcome
+    (images store never reached count as failed, bad ones found in preprocess as bad)."""
+    from tilescope.intake.claims import Claim
+    from tilescope.intake.flow import quarantine_claimed, settle
+    from tilescope.layout import delete_prefix
+
+    items = load_items(prepared, client)
+    outcomes = load_outcomes(prepared, client)
+    # scratch goes once store has run (clearing a failed unit can still complete the run
+    # before that)
+    store_ran = outcomes is not None
+    if outcomes is None:
+        outcomes = [ItemOutcome(i.index, i.uri, BAD if i.bad else FAILED,
+                                image_id=(i.image or {}).get("image_id"),
+                                error=i.bad or "the run failed before this image was stored",
+                                error_class=i.error_class) for i in items]
+    by_index = {item.index: item for item in items}
+
+    def settle_one(outcome: ItemOutcome) -> None:
+        claim = by_index[outcome.index].claim
+        if not claim or engine is None:
+            return
+        owned = Claim.from_dict(claim)
+        if outcome.status == BAD:
+            quarantine_claimed(client, engine, owned, reason=outcome.error or "bad input",
+                               error_class=outcome.error_class or "BadImageError",
+                               run_id=run_id)
+        else:
+            settle(client, engine, owned, stored=outcome.status == STORED)
+
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="settle") as pool:
+        list(pool.map(settle_one, outcomes))
+    if store_ran:
+        delete_prefix(prepared["scratch_prefix"], client)
+    return outcomes

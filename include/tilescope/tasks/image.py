@@ -1,0 +1,374 @@
+"""The DAG's task bodies as plain functions: small JSON-able dicts in and out, S3 in between.
+
+``prepare`` (preprocess) validates the image, plans regions and writes the decoded pixels once
+to a scratch *tiled* TIFF, so every region task fetches only the tiles it needs with ranged
+GETs instead of decoding the whole image again. ``analyze`` runs one region (or
+``analyze_unit`` several: :func:`image_units`);
+``synthesize`` merges; ``store`` writes the artefacts. Nothing here imports Airflow, so each
+step is unit-testable against any S3 server, and the XComs stay small by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tilescope import deferred
+from tilescope.deferred import SubmittedRegion
+from tilescope.detections import Detections
+from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
+from tilescope.layout import (
+    THUMBNAIL_SIDE,
+    ScratchLayout,
+    delete_prefix,
+    open_source,
+    png_bytes,
+    upload_tiled_tiff,
+)
+from tilescope.limits import RunLimits
+from tilescope.models.base import DetectionModel
+from tilescope.models.registry import model_categories, model_coco_ids
+from tilescope.models.sagemaker import AsyncOutcome, SageMakerAsyncModel
+from tilescope.moderation import ModerationPolicy, gate
+from tilescope.outputs.writers import OutputTargets, coco_json, overlay_png, result_json
+from tilescope.params import InferenceParams
+from tilescope.pipeline import (
+    analyze_region,
+    full_image_detections,
+    open_names,
+    plan_image,
+    synthesize,
+)
+from tilescope.readers import TiffReader, reader_for_bytes
+from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
+from tilescope.results import (
+    ImageInfo,
+    RegionFinding,
+    Result,
+    detections_from_compact,
+    detections_to_compact,
+)
+from tilescope.slicing import MAX_MAP_LENGTH, Region, SlicePlan
+from tilescope.storage import (
+    object_size,
+    parse_s3_uri,
+    read_bytes,
+    read_head,
+    sha256_hex,
+    write_bytes,
+)
+from tilescope.units import (
+    WorkUnit,
+    is_unit_payload,
+    region_units,
+    run_unit,
+    source_findings,
+    unit_payload,
+    unit_slice_budget,
+)
+
+#: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
+XCOM_BUDGET_BYTES = 48 * 1024
+#: default refusal size for an input object (the pixel limit guards decoding separately)
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
+    """``s3://bucket/results/<image_id>/<params digest>/``: the same image and parameters
+    always land on the same keys, so a re-run overwrites instead of duplicating."""
+    return f"s3://{bucket}/results/{image_id}/{params.digest()}/"
+
+
+def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
+            model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+            max_bytes: int = DEFAULT_MAX_BYTES,
+            moderation: ModerationPolicy | None = None,
+            full_image_model: DetectionModel | None = None,
+            limits: RunLimits | None = None) -> dict[str, Any]:
+    """Validate the image, plan its regions, stage its pixels for region tasks.
+
+    ``limits`` (default: ``max_pixels`` and the default slice and region budgets) refuses a
+    plan over budget from the image header, before the pixels are decoded.
+
+    Returns ``{"image", "plan", "regions", "source_uri", "thumbnail_uri", "scratch_prefix",
+    "full_image"}`` — boxes and keys only, never pixels. ``full_image`` holds the detections
+    of one whole-image pass when ``full_image_model`` is given (the image is decoded here).
+    ``moderation`` gates the image before anything is staged: a blocked image raises
+    :class:`ImageBlockedError` (carrying the verdict); a passed one keeps its verdict in
+    ``"moderation"``.
+    """
+    size = object_size(image_uri, client)
+    if size == 0:
+        raise BadImageError(f"{image_uri} is empty (0 bytes)")
+    if size > max_bytes:
+        raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
+                                 f"{max_bytes:,}")
+    limits = limits or RunLimits(max_pixels=max_pixels)
+    head = read_head(image_uri, SNIFF_BYTES, client, size=size)
+    container = sniff_video(head)  # by signature, not by name
+    if container:
+        from tilescope.tasks.video import prepare_video
+
+        return prepare_video(image_uri, params, container=container, client=client, run=run,
+                             model_slice_size=model_slice_size, limits=limits,
+                             moderation=moderation, full_image_model=full_image_model)
+    reader, sha256 = open_input(image_uri, head, client=client, size=size,
+                                max_pixels=limits.max_pixels)
+    with reader:
+        limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
+                                     max_regions=limits.max_regions))
+        reader.validate()
+        image = ImageInfo(uri=image_uri, width=reader.width, height=reader.height,
+                          sha256=sha256(), format=reader.header.format, bytes=size)
+        verdict = gate(reader, image, moderation)
+        plan = plan_image(image.width, image.height, params, model_slice_size,
+                          max_regions=limits.max_regions)
+        limits.check_plan(plan)  # again: a late EXIF orientation may have swapped the sides
+        scratch = ScratchLayout(parse_s3_uri(image_uri).bucket, image.image_id, run)
+        if isinstance(reader, TiffReader) and reader.header.tiled:
+            source_uri = image_uri  # already tiled: regions read its tiles directly
+        else:
+            source_uri = scratch.uri("pixels.tif")
+            upload_tiled_tiff(reader, source_uri, client)
+        full_image = None
+        if full_image_model is not None:
+            full_image = detections_to_compact(
+                full_image_detections(reader, full_image_model, params))
+        thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
+    # encoded once the reader has let the decoded image go: the two never add up
+    thumbnail_uri = scratch.uri("thumbnail.png")
+    write_bytes(thumbnail_uri, png_bytes(thumbnail), "image/png", client)
+    return {"image": image.to_dict(), "plan": plan.summary(),
+            "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
+            "thumbnail_uri": thumbnail_uri, "full_image": full_image,
+            "full_image_names": open_names(full_image_model) if full_image_model else None,
+            "moderation": verdict,
+            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
+            "ready_at": time.time()}  # regions may run from now: their queue wait starts
+
+
+def open_input(uri: str, head: bytes, *, client: Any, size: int,
+               max_pixels: int) -> tuple[ImageReader, Callable[[], str]]:
+    """A reader for the input image and a function giving its SHA-256 (called after the plan
+    has passed its budget checks, so an over-budget image is refused before it is read).
+
+    A *tiled* TIFF — a whole-slide scan, a COG-style satellite capture — is opened over ranged
+    GETs: tifffile parses only its header here, the thumbnail is built tile row by tile row,
+    and the hash is computed on a stream, so preprocess memory does not grow with the image.
+    Anything else is downloaded and decoded once (the pixel limit guards the decode)."""
+    if sniff_format(head) == "TIFF":
+        reader = open_source(uri, client, size=size, max_pixels=max_pixels)
+        if reader.header.tiled:
+            return reader, lambda: sha256_hex(uri, client)
+        reader.close()  # strips: decoded whole, from one download
+    data = read_bytes(uri, client)
+    digest = hashlib.sha256(data).hexdigest()
+    return reader_for_bytes(data, max_pixels=max_pixels, name=uri), lambda: digest
+
+
+def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: Any,
+                   catalog_url: str | None, run_id: str | None = None) -> str:
+    """Record a blocked image as its result: ``result.json`` with status ``blocked``, the
+    verdict and no detections, and the catalog row. Returns the result URI."""
+    image = ImageInfo.from_dict(error.image)
+    result = Result(image=image, model=params.model, params=params.to_dict(), plan={},
+                    regions=[], detections=Detections.empty(), category_names=[],
+                    moderation=error.verdict,
+                    description=f"not analysed: {error.verdict.get('reason', error)}")
+    targets = result_targets(parse_s3_uri(image.uri).bucket, image.image_id, params)
+    write_bytes(targets.result, result_json(result), "application/json", client)
+    if catalog_url:
+        from tilescope.outputs.catalog import connect, record_result
+
+        engine = connect(catalog_url)
+        try:
+            record_result(engine, result, params.digest(), {"result": targets.result}, run_id)
+        finally:
+            engine.dispose()
+    return targets.result
+
+
+def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
+            model: DetectionModel, *, client: Any, scratch_prefix: str,
+            attempt: int = 1) -> dict[str, Any]:
+    """One region → a finding dict small enough for an XCom (large detections go to S3).
+    (A video's work units run through :func:`tilescope.tasks.video.analyze_frames`.)"""
+    with open_source(source_uri, client) as reader:
+        finding = analyze_region(reader, Region.from_dict(region), model, params,
+                                 attempt=attempt)
+    return finding_payload(finding, scratch_prefix, client)
+
+
+def image_units(prepared: dict[str, Any], params: InferenceParams, *,
+                slice_seconds: float | None, workers: int,
+                max_units: int = MAX_MAP_LENGTH) -> list[dict[str, Any]] | None:
+    """What a one-image run maps ``analyze`` over when its regions are packed into work
+    units (:func:`tilescope.units.region_units`), or ``None`` to map one task per region.
+
+    Packed only when the grid is ``auto`` (an explicit grid is the user choosing the
+    fan-out: one task a region, as documented) and the model runs on the worker's cores and
+    says what a slice costs (``slice_seconds``): a remote model's time is network-bound, and
+    more tasks in flight are what make it faster. A video's frames are packed already."""
+    if params.grid != "auto" or not slice_seconds or prepared.get("video"):
+        return None
+    units = region_units(SlicePlan.from_summary(prepared["plan"]),
+                         unit_slice_budget(slice_seconds), workers=workers,
+                         max_units=max_units)
+    return [unit.to_dict() for unit in units] if units else None
+
+
+def analyze_unit(unit_data: dict[str, Any], prepared: dict[str, Any], params: InferenceParams,
+                 model: DetectionModel, *, client: Any, budget: int = XCOM_BUDGET_BYTES,
+                 attempt: int = 1) -> dict[str, Any]:
+    """One work unit of a one-image run (several of its regions, one task) → the unit's
+    finding dict. The source is opened once for all of them; each region is analyzed and
+    merged exactly as :func:`analyze` does it."""
+    unit = WorkUnit.from_dict(unit_data)
+    finding = run_unit(unit, {0: SlicePlan.from_summary(prepared["plan"])}, {0: False},
+                       lambda _: open_source(prepared["source_uri"], client), model, params,
+                       attempt=attempt)
+    if finding.bad:  # the image itself turned out unreadable: no retry can help
+        raise BadImageError(finding.bad[0])
+    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+
+
+def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) -> dict[str, Any]:
+    """A finding as its XCom dict: detections over the budget go to S3 as a key."""
+    data = finding.to_dict()
+    if len(json.dumps(data)) > XCOM_BUDGET_BYTES:
+        uri = f"{scratch_prefix}findings/region-{finding.index:04d}.json"
+        write_bytes(uri, json.dumps(data["detections"]).encode(), "application/json", client)
+        data["detections"] = None
+        data["detections_uri"] = uri
+    return data
+
+
+def submit_region(region: dict[str, Any], source_uri: str, model: SageMakerAsyncModel, *,
+                  client: Any) -> SubmittedRegion:
+    """The deferred ``analyze``'s first half: one region's slices submitted to a model that
+    answers later (:mod:`tilescope.deferred`)."""
+    with open_source(source_uri, client) as reader:
+        return deferred.submit_region(reader, Region.from_dict(region), model)
+
+
+def finish_region(region: dict[str, Any], submitted: SubmittedRegion,
+                  outcomes: list[AsyncOutcome] | None, params: InferenceParams,
+                  model: SageMakerAsyncModel, *, client: Any, scratch_prefix: str,
+                  attempt: int = 1) -> dict[str, Any]:
+    """The deferred ``analyze``'s second half: the same finding dict as :func:`analyze`."""
+    finding = deferred.finish_region(Region.from_dict(region), submitted, outcomes, model,
+                                     params, attempt=attempt)
+    return finding_payload(finding, scratch_prefix, client)
+
+
+def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:
+    """A finding dict from :func:`analyze`, with offloaded detections fetched back."""
+    finding = RegionFinding.from_dict(data)
+    if data.get("detections_uri"):
+        finding.detections = detections_from_compact(
+            json.loads(read_bytes(data["detections_uri"], client)))
+    return finding
+
+
+def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
+            params: InferenceParams, model_name: str, *, client: Any,
+            run_started: float | None = None) -> Result:
+    """Merge the findings of every region (``min_success_ratio`` enforced) into a Result.
+
+    ``findings`` may miss regions (their tasks failed): they count as failed regions.
+    ``run_started`` (epoch seconds) adds the run's wall time as ``seconds.total`` (so the
+    summary's ``model_share`` is model time over the whole run), plus region sums.
+    """
+    if prepared.get("video"):  # merged per frame, never across frames
+        from tilescope.tasks.video import combine_video
+
+        return combine_video(prepared, findings, params, model_name, client=client,
+                             run_started=run_started)
+    plan = SlicePlan.from_summary(prepared["plan"])
+    present = [f for f in findings if f]
+    if present and is_unit_payload(present[0]):  # regions packed into units
+        loaded = source_findings(present, client).get(0, [])
+    else:
+        loaded = [load_finding(f, client) for f in present]
+    result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
+                        model_name=model_name, category_names=model_categories(model_name),
+                        coco_category_ids=model_coco_ids(model_name),
+                        full_image_names=prepared.get("full_image_names"),
+                        moderation=prepared.get("moderation"),
+                        full_image=detections_from_compact(prepared["full_image"])
+                        if prepared.get("full_image") else None)
+    if run_started is not None:
+        from tilescope.outputs.metrics import run_seconds
+
+        result.seconds.update(run_seconds((f.seconds for f in loaded), run_started,
+                                          time.time()))
+    return result
+
+
+def save_result(result: Result, scratch_prefix: str, client: Any) -> str:
+    """Park the synthesized result in scratch for the store step (it is too big for XCom)."""
+    uri = f"{scratch_prefix}result.json"
+    write_bytes(uri, result_json(result), "application/json", client)
+    return uri
+
+
+def result_targets(bucket: str, image_id: str, params: InferenceParams) -> OutputTargets:
+    prefix = results_prefix(bucket, image_id, params)
+    return OutputTargets(result=f"{prefix}result.json", coco=f"{prefix}coco.json",
+                         overlay=f"{prefix}overlay.png")
+
+
+def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
+          client: Any, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
+    """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
+    remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
+    result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
+    return store_result(result, prepared, params, client=client, catalog_url=catalog_url,
+                        run_id=run_id)
+
+
+def store_result(result: Result, prepared: dict[str, Any], params: InferenceParams, *,
+                 client: Any, catalog_url: str | None,
+                 run_id: str | None = None) -> dict[str, Any]:
+    """:func:`store` for a result already in hand (a batch's big image)."""
+    from PIL import Image
+
+    bucket = parse_s3_uri(result.image.uri).bucket
+    targets = result_targets(bucket, result.image.image_id, params)
+    thumbnail_png = read_bytes(prepared["thumbnail_uri"], client)
+    with Image.open(io.BytesIO(thumbnail_png)) as thumb:
+        thumbnail = np.asarray(thumb.convert("RGB"))
+    # The plain picture outlives scratch: the results viewer draws its boxes over it.
+    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+                thumbnail_png, "image/png", client)
+    write_bytes(targets.coco, coco_json(result), "application/json", client)
+    if prepared.get("video"):  # a contact sheet of annotated frames
+        from tilescope.tasks.video import video_overlay_png
+
+        overlay = video_overlay_png(result, prepared, client)
+    else:
+        overlay = overlay_png(result, thumbnail)
+    write_bytes(targets.overlay, overlay, "image/png", client)
+    write_bytes(targets.result, result_json(result), "application/json", client)  # last
+    keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    if catalog_url:
+        from tilescope.outputs.catalog import connect, record_result
+
+        engine = connect(catalog_url)
+        try:
+            record_result(engine, result, params.digest(), keys, run_id)
+        finally:
+            engine.dispose()
+    deleted = delete_prefix(prepared["scratch_prefix"], client)
+    return {"image_id": result.image.image_id, "image_uri": result.image.uri,
+            "status": result.status, "detections": len(result.detections),
+            "counts": result.counts(), "failed_regions": result.failed_regions,
+            "regions": len(result.regions), "model_share": result.summary()["model_share"],
+            "keys": keys, "scratch_objects_deleted": deleted}

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: test models, fabricated inputs, local servers, Airflow stacks."""
