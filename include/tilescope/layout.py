@@ -1,5 +1,19 @@
-"""A run's scratch objects in S3: where they go, how pixels are staged there, how they are
-read back and removed.
+"""Where tilescope's objects live in S3, and how a run's pixels are staged there, read back
+and removed: the one description of the key layout, used by the task bodies that write the
+objects and by the results viewer that checks a run's XComs against it.
+
+======================================================  =====================================
+``scratch/<image-id>/<run>/``                           one run's staged pixels, thumbnail,
+                                                        offloaded findings (removed by store)
+``scratch/batch/<run>/plan.json``                       a batch run's plan (removed at the end)
+``results/<image-id>/<params digest>/result.json``      a stored result, with ``coco.json``,
+                                                        ``overlay.png`` and ``thumbnail.png``
+``results/batches/<run>/outcomes.json``                 a batch run's per-image outcomes (kept)
+======================================================  =====================================
+
+``<run>`` is the run id made safe for a key (:func:`safe_key_part`). The same image and
+parameters always land on the same ``results/`` keys, so a re-run overwrites instead of
+duplicating.
 
 Preprocess stages an image's decoded pixels (or each sampled frame of a video) once as a
 *tiled* TIFF under ``scratch/<image_id>/<run>/``, so every analyze task fetches only the
@@ -23,6 +37,13 @@ from tilescope.readers import TiffReader
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.slicing import Box
 from tilescope.storage import RangedS3File, parse_s3_uri
+
+#: a stored result's files by role, as the store summary and the viewer name them
+ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
+THUMBNAIL = "thumbnail.png"
+PLAN, OUTCOMES = "plan.json", "outcomes.json"
+IMAGE_ID = re.compile(r"[0-9a-f]{16}")
+PARAMS_DIGEST = re.compile(r"[0-9a-f]{8,64}")
 
 SCRATCH_TILE = 512
 THUMBNAIL_SIDE = 2048
@@ -49,6 +70,73 @@ class ScratchLayout:
 
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
+
+
+def finding_uri(scratch_prefix_uri: str, index: int) -> str:
+    """Where a region's detections go when its finding is too big for an XCom."""
+    return f"{scratch_prefix_uri}findings/region-{index:04d}.json"
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """Where one image's result is stored: ``results/<image_id>/<params digest>/``."""
+
+    bucket: str
+    image_id: str
+    digest: str
+
+    @property
+    def prefix(self) -> str:
+        return f"results/{self.image_id}/{self.digest}/"
+
+    def uri(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def artifacts(self) -> dict[str, str]:
+        """``{"result": uri, "coco": uri, "overlay": uri}``: the store summary's ``keys``."""
+        return {role: self.uri(name) for role, name in ARTIFACTS.items()}
+
+    @classmethod
+    def of_result(cls, uri: str) -> ResultsLayout | None:
+        """The layout whose ``result.json`` is ``uri``, or ``None`` when ``uri`` is not
+        exactly such a key (other prefix, a malformed image id or digest, extra segments)."""
+        if not uri.startswith("s3://"):
+            return None
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        parts = key.split("/")
+        if (len(parts) != 4 or parts[0] != "results" or not IMAGE_ID.fullmatch(parts[1])
+                or not PARAMS_DIGEST.fullmatch(parts[2]) or parts[3] != ARTIFACTS["result"]):
+            return None
+        return cls(bucket, parts[1], parts[2])
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """A batch run's own documents: its plan under ``scratch/batch/<run>/`` (removed when
+    the run ends) and its outcomes under ``results/batches/<run>/`` (kept)."""
+
+    bucket: str
+    run: str
+
+    @property
+    def scratch_prefix(self) -> str:
+        return f"scratch/batch/{safe_key_part(self.run)}/"
+
+    @property
+    def results_prefix(self) -> str:
+        return f"results/batches/{safe_key_part(self.run)}/"
+
+    @property
+    def scratch_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.scratch_prefix}"
+
+    @property
+    def plan_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.scratch_prefix}{PLAN}"
+
+    @property
+    def outcomes_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.results_prefix}{OUTCOMES}"
 
 
 def safe_key_part(text: str) -> str:

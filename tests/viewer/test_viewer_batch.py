@@ -15,7 +15,7 @@ from tilescope.layout import safe_key_part
 from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import plan_slices
-from tilescope.tasks.batch import ItemOutcome, batch_scratch
+from tilescope.tasks.batch import ItemOutcome
 from tilescope.viewer.keys import (
     BatchPrefixes,
     ViewerInputError,
@@ -39,8 +39,8 @@ HASH = "a1b2c3d4e5f6"
 def prepared_for(run_id: str = RUN_ID, bucket: str = "tilescope") -> dict:
     """preprocess's ``prepared`` XCom of a batch run, as ``tasks.batch.prepare_batch``
     writes it."""
-    scratch = batch_scratch([{"uri": f"s3://{bucket}/incoming/a.jpg"}], run_id)
     safe = safe_key_part(run_id)
+    scratch = f"s3://{bucket}/scratch/batch/{safe}/"
     return {"batch": {"plan_uri": scratch + "plan.json", "images": 4, "bad": 1, "units": 2,
                       "outcomes_uri": f"s3://{bucket}/results/batches/{safe}/outcomes.json"},
             "scratch_prefix": scratch, "ready_at": 0.0}

@@ -50,6 +50,7 @@ from tilescope.errors import (
     RegionsFailedError,
     TilescopeError,
 )
+from tilescope.layout import BatchLayout
 from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
@@ -66,9 +67,9 @@ from tilescope.units import (
     BATCHED_SOURCE_SLICES,
     SourcePlan,
     WorkUnit,
-    load_unit_finding,
     pack_units,
     run_unit,
+    source_findings,
     unit_payload,
     unit_slice_budget,
 )
@@ -82,7 +83,8 @@ FIRST_READ_BYTES = 1 << 20
 IO_THREADS = 8
 #: at most this many images in one batch run (each is a row in the plan, an entry in results)
 MAX_BATCH_IMAGES = 10_000
-PLAN_NAME, RESULTS_NAME = "plan.json", "results.json"
+#: the merged results of a batch, parked in its scratch for store
+RESULTS_NAME = "results.json"
 STORED, BAD, FAILED = "stored", "bad", "failed"
 
 
@@ -185,21 +187,10 @@ def _list_prefix(prefix_uri: str, client: Any) -> list[str]:
     return [a.uri for a in list_arrivals(client, loc.bucket, loc.key)]
 
 
-def batch_scratch(entries: Sequence[Mapping[str, Any]], run: str) -> str:
-    """``s3://<bucket of the first image>/scratch/batch/<run>/``."""
-    from tilescope.layout import safe_key_part
-
-    bucket = parse_s3_uri(entries[0]["uri"]).bucket
-    return f"s3://{bucket}/scratch/batch/{safe_key_part(run)}/"
-
-
-def outcomes_uri(entries: Sequence[Mapping[str, Any]], run: str) -> str:
-    """Where a batch run's per-image outcomes are kept for good (finalize, notifications
-    and the results viewer read them): ``s3://<bucket>/results/batches/<run>/outcomes.json``."""
-    from tilescope.layout import safe_key_part
-
-    bucket = parse_s3_uri(entries[0]["uri"]).bucket
-    return f"s3://{bucket}/results/batches/{safe_key_part(run)}/outcomes.json"
+def batch_layout(entries: Sequence[Mapping[str, Any]], run: str) -> BatchLayout:
+    """The batch run's documents, in the bucket of its first image: the plan in scratch, the
+    outcomes kept for good (finalize, notifications and the results viewer read them)."""
+    return BatchLayout(parse_s3_uri(entries[0]["uri"]).bucket, run)
 
 
 def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
@@ -298,7 +289,7 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     if params.full_image_pass:
         raise ConfigError("full_image_pass is not supported in batch runs (one image per run)")
     limits = limits or RunLimits()
-    scratch = batch_scratch(entries, run)
+    layout = batch_layout(entries, run)
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="plan") as pool:
         items = list(pool.map(lambda pair: _plan_item(
             pair[0], pair[1], params, client=client, run=run,
@@ -324,12 +315,12 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
                        max_units=limits.max_regions)
     table = _SourceTable(items)
     mapped = [{**unit.to_dict(), "name": _unit_label(unit, table)} for unit in units]
-    write_bytes(scratch + PLAN_NAME, json.dumps(
+    write_bytes(layout.plan_uri, json.dumps(
         {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
-    prepared = {"batch": {"plan_uri": scratch + PLAN_NAME, "images": len(items),
+    prepared = {"batch": {"plan_uri": layout.plan_uri, "images": len(items),
                           "bad": sum(1 for i in items if i.bad), "units": len(units),
-                          "outcomes_uri": outcomes_uri(entries, run)},
-                "scratch_prefix": scratch, "ready_at": time.time()}
+                          "outcomes_uri": layout.outcomes_uri},
+                "scratch_prefix": layout.scratch_uri, "ready_at": time.time()}
     return mapped, prepared
 
 
@@ -457,31 +448,16 @@ def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
                       client: Any) -> None:
     """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
     ``result.json``."""
-    from tilescope.layout import png_bytes
+    from tilescope.layout import THUMBNAIL, png_bytes
     from tilescope.outputs.writers import coco_json, overlay_png
-    from tilescope.tasks.image import result_targets, results_prefix
+    from tilescope.tasks.image import result_targets, results_layout
 
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
-    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+    write_bytes(results_layout(bucket, result.image.image_id, params).uri(THUMBNAIL),
                 png_bytes(thumbnail), "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
-
-
-def _unit_findings(findings: Iterable[Mapping[str, Any] | None], client: Any
-                   ) -> tuple[dict[int, list[RegionFinding]], dict[int, str]]:
-    """Region findings per source, and bad sources."""
-    regions: dict[int, list[RegionFinding]] = {}
-    bad: dict[int, str] = {}
-    for data in findings:
-        if not data:
-            continue
-        unit = load_unit_finding(data, client)
-        for source, found in unit.findings.items():
-            regions.setdefault(source, []).extend(found)
-        bad.update(unit.bad)
-    return regions, bad
 
 
 def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
@@ -492,7 +468,7 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
     from tilescope.tasks.image import combine
 
     items = load_items(prepared, client)
-    regions, bad_sources = _unit_findings(findings, client)
+    regions, bad_sources = source_findings(findings, client)
     entries: list[dict[str, Any]] = []
     for item in items:
         entry: dict[str, Any] = {"index": item.index}

@@ -24,9 +24,12 @@ from tilescope.deferred import SubmittedRegion
 from tilescope.detections import Detections
 from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
 from tilescope.layout import (
+    THUMBNAIL,
     THUMBNAIL_SIDE,
+    ResultsLayout,
     ScratchLayout,
     delete_prefix,
+    finding_uri,
     open_source,
     png_bytes,
     upload_tiled_tiff,
@@ -78,12 +81,6 @@ from tilescope.units import (
 XCOM_BUDGET_BYTES = 48 * 1024
 #: default refusal size for an input object (the pixel limit guards decoding separately)
 DEFAULT_MAX_BYTES = 2 * 1024**3
-
-
-def results_prefix(bucket: str, image_id: str, params: InferenceParams) -> str:
-    """``s3://bucket/results/<image_id>/<params digest>/``: the same image and parameters
-    always land on the same keys, so a re-run overwrites instead of duplicating."""
-    return f"s3://{bucket}/results/{image_id}/{params.digest()}/"
 
 
 def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
@@ -143,7 +140,7 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
                 full_image_detections(reader, full_image_model, params))
         thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
     # encoded once the reader has let the decoded image go: the two never add up
-    thumbnail_uri = scratch.uri("thumbnail.png")
+    thumbnail_uri = scratch.uri(THUMBNAIL)
     write_bytes(thumbnail_uri, png_bytes(thumbnail), "image/png", client)
     return {"image": image.to_dict(), "plan": plan.summary(),
             "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
@@ -243,7 +240,7 @@ def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) ->
     """A finding as its XCom dict: detections over the budget go to S3 as a key."""
     data = finding.to_dict()
     if len(json.dumps(data)) > XCOM_BUDGET_BYTES:
-        uri = f"{scratch_prefix}findings/region-{finding.index:04d}.json"
+        uri = finding_uri(scratch_prefix, finding.index)
         write_bytes(uri, json.dumps(data["detections"]).encode(), "application/json", client)
         data["detections"] = None
         data["detections_uri"] = uri
@@ -294,7 +291,7 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
     plan = SlicePlan.from_summary(prepared["plan"])
     present = [f for f in findings if f]
     if present and is_unit_payload(present[0]):  # regions packed into units
-        loaded = source_findings(present, client).get(0, [])
+        loaded = source_findings(present, client)[0].get(0, [])
     else:
         loaded = [load_finding(f, client) for f in present]
     result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
@@ -319,10 +316,13 @@ def save_result(result: Result, scratch_prefix: str, client: Any) -> str:
     return uri
 
 
+def results_layout(bucket: str, image_id: str, params: InferenceParams) -> ResultsLayout:
+    """Where this image's result is stored with these parameters (:mod:`tilescope.layout`)."""
+    return ResultsLayout(bucket, image_id, params.digest())
+
+
 def result_targets(bucket: str, image_id: str, params: InferenceParams) -> OutputTargets:
-    prefix = results_prefix(bucket, image_id, params)
-    return OutputTargets(result=f"{prefix}result.json", coco=f"{prefix}coco.json",
-                         overlay=f"{prefix}overlay.png")
+    return OutputTargets(**results_layout(bucket, image_id, params).artifacts())
 
 
 def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
@@ -346,7 +346,7 @@ def store_result(result: Result, prepared: dict[str, Any], params: InferencePara
     with Image.open(io.BytesIO(thumbnail_png)) as thumb:
         thumbnail = np.asarray(thumb.convert("RGB"))
     # The plain picture outlives scratch: the results viewer draws its boxes over it.
-    write_bytes(f"{results_prefix(bucket, result.image.image_id, params)}thumbnail.png",
+    write_bytes(results_layout(bucket, result.image.image_id, params).uri(THUMBNAIL),
                 thumbnail_png, "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     if prepared.get("video"):  # a contact sheet of annotated frames

@@ -26,6 +26,7 @@ from typing import Any
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.layout import (
+    THUMBNAIL,
     THUMBNAIL_SIDE,
     ScratchLayout,
     delete_prefix,
@@ -143,7 +144,7 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
             verdict = gate(ArrayReader(_plain_sheet(cells)), image, moderation)
             sheet_uri = scratch.uri("sheet.png")
             write_bytes(sheet_uri, sheet_png, "image/png", client)
-            thumbnail_uri = scratch.uri("thumbnail.png")
+            thumbnail_uri = scratch.uri(THUMBNAIL)
             first = ArrayReader(sampled.first_frame).thumbnail(THUMBNAIL_SIDE)
             write_bytes(thumbnail_uri, png_bytes(first), "image/png", client)
             units = frame_units(sampled.frames, sampled.plan, params, limits)
@@ -277,7 +278,7 @@ def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, A
     """The video's Result from its units' finding dicts (units of failed tasks are missing:
     their regions count as failed). A unit task's queue wait is put on its first finding,
     so the run's sum counts it once."""
-    per_frame = source_findings(findings, client)
+    per_frame, _ = source_findings(findings, client)
     loaded = [f for found in per_frame.values() for f in found]
     result = video_result(prepared, per_frame, params, model_name)
     if run_started is not None:

@@ -47,6 +47,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilescope.errors import BadImageError, StorageError
+from tilescope.layout import ARTIFACTS, THUMBNAIL
 from tilescope.storage import S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
@@ -173,7 +174,7 @@ def _stored_image(session: Any, run: metadata.RunInfo, image: str | None
     prefixes, doc = _batch_prefixes(session, run)
     if doc is None:
         raise HTTPException(404, "no image of this batch is stored yet")
-    if prefixes.object(index, "result.json") is None:
+    if prefixes.object(index, ARTIFACTS["result"]) is None:
         raise HTTPException(404, f"image {index} of this batch has no stored result")
     return prefixes, index
 
@@ -313,19 +314,19 @@ def create_app(static_dir: Path) -> FastAPI:
         if _is_batch(run):
             batch, index = _stored_image(session, run, image)
             payload = batch_image_payload(json.loads(_read(
-                batch.object(index, "result.json"))))  # type: ignore[arg-type]
+                batch.object(index, ARTIFACTS["result"]))))  # type: ignore[arg-type]
             payload["artifacts"] = batch.artifacts(index)
             payload["image_index"] = index
             return payload
         if image is not None:
             raise ViewerInputError("image= names an image of a batch run; this run has one")
         prefixes = _prefixes(session, run)
-        location = prefixes.object("result.json", where="results") if prefixes else None
+        location = prefixes.object(ARTIFACTS["result"], where="results") if prefixes else None
         if location is None:
             raise HTTPException(404, "no result stored for this run yet")
         payload = result_payload(json.loads(_read(location)))
         payload["artifacts"] = {name: prefixes.results + name
-                                for name in ("result.json", "coco.json", "overlay.png")}
+                                for name in ARTIFACTS.values()}
         return payload
 
     @app.get(f"/api{RUN_PATH}/image", dependencies=[CanReadRun, CanReadXComs])
@@ -336,7 +337,7 @@ def create_app(static_dir: Path) -> FastAPI:
         max_side = parse_side(side)
         if _is_batch(run):  # a stored image's thumbnail, beside its result
             batch, index = _stored_image(session, run, image)
-            candidates = [batch.object(index, "thumbnail.png")]
+            candidates = [batch.object(index, THUMBNAIL)]
         else:
             if image is not None:
                 raise ViewerInputError("image= names an image of a batch run; this run has one")
@@ -344,7 +345,7 @@ def create_app(static_dir: Path) -> FastAPI:
             if prefixes is None:
                 raise HTTPException(404, "the run has no image yet")
             # After store the thumbnail lives beside the result; before, in the run's scratch.
-            candidates = [prefixes.object("thumbnail.png", where=where)
+            candidates = [prefixes.object(THUMBNAIL, where=where)
                           for where in ("results", "scratch")]
         for location in candidates:
             if location is None:

@@ -18,6 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tilescope.errors import TilescopeError
+from tilescope.layout import (
+    ARTIFACTS,
+    IMAGE_ID,
+    OUTCOMES,
+    PLAN,
+    BatchLayout,
+    ResultsLayout,
+    ScratchLayout,
+)
 from tilescope.storage import S3Location
 
 # Airflow's own limits: ids are at most 250 characters; run ids match
@@ -25,17 +34,11 @@ from tilescope.storage import S3Location
 ID_MAX = 250
 _DAG_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9_.~:+\-]+")
-_IMAGE_ID = re.compile(r"[0-9a-f]{16}")
-_PARAMS_HASH = re.compile(r"[0-9a-f]{8,64}")
 _SAFE_PART = re.compile(r"[A-Za-z0-9._-]+")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 KEY_MAX = 1024
 #: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails)
 SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
-#: a batch's documents (``tilescope.tasks.batch``): the plan in scratch, outcomes kept
-BATCH_PLAN, BATCH_OUTCOMES = "plan.json", "outcomes.json"
-#: the artefacts of a stored image the viewer links (``keys`` of a batch outcome)
-_ARTIFACT_NAMES = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
 
 
 class ViewerInputError(TilescopeError):
@@ -115,29 +118,24 @@ def run_prefixes(run_id: str, prepared: dict[str, Any] | None,
 
     ``prepared`` is preprocess's ``prepared`` XCom (``scratch_prefix``, ``image``);
     ``stored`` is store's return value (``keys.result``), present once the result exists.
-    Each prefix is checked against the layout the pipeline writes (``scratch.ScratchLayout``,
-    ``steps.results_prefix``), so a tampered XCom cannot widen what the viewer serves.
+    Each prefix must be exactly where the pipeline writes it for *this* run and image
+    (:mod:`tilescope.layout`), so a tampered XCom cannot widen what the viewer serves.
     """
-    from tilescope.layout import safe_key_part
-
     if not prepared:
         return None
     image_id = str((prepared.get("image") or {}).get("image_id", ""))
-    if not _IMAGE_ID.fullmatch(image_id):
+    if not IMAGE_ID.fullmatch(image_id):
         raise ViewerInputError(f"run {run_id}: unexpected image id {image_id!r}")
     bucket, scratch = _split_s3(str(prepared.get("scratch_prefix", "")))
-    if scratch != f"scratch/{image_id}/{safe_key_part(run_id)}/":
+    if scratch != ScratchLayout(bucket, image_id, run_id).prefix:
         raise ViewerInputError(f"run {run_id}: unexpected scratch prefix {scratch!r}")
     results = None
     result_uri = ((stored or {}).get("keys") or {}).get("result")
     if result_uri:
-        result_bucket, result_key = _split_s3(str(result_uri))
-        parts = result_key.split("/")
-        if (result_bucket != bucket or len(parts) != 4 or parts[0] != "results"
-                or parts[1] != image_id or not _PARAMS_HASH.fullmatch(parts[2])
-                or parts[3] != "result.json"):
+        layout = ResultsLayout.of_result(str(result_uri))
+        if layout is None or layout.bucket != bucket or layout.image_id != image_id:
             raise ViewerInputError(f"run {run_id}: unexpected result key {result_uri!r}")
-        results = f"results/{image_id}/{parts[2]}/"
+        results = layout.prefix
     return RunPrefixes(bucket, scratch, results)
 
 
@@ -152,35 +150,32 @@ class BatchRun:
 
     @property
     def plan(self) -> S3Location:
-        return S3Location(self.bucket, self.scratch + BATCH_PLAN)
+        return S3Location(self.bucket, self.scratch + PLAN)
 
     @property
     def outcomes(self) -> S3Location:
-        return S3Location(self.bucket, self.batch + BATCH_OUTCOMES)
+        return S3Location(self.bucket, self.batch + OUTCOMES)
 
 
 def batch_run(run_id: str, prepared: dict[str, Any] | None) -> BatchRun | None:
     """The batch run's document locations, or ``None`` for a single-image run (or before
     preprocess planned the batch). Each URI must be exactly where ``tasks.batch`` writes it
     for *this* run id — a tampered XCom cannot point the viewer elsewhere."""
-    from tilescope.layout import safe_key_part
-
     batch = (prepared or {}).get("batch")
     if not batch:
         return None
     if not isinstance(batch, dict):
         raise ViewerInputError(f"run {run_id}: unexpected batch description")
-    safe = safe_key_part(run_id)
     bucket, scratch = _split_s3(str((prepared or {}).get("scratch_prefix", "")))
-    if not _BUCKET.fullmatch(bucket) or scratch != f"scratch/batch/{safe}/":
+    layout = BatchLayout(bucket, run_id)
+    if not _BUCKET.fullmatch(bucket) or scratch != layout.scratch_prefix:
         raise ViewerInputError(f"run {run_id}: unexpected batch scratch {scratch!r}")
-    if str(batch.get("plan_uri", "")) != f"s3://{bucket}/{scratch}{BATCH_PLAN}":
+    if str(batch.get("plan_uri", "")) != layout.plan_uri:
         raise ViewerInputError(f"run {run_id}: unexpected plan {batch.get('plan_uri')!r}")
-    expected = f"s3://{bucket}/results/batches/{safe}/{BATCH_OUTCOMES}"
-    if str(batch.get("outcomes_uri", "")) != expected:
+    if str(batch.get("outcomes_uri", "")) != layout.outcomes_uri:
         raise ViewerInputError(f"run {run_id}: unexpected outcomes "
                                f"{batch.get('outcomes_uri')!r}")
-    return BatchRun(run_id, bucket, scratch, f"results/batches/{safe}/")
+    return BatchRun(run_id, bucket, scratch, layout.results_prefix)
 
 
 @dataclass(frozen=True)
@@ -212,29 +207,26 @@ class BatchPrefixes:
 
     def artifacts(self, index: int) -> dict[str, str]:
         """The stored image's result, COCO and overlay as ``s3://`` URIs."""
-        return {name: loc.uri for name in _ARTIFACT_NAMES.values()
+        return {name: loc.uri for name in ARTIFACTS.values()
                 if (loc := self.object(index, name)) is not None}
 
 
 def _image_prefix(run_id: str, outcome: Mapping[str, Any]) -> tuple[str, str]:
     """A stored outcome's ``(bucket, "results/<image-id>/<params-hash>/")``, checked against
-    the layout ``tasks.batch`` writes: its own image id, the bucket of its own image."""
+    the layout (:mod:`tilescope.layout`): its own image id, the bucket of its own image."""
     image_id = str(outcome.get("image_id", ""))
-    if not _IMAGE_ID.fullmatch(image_id):
+    if not IMAGE_ID.fullmatch(image_id):
         raise ViewerInputError(f"run {run_id}: unexpected image id {image_id!r}")
     source_bucket, _ = _split_s3(str(outcome.get("uri", "")))
     keys = outcome.get("keys") or {}
-    bucket, key = _split_s3(str(keys.get("result", "")))
-    parts = key.split("/")
-    if (bucket != source_bucket or not _BUCKET.fullmatch(bucket) or len(parts) != 4
-            or parts[0] != "results" or parts[1] != image_id
-            or not _PARAMS_HASH.fullmatch(parts[2]) or parts[3] != "result.json"):
+    layout = ResultsLayout.of_result(str(keys.get("result", "")))
+    if (layout is None or layout.bucket != source_bucket or not _BUCKET.fullmatch(layout.bucket)
+            or layout.image_id != image_id):
         raise ViewerInputError(f"run {run_id}: unexpected result key {keys.get('result')!r}")
-    prefix = f"results/{image_id}/{parts[2]}/"
-    for name, file in _ARTIFACT_NAMES.items():
-        if keys.get(name) not in (None, f"s3://{bucket}/{prefix}{file}"):
+    for name, uri in layout.artifacts().items():
+        if keys.get(name) not in (None, uri):
             raise ViewerInputError(f"run {run_id}: unexpected {name} key {keys.get(name)!r}")
-    return bucket, prefix
+    return layout.bucket, layout.prefix
 
 
 def batch_prefixes(run: BatchRun, outcomes_doc: dict[str, Any] | None) -> BatchPrefixes:
