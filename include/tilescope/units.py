@@ -296,12 +296,13 @@ def is_unit_payload(data: Mapping[str, Any]) -> bool:
 
 
 def source_findings(payloads: Iterable[Mapping[str, Any] | None], client: Any
-                    ) -> dict[int, list[RegionFinding]]:
-    """The region findings of every source from the units' XComs (missing units — failed
-    tasks — simply add nothing: their regions count as failed where they are merged). A
-    unit task's queue wait goes on its first region finding, so a run's sum counts it
-    once."""
+                    ) -> tuple[dict[int, list[RegionFinding]], dict[int, str]]:
+    """The region findings of every source from the units' XComs, and the sources a unit
+    found unreadable (source → reason). Missing units — failed tasks — simply add nothing:
+    their regions count as failed where they are merged. A unit task's queue wait goes on
+    its first region finding, so a run's sum counts it once."""
     per_source: dict[int, list[RegionFinding]] = {}
+    bad: dict[int, str] = {}
     for data in payloads:
         if not data:
             continue
@@ -311,7 +312,8 @@ def source_findings(payloads: Iterable[Mapping[str, Any] | None], client: Any
             if number == 0 and found and wait is not None:
                 found[0].seconds["queue_wait"] = wait
             per_source.setdefault(source, []).extend(found)
-    return per_source
+        bad.update(unit.bad)
+    return per_source, bad
 
 
 #: opens a source's reader: raises :class:`BadImageError` for unreadable input
