@@ -427,7 +427,7 @@ def test_a_batch_from_an_arrivals_manifest_plans_small_photos_without_reading_th
     """The tick's manifest, read by the batch run's preprocess: the screened photos are
     planned without a GET (only the manifest is read). Seen red with ``parse_manifest``
     dropping the ``screened`` entries: every photo read again."""
-    from test_batch import _CountingClient, tiny_jpeg
+    from support.photos_s3 import CountingClient, tiny_jpeg
 
     from tilescope.params import InferenceParams
     from tilescope.tasks.batch import batch_entries, load_items, prepare_batch
@@ -436,7 +436,7 @@ def test_a_batch_from_an_arrivals_manifest_plans_small_photos_without_reading_th
     for i in range(5):
         s3.put_object(Bucket=BUCKET, Key=f"incoming/p{i}.jpg", Body=tiny_jpeg(i, (320, 240)))
     (batch,) = take_arrivals(s3, engine, BUCKET, IntakePolicy()).batches
-    counting = _CountingClient(s3)
+    counting = CountingClient(s3)
     entries = batch_entries({"manifest": batch.manifest_uri}, client=counting)
     _, prepared = prepare_batch(entries, InferenceParams(model="nanodet-coco"),
                                 client=counting, run=batch.run_id, model_slice_size=416)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
+from support.photos_s3 import CountingClient, tiny_jpeg
 
 from tilescope.errors import ConfigError
 from tilescope.params import InferenceParams
@@ -28,14 +28,6 @@ from tilescope.tasks.batch import (
 
 BUCKET = "batches"
 PARAMS = InferenceParams(model="nanodet-coco")
-
-
-def tiny_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8)).save(
-        out, format="JPEG", quality=80)
-    return out.getvalue()
 
 
 def test_manifests_in_every_form_and_inputs_listed_once(s3_client):
@@ -121,20 +113,6 @@ def test_bad_inputs_are_marked_in_the_plan_and_settled_as_quarantined(s3_client,
     assert listed.get("KeyCount", 0) == 0  # scratch removed once store has run
 
 
-class _CountingClient:
-    """An S3 client that counts the GETs of each key (everything else passes through)."""
-
-    def __init__(self, client) -> None:
-        self._client, self.gets = client, {}
-
-    def get_object(self, **kwargs):
-        self.gets[kwargs["Key"]] = self.gets.get(kwargs["Key"], 0) + 1
-        return self._client.get_object(**kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-
 def test_screened_images_are_planned_without_a_read_and_checked_by_their_unit(s3_client):
     """Manifest entries with the arrivals screen's facts are planned without reading the
     image; the unit that reads it checks the facts: the true ones give the same result as a
@@ -157,7 +135,7 @@ def test_screened_images_are_planned_without_a_read_and_checked_by_their_unit(s3
         if name == "other-size":
             facts = {**facts, "width": 640, "height": 480}
         entries.append({"uri": f"s3://{BUCKET}/in/{name}.jpg", "screened": facts})
-    counting = _CountingClient(s3_client)
+    counting = CountingClient(s3_client)
     mapped, prepared = prepare_batch(entries, PARAMS, client=counting, run="r-screened",
                                      model_slice_size=416)
     assert not any(k.startswith("in/") for k in counting.gets), counting.gets
