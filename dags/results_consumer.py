@@ -20,15 +20,15 @@ New DAGs start paused: unpause it to start consuming. Logic: `include/tilescope/
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
 
+from tilescope import settings
 from tilescope.airflow.adapters import results_asset
 
-RESULTS_ASSET = results_asset(os.getenv("TILESCOPE_BUCKET", "tilescope"))
+RESULTS_ASSET = results_asset(settings.BUCKET.get())
 
 
 @dag(

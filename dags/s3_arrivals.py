@@ -32,31 +32,21 @@ released for another attempt (after `TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS`, up
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import dag, get_current_context, task
 
+from tilescope import settings
 from tilescope.airflow.adapters import start_claimed_pipelines
-from tilescope.intake.arrivals import DEFAULT_SUFFIXES
-from tilescope.limits import positive_int_env
 
-_BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
-_PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
+_BUCKET = settings.BUCKET.get()
+_PREFIX = settings.INCOMING_PREFIX.get()
 # "none" turns the schedule off (event-driven deployments, tests that trigger by hand).
-_SCHEDULE = os.getenv("TILESCOPE_ARRIVALS_SCHEDULE", "* * * * *")
-_SCHEDULE = None if _SCHEDULE.strip().lower() in ("", "none") else _SCHEDULE
-_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
-_PER_TICK = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_PER_TICK", 2000)
-_IMAGES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_IMAGES_PER_RUN", 1000)
-_SLICES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_SLICES_PER_RUN", 20000)
-_MAX_ATTEMPTS = int(os.getenv("TILESCOPE_ARRIVALS_MAX_ATTEMPTS", "3"))
-_RETRY_AFTER = float(os.getenv("TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS", "300"))
-_WAIT_TIMEOUT = float(os.getenv("TILESCOPE_ARRIVALS_WAIT_SECONDS", "50"))
-_POKE_INTERVAL = float(os.getenv("TILESCOPE_ARRIVALS_POKE_SECONDS", "5"))
-_AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
+_SCHEDULE = settings.ARRIVALS_SCHEDULE.get()
+_SCHEDULE = None if _SCHEDULE.lower() == "none" else _SCHEDULE
+_AWS_CONN_ID = settings.AWS_CONN_ID.get()
 
 
 @dag(
@@ -74,8 +64,8 @@ def s3_arrivals() -> None:
         wildcard_match=True,
         aws_conn_id=_AWS_CONN_ID,
         deferrable=True,
-        poke_interval=_POKE_INTERVAL,
-        timeout=_WAIT_TIMEOUT,
+        poke_interval=settings.ARRIVALS_POKE_SECONDS.get(),
+        timeout=settings.ARRIVALS_WAIT_SECONDS.get(),
         soft_fail=True,  # nothing arrived this tick: skipped, not failed
     )
 
@@ -87,9 +77,7 @@ def s3_arrivals() -> None:
         from tilescope.airflow.connections import s3_client
         from tilescope.intake.flow import IntakePolicy, batch_requests, take_arrivals
 
-        policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_TICK,
-                              max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER,
-                              images_per_run=_IMAGES_PER_RUN, slices_per_run=_SLICES_PER_RUN)
+        policy = IntakePolicy.from_settings(settings.ARRIVALS_PER_TICK)
         intake = take_arrivals(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
                                _BUCKET, policy, run_id=get_current_context()["run_id"])
         for item in intake.rejected:

@@ -41,33 +41,19 @@ another run's unfinished claim counts as abandoned, default 600), plus the `TILE
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 
+from tilescope import settings
 from tilescope.airflow.adapters import start_claimed_pipelines
-from tilescope.intake.arrivals import DEFAULT_SUFFIXES
-from tilescope.limits import positive_int_env
 
-_QUEUE_URL = os.getenv("TILESCOPE_SQS_QUEUE_URL", "").strip()
-_BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
-_PREFIX = os.getenv("TILESCOPE_INCOMING_PREFIX", "incoming/")
-_SUFFIXES = tuple(os.getenv("TILESCOPE_IMAGE_SUFFIXES", ",".join(DEFAULT_SUFFIXES)).split(","))
-# Images per run (batched: a run starts a few tiled_inference runs, not one per image).
-_PER_RUN = positive_int_env(os.environ, "TILESCOPE_EVENTS_PER_RUN", 2000)
-_IMAGES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_IMAGES_PER_RUN", 1000)
-_SLICES_PER_RUN = positive_int_env(os.environ, "TILESCOPE_ARRIVALS_SLICES_PER_RUN", 20000)
-_MAX_ACTIVE_RUNS = int(os.getenv("TILESCOPE_EVENTS_MAX_ACTIVE_RUNS", "4"))
-# Unfinished claims of other runs are re-offered only once this old (their claimer died).
-_REOFFER_AFTER = float(os.getenv("TILESCOPE_EVENTS_REOFFER_AFTER_SECONDS", "600"))
+_QUEUE_URL = settings.SQS_QUEUE_URL.get()
+_BUCKET = settings.BUCKET.get()
+_PREFIX = settings.INCOMING_PREFIX.get()
 _BACKLOG = "tilescope_backlog"  # marks the DAG's own "claims left over" asset events
-_MAX_ATTEMPTS = int(os.getenv("TILESCOPE_ARRIVALS_MAX_ATTEMPTS", "3"))
-_RETRY_AFTER = float(os.getenv("TILESCOPE_ARRIVALS_RETRY_AFTER_SECONDS", "300"))
-_WAIT_SECONDS = int(os.getenv("TILESCOPE_SQS_WAIT_SECONDS", "20"))  # SQS allows 0..20
-_IDLE_SECONDS = int(os.getenv("TILESCOPE_SQS_IDLE_SECONDS", "0"))
-_AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
+_AWS_CONN_ID = settings.AWS_CONN_ID.get()
 
 
 def _events_asset(queue_url: str) -> Asset:
@@ -80,8 +66,9 @@ def _events_asset(queue_url: str) -> Asset:
     from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 
     trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue_url, aws_conn_id=_AWS_CONN_ID,
-                                  max_messages=10, wait_time_seconds=_WAIT_SECONDS,
-                                  waiter_delay=_IDLE_SECONDS)
+                                  max_messages=10,
+                                  wait_time_seconds=settings.SQS_WAIT_SECONDS.get(),
+                                  waiter_delay=settings.SQS_IDLE_SECONDS.get())
     return Asset(name="tilescope_incoming_events", uri=f"s3://{_BUCKET}/{_PREFIX}",
                  watchers=[AssetWatcher(name="tilescope_sqs", trigger=trigger)])
 
@@ -94,7 +81,8 @@ def build(queue_url: str) -> Any:
         dag_id="s3_events",
         schedule=[events],
         catchup=False,
-        max_active_runs=_MAX_ACTIVE_RUNS,  # beyond it, waiting events batch into one run
+        # beyond it, waiting events batch into one run
+        max_active_runs=settings.EVENTS_MAX_ACTIVE_RUNS.get(),
         doc_md=__doc__,
         tags=["tilescope", "arrivals", "events"],
         default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
@@ -114,15 +102,15 @@ def build(queue_url: str) -> Any:
             notes = read_notifications(asset_events, prefix=_PREFIX, buckets={_BUCKET})
             for why in notes.skipped:
                 print(f"ignored {why}")
-            policy = IntakePolicy(prefix=_PREFIX, suffixes=_SUFFIXES, per_tick_limit=_PER_RUN,
-                                  max_attempts=_MAX_ATTEMPTS, retry_after_seconds=_RETRY_AFTER,
-                                  images_per_run=_IMAGES_PER_RUN,
-                                  slices_per_run=_SLICES_PER_RUN)
+            # Images per run (batched: a run starts a few tiled_inference runs, not one per
+            # image).
+            policy = IntakePolicy.from_settings(settings.EVENTS_PER_RUN)
             # A backlog event names no versions: it asks for every unfinished claim, now.
             backlog_run = any(_BACKLOG in (e.extra or {}) for e in asset_events)
             intake = claim_notified(s3_client(_AWS_CONN_ID), catalog_engine(required=True),
                                     notes.arrivals, policy, run_id=context["run_id"],
-                                    reoffer_after_seconds=0.0 if backlog_run else _REOFFER_AFTER)
+                                    reoffer_after_seconds=0.0 if backlog_run else
+                                    settings.EVENTS_REOFFER_AFTER_SECONDS.get())
             for item in intake.skipped:
                 print(f"skipped {item['key']} ({item['etag']}): {item['reason']}")
             for item in intake.rejected:

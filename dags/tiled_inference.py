@@ -42,24 +42,21 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, get_current_context, task
 
+from tilescope import settings
 from tilescope.airflow.adapters import results_asset
 from tilescope.airflow.callbacks import finalize_callbacks, record_failure
 from tilescope.airflow.operators import AnalyzeRegionOperator
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
 from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS, is_batch
 
-_BUCKET = os.getenv("TILESCOPE_BUCKET", "tilescope")
-_POOL = os.getenv("TILESCOPE_POOL", "tilescope")
-_REGION_RETRIES = int(os.getenv("TILESCOPE_REGION_RETRIES", "3"))
-_RETRY_DELAY = timedelta(seconds=float(os.getenv("TILESCOPE_RETRY_DELAY_SECONDS", "10")))
-# Above this many stored images a batch announces one results event, not one per image:
-# Airflow's API server registers ~25 events a second, and 1,000 made the store task's success
-# report time out (measured).
-_IMAGE_EVENTS_PER_RUN = int(os.getenv("TILESCOPE_IMAGE_EVENTS_PER_RUN", "100"))
+# Above TILESCOPE_IMAGE_EVENTS_PER_RUN stored images a batch announces one results event, not
+# one per image: Airflow's API server registers ~25 events a second, and 1,000 made the store
+# task's success report time out (measured).
+_IMAGE_EVENTS_PER_RUN = settings.IMAGE_EVENTS_PER_RUN.get()
 # High enough that the pool, not Airflow's per-DAG default of 16, caps mapped concurrency.
-_MAX_ACTIVE_TASKS = int(os.getenv("TILESCOPE_MAX_ACTIVE_TASKS", "64"))
+_MAX_ACTIVE_TASKS = settings.MAX_ACTIVE_TASKS.get()
 
-RESULTS_ASSET = results_asset(_BUCKET)
+RESULTS_ASSET = results_asset(settings.BUCKET.get())
 #: a batch's store emits one results-asset event per image through this alias
 RESULTS_ALIAS = AssetAlias("tilescope-results")
 _S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
@@ -113,7 +110,7 @@ def _params() -> Any:
     catchup=False,
     doc_md=__doc__,
     tags=["tilescope", "inference"],
-    max_active_runs=int(os.getenv("TILESCOPE_MAX_ACTIVE_RUNS", "4")),
+    max_active_runs=settings.MAX_ACTIVE_RUNS.get(),
     max_active_tasks=_MAX_ACTIVE_TASKS,
     # A task that fails for good leaves its reason for finalize's notification.
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30),
@@ -277,9 +274,9 @@ def tiled_inference() -> None:
     findings = AnalyzeRegionOperator.partial(
         task_id="analyze",
         map_index_template="{{ region_label }}",
-        pool=_POOL,
-        retries=_REGION_RETRIES,
-        retry_delay=_RETRY_DELAY,
+        pool=settings.POOL.get(),
+        retries=settings.REGION_RETRIES.get(),
+        retry_delay=timedelta(seconds=settings.RETRY_DELAY_SECONDS.get()),
         retry_exponential_backoff=True,
         max_active_tis_per_dagrun=_MAX_ACTIVE_TASKS,
         prepared=prepared,

@@ -24,7 +24,6 @@ prefix. Both the image and the video steps use this module; it imports neither.
 from __future__ import annotations
 
 import io
-import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ import numpy as np
 
 from tilescope.readers import TiffReader
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.settings import TMP
 from tilescope.slicing import Box
 from tilescope.storage import RangedS3File, parse_s3_uri
 
@@ -188,7 +188,7 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
     import tifffile
 
     loc = parse_s3_uri(uri)
-    with tempfile.NamedTemporaryFile(suffix=".tif", dir=os.environ.get("TILESCOPE_TMP")) as tmp:
+    with tempfile.NamedTemporaryFile(suffix=".tif", dir=TMP.get()) as tmp:
         tile = scratch_tile_shape(reader.width, reader.height)
         tifffile.imwrite(tmp.name, _tiles(reader, *tile),
                          shape=(reader.height, reader.width, 3), dtype=np.uint8,

@@ -9,12 +9,12 @@ hours of model time. Operators set the budgets per deployment in the environment
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tilescope.errors import ConfigError
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
+from tilescope.settings import MAX_FRAMES, MAX_PIXELS, MAX_SLICES
 from tilescope.slicing import MAX_MAP_LENGTH, SlicePlan
 
 #: trigger-time schema (the DAG's Params) for what :func:`validate_slicing` and the region
@@ -24,27 +24,10 @@ SLICE_SIZE_PATTERN = (r"^(model|auto|3[2-9]|[4-9][0-9]|[1-9][0-9]{2}|[1-7][0-9]{
 _GRID_SIDE = r"([1-9][0-9]{0,2}|10[01][0-9]|102[0-4])"
 GRID_PATTERN = rf"^(auto|{_GRID_SIDE}x{_GRID_SIDE})$"
 #: default slice budget: ~40 CPU-minutes of NanoDet; a 10-gigapixel tiled scan at 416 px
-DEFAULT_MAX_SLICES = 100_000
+DEFAULT_MAX_SLICES: int = MAX_SLICES.default
 #: default budget of sampled video frames: an hour of video at 1 frame per second
-DEFAULT_MAX_FRAMES = 3_600
-PIXELS_ENV = "TILESCOPE_MAX_PIXELS"
-SLICES_ENV = "TILESCOPE_MAX_SLICES"
-FRAMES_ENV = "TILESCOPE_MAX_FRAMES"
-
-
-def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int:
-    """``environ[name]`` as a whole number ≥ 1 (``_`` separators allowed), or ``default`` when
-    unset or blank; anything else is a :class:`ConfigError` naming the variable."""
-    text = environ.get(name, "").strip().replace("_", "")
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
+DEFAULT_MAX_FRAMES: int = MAX_FRAMES.default
+SLICES_ENV, FRAMES_ENV = MAX_SLICES.name, MAX_FRAMES.name
 
 
 @dataclass(frozen=True)
@@ -67,11 +50,8 @@ class RunLimits:
                          max_regions: int = MAX_MAP_LENGTH) -> RunLimits:
         """``TILESCOPE_MAX_PIXELS``, ``TILESCOPE_MAX_SLICES`` and ``TILESCOPE_MAX_FRAMES``
         (defaults when unset)."""
-        env = os.environ if environ is None else environ
-        return cls(max_pixels=positive_int_env(env, PIXELS_ENV, DEFAULT_MAX_PIXELS),
-                   max_slices=positive_int_env(env, SLICES_ENV, DEFAULT_MAX_SLICES),
-                   max_regions=max_regions,
-                   max_frames=positive_int_env(env, FRAMES_ENV, DEFAULT_MAX_FRAMES))
+        return cls(max_pixels=MAX_PIXELS.get(environ), max_slices=MAX_SLICES.get(environ),
+                   max_regions=max_regions, max_frames=MAX_FRAMES.get(environ))
 
     def check_plan(self, plan: SlicePlan) -> None:
         """Refuse a plan over the slice or region budget, saying by how much."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,12 +45,13 @@ from tilescope.params import InferenceParams
 from tilescope.pipeline import analyze_region, region_finding
 from tilescope.readers.base import ImageReader
 from tilescope.results import RegionFinding
+from tilescope.settings import UNIT_SECONDS
 from tilescope.slicing import MAX_MAP_LENGTH, Box, Region, SlicePlan
 from tilescope.storage import read_bytes, write_bytes
 
 #: model seconds (one thread) a unit should carry: well over 10× a task's fixed cost
-DEFAULT_UNIT_SECONDS = 30.0
-UNIT_SECONDS_ENV = "TILESCOPE_UNIT_SECONDS"
+DEFAULT_UNIT_SECONDS: float = UNIT_SECONDS.default
+UNIT_SECONDS_ENV = UNIT_SECONDS.name
 #: a model's cost per slice when it does not say (NanoDet 416 px, one core: 25–65 ms)
 DEFAULT_SLICE_SECONDS = 0.04
 #: fewest slices handed to one model call when small images are batched together
@@ -68,18 +68,7 @@ BATCHED_SOURCE_SLICES = 64
 
 def unit_seconds(environ: Mapping[str, str] | None = None) -> float:
     """``TILESCOPE_UNIT_SECONDS`` (model seconds per unit), default 30."""
-    env = os.environ if environ is None else environ
-    text = env.get(UNIT_SECONDS_ENV, "").strip()
-    if not text:
-        return DEFAULT_UNIT_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{UNIT_SECONDS_ENV} must be a number of seconds, got {text!r}") \
-            from None
-    if not 0 < value < 1e7:
-        raise ConfigError(f"{UNIT_SECONDS_ENV} must be positive, got {value}")
-    return value
+    return UNIT_SECONDS.get(environ)
 
 
 def unit_slice_budget(slice_seconds: float | None = None,

@@ -6,14 +6,12 @@ outcomes: bad input fails the task at once (no retry can fix it), transient erro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tilescope.errors import TilescopeError
-
-CATALOG_CONN_ID = os.getenv("TILESCOPE_CATALOG_CONN_ID", "tilescope_catalog")
+from tilescope.settings import CATALOG_CONN_ID
 
 
 def results_asset(bucket: str) -> Any:
@@ -24,12 +22,14 @@ def results_asset(bucket: str) -> Any:
     return Asset(f"s3://{bucket}/results/", extra={"producer": "tiled_inference"})
 
 
-def catalog_url(conn_id: str = CATALOG_CONN_ID) -> str | None:
-    """The SQL catalog's SQLAlchemy URL from an Airflow connection, or ``None`` if undefined."""
+def catalog_url(conn_id: str | None = None) -> str | None:
+    """The SQL catalog's SQLAlchemy URL from an Airflow connection (default
+    ``TILESCOPE_CATALOG_CONN_ID``), or ``None`` if undefined."""
     from airflow.sdk import BaseHook
 
     from tilescope.outputs.catalog import url_from_connection
 
+    conn_id = conn_id or CATALOG_CONN_ID.get()
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # undefined connection: the catalog is optional, and the log says so
@@ -39,7 +39,7 @@ def catalog_url(conn_id: str = CATALOG_CONN_ID) -> str | None:
                                password=conn.password, port=conn.port, schema=conn.schema)
 
 
-def catalog_engine(conn_id: str = CATALOG_CONN_ID, *, required: bool = False) -> Any:
+def catalog_engine(conn_id: str | None = None, *, required: bool = False) -> Any:
     """A SQLAlchemy engine on the catalog (tables created), or ``None`` when not configured.
 
     ``required``: claims cannot be exactly-once without it, so the arrivals path refuses to
@@ -47,6 +47,7 @@ def catalog_engine(conn_id: str = CATALOG_CONN_ID, *, required: bool = False) ->
     """
     from tilescope.outputs.catalog import connect
 
+    conn_id = conn_id or CATALOG_CONN_ID.get()
     url = catalog_url(conn_id)
     if url is None:
         if required:

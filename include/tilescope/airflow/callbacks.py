@@ -33,7 +33,6 @@ method: its boto3 client's), the calls a few at a time: 1,000 images are 100 req
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -41,7 +40,6 @@ from typing import Any
 
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 
-from tilescope.airflow.connections import AWS_CONN_ID
 from tilescope.airflow.metrics import emit
 from tilescope.outputs.metrics import image_metrics, region_failure_metrics
 from tilescope.outputs.notifications import (
@@ -55,15 +53,19 @@ from tilescope.outputs.notifications import (
     publish_batches,
     resolve_topics,
 )
+from tilescope.settings import AWS_CONN_ID, SNS_CONN_ID
 
 log = logging.getLogger(__name__)
 
 #: the XCom key a failed task instance leaves its failure record under
 FAILURE_XCOM = "failure"
-#: the AWS connection SNS is reached with (by default the same as S3's)
-SNS_CONN_ID = os.getenv("TILESCOPE_SNS_CONN_ID", AWS_CONN_ID)
 #: SNS requests of one callback at once (batch runs)
 PUBLISH_THREADS = 4
+
+
+def sns_conn_id() -> str:
+    """The AWS connection SNS is reached with (by default the same as S3's)."""
+    return SNS_CONN_ID.get() or AWS_CONN_ID.get()
 
 
 def record_failure(context: Any) -> None:
@@ -159,7 +161,7 @@ class ImageOutcomeNotifier(SnsNotifier):
     template_fields = ()
 
     def __init__(self, *, last_task_ok: bool, aws_conn_id: str | None = None) -> None:
-        super().__init__(aws_conn_id=aws_conn_id or SNS_CONN_ID, target_arn="", message="")
+        super().__init__(aws_conn_id=aws_conn_id or sns_conn_id(), target_arn="", message="")
         self.last_task_ok = last_task_ok
 
     def notify(self, context: Any) -> None:

@@ -9,23 +9,22 @@ region and ``endpoint_url`` therefore live in Airflow connections, never in code
 from __future__ import annotations
 
 import base64
-import os
 from typing import Any
 
 from tilescope.errors import ConfigError
+from tilescope.settings import AWS_CONN_ID
 
-AWS_CONN_ID = os.getenv("TILESCOPE_AWS_CONN_ID", "aws_default")
 
-
-def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
-    """A boto3 S3 client from an Airflow AWS connection (endpoint_url in its extra), retrying
+def s3_client(conn_id: str | None = None) -> Any:
+    """A boto3 S3 client from an Airflow AWS connection (default ``TILESCOPE_AWS_CONN_ID``;
+    endpoint_url in its extra), retrying
     with backoff (:func:`tilescope.storage.resilient_config`; the connection's
     ``config_kwargs`` win) and logging each failed attempt."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from tilescope.storage import log_retries, resilient_config
 
-    hook = S3Hook(aws_conn_id=conn_id)
+    hook = S3Hook(aws_conn_id=conn_id or AWS_CONN_ID.get())
     return log_retries(hook.get_client_type(region_name=hook.region_name,
                                             config=resilient_config(hook.config)))
 

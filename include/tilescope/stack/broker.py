@@ -8,14 +8,15 @@ the default other programs use, is never taken.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tilescope.settings import TEST_REDIS
+
 #: the server (no database number); trust on loopback on the project machines
-SERVER_URL = os.environ.get("TILESCOPE_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+SERVER_URL: str = TEST_REDIS.get().rstrip("/")
 CLAIM_KEY = "tilescope:claimed-by"
 # Long enough for any test; a crashed run's database stays non-empty (kombu's keys), so it
 # is skipped, not reused, until the server restarts (it keeps nothing on disk).

@@ -11,21 +11,21 @@ a hostname of its own and none of this is needed.)
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Sequence
 
+from tilescope.settings import WORKER_HOSTNAME
 from tilescope.stack.errors import StackError
 
 WORKER_PREFIX = "celery-worker-"
 #: the variable :func:`worker_hostname` reads; set per worker process by ``worker_env``
-HOSTNAME_ENV = "TILESCOPE_WORKER_HOSTNAME"
+HOSTNAME_ENV = WORKER_HOSTNAME.name
 HOSTNAME_CALLABLE = "tilescope.stack.celery_workers.worker_hostname"
 
 
 def worker_hostname() -> str:
     """``[core] hostname_callable``: this worker's name, or the FQDN outside a named worker."""
-    return os.environ.get(HOSTNAME_ENV) or socket.getfqdn()
+    return WORKER_HOSTNAME.get() or socket.getfqdn()
 
 
 def is_worker(component: str) -> bool:

@@ -3,14 +3,14 @@ need a real one (Airflow metadata under a burst, the catalog and claims on Postg
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tilescope.settings import TEST_PG
+
 #: where the administrative connection goes (trust auth on loopback on the project machines)
-ADMIN_URL = os.environ.get("TILESCOPE_TEST_PG",
-                           "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL: str = TEST_PG.get()
 
 
 @contextmanager

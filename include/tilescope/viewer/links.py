@@ -6,8 +6,9 @@ is served under a sub-path, and are percent-encoded (run ids contain ``:`` and `
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote, urlparse
+
+from tilescope.settings import VIEWER_DAGS
 
 #: where the plugin's FastAPI app is mounted under the api-server
 MOUNT = "/tilescope"
@@ -20,8 +21,7 @@ LINKED_TASKS = ("analyze", "store")
 
 def viewer_dags() -> tuple[str, ...]:
     """DAGs the viewer serves and links (``TILESCOPE_VIEWER_DAGS``, comma-separated)."""
-    raw = os.environ.get("TILESCOPE_VIEWER_DAGS", "tiled_inference")
-    return tuple(d.strip() for d in raw.split(",") if d.strip())
+    return tuple(d.strip() for d in VIEWER_DAGS.get() if d.strip())
 
 
 def base_path(base_url: str | None) -> str:
