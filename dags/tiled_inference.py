@@ -46,8 +46,9 @@ from tilescope import settings
 from tilescope.airflow.adapters import results_asset
 from tilescope.airflow.callbacks import finalize_callbacks, record_failure
 from tilescope.airflow.operators import AnalyzeRegionOperator
-from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
-from tilescope.params import DEFAULT_VIDEO_FPS, MAX_VIDEO_FPS, is_batch
+from tilescope.airflow.params import dag_params
+from tilescope.moderation import BACKENDS
+from tilescope.params import is_batch
 
 # Above TILESCOPE_IMAGE_EVENTS_PER_RUN stored images a batch announces one results event, not
 # one per image: Airflow's API server registers ~25 events a second, and 1,000 made the store
@@ -115,7 +116,9 @@ def _params() -> Any:
     # A task that fails for good leaves its reason for finalize's notification.
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30),
                   "on_failure_callback": record_failure},
-    params={
+    # The run parameters (model … synthesis_options) come from InferenceParams, between what
+    # the run is about and the moderation gate.
+    params=dag_params({
         "image_uri": Param("s3://tilescope/incoming/kite.jpg", type="string",
                            pattern=_S3_URI,
                            title="Image", description="s3://bucket/key of the image"),
@@ -127,38 +130,8 @@ def _params() -> Any:
                           title="Manifest (batch)",
                           description="s3:// URI of a JSON list of images (or one URI per "
                                       "line); s3_arrivals writes these"),
-        "model": Param("nanodet-coco", type="string", title="Model",
-                       description="registered model name"),
-        "slice_size": Param("model", type="string", pattern=SLICE_SIZE_PATTERN,
-                            title="Slice size",
-                            description="pixels (32–8192), 'model' (its input size) or "
-                                        "'auto' (SAHI)"),
-        "overlap": Param(0.2, type="number", minimum=0, exclusiveMaximum=0.9,
-                         title="Overlap ratio"),
-        "grid": Param("auto", type="string", pattern=GRID_PATTERN, title="Region grid",
-                      description="auto or ROWSxCOLS, e.g. 3x4 (each 1–1024; at most "
-                                  "[core] max_map_length regions in all)"),
-        "postprocess": Param("greedynmm", enum=["greedynmm", "nmm", "nms"]),
-        "match_metric": Param("ios", enum=["ios", "iou"]),
-        "match_threshold": Param(0.5, type="number", minimum=0, maximum=1),
-        "class_agnostic": Param(False, type="boolean"),
-        "score_threshold": Param(0.3, type="number", minimum=0, maximum=1),
-        "full_image_pass": Param(False, type="boolean"),
-        "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
-                                   description="below it the run fails; above, 'partial'"),
-        "video_fps": Param(DEFAULT_VIDEO_FPS, type="number", exclusiveMinimum=0,
-                           maximum=MAX_VIDEO_FPS, title="Video frames per second",
-                           description="for a video (AVI/MP4/MKV): frames analyzed per "
-                                       "second; at most TILESCOPE_MAX_FRAMES in all"),
-        "model_options": Param({}, type="object", title="Model options",
-                               description="backend options, e.g. {\"conn_id\": "
-                                           "\"aws_default\", \"model_id\": \"...\"} "
-                                           "(README: Model backends); never secrets"),
-        "synthesis_model": Param("", enum=["", "bedrock-converse"], title="Synthesis model",
-                                 description="writes the scene description; empty = the "
-                                             "deterministic summary"),
-        "synthesis_options": Param({}, type="object", title="Synthesis model options"),
-        "moderation": Param("none", enum=["none", "rekognition", "bedrock-converse"],
+    }, {
+        "moderation": Param("none", enum=list(BACKENDS),
                             title="Moderation gate",
                             description="checked before any region runs; blocks "
                                         "(fail-closed) unless moderation_options.fail_open"),
@@ -166,7 +139,7 @@ def _params() -> Any:
         "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
                        description="the claimed object version; its original is moved to "
                                    "processed/ or quarantine/ when the run ends"),
-    },
+    }),
 )
 def tiled_inference() -> None:
     @task

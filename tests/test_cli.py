@@ -154,3 +154,49 @@ def test_predict_kite_writes_all_outputs(tmp_path: Path, sample):
     assert person_id == 1  # official COCO ids, not contiguous ones
     assert len(coco["annotations"]) == len(doc["detections"])
     assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _predict_defaults():
+    from tilescope.cli import build_parser
+
+    return build_parser().parse_args(["predict", "x.jpg"])
+
+
+def test_every_run_parameter_is_an_option_defaulting_to_the_field():
+    """The run parameters' options are generated from InferenceParams: each field is one
+    (or says why not), and no option given means the default parameters. Seen red with
+    ``--overlap``'s default changed in the generator and with an option skipped."""
+    from tilescope.cli import params_from_args
+    from tilescope.params import InferenceParams, param_fields
+
+    args = _predict_defaults()
+    for item, spec in param_fields():
+        assert hasattr(args, item.name) == (spec.flag is not None), item.name
+        assert spec.flag is not None or spec.cli_absent, f"{item.name}: say why not on the CLI"
+    assert params_from_args(args) == InferenceParams()
+
+
+def test_options_offer_the_choices_of_the_dags_form(capsys):
+    """Enums come from one place: the CLI's choices are the form's enum (without the form's
+    empty 'none'). Seen red with POSTPROCESS_TYPES shortened in the CLI only."""
+    from tilescope.cli import build_parser
+    from tilescope.params import form_fields
+
+    predict = next(a for a in build_parser()._actions if a.dest == "command").choices["predict"]
+    choices = {a.dest: list(a.choices) for a in predict._actions if a.choices}
+    enums = {name: [c for c in schema["enum"] if c != ""]
+             for name, (_, _, schema) in form_fields().items() if "enum" in schema}
+    assert choices == enums
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "x.jpg", "--postprocess", "wbf"])
+    assert exited.value.code == 2  # a bad parameter: as ConfigError's exit status
+    assert "invalid choice: 'wbf'" in capsys.readouterr().err
+
+
+def test_docs_options_table_is_the_generated_one():
+    from tilescope.cli import predict_options_table
+
+    table = predict_options_table()
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert table in page, ("docs/cli.md's options table is stale: paste "
+                           "`tilescope.cli.predict_options_table()` into it")

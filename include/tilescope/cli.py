@@ -17,7 +17,8 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import Field
 from typing import Any, TextIO
 
 from tilescope import __version__
@@ -25,7 +26,13 @@ from tilescope.errors import BadImageError, ConfigError, ModelError, TilescopeEr
 from tilescope.limits import DEFAULT_MAX_FRAMES, RunLimits
 from tilescope.models import available_models, load_model
 from tilescope.outputs.writers import OutputTargets, write_outputs, write_video_outputs
-from tilescope.params import DEFAULT_VIDEO_FPS, MATCH_METRICS, POSTPROCESS_TYPES, InferenceParams
+from tilescope.params import (
+    InferenceParams,
+    ParamSpec,
+    field_default,
+    form_fields,
+    param_fields,
+)
 from tilescope.pipeline import run_image
 from tilescope.readers import open_image
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
@@ -97,13 +104,13 @@ class ProgressBar:
             self._stream.flush()
 
 
-def _model_options(pairs: Sequence[str]) -> dict[str, Any]:
+def _options(flag: str, pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings → options, values parsed as JSON when they are JSON."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--model-option takes KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -111,10 +118,63 @@ def _model_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _slice_size(text: str) -> int | str | None:
-    if text in ("auto", "model"):
-        return None if text == "model" else "auto"
-    return int(text)
+def _flag(item: Field, spec: ParamSpec) -> str:
+    return spec.flag or "--" + item.name.replace("_", "-")
+
+
+def _bounds(schema: Mapping[str, Any]) -> str:
+    """``[0, 0.9)``-style interval of a number's schema (``""`` when unbounded)."""
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if lo is None or hi is None:
+        return ""
+    return (f"{'(' if 'exclusiveMinimum' in schema else '['}{lo:g}, "
+            f"{hi:g}{')' if 'exclusiveMaximum' in schema else ']'}")
+
+
+def param_option_help(item: Field, spec: ParamSpec) -> str:
+    """An option's help: the field's doc (or title), its bounds, its default."""
+    text = spec.doc or (spec.title or "").lower()
+    schema = spec.schema
+    default = form_fields()[item.name][0]
+    extras = [_bounds(schema)]
+    if schema.get("type") == "object":
+        extras.append("KEY=VALUE, repeatable")
+    elif schema.get("type") != "boolean" and default not in ("", None):
+        extras.append(f"default: {default:g}" if isinstance(default, float)
+                      else f"default: {default}")
+    return "; ".join(part for part in (text, *extras) if part)
+
+
+def add_param_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`InferenceParams` field (its ``ParamSpec``: flag, type from the
+    schema, choices from its ``enum``, default from the field), dest = the field's name."""
+    for item, spec in param_fields():
+        if spec.flag is None:
+            continue
+        kind = spec.schema.get("type")
+        common: dict[str, Any] = {"dest": item.name, "help": param_option_help(item, spec)}
+        if kind == "boolean":
+            parser.add_argument(_flag(item, spec), action="store_true", **common)
+        elif kind == "object":
+            parser.add_argument(_flag(item, spec), action="append", default=[],
+                                metavar="KEY=VALUE", **common)
+        else:
+            choices = [c for c in spec.schema.get("enum", ()) if c != ""] or None
+            parse = spec.parse or (float if kind == "number" else str)
+            parser.add_argument(_flag(item, spec), type=parse, choices=choices,
+                                default=field_default(item), metavar=spec.metavar, **common)
+
+
+def params_from_args(args: argparse.Namespace) -> InferenceParams:
+    """The run parameters from :func:`add_param_options`' options (the others default)."""
+    values = {}
+    for item, spec in param_fields():
+        if spec.flag is not None:
+            value = getattr(args, item.name)
+            values[item.name] = _options(_flag(item, spec), value) \
+                if spec.schema.get("type") == "object" else value
+    return InferenceParams(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,31 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image path or s3://bucket/key; also folders (recursive), "
                               "glob patterns and s3://bucket/prefix/ (many images)")
-    predict.add_argument("--model", default="nanodet-coco", help="registered model name")
-    predict.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                         help="backend option, e.g. intra_op_threads=2 (repeatable)")
-    predict.add_argument("--slice", type=_slice_size, default=None, metavar="PX|auto|model",
-                         help="slice size in pixels; 'model' (default) = the model's input "
-                              "size; 'auto' = SAHI's auto_slice_resolution")
-    predict.add_argument("--overlap", type=float, default=0.2, help="overlap ratio [0, 0.9)")
-    predict.add_argument("--grid", default="auto", help="region grid ROWSxCOLS or auto")
-    predict.add_argument("--postprocess", choices=POSTPROCESS_TYPES, default="greedynmm")
-    predict.add_argument("--match-metric", choices=MATCH_METRICS, default="ios")
-    predict.add_argument("--match-threshold", type=float, default=0.5)
-    predict.add_argument("--class-agnostic", action="store_true",
-                         help="merge boxes across categories")
-    predict.add_argument("--score-threshold", type=float, default=0.3)
-    predict.add_argument("--full-image-pass", action="store_true",
-                         help="also run the model on the whole downscaled image")
-    predict.add_argument("--synthesis-model", default=None, metavar="NAME",
-                         help="model writing the scene description, e.g. bedrock-converse "
-                              "(default: a deterministic summary)")
-    predict.add_argument("--synthesis-option", action="append", default=[],
-                         metavar="KEY=VALUE", help="synthesis model option (repeatable)")
+    _add_predict_options(predict)
+
+    commands.add_parser("models", help="list registered models")
+    sample = commands.add_parser("sample", help="print the path of a bundled sample photo")
+    sample.add_argument("name")
+    return parser
+
+
+def _add_predict_options(predict: argparse.ArgumentParser) -> None:
+    """``predict``'s options: the run parameters, then limits and outputs."""
+    add_param_options(predict)
     predict.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                          help="refuse images declaring more pixels (decompression bombs)")
-    predict.add_argument("--video-fps", type=float, default=DEFAULT_VIDEO_FPS, metavar="N",
-                         help="frames analyzed per second of a video (AVI/MP4/MKV input)")
     predict.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                          help="refuse videos that would sample more frames")
     predict.add_argument("--out", help="results JSON path (or s3:// URI)")
@@ -166,28 +214,36 @@ def build_parser() -> argparse.ArgumentParser:
                               "DIR/summary.json (path or s3:// prefix)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    commands.add_parser("models", help="list registered models")
-    sample = commands.add_parser("sample", help="print the path of a bundled sample photo")
-    sample.add_argument("name")
-    return parser
+
+_OPTIONS_BEGIN = "<!-- predict options: generated by tilescope.cli.predict_options_table -->"
+_OPTIONS_END = "<!-- end of predict options -->"
 
 
-def _params(args: argparse.Namespace) -> InferenceParams:
-    return InferenceParams(
-        model=args.model, slice_size=args.slice, overlap=args.overlap, grid=args.grid,
-        postprocess=args.postprocess, match_metric=args.match_metric,
-        match_threshold=args.match_threshold, class_agnostic=args.class_agnostic,
-        score_threshold=args.score_threshold, full_image_pass=args.full_image_pass,
-        model_options=_model_options(args.model_option),
-        synthesis_model=args.synthesis_model,
-        synthesis_options=_model_options(args.synthesis_option), video_fps=args.video_fps)
+def predict_options_table() -> str:
+    """docs/cli.md's table of ``tilescope predict``'s options, from the parser itself (the run
+    parameters' rows from :class:`InferenceParams`), between two marker comments."""
+    predict = argparse.ArgumentParser(add_help=False)
+    _add_predict_options(predict)
+    rows = [_OPTIONS_BEGIN, "| Option | Value | Meaning |", "|---|---|---|"]
+    for action in predict._actions:
+        if action.choices:
+            value = ", ".join(f"`{c}`" for c in action.choices)
+        elif action.nargs == 0:
+            value = "switch"
+        else:
+            value = f"`{action.metavar or action.dest.upper()}`".replace("|", "\\|")
+        text = action.help or ""
+        if action.default not in (None, [], False) and "default:" not in text:
+            text += f"; default: {action.default}"
+        rows.append(f"| `{action.option_strings[0]}` | {value} | {text} |")
+    return "\n".join([*rows, _OPTIONS_END])
 
 
 def _predict(args: argparse.Namespace) -> int:
     if len(args.inputs) > 1 or args.out_dir or not is_plain_file(args.inputs[0]):
-        return _predict_many(args, _params(args))
+        return _predict_many(args, params_from_args(args))
     args.image = args.inputs[0]
-    params = _params(args)
+    params = params_from_args(args)
     container = video_container(args.image)  # by signature, not by name
     if container:
         return _predict_video(args, params, container)

@@ -1,13 +1,22 @@
-"""Run parameters shared by the CLI and the DAG: one typed object, validated in one place."""
+"""Run parameters shared by the CLI and the DAG: one typed object, validated in one place.
+
+Each field also says how it is asked for (:class:`ParamSpec` in its metadata): the DAG's
+trigger form (:func:`form_fields`, wrapped in Airflow ``Param``s by
+:mod:`tilescope.airflow.params`) and the CLI's options (:mod:`tilescope.cli`) are generated
+from it, so defaults, choices, bounds and descriptions are written once.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
+from tilescope.describe import SYNTHESIS_MODELS
 from tilescope.errors import ConfigError
+from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
 from tilescope.slicing import parse_grid, validate_slicing
 
 POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms")
@@ -22,6 +31,49 @@ _OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options")
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key",
                  "credential")
 
+
+#: :attr:`ParamSpec.form_default` when the form shows the field's own default
+_FIELD_DEFAULT: Any = object()
+
+
+def parse_slice_size(text: str) -> int | str | None:
+    """A slice size as typed: pixels, ``auto``, or ``model`` (``None``: the model's size)."""
+    if text in ("auto", "model"):
+        return None if text == "model" else "auto"
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one :class:`InferenceParams` field is asked for, in the DAG's form and on the CLI.
+
+    ``schema`` is the JSON schema the form validates at trigger time (``type``, ``enum``,
+    bounds, ``pattern``); the CLI derives its option from it (``boolean`` → a switch,
+    ``object`` → a repeatable ``KEY=VALUE`` option, ``enum`` → choices, ``number`` → float).
+    """
+
+    #: the form's label (``None``: Airflow shows the field's name)
+    title: str | None = None
+    #: the form's description and the CLI's help
+    doc: str | None = None
+    schema: Mapping[str, Any] = field(default_factory=dict)
+    #: the form's value standing for the field's default when that is not JSON-typed
+    #: (``slice_size=None`` is ``"model"`` in the form)
+    form_default: Any = _FIELD_DEFAULT
+    #: the CLI option (``None``: not on the CLI, with the reason in ``cli_absent``)
+    flag: str | None = ""
+    metavar: str | None = None
+    #: turns the option's text into the field's value (default: from ``schema``)
+    parse: Callable[[str], Any] | None = None
+    cli_absent: str = ""
+
+
+def _spec(**kwargs: Any) -> dict[str, ParamSpec]:
+    return {"spec": ParamSpec(**kwargs)}
+
+
+def _bounded(lo: float, hi: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": lo, "maximum": hi}
 
 def is_batch(conf: Any) -> bool:
     """Whether a run's params ask for a batch: ``images`` or a ``manifest`` set (see
@@ -47,24 +99,51 @@ class InferenceParams:
     """Everything that changes a result. ``slice_size`` ``None`` = the model's own input size;
     ``"auto"`` = SAHI's ``auto_slice_resolution`` rule."""
 
-    model: str = "nanodet-coco"
-    slice_size: int | str | None = None
-    overlap: float = 0.2
-    grid: str = "auto"
-    postprocess: str = "greedynmm"
-    match_metric: str = "ios"
-    match_threshold: float = 0.5
-    class_agnostic: bool = False
-    score_threshold: float = 0.3
-    full_image_pass: bool = False
-    min_success_ratio: float = 1.0
-    #: keyword options for the tile model (e.g. ``{"conn_id": ..., "model_id": ...}``)
-    model_options: dict[str, Any] = field(default_factory=dict)
-    #: the model that writes the scene description at synthesis (``None``: deterministic)
-    synthesis_model: str | None = None
-    synthesis_options: dict[str, Any] = field(default_factory=dict)
+    model: str = field(default="nanodet-coco", metadata=_spec(
+        title="Model", doc="registered model name", schema={"type": "string"}))
+    slice_size: int | str | None = field(default=None, metadata=_spec(
+        title="Slice size", doc="pixels (32–8192), 'model' (its input size) or 'auto' (SAHI)",
+        schema={"type": "string", "pattern": SLICE_SIZE_PATTERN}, form_default="model",
+        flag="--slice", metavar="PX|auto|model", parse=parse_slice_size))
+    overlap: float = field(default=0.2, metadata=_spec(
+        title="Overlap ratio", schema={"type": "number", "minimum": 0, "exclusiveMaximum": 0.9}))
+    grid: str = field(default="auto", metadata=_spec(
+        title="Region grid", doc="auto or ROWSxCOLS, e.g. 3x4 (each 1–1024; at most [core] "
+                                 "max_map_length regions in all)",
+        schema={"type": "string", "pattern": GRID_PATTERN}))
+    postprocess: str = field(default="greedynmm", metadata=_spec(
+        schema={"enum": list(POSTPROCESS_TYPES)}))
+    match_metric: str = field(default="ios", metadata=_spec(
+        schema={"enum": list(MATCH_METRICS)}))
+    match_threshold: float = field(default=0.5, metadata=_spec(schema=_bounded(0, 1)))
+    class_agnostic: bool = field(default=False, metadata=_spec(
+        doc="merge boxes across categories", schema={"type": "boolean"}))
+    score_threshold: float = field(default=0.3, metadata=_spec(schema=_bounded(0, 1)))
+    full_image_pass: bool = field(default=False, metadata=_spec(
+        doc="also run the model on the whole downscaled image", schema={"type": "boolean"}))
+    min_success_ratio: float = field(default=1.0, metadata=_spec(
+        doc="below it the run fails; above, 'partial'", schema=_bounded(0, 1), flag=None,
+        cli_absent="one process has no failed regions to tolerate"))
     #: frames per second sampled from a video (ignored for images)
-    video_fps: float = DEFAULT_VIDEO_FPS
+    video_fps: float = field(default=DEFAULT_VIDEO_FPS, metadata=_spec(
+        title="Video frames per second",
+        doc="for a video (AVI/MP4/MKV): frames analyzed per second; at most "
+            "TILESCOPE_MAX_FRAMES (CLI: --max-frames) in all",
+        schema={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_VIDEO_FPS},
+        metavar="N"))
+    #: keyword options for the tile model (e.g. ``{"conn_id": ..., "model_id": ...}``)
+    model_options: dict[str, Any] = field(default_factory=dict, metadata=_spec(
+        title="Model options", doc='backend options, e.g. {"conn_id": "aws_default", '
+                                   '"model_id": "..."} (README: Model backends); never secrets',
+        schema={"type": "object"}, flag="--model-option"))
+    #: the model that writes the scene description at synthesis (``None``: deterministic)
+    synthesis_model: str | None = field(default=None, metadata=_spec(
+        title="Synthesis model", doc="writes the scene description; unset or empty = the "
+                                     "deterministic summary",
+        schema={"enum": ["", *SYNTHESIS_MODELS]}, form_default=""))
+    synthesis_options: dict[str, Any] = field(default_factory=dict, metadata=_spec(
+        title="Synthesis model options", schema={"type": "object"},
+        flag="--synthesis-option"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
@@ -130,3 +209,26 @@ class InferenceParams:
                 if k not in _OPTIONAL_IN_DIGEST or v}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def param_fields() -> Iterator[tuple[Field, ParamSpec]]:
+    """Every :class:`InferenceParams` field with its :class:`ParamSpec`, in order."""
+    for item in fields(InferenceParams):
+        yield item, item.metadata["spec"]
+
+
+def field_default(item: Field) -> Any:
+    """The field's default value (a fresh one for ``default_factory`` fields)."""
+    return item.default_factory() if item.default is MISSING else item.default
+
+
+def form_fields() -> dict[str, tuple[Any, str | None, dict[str, Any]]]:
+    """The DAG's trigger form, without Airflow: name → (default, description, JSON schema
+    with ``title``) for every field."""
+    form = {}
+    for item, spec in param_fields():
+        default = field_default(item) if spec.form_default is _FIELD_DEFAULT \
+            else spec.form_default
+        schema = {**spec.schema, **({"title": spec.title} if spec.title else {})}
+        form[item.name] = (default, spec.doc, schema)
+    return form

@@ -76,3 +76,32 @@ def test_params_refuse_bad_values_at_trigger_time(dagbag):
             for key, value in bad.items():
                 params[key] = value
             params.validate()
+
+
+def test_params_form_is_generated_from_inference_params(dagbag):
+    """The run parameters' Params are InferenceParams' fields — same order, default,
+    description, type, choices and bounds — between what the run is about and the
+    moderation gate; the form's defaults are the default parameters. Seen red with
+    overlap's title changed in tilescope.airflow.params' wrapping and with slice_size's form
+    default set to "auto"."""
+    from tilescope.params import InferenceParams, form_fields
+
+    params = dagbag.dags["tiled_inference"].params
+    form = form_fields()
+    assert list(params.keys()) == ["image_uri", "images", "manifest", *form, "moderation",
+                                   "moderation_options", "claim"]
+    for name, (default, description, schema) in form.items():
+        param = params.get_param(name)
+        assert (param.value, param.description, param.schema) == (default, description,
+                                                                  schema), name
+    assert InferenceParams.from_dict({k: params[k] for k in form}) == InferenceParams()
+
+
+def test_dag_docs_name_every_param():
+    """docs/dags.md's Params paragraph names every run parameter of the form."""
+    from tilescope.params import form_fields
+
+    page = (DAGS.parent / "docs" / "dags.md").read_text(encoding="utf-8")
+    paragraph = page.split("**Params form**", 1)[1].split("\n\n", 1)[0]
+    missing = [name for name in form_fields() if f"`{name}`" not in paragraph]
+    assert not missing, f"docs/dags.md's Params form paragraph lacks {missing}"
