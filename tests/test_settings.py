@@ -4,7 +4,10 @@ at call time, and documented by the table generated from it."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,13 @@ def test_the_docs_table_lists_every_setting_with_its_default():
 def test_the_command_prints_the_table(capsys):
     assert settings.main(["--markdown"]) == 0
     assert capsys.readouterr().out.strip() == settings.markdown_table()
+
+
+def test_the_module_imports_nothing_heavy():
+    """The stack's CLI and every DAG file import it: no numpy, Pillow or boto3 on the way
+    (seen red with `import numpy` added to it)."""
+    code = ("import sys, tilescope.settings; "
+            "print(sorted({'numpy', 'PIL', 'boto3', 'airflow'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "include")}, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,7 +6,8 @@ A blank value counts as unset. A value that does not parse is a :class:`ConfigEr
 the variable. ``docs/settings.md`` holds the table :func:`markdown_table` renders
 (``python -m tilescope.settings --markdown``; tests/test_settings.py keeps them equal).
 
-Other programs' variables (``AWS_*``, ``AIRFLOW__*``) are read where they are used.
+Other programs' variables (``AWS_*``, ``AIRFLOW__*``) are read where they are used. This module
+imports nothing heavy: the stack's CLI and every DAG file import it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tilescope.errors import ConfigError
-from tilescope.readers.base import DEFAULT_MAX_PIXELS
-from tilescope.readers.sniff import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 #: kinds of value: how the text of the variable is turned into one
 KINDS = ("str", "int", "float", "list")
@@ -128,8 +127,8 @@ ERROR_TOPIC_ARN = Setting("TILESCOPE_ERROR_TOPIC_ARN", "str", None, "SNS topic o
                           unset="none: no message")
 
 # --- what one run may cost ---------------------------------------------------------------
-MAX_PIXELS = Setting("TILESCOPE_MAX_PIXELS", "int", DEFAULT_MAX_PIXELS, "decoded pixels of "
-                     "one image (decompression bombs)", _TASKS, minimum=1)
+MAX_PIXELS = Setting("TILESCOPE_MAX_PIXELS", "int", 500_000_000, "decoded pixels of one image "
+                     "(decompression bombs; ≈1.5 GB as RGB)", _TASKS, minimum=1)
 MAX_SLICES = Setting("TILESCOPE_MAX_SLICES", "int", 100_000, "slices of one run (a video: "
                      "all its frames')", _TASKS, minimum=1)
 MAX_FRAMES = Setting("TILESCOPE_MAX_FRAMES", "int", 3_600, "sampled frames of one video (an "
@@ -142,9 +141,10 @@ TMP = Setting("TILESCOPE_TMP", "str", None, "folder of temporary files (staged T
 # --- arrivals (s3_arrivals polls, s3_events is notified) ---------------------------------
 INCOMING_PREFIX = Setting("TILESCOPE_INCOMING_PREFIX", "str", "incoming/", "prefix where "
                           "new images arrive", _ARRIVALS)
-ARRIVAL_SUFFIXES = Setting("TILESCOPE_IMAGE_SUFFIXES", "list", IMAGE_SUFFIXES + VIDEO_SUFFIXES,
-                           "suffixes taken from `incoming/` (comma-separated); others are "
-                           "quarantined", _ARRIVALS)
+ARRIVAL_SUFFIXES = Setting("TILESCOPE_IMAGE_SUFFIXES", "list", None, "suffixes taken from "
+                           "`incoming/` (comma-separated); others are quarantined", _ARRIVALS,
+                           unset="every image and video suffix tilescope reads "
+                                 "(`readers.sniff`)")
 ARRIVALS_IMAGES_PER_RUN = Setting("TILESCOPE_ARRIVALS_IMAGES_PER_RUN", "int", 1000, "images "
                                   "in one started batch run", _ARRIVALS, minimum=1)
 ARRIVALS_SLICES_PER_RUN = Setting("TILESCOPE_ARRIVALS_SLICES_PER_RUN", "int", 20_000,

@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tilescope.readers.sniff import SNIFF_BYTES, describe_head, sniff_format, sniff_video
-from tilescope.settings import ARRIVAL_SUFFIXES
+from tilescope.readers.sniff import (
+    IMAGE_SUFFIXES,
+    SNIFF_BYTES,
+    VIDEO_SUFFIXES,
+    describe_head,
+    sniff_format,
+    sniff_video,
+)
 
-DEFAULT_SUFFIXES: tuple[str, ...] = ARRIVAL_SUFFIXES.default  # videos: sampled frames
+DEFAULT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES  # videos: sampled frames
 INCOMING, PROCESSED, QUARANTINE = "incoming/", "processed/", "quarantine/"
 #: S3's limit on a key, in UTF-8 bytes
 MAX_KEY_BYTES = 1024

@@ -104,7 +104,8 @@ class IntakePolicy:
         """The policy both arrival DAGs run with, from ``TILESCOPE_INCOMING_PREFIX``,
         ``TILESCOPE_IMAGE_SUFFIXES`` and ``TILESCOPE_ARRIVALS_*``; ``per_tick_limit`` is the
         setting that caps one tick (``s3_events``: ``TILESCOPE_EVENTS_PER_RUN``)."""
-        return cls(prefix=INCOMING_PREFIX.get(environ), suffixes=ARRIVAL_SUFFIXES.get(environ),
+        return cls(prefix=INCOMING_PREFIX.get(environ),
+                   suffixes=ARRIVAL_SUFFIXES.get(environ) or DEFAULT_SUFFIXES,
                    per_tick_limit=per_tick_limit.get(environ),
                    max_attempts=ARRIVALS_MAX_ATTEMPTS.get(environ),
                    retry_after_seconds=ARRIVALS_RETRY_AFTER_SECONDS.get(environ),

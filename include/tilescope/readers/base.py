@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tilescope.settings import MAX_PIXELS
 from tilescope.slicing import Box
 
 #: default decompression-bomb guard: 500 megapixels (≈1.5 GB as RGB)
-DEFAULT_MAX_PIXELS = 500_000_000
+DEFAULT_MAX_PIXELS: int = MAX_PIXELS.default
 
 
 @dataclass(frozen=True)
