@@ -38,8 +38,10 @@ test: venv browser
 	$(BIN)/python -m tilescope.models.weights --keep-tarball
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff, then mypy over include/tilescope ([tool.mypy] in pyproject.toml)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: model
 	$(BIN)/python bench/run.py

@@ -81,7 +81,7 @@ class ProgressBar:
         elapsed = time.perf_counter() - self._started
         rate = done / elapsed if elapsed > 0 else 0.0
         many = image_total is not None
-        finished = done >= total and (not many or (images or 0) >= image_total)
+        finished = done >= total and (image_total is None or (images or 0) >= image_total)
         counted = f", {images}/{image_total} images" if many else ""
         if self._tty:
             filled = int(self._width * percent / 100)
@@ -168,7 +168,7 @@ def add_param_options(parser: argparse.ArgumentParser) -> None:
 
 def params_from_args(args: argparse.Namespace) -> InferenceParams:
     """The run parameters from :func:`add_param_options`' options (the others default)."""
-    values = {}
+    values: dict[str, Any] = {}
     for item, spec in param_fields():
         if spec.flag is not None:
             value = getattr(args, item.name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from tilescope.banding import region_bands
 from tilescope.detections import Detections
@@ -29,7 +29,7 @@ from tilescope.results import RegionFinding
 from tilescope.slicing import Region
 
 
-def is_deferrable(model: DetectionModel) -> bool:
+def is_deferrable(model: DetectionModel) -> TypeGuard[SageMakerAsyncModel]:
     """Whether a task should submit ``model``'s work and wait in the triggerer."""
     return isinstance(model, SageMakerAsyncModel) and model.deferrable
 

@@ -219,7 +219,9 @@ def param_fields() -> Iterator[tuple[Field, ParamSpec]]:
 
 def field_default(item: Field) -> Any:
     """The field's default value (a fresh one for ``default_factory`` fields)."""
-    return item.default_factory() if item.default is MISSING else item.default
+    if item.default is MISSING and callable(item.default_factory):
+        return item.default_factory()
+    return item.default
 
 
 def form_fields() -> dict[str, tuple[Any, str | None, dict[str, Any]]]:

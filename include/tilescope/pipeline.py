@@ -53,7 +53,7 @@ def plan_image(width: int, height: int, params: InferenceParams, model_slice_siz
 
 def merge_detections(dets: Detections, params: InferenceParams) -> Detections:
     """Merge with the run's postprocess settings."""
-    return merge(dets, strategy=params.postprocess, metric=params.match_metric,  # type: ignore[arg-type]
+    return merge(dets, strategy=params.postprocess, metric=params.match_metric,  # type: ignore[arg-type]  # merge() checks the strings
                  threshold=params.match_threshold, class_agnostic=params.class_agnostic)
 
 
@@ -148,7 +148,8 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
     started = time.perf_counter()
     fixed = list(category_names if category_names is not None else
                  [] if model is None or model.open_vocabulary else model.category_names)
-    sources = [(f.detections, f.category_names) for f in complete if f.status == "success"]
+    sources: list[tuple[Detections, Sequence[str] | None]] = [
+        (f.detections, f.category_names) for f in complete if f.status == "success"]
     if full_image is not None:
         sources.append((full_image, full_image_names))
     parts, names = reconcile(fixed, sources)

@@ -35,7 +35,7 @@ def catalog_url(conn_id: str | None = None) -> str | None:
     except Exception:  # undefined connection: the catalog is optional, and the log says so
         print(f"no '{conn_id}' connection defined: the SQL catalog is skipped")
         return None
-    return url_from_connection(conn.conn_type, host=conn.host, login=conn.login,
+    return url_from_connection(conn.conn_type or "", host=conn.host, login=conn.login,
                                password=conn.password, port=conn.port, schema=conn.schema)
 
 

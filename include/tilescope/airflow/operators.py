@@ -13,11 +13,14 @@ finding dict, with the same XCom size rule, error mapping and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
+
+if TYPE_CHECKING:  # the DAG file imports this module: models load in the task only
+    from tilescope.models.sagemaker import SageMakerAsyncModel
 
 #: extra seconds past the model's ``max_wait`` before Airflow itself gives up on the trigger
 #: (the trigger reports its own timeout first; this covers a triggerer that is down)
@@ -62,15 +65,20 @@ class AnalyzeRegionOperator(BaseOperator):
         if is_work_unit(self.region):  # a batch's images and frames, or a video's frames
             from functools import partial
 
+            run: Callable[..., dict[str, Any]]
             if self.prepared.get("batch"):
                 from tilescope.airflow.adapters import run_limits
                 from tilescope.tasks.batch import analyze_unit
 
                 run = partial(analyze_unit, max_pixels=run_limits().max_pixels)
             elif self.prepared.get("video"):
-                from tilescope.tasks.video import analyze_frames as run
+                from tilescope.tasks.video import analyze_frames
+
+                run = analyze_frames
             else:  # several regions of one image (tilescope.tasks.image.image_units)
-                from tilescope.tasks.image import analyze_unit as run
+                from tilescope.tasks.image import analyze_unit as analyze_image_unit
+
+                run = analyze_image_unit
             with task_outcome(), load_model(params.model,
                                             **_model_options(params, self.prepared)) as model:
                 finding = run(self.region, self.prepared, params, model, client=client,
@@ -109,7 +117,9 @@ class AnalyzeRegionOperator(BaseOperator):
         submitted = SubmittedRegion.from_parts(event["invocations"], event["carry"])
         outcomes = outcomes_from_event(event) if event.get("status") == "done" else None
         with task_outcome(), load_model(params.model, **params.model_arguments()) as model:
-            finding = finish_region(self.region, submitted, outcomes, params, model,
+            # resumed only from a deferral, and only a SageMakerAsyncModel defers
+            finding = finish_region(self.region, submitted, outcomes, params,
+                                    cast("SageMakerAsyncModel", model),
                                     client=s3_client(),
                                     scratch_prefix=self.prepared["scratch_prefix"],
                                     attempt=int(context["ti"].try_number))

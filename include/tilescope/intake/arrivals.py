@@ -96,7 +96,8 @@ def inspect(client: Any, arrival: Arrival,
     if size is None and kind == "TIFF":
         size = _tiff_size(client, arrival, head)
     facts = whole_facts(head) if kind != "TIFF" and len(head) == arrival.size else None
-    return Screened(None, *(size or (None, None)), facts=facts)
+    width, height = size or (None, None)
+    return Screened(None, width, height, facts=facts)
 
 
 def whole_facts(data: bytes) -> dict[str, Any] | None:

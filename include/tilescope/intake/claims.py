@@ -19,7 +19,7 @@ a ``failed`` claim (transient trouble) is claimable again until ``max_attempts``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -176,10 +176,9 @@ def _insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> set[tuple[st
     """Insert what is not there yet; the versions this transaction inserted."""
     name = conn.dialect.name
     if name in ("sqlite", "postgresql"):
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Callable[..., Any] = sqlite.insert if name == "sqlite" else postgresql.insert
         won: set[tuple[str, str, str]] = set()
         for chunk in _chunks(rows):
             statement = (insert(CLAIMS).values(list(chunk))

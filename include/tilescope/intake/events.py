@@ -146,7 +146,7 @@ def _arrival(record: Mapping[str, Any], skipped: list[str]) -> Arrival | None:
     """One record → the created version, or ``None`` (with a reason) for anything else."""
     event = str(record.get("eventName", ""))
     event = event[3:] if event.startswith("s3:") else event
-    s3 = record.get("s3")
+    s3: Any = record.get("s3")  # anything: a malformed record is skipped below
     try:
         bucket = str(s3["bucket"]["name"])
         obj = s3["object"]

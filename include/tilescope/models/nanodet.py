@@ -191,4 +191,4 @@ class NanoDetModel(DetectionModel):
 
     def close(self) -> None:
         self._pool.close()
-        self._session = None  # type: ignore[assignment]
+        self._session = None

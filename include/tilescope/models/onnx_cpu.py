@@ -165,8 +165,8 @@ class SlicePool:
             self._claim_own()
 
     def _claim_own(self) -> None:
-        self._own = self._slots.take(1)  # type: ignore[union-attr]
-        self._slots.wanting(not self._own)  # type: ignore[union-attr]
+        self._own = self._slots.take(1)  # type: ignore[union-attr]  # only with slots
+        self._slots.wanting(not self._own)  # type: ignore[union-attr]  # only with slots
 
     def map(self, function: Callable[[np.ndarray], T], images: Sequence[np.ndarray]) -> list[T]:
         """``[function(image) for image in images]``, concurrently when it can help."""
@@ -204,10 +204,10 @@ class SlicePool:
 
             for future in [pool.submit(lane) for _ in range(threads)]:
                 future.result()
-            return results  # type: ignore[return-value]
+            return results  # type: ignore[return-value]  # every position filled
         finally:
             if borrowed:
-                self._slots.give_back(borrowed)  # type: ignore[union-attr]
+                self._slots.give_back(borrowed)  # type: ignore[union-attr]  # borrowed: slots
 
     @property
     def holds_core(self) -> bool:

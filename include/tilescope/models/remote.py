@@ -59,7 +59,7 @@ def encode_image(pixels: np.ndarray, image_format: str = "png", quality: int = 9
 def throttled(message: str, retry_after: float | None = None) -> ModelThrottledError:
     """A retryable load error, carrying the server's ``Retry-After`` seconds when it sent one."""
     error = ModelThrottledError(message)
-    error.retry_after = retry_after or 0.0  # type: ignore[attr-defined]
+    error.retry_after = retry_after or 0.0  # type: ignore[attr-defined]  # read by getattr
     return error
 
 
@@ -206,4 +206,4 @@ def finite_box(values: Any, what: str) -> tuple[float, float, float, float]:
         raise ValueError(f"{what} has a non-numeric value: {str(values)[:80]}") from None
     if not all(math.isfinite(v) for v in box):
         raise ValueError(f"{what} has a non-finite value: {values}")
-    return box  # type: ignore[return-value]
+    return box  # type: ignore[return-value]  # four values, checked above

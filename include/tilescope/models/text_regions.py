@@ -97,7 +97,7 @@ def _box_score(prob: np.ndarray, corners: np.ndarray) -> float:
     y1 = int(np.clip(np.ceil(corners[:, 1].max()), 0, height - 1))
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
     shifted = (corners - np.array([x0, y0], np.float32)).astype(np.int32)
-    cv2.fillPoly(mask, shifted.reshape(1, -1, 2), 1)
+    cv2.fillPoly(mask, [shifted.reshape(-1, 2)], 1)
     return float(cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0])
 
 
@@ -194,4 +194,4 @@ class TextRegionsModel(DetectionModel):
 
     def close(self) -> None:
         self._pool.close()
-        self._session = None  # type: ignore[assignment]
+        self._session = None

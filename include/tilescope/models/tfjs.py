@@ -600,9 +600,9 @@ def _binary(c: _Converter, node: Mapping[str, Any]) -> None:
     onnx_op, fold = _BINARY[node["op"]]
     a, b = c.value(node["input"][0]), c.value(node["input"][1])
     if b.is_const and node["op"] == "BiasAdd":
-        b = _const(_bias_to_tf_rank(node, b.const))  # type: ignore[arg-type]
+        b = _const(_bias_to_tf_rank(node, b.const))  # type: ignore[arg-type]  # is_const
     if a.is_const and b.is_const:
-        c.bind(node, _const(fold(a.const, b.const).astype(a.dtype)))  # type: ignore[arg-type]
+        c.bind(node, _const(fold(a.const, b.const).astype(a.dtype)))  # type: ignore[arg-type]  # consts
         return
     shape = _broadcast_shape(a.shape, b.shape)
     variable = b if a.is_const else a
@@ -611,6 +611,7 @@ def _binary(c: _Converter, node: Mapping[str, Any]) -> None:
         v.is_const or (v.perm == variable.perm and v.shape is not None and len(v.shape) == rank)
         for v in (a, b)
     )
+    perm: tuple[int, ...] | None
     if same_layout and variable.perm is not None and rank == len(variable.perm):
         perm = variable.perm
         names = [c.in_layout(_expand_const(v, rank), perm, node["name"] + "/c") for v in (a, b)]
@@ -655,7 +656,7 @@ def _reshape(c: _Converter, node: Mapping[str, Any]) -> None:
     if x.const is not None:
         c.bind(node, _const(x.const.reshape([int(t) for t in target])))
         return
-    shape = _resolve_reshape(x.shape, target)
+    shape = _resolve_reshape(x.shape, [int(t) for t in target])
     out = c.output(node)
     allow_zero = 1 if 0 in shape else 0
     c.emit(
@@ -723,7 +724,7 @@ def _concat(c: _Converter, node: Mapping[str, Any]) -> None:
     parts = [c.value(r) for r in refs[:-1]]
     axis = int(c.const_input(node, len(refs) - 1))
     if all(p.const is not None for p in parts):
-        c.bind(node, _const(np.concatenate([p.const for p in parts], axis=axis)))  # type: ignore[misc]
+        c.bind(node, _const(np.concatenate([p.const for p in parts], axis=axis)))
         return
     lead = next(p for p in parts if not p.is_const)
     assert lead.perm is not None
@@ -734,7 +735,7 @@ def _concat(c: _Converter, node: Mapping[str, Any]) -> None:
     c.emit("Concat", names, [out], axis=lead.perm[axis])
     shape = None
     if all(p.shape is not None for p in parts) and lead.shape is not None:
-        sizes = [p.shape[axis] for p in parts]  # type: ignore[index]
+        sizes = [p.shape[axis] for p in parts]  # type: ignore[index]  # all() checked shapes
         total = -1 if -1 in sizes else sum(sizes)
         shape = (*lead.shape[:axis], total, *lead.shape[axis + 1 :])
     c.bind(node, _Value(lead.dtype, shape, out, lead.perm))

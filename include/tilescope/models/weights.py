@@ -47,7 +47,7 @@ from tilescope.settings import CACHE_DIR, NANODET_TARBALL
 try:  # POSIX advisory locks; elsewhere the atomic rename alone keeps the cache consistent
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no fcntl (Windows): no lock
 
 __all__ = [
     "NANODET_ONNX_SHA256",

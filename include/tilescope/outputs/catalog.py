@@ -8,6 +8,7 @@ makes a re-run update its row instead of adding a duplicate.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,10 +63,13 @@ _REPLACED = [c.name for c in RESULTS.columns
 def _upsert(engine: sa.Engine) -> Any:
     """One statement that inserts rows or, on the (image, parameters) key, replaces their
     :data:`_REPLACED` columns; executed with a list of rows (one round of executemany)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Callable[..., Any]
     if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        insert = postgresql.insert
     elif engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        insert = sqlite.insert
     else:  # pragma: no cover - other dialects: plain insert, the unique key still protects
         return sa.insert(RESULTS)
     statement = insert(RESULTS)

@@ -46,6 +46,19 @@ class OutputTargets:
     overlay: str | None = None
 
 
+@dataclass(frozen=True)
+class ResultTargets(OutputTargets):
+    """A stored result's three artefacts, every one written (the DAG's ``results/`` keys)."""
+
+    result: str
+    coco: str
+    overlay: str
+
+    def keys(self) -> dict[str, str]:
+        """``{"result": uri, "coco": uri, "overlay": uri}`` (the store summary's ``keys``)."""
+        return {"result": self.result, "coco": self.coco, "overlay": self.overlay}
+
+
 def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
                   client: Any = None) -> dict[str, str]:
     """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""

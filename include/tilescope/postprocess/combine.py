@@ -67,7 +67,7 @@ Intentional differences from SAHI:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -220,11 +220,11 @@ def _rank_order(
     return order
 
 
-def _check_metric(metric: str) -> str:
+def _check_metric(metric: str) -> MatchMetric:
     m = str(metric).lower()
     if m not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
-    return m
+    return cast(MatchMetric, m)  # one of _METRICS, checked above
 
 
 def _check_threshold(threshold: float) -> float:
@@ -234,11 +234,11 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
-def _check_strategy(strategy: str) -> str:
+def _check_strategy(strategy: str) -> Strategy:
     s = str(strategy).lower().replace("_", "")
     if s not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
-    return s
+    return cast(Strategy, s)  # one of _STRATEGIES, checked above
 
 
 def _output_order(ctx: _Context, keep: np.ndarray, by_score: bool) -> np.ndarray:

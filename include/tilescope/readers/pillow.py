@@ -179,12 +179,12 @@ class PillowReader(ImageReader):
             target = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
             image.draft("RGB", target)
             return downscale(np.asarray(self._decode(image)), max_side)
-        image = self._decoded()
-        scale = max_side / max(image.width, image.height)
+        decoded = self._decoded()
+        scale = max_side / max(decoded.width, decoded.height)
         if scale >= 1:
-            return np.asarray(image)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        return np.asarray(image.resize(size, Image.Resampling.BOX))
+            return np.asarray(decoded)
+        size = (max(1, round(decoded.width * scale)), max(1, round(decoded.height * scale)))
+        return np.asarray(decoded.resize(size, Image.Resampling.BOX))
 
     def close(self) -> None:
         self._image.close()

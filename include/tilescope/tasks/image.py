@@ -39,7 +39,7 @@ from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.models.sagemaker import AsyncOutcome, SageMakerAsyncModel
 from tilescope.moderation import ModerationPolicy, gate
-from tilescope.outputs.writers import OutputTargets, coco_json, overlay_png, result_json
+from tilescope.outputs.writers import ResultTargets, coco_json, overlay_png, result_json
 from tilescope.params import InferenceParams
 from tilescope.pipeline import (
     analyze_region,
@@ -321,8 +321,9 @@ def results_layout(bucket: str, image_id: str, params: InferenceParams) -> Resul
     return ResultsLayout(bucket, image_id, params.digest())
 
 
-def result_targets(bucket: str, image_id: str, params: InferenceParams) -> OutputTargets:
-    return OutputTargets(**results_layout(bucket, image_id, params).artifacts())
+def result_targets(bucket: str, image_id: str, params: InferenceParams) -> ResultTargets:
+    """Where a stored result's ``result.json``, ``coco.json`` and ``overlay.png`` go."""
+    return ResultTargets(**results_layout(bucket, image_id, params).artifacts())
 
 
 def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,

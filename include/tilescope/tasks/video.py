@@ -146,6 +146,8 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
             sheet_uri = scratch.uri("sheet.png")
             write_bytes(sheet_uri, sheet_png, "image/png", client)
             thumbnail_uri = scratch.uri(THUMBNAIL)
+            if sampled.first_frame is None:  # sample_video refuses this first; typed out
+                raise BadImageError(f"{uri}: no frame could be decoded")
             first = ArrayReader(sampled.first_frame).thumbnail(THUMBNAIL_SIDE)
             write_bytes(thumbnail_uri, png_bytes(first), "image/png", client)
             units = frame_units(sampled.frames, sampled.plan, params, limits)

@@ -180,7 +180,7 @@ def synthesize_video(image: ImageInfo, frames: Sequence[VideoFrame], plan: Slice
     position_of = {frame.frame_index: position for position, frame in enumerate(frames)}
     per_frame: list[list[Detections]] = [[] for _ in frames]
     for finding, part in zip(succeeded, parts, strict=True):
-        per_frame[position_of[finding.frame.frame_index]].append(part)  # type: ignore[union-attr]
+        per_frame[position_of[finding.frame.frame_index]].append(part)  # type: ignore[union-attr]  # video findings carry a frame
     merged = [merge_detections(Detections.concat(p), params)
               .clipped(image.width, image.height).sorted_by_score() for p in per_frame]
     timing = dict(seconds or {})

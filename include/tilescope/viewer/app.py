@@ -314,7 +314,7 @@ def create_app(static_dir: Path) -> FastAPI:
         if _is_batch(run):
             batch, index = _stored_image(session, run, image)
             payload = batch_image_payload(json.loads(_read(
-                batch.object(index, ARTIFACTS["result"]))))  # type: ignore[arg-type]
+                batch.object(index, ARTIFACTS["result"]))))  # type: ignore[arg-type]  # a stored image's key exists
             payload["artifacts"] = batch.artifacts(index)
             payload["image_index"] = index
             return payload
@@ -322,10 +322,10 @@ def create_app(static_dir: Path) -> FastAPI:
             raise ViewerInputError("image= names an image of a batch run; this run has one")
         prefixes = _prefixes(session, run)
         location = prefixes.object(ARTIFACTS["result"], where="results") if prefixes else None
-        if location is None:
+        if prefixes is None or location is None:
             raise HTTPException(404, "no result stored for this run yet")
         payload = result_payload(json.loads(_read(location)))
-        payload["artifacts"] = {name: prefixes.results + name
+        payload["artifacts"] = {name: f"{prefixes.results}{name}"
                                 for name in ARTIFACTS.values()}
         return payload
 

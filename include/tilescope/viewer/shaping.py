@@ -44,8 +44,9 @@ class TaskRow:
     end_date: datetime | None = None
 
 
-def viewer_state(state: str | None) -> str:
-    """An Airflow state string (or ``None``) as one of :data:`REGION_STATES`."""
+def viewer_state(state: Any) -> str:
+    """An Airflow state (a ``TaskInstanceState``, a string or ``None``) as one of
+    :data:`REGION_STATES`."""
     value = str(state.value if hasattr(state, "value") else state or "none")
     return value if value in REGION_STATES else "none"
 
@@ -70,7 +71,9 @@ def maps_units(items: Sequence[Mapping[str, Any]] | None,
     """Whether a one-image run's ``analyze`` maps work units of its plan's regions. A video
     also maps units, but each is drawn as a cell of its own (their ``box`` is the frame),
     so it keeps the one-row-per-mapped-item view."""
-    return bool(items) and not (prepared or {}).get("video") and is_work_unit(items[0])
+    if not items:
+        return False
+    return not (prepared or {}).get("video") and is_work_unit(items[0])
 
 
 def _region_row(region: Mapping[str, Any], task: int) -> dict[str, Any]:
