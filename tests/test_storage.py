@@ -148,3 +148,33 @@ def test_read_start_gives_a_small_object_whole_and_a_big_one_its_size(s3_client,
     local = tmp_path / "local.bin"
     local.write_bytes(big)
     assert read_start(str(local), 10) == (big[:10], len(big))
+
+
+def test_s3_client_protocol_names_only_boto3_calls() -> None:
+    """Every call of :class:`S3Client` (and its paginator's) exists on boto3's S3 client,
+    with the same keyword arguments — a misspelled or invented one would type-check against
+    the protocol and fail at run time."""
+    import inspect
+
+    import boto3
+
+    from tilescope.storage import S3Client, S3Paginator
+
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k",
+                          aws_secret_access_key="s", endpoint_url="http://127.0.0.1:9")
+    calls = [name for name, value in vars(S3Client).items()
+             if callable(value) and not name.startswith("_")]
+    assert {"get_object", "put_object", "head_object", "get_paginator"} <= set(calls)
+    model = client.meta.service_model
+    for name in calls:
+        assert callable(getattr(client, name, None)), f"boto3's S3 client has no {name}"
+        api = "".join(part.title() for part in name.split("_"))  # list_objects_v2: ListObjectsV2
+        if api not in model.operation_names:  # a transfer helper (copy, upload_file...)
+            continue
+        named = {p.name for p in inspect.signature(getattr(S3Client, name)).parameters.values()
+                 if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+        shape = model.operation_model(api).input_shape
+        assert named <= set(shape.members if shape is not None else ()), (name, named)
+    assert callable(getattr(client.get_paginator("list_objects_v2"), "paginate", None))
+    assert [n for n, v in vars(S3Paginator).items() if callable(v)
+            and not n.startswith("_")] == ["paginate"]

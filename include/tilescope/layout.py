@@ -28,7 +28,6 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,7 +35,7 @@ from tilescope.readers import TiffReader
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.settings import TMP
 from tilescope.slicing import Box
-from tilescope.storage import RangedS3File, parse_s3_uri
+from tilescope.storage import RangedS3File, S3Client, parse_s3_uri
 
 #: a stored result's files by role, as the store summary and the viewer name them
 ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
@@ -177,7 +176,7 @@ def _tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray
             yield pixels
 
 
-def upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
+def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
     """Write the image as a zstd-compressed tiled TIFF and upload it with a managed multipart
     transfer, staging on local disk rather than in memory.
 
@@ -199,7 +198,7 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: Any) -> None:
                            ExtraArgs={"ContentType": "image/tiff"})
 
 
-def open_source(source_uri: str, client: Any, *, size: int | None = None,
+def open_source(source_uri: str, client: S3Client, *, size: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> TiffReader:
     """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
     tiles a read needs. ``size`` (if known) saves a HEAD request."""
@@ -209,7 +208,7 @@ def open_source(source_uri: str, client: Any, *, size: int | None = None,
                       max_pixels=max_pixels, name=source_uri)
 
 
-def delete_prefix(prefix_uri: str, client: Any) -> int:
+def delete_prefix(prefix_uri: str, client: S3Client) -> int:
     """Delete every object under an ``s3://bucket/prefix/`` (scratch clean-up)."""
     loc = parse_s3_uri(prefix_uri)
     if not loc.key.startswith("scratch/"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tilescope.errors import BadImageError, ConfigError, RegionsFailedError, TilescopeError
 from tilescope.models.base import DetectionModel
@@ -25,6 +24,7 @@ from tilescope.readers import open_image, reopen_planned
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
+from tilescope.storage import S3Client
 from tilescope.units import SourcePlan, pack_units, run_unit, unit_slice_budget
 
 #: ``progress(slices_done, slices_total, images_done, images_total)``
@@ -39,7 +39,7 @@ class _Planned:
 
 
 def _plan(uri: str, params: InferenceParams, model: DetectionModel, max_pixels: int,
-          client: Any) -> _Planned:
+          client: S3Client | None) -> _Planned:
     """Open ``uri`` (header only: no pixels decoded), plan it, close it."""
     reader, image = open_image(uri, client=client, max_pixels=max_pixels)
     with reader:
@@ -47,7 +47,7 @@ def _plan(uri: str, params: InferenceParams, model: DetectionModel, max_pixels: 
     return _Planned(image, plan)
 
 
-def _reopen(planned: _Planned, max_pixels: int, client: Any) -> ImageReader:
+def _reopen(planned: _Planned, max_pixels: int, client: S3Client | None) -> ImageReader:
     """The image again, for its unit: the same bytes as planned, decoded (so bad pixels are
     found here, as the unit's bad input, on the read-ahead thread)."""
     return reopen_planned(planned.image.uri, planned.image.sha256, client=client,
@@ -55,7 +55,7 @@ def _reopen(planned: _Planned, max_pixels: int, client: Any) -> ImageReader:
 
 
 def predict_many(uris: Sequence[str], params: InferenceParams, model: DetectionModel, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, client: Any = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, client: S3Client | None = None,
                  progress: ManyProgress | None = None) -> Iterator[Outcome]:
     """``(uri, Result or the error that made it bad)`` for every input, in input order,
     each as soon as its unit is done. Raises :class:`tilescope.errors.ModelError` (and
@@ -132,7 +132,7 @@ def predict_many(uris: Sequence[str], params: InferenceParams, model: DetectionM
 
 
 def _one_by_one(uris: Sequence[str], params: InferenceParams, model: DetectionModel,
-                max_pixels: int, client: Any,
+                max_pixels: int, client: S3Client | None,
                 progress: ManyProgress | None) -> Iterator[Outcome]:
     """``run_image`` per image (the full-image pass needs each whole image once more)."""
     done_before = 0

@@ -17,11 +17,10 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.readers.sniff import IMAGE_SUFFIXES
-from tilescope.storage import default_s3_client, is_s3_uri
+from tilescope.storage import S3Client, default_s3_client, is_s3_uri
 
 # a folder or prefix is searched for IMAGE_SUFFIXES (videos are not expanded from folders;
 # name one explicitly to analyze it)
@@ -90,7 +89,7 @@ def _pattern(pattern: str) -> list[NamedInput]:
                        else Path(p).as_posix()) for p in found]
 
 
-def _prefix(uri: str, client: Any) -> list[NamedInput]:
+def _prefix(uri: str, client: S3Client | None) -> list[NamedInput]:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     client = client or default_s3_client()
     keys: list[str] = []
@@ -110,7 +109,7 @@ def _prefix(uri: str, client: Any) -> list[NamedInput]:
     return [NamedInput(f"s3://{bucket}/{key}", key[len(prefix):]) for key in sorted(keys)]
 
 
-def _one(text: str, client: Any) -> list[NamedInput]:
+def _one(text: str, client: S3Client | None) -> list[NamedInput]:
     if is_s3_prefix(text):
         return _prefix(text, client)
     if is_s3_uri(text):  # one object: a missing one is reported when it is opened
@@ -134,7 +133,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def expand_named(inputs: list[str] | tuple[str, ...],
-                 client: Any = None) -> list[NamedInput]:
+                 client: S3Client | None = None) -> list[NamedInput]:
     """Every image the inputs reach, in order (sorted within an input), each once, with an
     output name unique across the run. A missing path is a :class:`BadImageError`; a
     folder, pattern or prefix without images is a :class:`ConfigError`."""
@@ -155,6 +154,6 @@ def expand_named(inputs: list[str] | tuple[str, ...],
     return out
 
 
-def expand_inputs(inputs: list[str] | tuple[str, ...], client: Any = None) -> list[str]:
+def expand_inputs(inputs: list[str] | tuple[str, ...], client: S3Client | None = None) -> list[str]:
     """The URIs of :func:`expand_named`."""
     return [item.uri for item in expand_named(inputs, client)]

@@ -13,9 +13,10 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
 
@@ -31,6 +32,49 @@ S3_RETRIES = {"mode": "standard", "total_max_attempts": 10}
 #: botocore waits 60 s for a TCP connect by default, per attempt: a host that drops packets
 #: would then hold a region task for 10 minutes before its own retry could start.
 S3_CONNECT_TIMEOUT = 5.0
+
+
+class S3Paginator(Protocol):
+    """What ``S3Client.get_paginator`` returns: pages of boto3 responses."""
+
+    def paginate(self, **kwargs: Any) -> Iterable[dict[str, Any]]: ...
+
+
+class S3Client(Protocol):
+    """The S3 calls tilescope makes, spelled as boto3's ``client("s3")`` spells them (its
+    keyword arguments, its response dicts). Every function that takes an S3 client takes
+    this: a boto3 client, Airflow's ``S3Hook`` client or a test double all fit."""
+
+    def get_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def head_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def put_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def copy_object(self, *, CopySource: str | Mapping[str, Any], Bucket: str, Key: str,
+                    **kwargs: Any) -> dict[str, Any]: ...
+
+    def delete_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def delete_objects(self, *, Bucket: str, Delete: Mapping[str, Any],
+                       **kwargs: Any) -> dict[str, Any]: ...
+
+    def list_objects_v2(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def list_buckets(self) -> dict[str, Any]: ...
+
+    def create_bucket(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def get_paginator(self, operation_name: str) -> S3Paginator: ...
+
+    def copy(self, CopySource: Mapping[str, Any], Bucket: str, Key: str,
+             ExtraArgs: Mapping[str, Any] | None = None, **kwargs: Any) -> None: ...
+
+    def upload_file(self, Filename: str, Bucket: str, Key: str,
+                    ExtraArgs: Mapping[str, Any] | None = None, **kwargs: Any) -> None: ...
+
+    def download_file(self, Bucket: str, Key: str, Filename: str,
+                      ExtraArgs: Mapping[str, Any] | None = None, **kwargs: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +126,8 @@ def resilient_config(override: Any = None) -> Any:
 
 def log_retries(client: Any) -> Any:
     """Log every failed S3 attempt botocore is about to retry (or gives up on) as a warning,
-    so a task log shows an S3 outage being ridden out instead of an unexplained pause."""
+    so a task log shows an S3 outage being ridden out instead of an unexplained pause.
+    (``Any``: it reaches into the botocore client's ``meta``, which no S3 call needs.)"""
     def failed_attempt(attempts: int, caught_exception: Exception | None = None,
                        response: Any = None, operation: Any = None, **_: Any) -> None:
         if caught_exception is not None:
@@ -101,7 +146,7 @@ def log_retries(client: Any) -> Any:
     return client
 
 
-def default_s3_client() -> Any:
+def default_s3_client() -> S3Client:
     """A boto3 S3 client from the environment (path-style addressing works with local servers)."""
     import boto3
     from botocore.config import Config
@@ -125,7 +170,7 @@ def _local_file(uri: str) -> Path:
     return path
 
 
-def read_bytes(uri: str, client: Any = None) -> bytes:
+def read_bytes(uri: str, client: S3Client | None = None) -> bytes:
     """The whole object or file; a missing one is a :class:`BadImageError`."""
     if not is_s3_uri(uri):
         return _local_file(uri).read_bytes()
@@ -139,7 +184,8 @@ def read_bytes(uri: str, client: Any = None) -> bytes:
         raise StorageError(f"reading {uri} failed: {exc}") from exc
 
 
-def read_head(uri: str, count: int, client: Any = None, size: int | None = None) -> bytes:
+def read_head(uri: str, count: int, client: S3Client | None = None,
+              size: int | None = None) -> bytes:
     """The first ``count`` bytes of an object or file (one ranged GET): enough to tell its
     format by signature without downloading it. ``size`` (if known) saves a HEAD request."""
     if not is_s3_uri(uri):
@@ -148,7 +194,7 @@ def read_head(uri: str, count: int, client: Any = None, size: int | None = None)
     return RangedS3File(uri, client, size=size).read(count)
 
 
-def read_start(uri: str, count: int, client: Any = None) -> tuple[bytes, int]:
+def read_start(uri: str, count: int, client: S3Client | None = None) -> tuple[bytes, int]:
     """The first ``count`` bytes of an object and its whole size, in one ranged GET: a small
     image comes back whole in one request (no HEAD first). A missing object is a
     :class:`BadImageError`; an empty one gives ``(b"", 0)``."""
@@ -172,7 +218,7 @@ def read_start(uri: str, count: int, client: Any = None) -> tuple[bytes, int]:
     return body, int(total) if total.isdigit() else len(body)
 
 
-def sha256_hex(uri: str, client: Any = None, chunk_bytes: int = 8 << 20) -> str:
+def sha256_hex(uri: str, client: S3Client | None = None, chunk_bytes: int = 8 << 20) -> str:
     """The SHA-256 of an object or file, read as a stream in ``chunk_bytes`` pieces: an image
     of many gigabytes is hashed in constant memory."""
     digest = hashlib.sha256()
@@ -194,7 +240,7 @@ def sha256_hex(uri: str, client: Any = None, chunk_bytes: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def object_size(uri: str, client: Any = None) -> int:
+def object_size(uri: str, client: S3Client | None = None) -> int:
     """Size in bytes without reading the object."""
     if not is_s3_uri(uri):
         return _local_file(uri).stat().st_size
@@ -209,7 +255,7 @@ def object_size(uri: str, client: Any = None) -> int:
 
 
 def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream",
-                client: Any = None) -> None:
+                client: S3Client | None = None) -> None:
     """Write an object or file whole; local files are replaced atomically."""
     if not is_s3_uri(uri):
         path = Path(uri)
@@ -233,7 +279,7 @@ class RangedS3File(io.RawIOBase):
     GETs, instead of downloading a multi-gigabyte object.
     """
 
-    def __init__(self, uri: str, client: Any = None, size: int | None = None) -> None:
+    def __init__(self, uri: str, client: S3Client | None = None, size: int | None = None) -> None:
         super().__init__()
         self._loc = parse_s3_uri(uri)
         self._client = client or default_s3_client()

@@ -47,7 +47,7 @@ from tilescope.readers.base import ImageReader
 from tilescope.results import RegionFinding
 from tilescope.settings import UNIT_SECONDS
 from tilescope.slicing import MAX_MAP_LENGTH, Box, Region, SlicePlan
-from tilescope.storage import read_bytes, write_bytes
+from tilescope.storage import S3Client, read_bytes, write_bytes
 
 #: model seconds (one thread) a unit should carry: well over 10× a task's fixed cost
 DEFAULT_UNIT_SECONDS: float = UNIT_SECONDS.default
@@ -252,7 +252,7 @@ class UnitFinding:
 
 
 def unit_payload(finding: UnitFinding, unit: WorkUnit, scratch_prefix: str, budget: int,
-                 client: Any) -> dict[str, Any]:
+                 client: S3Client) -> dict[str, Any]:
     """A unit's finding as its XCom dict; over ``budget`` bytes it is written to
     ``<scratch>/findings/unit-NNNN.json`` and the dict keeps only its key and timings."""
     data = finding.to_dict()
@@ -266,7 +266,7 @@ def unit_payload(finding: UnitFinding, unit: WorkUnit, scratch_prefix: str, budg
     return data
 
 
-def load_unit_finding(data: Mapping[str, Any], client: Any) -> UnitFinding:
+def load_unit_finding(data: Mapping[str, Any], client: S3Client) -> UnitFinding:
     """A unit's finding from its XCom dict (an offloaded one fetched back); the task's queue
     wait (added to the dict by the task) is kept in its ``seconds``."""
     wait = (data.get("seconds") or {}).get("queue_wait")
@@ -284,7 +284,7 @@ def is_unit_payload(data: Mapping[str, Any]) -> bool:
     return "sources" in data or "finding_uri" in data
 
 
-def source_findings(payloads: Iterable[Mapping[str, Any] | None], client: Any
+def source_findings(payloads: Iterable[Mapping[str, Any] | None], client: S3Client
                     ) -> tuple[dict[int, list[RegionFinding]], dict[int, str]]:
     """The region findings of every source from the units' XComs, and the sources a unit
     found unreadable (source → reason). Missing units — failed tasks — simply add nothing:

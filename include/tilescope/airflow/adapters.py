@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 from tilescope.errors import TilescopeError
 from tilescope.settings import CATALOG_CONN_ID
+
+if TYPE_CHECKING:  # DAG files import this module: SQLAlchemy loads in the tasks that use it
+    import sqlalchemy as sa
 
 
 def results_asset(bucket: str) -> Any:
@@ -39,7 +42,12 @@ def catalog_url(conn_id: str | None = None) -> str | None:
                                password=conn.password, port=conn.port, schema=conn.schema)
 
 
-def catalog_engine(conn_id: str | None = None, *, required: bool = False) -> Any:
+@overload
+def catalog_engine(conn_id: str | None = ..., *, required: Literal[True]) -> sa.Engine: ...
+@overload
+def catalog_engine(conn_id: str | None = ..., *, required: bool = ...) -> sa.Engine | None: ...
+def catalog_engine(conn_id: str | None = None, *,
+                   required: bool = False) -> sa.Engine | None:
     """A SQLAlchemy engine on the catalog (tables created), or ``None`` when not configured.
 
     ``required``: claims cannot be exactly-once without it, so the arrivals path refuses to
@@ -68,7 +76,7 @@ def run_limits() -> Any:
         max_regions=conf.getint("core", "max_map_length", fallback=MAX_MAP_LENGTH))
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Fail the task now, without retries."""
     from airflow.sdk.exceptions import AirflowFailException
 

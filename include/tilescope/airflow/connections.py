@@ -13,9 +13,10 @@ from typing import Any
 
 from tilescope.errors import ConfigError
 from tilescope.settings import AWS_CONN_ID
+from tilescope.storage import S3Client
 
 
-def s3_client(conn_id: str | None = None) -> Any:
+def s3_client(conn_id: str | None = None) -> S3Client:
     """A boto3 S3 client from an Airflow AWS connection (default ``TILESCOPE_AWS_CONN_ID``;
     endpoint_url in its extra), retrying
     with backoff (:func:`tilescope.storage.resilient_config`; the connection's

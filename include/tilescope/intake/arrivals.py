@@ -24,6 +24,7 @@ from tilescope.readers.sniff import (
     sniff_format,
     sniff_video,
 )
+from tilescope.storage import S3Client
 
 DEFAULT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES  # videos: sampled frames
 INCOMING, PROCESSED, QUARANTINE = "incoming/", "processed/", "quarantine/"
@@ -49,7 +50,7 @@ class Arrival:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def list_arrivals(client: Any, bucket: str, prefix: str = INCOMING) -> list[Arrival]:
+def list_arrivals(client: S3Client, bucket: str, prefix: str = INCOMING) -> list[Arrival]:
     """Every object under ``prefix`` (all pages), oldest first; "folder" markers skipped."""
     found: list[tuple[Any, Arrival]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -77,7 +78,7 @@ class Screened:
     facts: dict[str, Any] | None = None
 
 
-def inspect(client: Any, arrival: Arrival,
+def inspect(client: S3Client, arrival: Arrival,
             suffixes: tuple[str, ...] = DEFAULT_SUFFIXES) -> Screened:
     """Screen an arrival (see :func:`screen`) and read its pixel size from the same ranged
     GET of the first :data:`HEAD_BYTES` (a TIFF whose first IFD lies further in costs one
@@ -116,7 +117,7 @@ def whole_facts(data: bytes) -> dict[str, Any] | None:
             "width": int(width), "height": int(height)}
 
 
-def screen(client: Any, arrival: Arrival,
+def screen(client: S3Client, arrival: Arrival,
            suffixes: tuple[str, ...] = DEFAULT_SUFFIXES) -> str | None:
     """Why this object cannot be an image we process, or ``None`` if it may be one.
 
@@ -126,7 +127,7 @@ def screen(client: Any, arrival: Arrival,
     return inspect(client, arrival, suffixes).reason
 
 
-def _read_range(client: Any, arrival: Arrival, start: int, length: int) -> bytes:
+def _read_range(client: S3Client, arrival: Arrival, start: int, length: int) -> bytes:
     """Up to ``length`` bytes from ``start`` (fewer at the end of the object; the range is
     not clipped to ``arrival.size``, which a notification or a claim may have wrong)."""
     return client.get_object(Bucket=arrival.bucket, Key=arrival.key,
@@ -148,7 +149,7 @@ def image_size(head: bytes) -> tuple[int, int] | None:
     return (int(width), int(height)) if width > 0 and height > 0 else None
 
 
-def _tiff_size(client: Any, arrival: Arrival, head: bytes) -> tuple[int, int] | None:
+def _tiff_size(client: S3Client, arrival: Arrival, head: bytes) -> tuple[int, int] | None:
     """Width and height from the first IFD of a TIFF (classic or BigTIFF), fetched with one
     more ranged GET when it lies past the head (writers often put it at the end)."""
     try:
@@ -211,7 +212,7 @@ def error_record_key(quarantined_key: str) -> str:
     return fit_key(quarantined_key, ERROR_SUFFIX)
 
 
-def _delete_if_unchanged(client: Any, bucket: str, key: str, etag: str) -> bool:
+def _delete_if_unchanged(client: S3Client, bucket: str, key: str, etag: str) -> bool:
     """Delete ``key`` only if it is still the version with ``etag``; True if deleted."""
     try:
         current = str(client.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
@@ -223,7 +224,7 @@ def _delete_if_unchanged(client: Any, bucket: str, key: str, etag: str) -> bool:
     return True
 
 
-def _copy_version(client: Any, bucket: str, key: str, etag: str, target: str) -> bool:
+def _copy_version(client: S3Client, bucket: str, key: str, etag: str, target: str) -> bool:
     """Copy ``key`` to ``target`` only while it is still the version with ``etag``.
 
     One server-side CopyObject with ``CopySourceIfMatch``; objects over its 5 GB limit fall
@@ -255,7 +256,7 @@ def _code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def move_to_processed(client: Any, bucket: str, key: str, etag: str) -> str | None:
+def move_to_processed(client: S3Client, bucket: str, key: str, etag: str) -> str | None:
     """Move a processed original to ``processed/`` (copy, then delete); the new key, or
     ``None`` if the object was replaced by a newer version meanwhile (left in place)."""
     target = destination(key, PROCESSED)
@@ -265,7 +266,7 @@ def move_to_processed(client: Any, bucket: str, key: str, etag: str) -> str | No
     return target
 
 
-def quarantine(client: Any, bucket: str, key: str, etag: str, *, reason: str,
+def quarantine(client: S3Client, bucket: str, key: str, etag: str, *, reason: str,
                error_class: str, run_id: str | None) -> str | None:
     """Move a bad original to ``quarantine/`` with ``<key>.error.json`` beside it.
 

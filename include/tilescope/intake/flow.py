@@ -66,6 +66,7 @@ from tilescope.settings import (
     TEST_PAUSE_AFTER_BATCHES_STORED,
     Setting,
 )
+from tilescope.storage import S3Client
 
 #: the model input side used to estimate slices before the run knows its model
 ESTIMATE_SLICE_PX = 416
@@ -239,7 +240,7 @@ def _parallel(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R 
         return list(pool.map(guarded, items))
 
 
-def _screen_claims(client: Any, engine: sa.Engine, claims: Sequence[Claim],
+def _screen_claims(client: S3Client, engine: sa.Engine, claims: Sequence[Claim],
                    policy: IntakePolicy, run_id: str | None, taken: _Taken) -> None:
     """Screen claimed versions (ranged GETs on the pool): non-images quarantined at once,
     vanished ones released, the rest kept loose with their slice estimates."""
@@ -305,7 +306,7 @@ def _split_pending(pending: Sequence[Claim], limit: int) -> tuple[list[list[Clai
     return taken_groups, loose, left
 
 
-def _form_batches(client: Any, engine: sa.Engine, taken: _Taken,
+def _form_batches(client: S3Client, engine: sa.Engine, taken: _Taken,
                   policy: IntakePolicy) -> tuple[list[Batch], int]:
     """Stored batches as they are; loose claims cut into new batches whose run ids are stored
     in their rows; then (after the crash-test pause) every batch's manifest written. Also
@@ -342,7 +343,7 @@ def _form_batches(client: Any, engine: sa.Engine, taken: _Taken,
     return batches, left
 
 
-def write_manifest(client: Any, batch: Batch) -> bool:
+def write_manifest(client: S3Client, batch: Batch) -> bool:
     """Write the batch's manifest unless it exists (True if written). Its content is
     deterministic; an existing one is kept because its run may be reading it already (and
     members it has settled are no longer re-offered with the rest)."""
@@ -360,7 +361,7 @@ def write_manifest(client: Any, batch: Batch) -> bool:
 
 # --- listing (s3_arrivals) -----------------------------------------------------------------
 
-def _claim_listing(client: Any, engine: sa.Engine, bucket: str, policy: IntakePolicy,
+def _claim_listing(client: S3Client, engine: sa.Engine, bucket: str, policy: IntakePolicy,
                    run_id: str | None) -> _Taken:
     limit = max(policy.per_tick_limit, 1)
     pending = unfinished(engine)
@@ -383,7 +384,7 @@ def _claim_listing(client: Any, engine: sa.Engine, bucket: str, policy: IntakePo
     return taken
 
 
-def take_arrivals(client: Any, engine: sa.Engine, bucket: str, policy: IntakePolicy,
+def take_arrivals(client: S3Client, engine: sa.Engine, bucket: str, policy: IntakePolicy,
                   run_id: str | None = None) -> ArrivalIntake:
     """One ``s3_arrivals`` tick: claim up to ``per_tick_limit`` new image versions under the
     prefix (one transaction), screen them (non-images quarantined at once) and cut them into
@@ -396,7 +397,7 @@ def take_arrivals(client: Any, engine: sa.Engine, bucket: str, policy: IntakePol
     return ArrivalIntake(_form_batches(client, engine, taken, policy)[0], taken.rejected)
 
 
-def claim_arrivals(client: Any, engine: sa.Engine, bucket: str, policy: IntakePolicy,
+def claim_arrivals(client: S3Client, engine: sa.Engine, bucket: str, policy: IntakePolicy,
                    run_id: str | None = None) -> tuple[list[Claim], list[dict[str, str]]]:
     """Claim and screen like :func:`take_arrivals`, without batching: (claims to start one
     run each, quarantined [{key, reason}])."""
@@ -433,7 +434,7 @@ def mark_batches_triggered(engine: sa.Engine, run_ids: Iterable[str]) -> int:
     return mark_runs(engine, run_ids, TRIGGERED, only_if=(CLAIMED,))
 
 
-def quarantine_claimed(client: Any, engine: sa.Engine, owned: Claim, *, reason: str,
+def quarantine_claimed(client: S3Client, engine: sa.Engine, owned: Claim, *, reason: str,
                        error_class: str, run_id: str | None) -> str | None:
     """A claimed object turned out to be bad input: set it aside with its reason."""
     target = quarantine(client, owned.bucket, owned.key, owned.etag, reason=reason,
@@ -442,7 +443,7 @@ def quarantine_claimed(client: Any, engine: sa.Engine, owned: Claim, *, reason: 
     return target
 
 
-def settle(client: Any, engine: sa.Engine, owned: Claim, *, stored: bool) -> str:
+def settle(client: S3Client, engine: sa.Engine, owned: Claim, *, stored: bool) -> str:
     """End of a claimed run: ``processed`` (original moved), or why it did not get there.
 
     Returns ``processed``, ``quarantined`` or ``failed`` (claim released for another attempt
@@ -461,7 +462,7 @@ def settle(client: Any, engine: sa.Engine, owned: Claim, *, stored: bool) -> str
 
 # --- notifications (s3_events) -------------------------------------------------------------
 
-def current_version(client: Any, arrival: Arrival) -> Arrival | None:
+def current_version(client: S3Client, arrival: Arrival) -> Arrival | None:
     """The object as it is now (HEAD), or ``None`` if it is gone.
 
     A notification says a version *was* created; by the time it is read the object may
@@ -478,7 +479,7 @@ def current_version(client: Any, arrival: Arrival) -> Arrival | None:
                    int(head["ContentLength"]))
 
 
-def claim_notified(client: Any, engine: sa.Engine, arrivals: Iterable[Arrival],
+def claim_notified(client: S3Client, engine: sa.Engine, arrivals: Iterable[Arrival],
                    policy: IntakePolicy, run_id: str | None = None,
                    reoffer_after_seconds: float = 0.0) -> NotifiedIntake:
     """Claim the notified versions (screened, non-images quarantined at once) and batch

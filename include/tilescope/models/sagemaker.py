@@ -40,7 +40,7 @@ from tilescope.models.adapters import DetectionsAdapter
 from tilescope.models.aws import classify_aws_error
 from tilescope.models.remote import RawDetection, RemoteModel, throttled
 from tilescope.models.retry import call_with_retry
-from tilescope.storage import parse_s3_uri
+from tilescope.storage import S3Client, parse_s3_uri
 
 BODIES = ("image", "json")
 _CLIENT_STATUS = re.compile(r"\b4\d\d\b")
@@ -142,7 +142,7 @@ class AsyncOutcome:
     failed: bool
 
 
-def object_exists(s3: Any, uri: str) -> bool:
+def object_exists(s3: S3Client, uri: str) -> bool:
     """Whether ``uri`` exists (a missing key is ``False``; other errors propagate)."""
     loc = parse_s3_uri(uri)
     try:
@@ -155,7 +155,7 @@ def object_exists(s3: Any, uri: str) -> bool:
     return True
 
 
-def poll_outcomes(s3: Any, invocations: Sequence[AsyncInvocation], *, poll_interval: float,
+def poll_outcomes(s3: S3Client, invocations: Sequence[AsyncInvocation], *, poll_interval: float,
                   max_wait: float, sleep: Callable[[float], None] = time.sleep,
                   clock: Callable[[], float] = time.monotonic) -> list[AsyncOutcome]:
     """Wait until every invocation has an output or failure object (polling S3).
@@ -286,7 +286,7 @@ class SageMakerAsyncModel(SageMakerModel):
         return self.finish(calls, outcomes)
 
 
-def _default_s3() -> Any:
+def _default_s3() -> S3Client:
     import boto3
 
     return boto3.client("s3")

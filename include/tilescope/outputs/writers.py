@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from tilescope.outputs.overlay import DEFAULT_OVERLAY_SIDE, render_overlay
 from tilescope.readers.base import ImageReader
 from tilescope.results import Result
-from tilescope.storage import write_bytes
+from tilescope.storage import S3Client, write_bytes
 
 
 def result_json(result: Result) -> bytes:
@@ -60,14 +59,14 @@ class ResultTargets(OutputTargets):
 
 
 def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
-                  client: Any = None) -> dict[str, str]:
+                  client: S3Client | None = None) -> dict[str, str]:
     """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""
     return _write(result, targets, lambda: overlay_png(
         result, reader.thumbnail(DEFAULT_OVERLAY_SIDE)), client)
 
 
 def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
-                        targets: OutputTargets, client: Any = None) -> dict[str, str]:
+                        targets: OutputTargets, client: S3Client | None = None) -> dict[str, str]:
     """:func:`write_outputs` for a video: the overlay is its contact sheet, drawn on
     ``cells`` ((frame position, downscaled frame) pairs, see
     :class:`tilescope.video.sampling.SheetCells`)."""
@@ -77,7 +76,7 @@ def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
 
 
 def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
-           client: Any) -> dict[str, str]:
+           client: S3Client | None) -> dict[str, str]:
     written: dict[str, str] = {}
     if targets.coco:
         write_bytes(targets.coco, coco_json(result), "application/json", client=client)

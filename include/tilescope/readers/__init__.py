@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any
 
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageHeader, ImageReader
 from tilescope.readers.pillow import PillowReader
 from tilescope.readers.sniff import sniff_format
 from tilescope.readers.tiff import TiffReader
 from tilescope.results import ImageInfo
-from tilescope.storage import read_bytes
+from tilescope.storage import S3Client, read_bytes
 
 
 def reader_for_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -25,7 +24,7 @@ def reader_for_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     return PillowReader(data, max_pixels=max_pixels, name=name)
 
 
-def open_image(uri: str, *, client: Any = None,
+def open_image(uri: str, *, client: S3Client | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageReader, ImageInfo]:
     """Read ``uri`` (path or ``s3://``), validate it, and return its reader and identity."""
     data = read_bytes(uri, client=client)
@@ -36,7 +35,7 @@ def open_image(uri: str, *, client: Any = None,
     return reader, info
 
 
-def reopen_planned(uri: str, sha256: str, *, client: Any = None,
+def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> ImageReader:
     """The reader of an image read again after it was planned (a work unit opening its
     image): :class:`BadImageError` if its bytes changed since (their SHA-256), and — with

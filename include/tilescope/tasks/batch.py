@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilescope.errors import (
     BadImageError,
@@ -62,7 +62,7 @@ from tilescope.readers.base import refuse_over_pixel_limit
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
-from tilescope.storage import is_s3_uri, parse_s3_uri, read_bytes, read_start, write_bytes
+from tilescope.storage import S3Client, is_s3_uri, parse_s3_uri, read_bytes, read_start, write_bytes
 from tilescope.units import (
     BATCHED_SOURCE_SLICES,
     SourcePlan,
@@ -73,6 +73,9 @@ from tilescope.units import (
     unit_payload,
     unit_slice_budget,
 )
+
+if TYPE_CHECKING:  # SQLAlchemy loads only where the catalog is used
+    import sqlalchemy as sa
 
 #: images up to this many pixels are read whole by their unit (no staging): 4096² = 16.8 MP,
 #: a 12 MP phone photo decoded is 36 MB
@@ -129,7 +132,7 @@ class BatchItem:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def batch_entries(params: Mapping[str, Any], *, client: Any) -> list[dict[str, Any]]:
+def batch_entries(params: Mapping[str, Any], *, client: S3Client) -> list[dict[str, Any]]:
     """The batch's images as ``[{"uri", "claim"?}]``, in order, each URI once: the
     ``images`` Param (URIs; a URI ending in ``/`` is a prefix: every object under it) then
     the ``manifest``'s entries."""
@@ -180,7 +183,7 @@ def parse_manifest(data: bytes, name: str = "manifest") -> list[dict[str, Any]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _list_prefix(prefix_uri: str, client: Any) -> list[str]:
+def _list_prefix(prefix_uri: str, client: S3Client) -> list[str]:
     from tilescope.intake.arrivals import list_arrivals
 
     loc = parse_s3_uri(prefix_uri)
@@ -194,7 +197,7 @@ def batch_layout(entries: Sequence[Mapping[str, Any]], run: str) -> BatchLayout:
 
 
 def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
-               client: Any, run: str, model_slice_size: int, limits: RunLimits,
+               client: S3Client, run: str, model_slice_size: int, limits: RunLimits,
                moderation: ModerationPolicy | None) -> BatchItem:
     """Check and plan one image of the batch (see the module docstring)."""
     from tilescope.tasks.image import DEFAULT_MAX_BYTES, gate, prepare
@@ -279,7 +282,7 @@ def _plan_whole(image: ImageInfo, params: InferenceParams, model_slice_size: int
 
 
 def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
-                  client: Any, run: str, model_slice_size: int,
+                  client: S3Client, run: str, model_slice_size: int,
                   slice_seconds: float | None = None, limits: RunLimits | None = None,
                   moderation: ModerationPolicy | None = None
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -370,14 +373,14 @@ def _unit_label(unit: WorkUnit, table: _SourceTable) -> str:
     return f"{first} … {last} ({len(sources)} {what})"
 
 
-def load_items(prepared: Mapping[str, Any], client: Any) -> list[BatchItem]:
+def load_items(prepared: Mapping[str, Any], client: S3Client) -> list[BatchItem]:
     """The batch's items from its ``plan.json``."""
     doc = json.loads(read_bytes(prepared["batch"]["plan_uri"], client))
     return [BatchItem.from_dict(d) for d in doc["items"]]
 
 
 def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
-                 params: InferenceParams, model: DetectionModel, *, client: Any,
+                 params: InferenceParams, model: DetectionModel, *, client: S3Client,
                  budget: int, attempt: int = 1,
                  max_pixels: int | None = None) -> dict[str, Any]:
     """One work unit → its finding dict (over ``budget`` bytes: written to scratch and
@@ -445,7 +448,7 @@ def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
 
 
 def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
-                      client: Any) -> None:
+                      client: S3Client) -> None:
     """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
     ``result.json``."""
     from tilescope.layout import THUMBNAIL, png_bytes
@@ -461,7 +464,7 @@ def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
 
 
 def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
-                  params: InferenceParams, model_name: str, *, client: Any,
+                  params: InferenceParams, model_name: str, *, client: S3Client,
                   run_started: float | None = None) -> str:
     """Merge each image's findings into its Result (``min_success_ratio`` per image) and
     write every result and refusal to ``<scratch>/results.json``; returns that URI."""
@@ -532,7 +535,7 @@ class ItemOutcome:
 
 
 def store_batch(results_uri: str, prepared: Mapping[str, Any], params: InferenceParams, *,
-                client: Any, catalog_url: str | None, run_id: str | None = None
+                client: S3Client, catalog_url: str | None, run_id: str | None = None
                 ) -> tuple[dict[str, Any], list[ItemOutcome]]:
     """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
     ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
@@ -579,7 +582,7 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
 
 
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
-                   client: Any) -> dict[str, str]:
+                   client: S3Client) -> dict[str, str]:
     """One image's outputs: a big image's as a run of its own stores them (its scratch
     removed); a small one's ``result.json`` beside the companions its unit wrote."""
     from tilescope.outputs.writers import result_json
@@ -601,7 +604,7 @@ def batch_event(prepared: Mapping[str, Any], summary: Mapping[str, Any]) -> dict
             "detections": summary["detections"], "status": "batch"}
 
 
-def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome] | None:
+def load_outcomes(prepared: Mapping[str, Any], client: S3Client) -> list[ItemOutcome] | None:
     """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
     try:
         doc = json.loads(read_bytes(prepared["batch"]["outcomes_uri"], client))
@@ -610,7 +613,7 @@ def load_outcomes(prepared: Mapping[str, Any], client: Any) -> list[ItemOutcome]
     return [ItemOutcome(**o) for o in doc["outcomes"]]
 
 
-def settle_batch(prepared: Mapping[str, Any], *, client: Any, engine: Any,
+def settle_batch(prepared: Mapping[str, Any], *, client: S3Client, engine: sa.Engine | None,
                  run_id: str | None) -> list[ItemOutcome]:
     """End of a batch run: each claimed image's original to ``processed/`` (stored),
     ``quarantine/`` with its reason (bad input), or its claim released (anything else);

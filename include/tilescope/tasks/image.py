@@ -60,6 +60,7 @@ from tilescope.results import (
 )
 from tilescope.slicing import MAX_MAP_LENGTH, Region, SlicePlan
 from tilescope.storage import (
+    S3Client,
     object_size,
     parse_s3_uri,
     read_bytes,
@@ -83,7 +84,7 @@ XCOM_BUDGET_BYTES = 48 * 1024
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
-def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
+def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: str,
             model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
             max_bytes: int = DEFAULT_MAX_BYTES,
             moderation: ModerationPolicy | None = None,
@@ -151,7 +152,7 @@ def prepare(image_uri: str, params: InferenceParams, *, client: Any, run: str,
             "ready_at": time.time()}  # regions may run from now: their queue wait starts
 
 
-def open_input(uri: str, head: bytes, *, client: Any, size: int,
+def open_input(uri: str, head: bytes, *, client: S3Client, size: int,
                max_pixels: int) -> tuple[ImageReader, Callable[[], str]]:
     """A reader for the input image and a function giving its SHA-256 (called after the plan
     has passed its budget checks, so an over-budget image is refused before it is read).
@@ -170,7 +171,7 @@ def open_input(uri: str, head: bytes, *, client: Any, size: int,
     return reader_for_bytes(data, max_pixels=max_pixels, name=uri), lambda: digest
 
 
-def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: Any,
+def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: S3Client,
                    catalog_url: str | None, run_id: str | None = None) -> str:
     """Record a blocked image as its result: ``result.json`` with status ``blocked``, the
     verdict and no detections, and the catalog row. Returns the result URI."""
@@ -193,7 +194,7 @@ def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client:
 
 
 def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
-            model: DetectionModel, *, client: Any, scratch_prefix: str,
+            model: DetectionModel, *, client: S3Client, scratch_prefix: str,
             attempt: int = 1) -> dict[str, Any]:
     """One region → a finding dict small enough for an XCom (large detections go to S3).
     (A video's work units run through :func:`tilescope.tasks.video.analyze_frames`.)"""
@@ -222,7 +223,7 @@ def image_units(prepared: dict[str, Any], params: InferenceParams, *,
 
 
 def analyze_unit(unit_data: dict[str, Any], prepared: dict[str, Any], params: InferenceParams,
-                 model: DetectionModel, *, client: Any, budget: int = XCOM_BUDGET_BYTES,
+                 model: DetectionModel, *, client: S3Client, budget: int = XCOM_BUDGET_BYTES,
                  attempt: int = 1) -> dict[str, Any]:
     """One work unit of a one-image run (several of its regions, one task) → the unit's
     finding dict. The source is opened once for all of them; each region is analyzed and
@@ -236,7 +237,8 @@ def analyze_unit(unit_data: dict[str, Any], prepared: dict[str, Any], params: In
     return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
 
 
-def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) -> dict[str, Any]:
+def finding_payload(finding: RegionFinding, scratch_prefix: str,
+                    client: S3Client) -> dict[str, Any]:
     """A finding as its XCom dict: detections over the budget go to S3 as a key."""
     data = finding.to_dict()
     if len(json.dumps(data)) > XCOM_BUDGET_BYTES:
@@ -248,7 +250,7 @@ def finding_payload(finding: RegionFinding, scratch_prefix: str, client: Any) ->
 
 
 def submit_region(region: dict[str, Any], source_uri: str, model: SageMakerAsyncModel, *,
-                  client: Any) -> SubmittedRegion:
+                  client: S3Client) -> SubmittedRegion:
     """The deferred ``analyze``'s first half: one region's slices submitted to a model that
     answers later (:mod:`tilescope.deferred`)."""
     with open_source(source_uri, client) as reader:
@@ -257,7 +259,7 @@ def submit_region(region: dict[str, Any], source_uri: str, model: SageMakerAsync
 
 def finish_region(region: dict[str, Any], submitted: SubmittedRegion,
                   outcomes: list[AsyncOutcome] | None, params: InferenceParams,
-                  model: SageMakerAsyncModel, *, client: Any, scratch_prefix: str,
+                  model: SageMakerAsyncModel, *, client: S3Client, scratch_prefix: str,
                   attempt: int = 1) -> dict[str, Any]:
     """The deferred ``analyze``'s second half: the same finding dict as :func:`analyze`."""
     finding = deferred.finish_region(Region.from_dict(region), submitted, outcomes, model,
@@ -265,7 +267,7 @@ def finish_region(region: dict[str, Any], submitted: SubmittedRegion,
     return finding_payload(finding, scratch_prefix, client)
 
 
-def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:
+def load_finding(data: dict[str, Any], client: S3Client) -> RegionFinding:
     """A finding dict from :func:`analyze`, with offloaded detections fetched back."""
     finding = RegionFinding.from_dict(data)
     if data.get("detections_uri"):
@@ -275,7 +277,7 @@ def load_finding(data: dict[str, Any], client: Any) -> RegionFinding:
 
 
 def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
-            params: InferenceParams, model_name: str, *, client: Any,
+            params: InferenceParams, model_name: str, *, client: S3Client,
             run_started: float | None = None) -> Result:
     """Merge the findings of every region (``min_success_ratio`` enforced) into a Result.
 
@@ -309,7 +311,7 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
     return result
 
 
-def save_result(result: Result, scratch_prefix: str, client: Any) -> str:
+def save_result(result: Result, scratch_prefix: str, client: S3Client) -> str:
     """Park the synthesized result in scratch for the store step (it is too big for XCom)."""
     uri = f"{scratch_prefix}result.json"
     write_bytes(uri, result_json(result), "application/json", client)
@@ -327,7 +329,7 @@ def result_targets(bucket: str, image_id: str, params: InferenceParams) -> Resul
 
 
 def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
-          client: Any, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
+          client: S3Client, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
     """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
     remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
@@ -336,7 +338,7 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
 
 
 def store_result(result: Result, prepared: dict[str, Any], params: InferenceParams, *,
-                 client: Any, catalog_url: str | None,
+                 client: S3Client, catalog_url: str | None,
                  run_id: str | None = None) -> dict[str, Any]:
     """:func:`store` for a result already in hand (a batch's big image)."""
     from PIL import Image

@@ -47,6 +47,8 @@ from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.settings import TMP
 from tilescope.slicing import SlicePlan
 from tilescope.storage import (
+    S3Client,
+    default_s3_client,
     is_s3_uri,
     parse_s3_uri,
     read_bytes,
@@ -75,7 +77,8 @@ _UPLOADS_IN_FLIGHT = 4
 WHOLE_FRAME_BYTES = 64 << 20
 
 
-def video_container(uri: str, client: Any = None, size: int | None = None) -> str | None:
+def video_container(uri: str, client: S3Client | None = None,
+                    size: int | None = None) -> str | None:
     """The object's video container from its first bytes (one ranged GET), or ``None``.
     ``size`` (if known) saves a HEAD request."""
     try:
@@ -90,9 +93,10 @@ def frame_uri(frames_prefix: str, frame_index: int) -> str:
 
 
 @contextmanager
-def local_copy(uri: str, client: Any) -> Iterator[tuple[str, str]]:
+def local_copy(uri: str, client: S3Client | None) -> Iterator[tuple[str, str]]:
     """``(path, sha256)`` of the object as a local file: an ``s3://`` object is downloaded
-    once to a temporary file (deleted afterwards); a local path is used in place."""
+    once to a temporary file (deleted afterwards; without ``client``, through
+    :func:`tilescope.storage.default_s3_client`); a local path is used in place."""
     if not is_s3_uri(uri):
         yield uri, sha256_hex(uri)
         return
@@ -100,13 +104,13 @@ def local_copy(uri: str, client: Any) -> Iterator[tuple[str, str]]:
     with tempfile.NamedTemporaryFile(suffix=".video",
                                      dir=TMP.get()) as tmp:
         try:
-            client.download_file(loc.bucket, loc.key, tmp.name)
+            (client or default_s3_client()).download_file(loc.bucket, loc.key, tmp.name)
         except Exception as exc:
             raise StorageError(f"downloading {uri} failed: {exc}") from exc
         yield tmp.name, sha256_hex(tmp.name)
 
 
-def prepare_video(uri: str, params: InferenceParams, *, container: str, client: Any,
+def prepare_video(uri: str, params: InferenceParams, *, container: str, client: S3Client,
                   run: str, model_slice_size: int, limits: RunLimits,
                   moderation: ModerationPolicy | None = None,
                   full_image_model: DetectionModel | None = None) -> dict[str, Any]:
@@ -214,7 +218,7 @@ def _frames_label(unit: WorkUnit, frames: Sequence[VideoFrame], plan: SlicePlan)
 
 
 def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
-               client: Any) -> ImageReader:
+               client: S3Client) -> ImageReader:
     """A reader over one staged frame. A frame of at most :data:`WHOLE_FRAME_BYTES` decoded
     is fetched whole with one GET (opening it with ranged reads — a HEAD, the header, then
     tile rows — cost ~50 ms a frame); a larger one is read band by band with ranged GETs, as
@@ -231,7 +235,7 @@ def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
         raise StorageError(f"staged frame {uri} is unreadable: {exc}") from exc
 
 
-def frame_opener(prepared: Mapping[str, Any], client: Any, first: int = 0) -> OpenReader:
+def frame_opener(prepared: Mapping[str, Any], client: S3Client, first: int = 0) -> OpenReader:
     """Opens a prepared video's frames as unit sources ``first, first + 1, …`` (through
     :func:`open_frame`)."""
     indices = [int(i) for i, _ in prepared["video"]["frames"]]
@@ -244,7 +248,7 @@ def frame_opener(prepared: Mapping[str, Any], client: Any, first: int = 0) -> Op
 
 
 def analyze_frames(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
-                   params: InferenceParams, model: DetectionModel, *, client: Any,
+                   params: InferenceParams, model: DetectionModel, *, client: S3Client,
                    budget: int, attempt: int = 1) -> dict[str, Any]:
     """One work unit of a video's own run → its finding dict (region findings per frame
     position; over ``budget`` bytes written to scratch and passed as a key)."""
@@ -276,7 +280,7 @@ def video_result(prepared: Mapping[str, Any],
 
 
 def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, Any] | None],
-                  params: InferenceParams, model_name: str, *, client: Any,
+                  params: InferenceParams, model_name: str, *, client: S3Client,
                   run_started: float | None = None) -> Result:
     """The video's Result from its units' finding dicts (units of failed tasks are missing:
     their regions count as failed). A unit task's queue wait is put on its first finding,
@@ -292,7 +296,7 @@ def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, A
     return result
 
 
-def video_overlay_png(result: Result, prepared: dict[str, Any], client: Any) -> bytes:
+def video_overlay_png(result: Result, prepared: dict[str, Any], client: S3Client) -> bytes:
     """The contact sheet of a stored video result, from the cells preprocess kept."""
     sheet = prepared["video"]["sheet"]
     return render_contact_sheet(result, unpack_cells(read_bytes(sheet["uri"], client), sheet))

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilescope.errors import BadImageError, StorageError
 from tilescope.layout import ARTIFACTS, THUMBNAIL
-from tilescope.storage import S3Location, read_bytes
+from tilescope.storage import S3Client, S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
 from tilescope.viewer.keys import (
@@ -87,7 +87,7 @@ CanReadXComs = Depends(requires_access_dag("GET", DagAccessEntity.XCOM))
 
 
 @cache
-def _s3_client() -> Any:
+def _s3_client() -> S3Client:
     """One boto3 client per api-server process (thread-safe), from ``aws_default``."""
     from tilescope.airflow.connections import s3_client
 
