@@ -49,10 +49,10 @@ def child(step: str, spec: dict) -> None:
     if step in ("plan_batch", "unit"):
         result = batch_child(step, spec, params, client)
     elif step == "preprocess":
-        out = prepare(spec["uri"], params, client=client, run=spec["run"],
-                      model_slice_size=model_slice_size("nanodet-coco"))
-        result = {"regions": out["regions"], "source_uri": out["source_uri"],
-                  "scratch_prefix": out["scratch_prefix"]}
+        regions, out = prepare(spec["uri"], params, client=client, run=spec["run"],
+                               model_slice_size=model_slice_size("nanodet-coco"))
+        result = {"regions": regions, "source_uri": out.source_uri,
+                  "scratch_prefix": out.scratch_prefix}
     else:
         with load_model("nanodet-coco") as model:
             finding = analyze(spec["region"], spec["source_uri"], params, model, client=client,
@@ -65,6 +65,7 @@ def child(step: str, spec: dict) -> None:
 
 def batch_child(step: str, spec: dict, params, client) -> dict:
     """A batch's preprocess (``prepare_batch``: its units) or one unit (``analyze_unit``)."""
+    from tilescope.handoffs import BatchPrepared
     from tilescope.models.registry import load_model, model_slice_seconds, model_slice_size
     from tilescope.tasks.batch import analyze_unit, prepare_batch
     from tilescope.tasks.image import XCOM_BUDGET_BYTES
@@ -74,10 +75,10 @@ def batch_child(step: str, spec: dict, params, client) -> dict:
                                         client=client, run=spec["run"],
                                         model_slice_size=model_slice_size("nanodet-coco"),
                                         slice_seconds=model_slice_seconds("nanodet-coco"))
-        return {"units": units, "prepared": prepared}
+        return {"units": units, "prepared": prepared.to_dict()}
     with load_model("nanodet-coco") as model:
-        finding = analyze_unit(spec["unit"], spec["prepared"], params, model, client=client,
-                               budget=XCOM_BUDGET_BYTES)
+        finding = analyze_unit(spec["unit"], BatchPrepared.from_dict(spec["prepared"]), params,
+                               model, client=client, budget=XCOM_BUDGET_BYTES)
     return {"seconds": finding["seconds"], "bad": finding.get("bad")}
 
 

@@ -37,6 +37,7 @@ the `sagemaker-async` model it defers while the endpoint works); this file only 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -167,78 +168,79 @@ def tiled_inference() -> None:
                     run=context["run_id"], model_slice_size=model_slice_size(params.model),
                     slice_seconds=model_slice_seconds(params.model), limits=run_limits(),
                     moderation=_moderation())
-            context["ti"].xcom_push(key="prepared", value=prepared)
+            context["ti"].xcom_push(key="prepared", value=prepared.to_dict())
             return units
         with task_outcome(on_bad_input=_quarantine_claimed):
             params, limits = _params(), run_limits()
             model = None
             if params.full_image_pass:
                 model = load_model(params.model, **params.model_arguments())
-            prepared = prepare(context["params"]["image_uri"], params, client=s3_client(),
-                               run=context["run_id"], moderation=_moderation(),
-                               model_slice_size=model_slice_size(params.model),
-                               full_image_model=model, limits=limits)
-        regions = prepared.pop("regions")
+            regions, prepared = prepare(
+                context["params"]["image_uri"], params, client=s3_client(),
+                run=context["run_id"], moderation=_moderation(),
+                model_slice_size=model_slice_size(params.model), full_image_model=model,
+                limits=limits)
         # grid=auto with an embedded model: regions packed into fewer tasks (work units)
         units = image_units(prepared, params, workers=os.cpu_count() or 1,
                             slice_seconds=model_slice_seconds(params.model),
                             max_units=limits.max_regions)
         if units:
-            prepared["units"] = len(units)
-        context["ti"].xcom_push(key="prepared", value=prepared)
+            prepared = replace(prepared, units=len(units))
+        context["ti"].xcom_push(key="prepared", value=prepared.to_dict())
         return units or regions
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def synthesize(prepared: dict[str, Any], findings: Any) -> str:
         from tilescope.airflow.adapters import fail, task_outcome
         from tilescope.airflow.connections import s3_client
+        from tilescope.handoffs import BatchPrepared, prepared_from_xcom
         from tilescope.tasks.image import combine, save_result
 
         if not prepared:  # preprocess failed: nothing to merge, and no retry can help
             fail("preprocess did not finish: nothing to synthesize")
         params = _params()
         client = s3_client()
-        if prepared.get("batch"):  # every image merged on its own; results in scratch
+        run = prepared_from_xcom(prepared)
+        if isinstance(run, BatchPrepared):  # every image merged on its own; results in scratch
             from tilescope.tasks.batch import combine_batch
 
             with task_outcome():
-                return combine_batch(prepared, list(findings[:]), params, params.model,
+                return combine_batch(run, list(findings[:]), params, params.model,
                                      client=client, run_started=get_current_context()[
                                          "dag_run"].start_date.timestamp())
         with task_outcome():
             # findings[:] is one bulk XCom read; failed regions simply have no entry.
-            result = combine(prepared, list(findings[:]), params, params.model, client=client,
+            result = combine(run, list(findings[:]), params, params.model, client=client,
                              run_started=get_current_context()["dag_run"].start_date.timestamp())
-            return save_result(result, prepared["scratch_prefix"], client)
+            return save_result(result, run.scratch_prefix, client)
 
     @task(outlets=[RESULTS_ASSET, RESULTS_ALIAS])
     def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
         from tilescope.airflow.adapters import catalog_url
         from tilescope.airflow.connections import s3_client
+        from tilescope.handoffs import BatchPrepared, prepared_from_xcom
         from tilescope.tasks.image import store as store_step
 
         context = get_current_context()
-        if prepared.get("batch"):
+        run = prepared_from_xcom(prepared)
+        if isinstance(run, BatchPrepared):
             from tilescope.tasks.batch import batch_event, store_batch
 
-            summary, outcomes = store_batch(result_uri, prepared, _params(), client=s3_client(),
-                                            catalog_url=catalog_url(),
-                                            run_id=context["run_id"])
+            totals, outcomes = store_batch(result_uri, run, _params(), client=s3_client(),
+                                           catalog_url=catalog_url(),
+                                           run_id=context["run_id"])
             extras = [o.asset_extra() for o in outcomes if o.status == "stored"]
             if len(extras) > _IMAGE_EVENTS_PER_RUN:  # one event for the batch (see README)
-                context["outlet_events"][RESULTS_ASSET].extra = batch_event(prepared, summary)
+                context["outlet_events"][RESULTS_ASSET].extra = batch_event(run, totals)
             elif extras:  # one event per image: the first as the asset's own, the rest aliased
                 context["outlet_events"][RESULTS_ASSET].extra = extras[0]
                 for extra in extras[1:]:
                     context["outlet_events"][RESULTS_ALIAS].add(RESULTS_ASSET, extra=extra)
-            return summary
-        summary = store_step(result_uri, prepared, _params(), client=s3_client(),
+            return totals.to_dict()
+        summary = store_step(result_uri, run, _params(), client=s3_client(),
                              catalog_url=catalog_url(), run_id=context["run_id"])
-        context["outlet_events"][RESULTS_ASSET].extra = {
-            "image_id": summary["image_id"], "image_uri": summary["image_uri"],
-            "status": summary["status"], "detections": summary["detections"],
-            "counts": summary["counts"], "result": summary["keys"]["result"]}
-        return summary
+        context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
+        return summary.to_dict()
 
     regions = preprocess()
     prepared = regions["prepared"]
@@ -266,12 +268,13 @@ def tiled_inference() -> None:
         context = get_current_context()
         prepared = context["ti"].xcom_pull(task_ids="preprocess", key="prepared") or {}
         if prepared.get("batch"):
+            from tilescope.handoffs import BatchPrepared
             from tilescope.outputs.notifications import (
                 NOT_STORED_MARK,  # the notifier reads it back
             )
             from tilescope.tasks.batch import settle_batch
 
-            outcomes = settle_batch(prepared, client=s3_client(),
+            outcomes = settle_batch(BatchPrepared.from_dict(prepared), client=s3_client(),
                                     engine=catalog_engine(), run_id=context["run_id"])
             missed = [o for o in outcomes if o.status != "stored"]
             if missed:
@@ -284,7 +287,7 @@ def tiled_inference() -> None:
         outcome = "stored" if stored else "failed"
         if claim:
             outcome = settle(s3_client(), catalog_engine(required=True),
-                             Claim.from_dict(claim), stored=stored)
+                             Claim.from_dict(claim), stored=stored).value
         if not stored:
             fail(f"no result stored ({outcome}); see the failed task's log")
         return outcome

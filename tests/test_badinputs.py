@@ -113,22 +113,22 @@ def test_each_input_has_its_documented_outcome(env, case: BadInput):
             assert record["key"] == case.key and record["run_id"] == run_id
         else:
             with task_outcome(on_bad_input=quarantine_bad_input):
-                prepared = prepare(owned.uri, PARAMS, client=client, run=run_id,
-                                   model_slice_size=256)
+                regions, prepared = prepare(owned.uri, PARAMS, client=client, run=run_id,
+                                            model_slice_size=256)
             width, height = case.size
-            assert (prepared["image"]["width"], prepared["image"]["height"]) == case.size
+            assert (prepared.image.width, prepared.image.height) == case.size
             # staged pixels stay proportional to the image (tiles fitted to thin strips)
-            assert object_size(prepared["source_uri"], client) < 4 * width * height * 3 + 65536
-            assert len(json.dumps(prepared)) < 64 * 1024
-            findings = [analyze(region, prepared["source_uri"], PARAMS, BrightBlobModel(),
-                                client=client, scratch_prefix=prepared["scratch_prefix"])
-                        for region in prepared["regions"]]
+            assert object_size(prepared.source_uri, client) < 4 * width * height * 3 + 65536
+            assert len(json.dumps(prepared.to_dict())) < 64 * 1024
+            findings = [analyze(region, prepared.source_uri, PARAMS, BrightBlobModel(),
+                                client=client, scratch_prefix=prepared.scratch_prefix)
+                        for region in regions]
             result = combine(prepared, findings, PARAMS, "bright-blobs", client=client)
             assert result.status == "complete"
             assert_boxes(result.detections.boxes, case)
-            summary = store(save_result(result, prepared["scratch_prefix"], client), prepared,
+            summary = store(save_result(result, prepared.scratch_prefix, client), prepared,
                             PARAMS, client=client, catalog_url=catalog_url, run_id=run_id)
-            assert summary["detections"] == len(case.boxes)
+            assert summary.detections == len(case.boxes)
             assert settle(client, engine, owned, stored=True) == CLAIM_PROCESSED
             (row,) = find_results(engine, result.image.sha256)
             assert row["status"] == "complete" and row["detections"] == len(case.boxes)

@@ -31,10 +31,20 @@ def endpoint(s3_client, s3_server, monkeypatch):
 
 
 @pytest.fixture
-def prepared(endpoint, s3_client):
+def staged(endpoint, s3_client):
     """A blob image staged and planned as preprocess does (2 regions of 256-px slices)."""
     return prepared_blobs(s3_client, PARAMS, width=700, height=500, count=60, seed=3,
                           run="manual__deferred")
+
+
+@pytest.fixture
+def regions(staged):
+    return staged[0]
+
+
+@pytest.fixture
+def prepared(staged):
+    return staged[1]
 
 
 def model(**options):
@@ -66,13 +76,13 @@ def named(finding: dict, names) -> list[tuple]:
                   zip(dets["category_ids"], dets["boxes"], dets["scores"], strict=True))
 
 
-def test_deferred_finding_equals_the_synchronous_one(prepared, s3_client):
-    region = prepared["regions"][1]
-    args = (prepared["source_uri"], PARAMS)
-    scratch = prepared["scratch_prefix"]
+def test_deferred_finding_equals_the_synchronous_one(regions, prepared, s3_client):
+    region = regions[1]
+    args = (prepared.source_uri, PARAMS)
+    scratch = prepared.scratch_prefix
     with model() as detector:
         assert is_deferrable(detector)
-        submitted = submit_region(region, prepared["source_uri"], detector, client=s3_client)
+        submitted = submit_region(region, prepared.source_uri, detector, client=s3_client)
     assert len(submitted.invocations) == region["slice_count"] == 6
     inputs = [k for k in staged_keys(s3_client) if k.startswith(INPUT_PREFIX)]
     assert len(inputs) == 6  # the slices are staged in S3; nothing waited here
@@ -101,32 +111,32 @@ def test_deferred_finding_equals_the_synchronous_one(prepared, s3_client):
     assert len(json.dumps(deferred)) < 48 * 1024
 
 
-def test_timeout_is_retryable_and_removes_the_inputs(prepared, endpoint, s3_client):
+def test_timeout_is_retryable_and_removes_the_inputs(regions, prepared, endpoint, s3_client):
     endpoint.handler.delay = 30  # the outputs will not appear in time
-    region = prepared["regions"][0]
+    region = regions[0]
     with model() as detector:
-        submitted = submit_region(region, prepared["source_uri"], detector, client=s3_client)
+        submitted = submit_region(region, prepared.source_uri, detector, client=s3_client)
     assert staged_keys(s3_client)
     with model() as detector, pytest.raises(ModelThrottledError, match=r"region r0c0: .*did not"):
         finish_region(region, submitted, None, PARAMS, detector, client=s3_client,
-                      scratch_prefix=prepared["scratch_prefix"])
+                      scratch_prefix=prepared.scratch_prefix)
     assert staged_keys(s3_client) == []
 
 
-def test_failure_object_naming_a_4xx_fails_fast(prepared, endpoint, s3_client):
+def test_failure_object_naming_a_4xx_fails_fast(regions, prepared, endpoint, s3_client):
     endpoint.handler.fail_with = "Received client error (400) from primary: bad image"
-    region = prepared["regions"][0]
+    region = regions[0]
     with model() as detector:
-        submitted = submit_region(region, prepared["source_uri"], detector, client=s3_client)
+        submitted = submit_region(region, prepared.source_uri, detector, client=s3_client)
         event = wait_in_event_loop(submitted.invocations)
         assert all(o.failed for o in outcomes_from_event(event))
         with pytest.raises(ModelRequestError, match="client error"):
             finish_region(region, submitted, outcomes_from_event(event), PARAMS, detector,
-                          client=s3_client, scratch_prefix=prepared["scratch_prefix"])
+                          client=s3_client, scratch_prefix=prepared.scratch_prefix)
     assert staged_keys(s3_client) == []
 
 
-def test_refused_submission_removes_what_was_staged(prepared, endpoint, s3_client):
+def test_refused_submission_removes_what_was_staged(regions, prepared, endpoint, s3_client):
     handler = endpoint.handler  # the first two submissions succeed, the third is refused
     answered: list[int] = []
 
@@ -138,7 +148,7 @@ def test_refused_submission_removes_what_was_staged(prepared, endpoint, s3_clien
 
     endpoint.handler = third_refused
     with model() as detector, pytest.raises(ModelRequestError, match="not async"):
-        submit_region(prepared["regions"][0], prepared["source_uri"], detector,
+        submit_region(regions[0], prepared.source_uri, detector,
                       client=s3_client)
     endpoint.handler = handler
     handler.close()  # drop the two pending answers

@@ -87,10 +87,10 @@ def test_an_explicit_grid_over_max_map_length_is_refused(bucket):
         prepare(uri, params, client=bucket, run="r3", model_slice_size=416,
                 limits=RunLimits(max_regions=100))
     # an auto grid is sized under the cap instead of being refused
-    prepared = prepare(uri, InferenceParams(slice_size=64, overlap=0.0), client=bucket,
-                       run="r4", model_slice_size=416,
-                       limits=RunLimits(max_regions=3))
-    assert 1 <= len(prepared["regions"]) <= 3 and prepared["plan"]["slices"] == 2500
+    regions, prepared = prepare(uri, InferenceParams(slice_size=64, overlap=0.0), client=bucket,
+                                run="r4", model_slice_size=416,
+                                limits=RunLimits(max_regions=3))
+    assert 1 <= len(regions) <= 3 and prepared.plan["slices"] == 2500
 
 
 def test_airflow_max_map_length_is_the_region_cap(monkeypatch):

@@ -50,10 +50,10 @@ from tilescope.tasks.image import prepare
 spec = json.loads(sys.argv[1])
 client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")
-out = prepare(spec["uri"], InferenceParams(), client=client, run="memory",
-              model_slice_size=416)
-print(json.dumps({"rss_mb": peak_rss_mb(), "source_uri": out["source_uri"],
-                  "sha256": out["image"]["sha256"], "width": out["image"]["width"]}))
+_, out = prepare(spec["uri"], InferenceParams(), client=client, run="memory",
+                 model_slice_size=416)
+print(json.dumps({"rss_mb": peak_rss_mb(), "source_uri": out.source_uri,
+                  "sha256": out.image.sha256, "width": out.image.width}))
 """
 
 
@@ -70,10 +70,10 @@ client = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-
                       aws_access_key_id="test", aws_secret_access_key="test")
 client.head_object(Bucket=spec["bucket"], Key=spec["key"])
 before = peak_rss_mb()
-out = prepare(f"s3://{spec['bucket']}/{spec['key']}", InferenceParams(), client=client,
-              run="growth", model_slice_size=416)
+_, out = prepare(f"s3://{spec['bucket']}/{spec['key']}", InferenceParams(), client=client,
+                 run="growth", model_slice_size=416)
 print(json.dumps({"before_mb": before, "rss_mb": peak_rss_mb(),
-                  "source_uri": out["source_uri"], "width": out["image"]["width"]}))
+                  "source_uri": out.source_uri, "width": out.image.width}))
 """
 
 

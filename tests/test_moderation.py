@@ -137,6 +137,6 @@ def test_blocked_image_is_not_staged_and_recorded(rekognition, s3_client, tmp_pa
     assert row["status"] == "blocked" and row["result_keys"] == {"result": uri}
 
     rekognition.queue.append(moderation_reply())
-    prepared = prepare(f"s3://{BUCKET}/incoming/pic.png", params, client=s3_client, run="r2",
-                       model_slice_size=256, moderation=policy())
-    assert prepared["moderation"]["blocked"] is False and len(prepared["regions"]) == 4
+    regions, prepared = prepare(f"s3://{BUCKET}/incoming/pic.png", params, client=s3_client,
+                                run="r2", model_slice_size=256, moderation=policy())
+    assert prepared.moderation["blocked"] is False and len(regions) == 4

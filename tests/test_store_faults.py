@@ -39,6 +39,7 @@ CRASHING_STORE = """
 import json, os, signal, sys
 
 import tilescope.outputs.catalog
+from tilescope.handoffs import Prepared
 from tilescope.params import InferenceParams
 from tilescope.tasks.image import store
 from tilescope.storage import default_s3_client
@@ -58,7 +59,8 @@ if args["crash_before"] == "result.json":
     client.meta.events.register("before-parameter-build.s3.PutObject", before_put)
 else:  # the catalog row
     tilescope.outputs.catalog.record_result = lambda *a, **k: crash()
-store(args["result_uri"], args["prepared"], InferenceParams.from_dict(args["params"]),
+store(args["result_uri"], Prepared.from_dict(args["prepared"]),
+      InferenceParams.from_dict(args["params"]),
       client=client, catalog_url=args["catalog"], run_id="crashing")
 """
 
@@ -74,14 +76,14 @@ def staged(s3_client, tmp_path) -> dict[str, Any]:
     s3_client.put_object(Bucket=BUCKET, Key="incoming/crowded.png", Body=out.getvalue())
     params = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="1x1",
                              score_threshold=0.1)
-    prepared = prepare(f"s3://{BUCKET}/incoming/crowded.png", params, client=s3_client,
-                       run="manual__faults", model_slice_size=256)
-    finding = analyze(prepared["regions"][0], prepared["source_uri"], params, BrightBlobModel(),
-                      client=s3_client, scratch_prefix=prepared["scratch_prefix"])
+    regions, prepared = prepare(f"s3://{BUCKET}/incoming/crowded.png", params, client=s3_client,
+                                run="manual__faults", model_slice_size=256)
+    finding = analyze(regions[0], prepared.source_uri, params, BrightBlobModel(),
+                      client=s3_client, scratch_prefix=prepared.scratch_prefix)
     result = combine(prepared, [finding], params, "bright-blobs", client=s3_client)
     assert len(result.detections) == len(truth)
     return {"client": s3_client, "params": params, "prepared": prepared, "result": result,
-            "result_uri": save_result(result, prepared["scratch_prefix"], s3_client),
+            "result_uri": save_result(result, prepared.scratch_prefix, s3_client),
             "catalog": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
             "targets": result_targets(BUCKET, result.image.image_id, params)}
 
@@ -130,11 +132,11 @@ def test_a_reader_polling_during_store_sees_nothing_or_a_complete_result(staged,
               catalog_url=staged["catalog"])
         first = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         # A re-run (its own scratch) with a different outcome overwrites the same keys.
-        rerun = prepare(prepared["image"]["uri"], params, client=client, run="manual__rerun",
-                        model_slice_size=256)
+        _, rerun = prepare(prepared.image.uri, params, client=client, run="manual__rerun",
+                           model_slice_size=256)
         fewer = staged["result"]
         fewer.detections = fewer.detections.select(slice(0, len(fewer.detections) // 2))
-        store(save_result(fewer, rerun["scratch_prefix"], client), rerun, params,
+        store(save_result(fewer, rerun.scratch_prefix, client), rerun, params,
               client=client, catalog_url=staged["catalog"])
         second = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         time.sleep(0.05)
@@ -161,7 +163,8 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
     client, params, prepared = staged["client"], staged["params"], staged["prepared"]
     results = parse_s3_uri(staged["targets"].result).key.rsplit("/", 1)[0] + "/"
     args = {"crash_before": crash_before, "result_uri": staged["result_uri"],
-            "prepared": prepared, "params": params.to_dict(), "catalog": staged["catalog"]}
+            "prepared": prepared.to_dict(), "params": params.to_dict(),
+            "catalog": staged["catalog"]}
     crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
@@ -177,7 +180,7 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
         doc = json.loads(client.get_object(Bucket=BUCKET, Key=results + "result.json")
                          ["Body"].read())
         assert len(doc["detections"]) == 3000  # complete, only its catalog row is missing
-    assert keys(client, prepared["scratch_prefix"].split(f"{BUCKET}/", 1)[1])  # kept: retry
+    assert keys(client, prepared.scratch_prefix.split(f"{BUCKET}/", 1)[1])  # kept: retry
 
     summary = store(staged["result_uri"], prepared, params, client=client,
                     catalog_url=staged["catalog"], run_id="retry")  # Airflow's retry
@@ -186,4 +189,4 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
     assert doc["status"] == "complete" and len(doc["detections"]) == 3000
     rows = find_results(engine)
     assert [(r["run_id"], r["detections"]) for r in rows] == [("retry", 3000)]
-    assert summary["scratch_objects_deleted"] > 0
+    assert summary.scratch_objects_deleted > 0

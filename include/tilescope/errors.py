@@ -17,6 +17,11 @@ class ConfigError(TilescopeError):
     """A parameter or setting is invalid (slice size, thresholds, unknown model name...)."""
 
 
+class HandoffError(TilescopeError):
+    """An XCom hand-off is not of the shape its task expects (a missing or an unknown key):
+    a bug or mismatched releases, which no retry mends."""
+
+
 class BadImageError(TilescopeError):
     """The input is not a usable image: missing, empty, not an image, truncated, corrupt."""
 

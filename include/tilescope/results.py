@@ -7,6 +7,7 @@ whole run, serialised to one JSON document and exported to COCO.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ class ImageInfo:
                 "image_id": self.image_id}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageInfo:
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(str(data["uri"]), int(data["width"]), int(data["height"]),
                    str(data["sha256"]), str(data["format"]), int(data["bytes"]))
 
@@ -131,7 +132,7 @@ class RegionFinding:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RegionFinding:
+    def from_dict(cls, data: Mapping[str, Any]) -> RegionFinding:
         dets = data.get("detections")
         return cls(index=int(data["index"]), name=str(data["name"]), row=int(data["row"]),
                    col=int(data["col"]), box=[int(v) for v in data["box"]],

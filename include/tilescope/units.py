@@ -33,13 +33,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from tilescope.errors import BadImageError, ConfigError, ModelOutputError
+from tilescope.handoffs import checked_keys
 from tilescope.models.base import DetectionModel
 from tilescope.params import InferenceParams
 from tilescope.pipeline import analyze_region, region_finding
@@ -226,7 +227,8 @@ def span_label(first: str, last: str) -> str:
 @dataclass
 class UnitFinding:
     """A unit's outcome: per source, the findings of its regions (full-image pixels, merged
-    inside each region as always), and the sources that turned out unreadable."""
+    inside each region as always), and the sources that turned out unreadable. Its dict is
+    what an ``analyze`` task of units returns (:func:`unit_payload`)."""
 
     index: int
     findings: dict[int, list[RegionFinding]] = field(default_factory=dict)
@@ -234,35 +236,51 @@ class UnitFinding:
     bad: dict[int, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     attempts: int = 1
+    #: the unit's slices (set on the finding a task returns)
+    slice_count: int | None = None
+    #: where the whole finding went when it was over the XCom budget: the XCom then keeps
+    #: only this key, the timings and the bad sources (:func:`load_unit_finding` reads it)
+    finding_uri: str | None = None
+
+    _KEYS = ("index", "attempts", "seconds", "sources", "bad", "slice_count", "finding_uri")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "attempts": self.attempts,
-                "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-                "sources": {str(s): [f.to_dict() for f in found]
-                            for s, found in self.findings.items()},
-                "bad": {str(s): why for s, why in self.bad.items()}}
+        seconds = {k: round(v, 4) for k, v in self.seconds.items()}
+        bad = {str(s): why for s, why in self.bad.items()}
+        if self.finding_uri is not None:
+            return {"index": self.index, "slice_count": self.slice_count,
+                    "attempts": self.attempts, "seconds": seconds,
+                    "finding_uri": self.finding_uri, "bad": bad}
+        data: dict[str, Any] = {
+            "index": self.index, "attempts": self.attempts, "seconds": seconds,
+            "sources": {str(s): [f.to_dict() for f in found]
+                        for s, found in self.findings.items()}, "bad": bad}
+        if self.slice_count is not None:
+            data["slice_count"] = self.slice_count
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnitFinding:
-        return cls(index=int(data["index"]), attempts=int(data.get("attempts", 1)),
-                   seconds={k: float(v) for k, v in (data.get("seconds") or {}).items()},
+        d = checked_keys("unit finding", data, ("index",), cls._KEYS[1:])
+        return cls(index=int(d["index"]), attempts=int(d.get("attempts", 1)),
+                   seconds={k: float(v) for k, v in (d.get("seconds") or {}).items()},
                    findings={int(s): [RegionFinding.from_dict(f) for f in found]
-                             for s, found in (data.get("sources") or {}).items()},
-                   bad={int(s): str(why) for s, why in (data.get("bad") or {}).items()})
+                             for s, found in (d.get("sources") or {}).items()},
+                   bad={int(s): str(why) for s, why in (d.get("bad") or {}).items()},
+                   slice_count=int(d["slice_count"]) if d.get("slice_count") is not None
+                   else None, finding_uri=d.get("finding_uri"))
 
 
 def unit_payload(finding: UnitFinding, unit: WorkUnit, scratch_prefix: str, budget: int,
                  client: S3Client) -> dict[str, Any]:
     """A unit's finding as its XCom dict; over ``budget`` bytes it is written to
     ``<scratch>/findings/unit-NNNN.json`` and the dict keeps only its key and timings."""
+    finding = replace(finding, slice_count=unit.slice_count)
     data = finding.to_dict()
-    data["slice_count"] = unit.slice_count
     if len(json.dumps(data)) > budget:
         uri = f"{scratch_prefix}findings/unit-{unit.index:04d}.json"
         write_bytes(uri, json.dumps(data).encode(), "application/json", client)
-        data = {"index": unit.index, "slice_count": unit.slice_count,
-                "attempts": finding.attempts, "seconds": data["seconds"], "finding_uri": uri,
-                "bad": data["bad"]}
+        data = replace(finding, finding_uri=uri).to_dict()
     return data
 
 

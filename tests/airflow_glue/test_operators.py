@@ -50,9 +50,11 @@ def context(params: InferenceParams, try_number: int = 1) -> dict:
                                                               start_date=None)}
 
 
-def operator(prepared: dict, index: int = 0) -> AnalyzeRegionOperator:
-    return AnalyzeRegionOperator(task_id="analyze", region=prepared["regions"][index],
-                                 prepared={k: v for k, v in prepared.items() if k != "regions"})
+def operator(prepared: tuple, index: int = 0) -> AnalyzeRegionOperator:
+    """The operator as the DAG maps it: a region and the ``prepared`` XCom (a dict)."""
+    regions, handoff = prepared
+    return AnalyzeRegionOperator(task_id="analyze", region=regions[index],
+                                 prepared=handoff.to_dict())
 
 
 def fire(trigger: AsyncInferenceTrigger) -> dict:
@@ -126,22 +128,36 @@ def test_each_mapped_task_shares_the_cores(monkeypatch):
     assert shared_slice_workers(2, cores=16) == 8
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     nanodet = InferenceParams(model="nanodet-coco")
-    options = _model_options(nanodet, {"batch": {"units": 2}})
+    options = _model_options(nanodet, tasks=2, video=False)
     assert options["share_cores"] is True and "parallel_slices" not in options
     mine = InferenceParams(model="nanodet-coco", model_options={"parallel_slices": 2})
-    options = _model_options(mine, {"batch": {"units": 4}})
+    options = _model_options(mine, tasks=4, video=False)
     assert options["parallel_slices"] == 2 and "share_cores" not in options
-    assert _model_options(nanodet, {"plan": {"regions": 3}, "video": {"fps": 1}})[
+    assert _model_options(nanodet, tasks=3, video=True)[
         "share_cores"] is True  # a video's units share the cores as well
     remote = InferenceParams(model="http", model_options={"url": "http://127.0.0.1:1/"})
-    assert "share_cores" not in _model_options(remote, {"plan": {"regions": 3}})
+    assert "share_cores" not in _model_options(remote, tasks=3, video=False)
 
     def older(parallel_slices: int | None = None) -> None: ...
 
     real = registry.model_factory
     monkeypatch.setattr(registry, "model_factory",
                         lambda name: older if name == "nanodet-coco" else real(name))
-    assert _model_options(nanodet, {"batch": {"units": 2}})["parallel_slices"] == 1
-    assert _model_options(nanodet, {"plan": {"regions": 1}})["parallel_slices"] == 2
-    assert "parallel_slices" not in _model_options(nanodet, {"plan": {"regions": 3},
-                                                            "video": {"fps": 1}})
+    assert _model_options(nanodet, tasks=2, video=False)["parallel_slices"] == 1
+    assert _model_options(nanodet, tasks=1, video=False)["parallel_slices"] == 2
+    assert "parallel_slices" not in _model_options(nanodet, tasks=3, video=True)
+
+
+def test_the_mapped_task_count_is_the_runs_units_else_its_regions():
+    """What ``_model_options`` shares the cores by, read from the ``prepared`` hand-off."""
+    from dataclasses import replace
+
+    from test_handoffs import BATCH_XCOM, IMAGE_XCOM
+
+    from tilescope.airflow.operators import _mapped_tasks
+    from tilescope.handoffs import BatchPrepared, Prepared
+
+    assert _mapped_tasks(BatchPrepared.from_dict(BATCH_XCOM)) == 2  # the batch's units
+    one = Prepared.from_dict(IMAGE_XCOM)
+    assert _mapped_tasks(one) == 2  # its plan's regions
+    assert _mapped_tasks(replace(one, units=5)) == 5

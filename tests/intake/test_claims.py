@@ -170,3 +170,23 @@ def test_a_single_claims_run_id_in_a_row_is_not_taken_for_a_batch(sql_url):
         conn.execute(CLAIMS.update().values(run_id=c.run_id))
     (offered,) = unfinished(engine)
     assert offered.batch_run_id is None and offered.pipeline_run_id == c.run_id
+
+
+def test_claim_states_are_the_strings_the_catalog_stores(sql_url):
+    """``ClaimState`` members are plain strings in the ``status`` column and read back equal
+    to them; a row's status is always one of the five states."""
+    from tilescope.intake.claims import CLAIMED, ClaimState
+
+    assert [s.value for s in ClaimState] == ["claimed", "triggered", "processed",
+                                             "quarantined", "failed"]
+    assert CLAIMED is ClaimState.CLAIMED and FAILED == "failed"
+    engine = connect(sql_url)
+    won = claim(engine, "b", "incoming/s.png", '"e1"', 10)
+    assert won is not None
+    assert status_of(engine, "b", "incoming/s.png", "e1")["status"] == "claimed"
+    for state in (ClaimState.TRIGGERED, ClaimState.QUARANTINED):
+        assert mark(engine, won, state)
+        row = status_of(engine, "b", "incoming/s.png", "e1")
+        assert type(row["status"]) is str and row["status"] == state.value
+        assert ClaimState(row["status"]) is state
+    assert {ClaimState(r["status"]) for r in all_claims(engine)} <= set(ClaimState)

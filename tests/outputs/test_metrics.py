@@ -71,9 +71,9 @@ def test_emit_sends_statsd_lines(statsd_server):
 
 
 def test_observe_region_adds_queue_wait_on_first_attempt_and_emits(statsd_server):
-    prepared = {"ready_at": START.timestamp()}
+    ready_at = START.timestamp()
     first = SimpleNamespace(try_number=1, start_date=START + timedelta(seconds=2))
-    finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, prepared, first)
+    finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, ready_at, first)
     assert finding["seconds"]["queue_wait"] == 2.0
     lines = statsd_server.take()
     assert len(lines) == 5
@@ -81,7 +81,7 @@ def test_observe_region_adds_queue_wait_on_first_attempt_and_emits(statsd_server
     assert lines[-1] == "airflow.tilescope.queue_wait:2000.000000|ms"
 
     retry = SimpleNamespace(try_number=2, start_date=START + timedelta(seconds=60))
-    finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, prepared, retry)
+    finding = observe_region({**FINDING, "seconds": dict(FINDING["seconds"])}, ready_at, retry)
     assert "queue_wait" not in finding["seconds"]  # would include the failed attempt
 
 

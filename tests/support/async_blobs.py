@@ -53,9 +53,9 @@ def blob_endpoint(s3_client: Any, s3_server: str, monkeypatch: Any,
 
 
 def prepared_blobs(s3_client: Any, params: Any, *, width: int, height: int, count: int,
-                   seed: int, run: str) -> dict[str, Any]:
+                   seed: int, run: str) -> tuple[list[dict[str, Any]], Any]:
     """A blob image put under ``incoming/`` and prepared as preprocess does (256-px slices):
-    the ``prepared`` dict the deferred path's tests start from."""
+    the regions and the ``Prepared`` the deferred path's tests start from."""
     import io
 
     from PIL import Image

@@ -64,7 +64,7 @@ def test_a_thousand_image_plan_keeps_every_xcom_small(s3_client):
         entries.append({"uri": f"s3://{BUCKET}/in/{i:04d}.jpg"})
     mapped, prepared = prepare_batch(entries, PARAMS, client=s3_client, run="r-1000",
                                      model_slice_size=416, slice_seconds=0.04)
-    assert len(json.dumps(mapped)) < 16 * 1024 and len(json.dumps(prepared)) < 1024
+    assert len(json.dumps(mapped)) < 16 * 1024 and len(json.dumps(prepared.to_dict())) < 1024
     assert len(mapped) == 2  # 1,000 slices at 750 a unit, balanced: 500 + 500
     assert [m["slice_count"] for m in mapped] == [500, 500]
     assert mapped[0]["name"] == "in/0000.jpg … in/0499.jpg (500 images)"
@@ -101,7 +101,7 @@ def test_bad_inputs_are_marked_in_the_plan_and_settled_as_quarantined(s3_client,
     summary, outcomes = store_batch(results, prepared, PARAMS, client=s3_client,
                                     catalog_url=sql_url, run_id="r-bad")
     assert [o.status for o in outcomes] == [STORED, BAD, BAD, BAD]
-    assert summary["stored"] == 1 and summary["bad"] == 3
+    assert summary.stored == 1 and summary.bad == 3
     for outcome in outcomes[1:3]:  # the ones a claim can move: still there, then moved
         s3_client.put_object(Bucket=BUCKET, Key=outcome.uri.split(f"{BUCKET}/")[1],
                              Body=b"" if "empty" in outcome.uri else b"hello")
@@ -204,7 +204,7 @@ def test_a_videos_frames_are_packed_into_units_with_the_other_images(s3_client, 
     results = combine_batch(prepared, findings, params, "bright-blobs", client=s3_client)
     summary, outcomes = store_batch(results, prepared, params, client=s3_client,
                                     catalog_url=None, run_id="r-video")
-    assert [o.status for o in outcomes] == [STORED, STORED] and summary["stored"] == 2
+    assert [o.status for o in outcomes] == [STORED, STORED] and summary.stored == 2
 
     def stored(outcome) -> dict:
         return json.loads(read_bytes(outcome.keys["result"], s3_client))

@@ -38,19 +38,19 @@ def test_crowded_region_offloads_detections_and_keeps_xcom_small(bucket, tmp_pat
     uri = put_png(bucket, "incoming/crowded.png", pixels)
     params = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.3, grid="1x1",
                              score_threshold=0.1)
-    prepared = prepare(uri, params, client=bucket, run="manual__2026-01-01T00:00:00+00:00",
-                       model_slice_size=256)
-    assert len(json.dumps(prepared)) < 64 * 1024
-    assert prepared["source_uri"].endswith("pixels.tif") and "scratch/" in prepared["source_uri"]
-    finding = analyze(prepared["regions"][0], prepared["source_uri"], params, BrightBlobModel(),
-                      client=bucket, scratch_prefix=prepared["scratch_prefix"])
+    regions, prepared = prepare(uri, params, client=bucket, run="manual__2026-01-01T00:00:00+00:00",
+                                model_slice_size=256)
+    assert len(json.dumps(prepared.to_dict())) < 64 * 1024
+    assert prepared.source_uri.endswith("pixels.tif") and "scratch/" in prepared.source_uri
+    finding = analyze(regions[0], prepared.source_uri, params, BrightBlobModel(),
+                      client=bucket, scratch_prefix=prepared.scratch_prefix)
     assert len(json.dumps(finding)) < XCOM_BUDGET_BYTES
     assert finding["detections"] is None and finding["detections_uri"].startswith("s3://")
     result = combine(prepared, [finding], params, "bright-blobs", client=bucket)
     assert len(result.detections) == len(truth)
     summary = store(_save(result, prepared, bucket), prepared, params, client=bucket,
                     catalog_url=f"sqlite:///{tmp_path / 'c.sqlite'}")
-    assert summary["detections"] == len(truth) and summary["status"] == "complete"
+    assert summary.detections == len(truth) and summary.status == "complete"
     left = bucket.list_objects_v2(Bucket=BUCKET, Prefix="scratch/").get("KeyCount", 0)
     assert left == 0
 
@@ -58,7 +58,7 @@ def test_crowded_region_offloads_detections_and_keeps_xcom_small(bucket, tmp_pat
 def _save(result, prepared, client) -> str:
     from tilescope.tasks.image import save_result
 
-    return save_result(result, prepared["scratch_prefix"], client)
+    return save_result(result, prepared.scratch_prefix, client)
 
 
 def test_region_tasks_read_only_their_tiles(bucket):
@@ -70,13 +70,13 @@ def test_region_tasks_read_only_their_tiles(bucket):
     pixels = np.random.default_rng(2).integers(0, 256, (2000, 3000, 3), np.uint8)
     uri = put_png(bucket, "incoming/wide.png", pixels)
     params = InferenceParams(model="bright-blobs", slice_size=256, overlap=0.2, grid="3x4")
-    prepared = prepare(uri, params, client=bucket, run="r1", model_slice_size=256)
-    region = Region.from_dict(prepared["regions"][5])
-    reader = open_source(prepared["source_uri"], bucket)
+    regions, prepared = prepare(uri, params, client=bucket, run="r1", model_slice_size=256)
+    region = Region.from_dict(regions[5])
+    reader = open_source(prepared.source_uri, bucket)
     crop = reader.read(region.box)
     box = region.box
     assert np.array_equal(crop, pixels[box.y1:box.y2, box.x1:box.x2])
-    staged = bucket.head_object(Bucket=BUCKET, Key=prepared["source_uri"].split(
+    staged = bucket.head_object(Bucket=BUCKET, Key=prepared.source_uri.split(
         f"{BUCKET}/", 1)[1])["ContentLength"]
     handle = reader._tiff.filehandle._fh
     raw = getattr(handle, "raw", handle)  # under the read buffer: the ranged S3 file
@@ -110,11 +110,11 @@ def test_full_image_pass_goes_from_prepare_through_combine(bucket):
     model = WholeBlobModel()
 
     def run(full_image_model: WholeBlobModel | None) -> list[list[float]]:
-        prepared = prepare(uri, params, client=bucket, run="r-full", model_slice_size=256,
-                           full_image_model=full_image_model)
-        findings = [analyze(r, prepared["source_uri"], params, model, client=bucket,
-                            scratch_prefix=prepared["scratch_prefix"])
-                    for r in prepared["regions"]]
+        regions, prepared = prepare(uri, params, client=bucket, run="r-full", model_slice_size=256,
+                                    full_image_model=full_image_model)
+        findings = [analyze(r, prepared.source_uri, params, model, client=bucket,
+                            scratch_prefix=prepared.scratch_prefix)
+                    for r in regions]
         result = combine(prepared, findings, params, "whole-blobs", client=bucket)
         return sorted(result.detections.boxes.tolist())
 
@@ -138,15 +138,15 @@ def test_an_images_regions_packed_into_units_give_the_region_tasks_result(bucket
     uri = put_png(bucket, "incoming/units.png", pixels)
     params = InferenceParams(model="bright-blobs", slice_size=128, overlap=0.25, grid="3x3",
                              score_threshold=0.1)
-    prepared = prepare(uri, params, client=bucket, run="r-units", model_slice_size=128)
+    regions, prepared = prepare(uri, params, client=bucket, run="r-units", model_slice_size=128)
     model = BrightBlobModel()
-    by_region = [analyze(r, prepared["source_uri"], params, model, client=bucket,
-                         scratch_prefix=prepared["scratch_prefix"])
-                 for r in prepared["regions"]]
+    by_region = [analyze(r, prepared.source_uri, params, model, client=bucket,
+                         scratch_prefix=prepared.scratch_prefix)
+                 for r in regions]
     expected = combine(prepared, by_region, params, "bright-blobs", client=bucket)
     assert len(expected.detections) == len(truth)
 
-    units = region_units(SlicePlan.from_summary(prepared["plan"]), 40, workers=2)
+    units = region_units(SlicePlan.from_summary(prepared.plan), 40, workers=2)
     assert 2 <= len(units) < 9
     # one unit's finding offloaded to S3 (a tiny budget), the others inline
     payloads = [analyze_unit(u.to_dict(), prepared, params, model, client=bucket,
@@ -170,11 +170,16 @@ def test_an_images_regions_packed_into_units_give_the_region_tasks_result(bucket
 
 
 def test_only_an_auto_grid_with_an_embedded_model_packs_regions():
+    from dataclasses import replace
+
+    from tilescope.handoffs import Prepared
+    from tilescope.results import ImageInfo
     from tilescope.slicing import plan_slices
     from tilescope.tasks.image import image_units
 
     plan = plan_slices(4000, 4000, 100, 100, 0, 0, grid=(4, 4))  # 1,600 slices, 16 regions
-    prepared = {"plan": plan.summary()}
+    prepared = Prepared(ImageInfo("s3://b/a.png", 4000, 4000, "0" * 64, "PNG", 1),
+                        plan.summary(), "s3://b/s.tif", "s3://b/t.png", "s3://b/scratch/", 0.0)
     auto = InferenceParams(grid="auto")
     units = image_units(prepared, auto, slice_seconds=0.04, workers=2)
     assert units and len(units) == 4  # 1,600 × 0.04 s over 30 s a unit: 3, rounded up to 4
@@ -182,5 +187,5 @@ def test_only_an_auto_grid_with_an_embedded_model_packs_regions():
     assert image_units(prepared, InferenceParams(grid="4x4"), slice_seconds=0.04,
                        workers=2) is None  # the user chose one task a region
     assert image_units(prepared, auto, slice_seconds=None, workers=2) is None  # remote
-    assert image_units({**prepared, "video": {"frames": [[0, 0.0]]}}, auto, slice_seconds=0.04,
-                       workers=2) is None  # a video's frames are units already
+    assert image_units(replace(prepared, video={"frames": [[0, 0.0]]}), auto,
+                       slice_seconds=0.04, workers=2) is None  # a video's frames are units already

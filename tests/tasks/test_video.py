@@ -70,11 +70,10 @@ def keys(client, prefix: str) -> list[str]:
 
 def run_steps(client, uri: str, params: InferenceParams, tmp_path, *, drop: set[int] = ()):
     """prepare → analyze (each unit, except ``drop``) → combine → store, as the DAG does."""
-    prepared = prepare(uri, params, client=client, run=RUN, model_slice_size=256)
-    units = prepared.pop("regions")
+    units, prepared = prepare(uri, params, client=client, run=RUN, model_slice_size=256)
     findings = [analyze(c, prepared, params, client) for c in units if c["index"] not in drop]
     result = combine(prepared, findings, params, "bright-blobs", client=client)
-    summary = store(save_result(result, prepared["scratch_prefix"], client), prepared, params,
+    summary = store(save_result(result, prepared.scratch_prefix, client), prepared, params,
                     client=client, catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     return prepared, units, findings, result, summary
 
@@ -87,19 +86,19 @@ def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, 
     slices_per_unit(monkeypatch, 36)  # 6 frames × 12 slices → 2 units
     prepared, units, findings, _, summary = run_steps(bucket, uri, PARAMS, tmp_path)
 
-    assert prepared["image"]["format"] == "AVI" and prepared["plan"]["regions"] == 4
+    assert prepared.image.format == "AVI" and prepared.plan["regions"] == 4
     assert [c["name"] for c in units] == ["f0.r0c0–f4.r1c1", "f6.r0c0–f10.r1c1"]
     assert [c["slice_count"] for c in units] == [36, 36]
-    assert len(json.dumps(prepared)) < 8 * 1024 and len(json.dumps(units)) < 8 * 1024
+    assert len(json.dumps(prepared.to_dict())) < 8 * 1024 and len(json.dumps(units)) < 8 * 1024
     assert all(len(json.dumps(f)) < XCOM_BUDGET_BYTES for f in findings)
     assert [found(f) for f in findings] == [12, 12]
     assert [WorkUnit.from_dict(c).sources for c in units] == [[0, 1, 2], [3, 4, 5]]
-    assert summary["status"] == "complete" and summary["detections"] == 18
+    assert summary.status == "complete" and summary.detections == 18
     # six staged frames, the sheet cells, the first-frame thumbnail, the parked result
-    assert summary["regions"] == 24 and summary["scratch_objects_deleted"] == 6 + 3
+    assert summary.regions == 24 and summary.scratch_objects_deleted == 6 + 3
 
     # the stored documents
-    prefix = f"results/{prepared['image']['image_id']}/{PARAMS.digest()}/"
+    prefix = f"results/{prepared.image.image_id}/{PARAMS.digest()}/"
     assert sorted(keys(bucket, prefix)) == sorted(
         prefix + n for n in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
     doc = json.loads(bucket.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"]
@@ -118,7 +117,7 @@ def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, 
 
     # the CLI's path: the very same detections, frames and units
     with VideoSource(str(path), container="AVI", name=uri) as source:
-        info = ImageInfo(uri, 640, 480, prepared["image"]["sha256"], "AVI", len(data))
+        info = ImageInfo(uri, 640, 480, prepared.image.sha256, "AVI", len(data))
         local, _ = run_video(source, info, PARAMS, BrightBlobModel())
     assert doc["detections"] == local.to_dict()["detections"]
     assert doc["frames"] == local.to_dict()["frames"]
@@ -130,20 +129,20 @@ def test_frames_are_staged_once_and_units_read_only_their_frames(bucket, blobs_a
     path, _ = blobs_avi
     uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
     slices_per_unit(monkeypatch, 12)  # a frame per unit
-    prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256)
+    regions, prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256)
     staged = sorted(k for k in keys(bucket, "scratch/") if "/frames/" in k)
     assert [k.rsplit("/", 1)[1] for k in staged] == [
         f"{i:07d}.tif" for i in (0, 2, 4, 6, 8, 10)]
-    assert len(prepared["regions"]) == 6
+    assert len(regions) == 6
     requests = []
     bucket.meta.events.register("before-parameter-build.s3.GetObject",
                                 lambda params, **_: requests.append(params["Key"]))
-    whole = analyze(prepared["regions"][2], prepared, PARAMS, bucket)
+    whole = analyze(regions[2], prepared, PARAMS, bucket)
     assert [k.rsplit("/", 1)[1] for k in requests] == ["0000004.tif"]  # one GET, whole
     # frames too large to fetch whole are read band by band with ranged GETs instead
     requests.clear()
     monkeypatch.setattr("tilescope.tasks.video.WHOLE_FRAME_BYTES", 0)
-    banded = analyze(prepared["regions"][2], prepared, PARAMS, bucket)
+    banded = analyze(regions[2], prepared, PARAMS, bucket)
     assert {k.rsplit("/", 1)[1] for k in requests} == {"0000004.tif"} and len(requests) > 1
     assert list(whole["sources"]) == ["2"] and found(whole) == 4
     assert [f["detections"] for f in banded["sources"]["2"]] == [
@@ -158,7 +157,7 @@ def test_a_failed_unit_leaves_its_regions_failed(bucket, blobs_avi, tmp_path, mo
         run_steps(bucket, uri, PARAMS, tmp_path, drop={1})
     params = InferenceParams(**{**PARAMS.to_dict(), "min_success_ratio": 0.6})
     *_, result, summary = run_steps(bucket, uri, params, tmp_path, drop={1})
-    assert summary["status"] == "partial" and len(result.failed_regions) == 8
+    assert summary.status == "partial" and len(result.failed_regions) == 8
     frames = result.frame_summaries()
     assert [f["detections"] for f in frames] == [3, 3, 0, 0, 3, 3]
     assert frames[2]["failed_regions"] == ["f4.r0c0", "f4.r0c1", "f4.r1c0", "f4.r1c1"]
@@ -199,7 +198,7 @@ def test_frames_split_across_units_still_merge_per_frame(bucket, blobs_avi, tmp_
     assert len(units) == 8 and [(p.source, p.first, p.stop) for p in parts[1]] == [
         (0, 3, 4), (1, 0, 2)]  # frame 0's last region, then half of frame 1
     with VideoSource(str(path), container="AVI", name=uri) as source:
-        info = ImageInfo(uri, 640, 480, prepared["image"]["sha256"], "AVI", len(data))
+        info = ImageInfo(uri, 640, 480, prepared.image.sha256, "AVI", len(data))
         local, _ = run_video(source, info, PARAMS, BrightBlobModel())
     assert result.to_dict()["detections"] == local.to_dict()["detections"]
     assert [r.name for r in result.regions] == [r.name for r in local.regions]
@@ -211,9 +210,9 @@ def test_units_stay_within_the_region_budget(bucket, blobs_avi, monkeypatch):
     path, _ = blobs_avi
     uri = put(bucket, "incoming/capped.avi", path.read_bytes())
     slices_per_unit(monkeypatch, 1)
-    prepared = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256,
-                       limits=RunLimits(max_regions=5))
-    units = [WorkUnit.from_dict(u) for u in prepared["regions"]]
+    regions, _ = prepare(uri, PARAMS, client=bucket, run=RUN, model_slice_size=256,
+                         limits=RunLimits(max_regions=5))
+    units = [WorkUnit.from_dict(u) for u in regions]
     assert len(units) == 5 and sum(u.slice_count for u in units) == 72
     covered = [(p.source, r) for u in units for p in u.parts for r in range(p.first, p.stop)]
     assert covered == [(f, r) for f in range(6) for r in range(4)]
@@ -240,7 +239,7 @@ def test_results_viewer_shapes_a_video_run(bucket, blobs_avi, tmp_path, monkeypa
     uri = put(bucket, "incoming/blobs.avi", path.read_bytes())
     slices_per_unit(monkeypatch, 36)
     prepared, units, findings, result, _ = run_steps(bucket, uri, PARAMS, tmp_path)
-    plan = plan_payload(units, prepared)
+    plan = plan_payload(units, prepared.to_dict())  # the viewer reads the XCom
     assert plan["image"]["width"] == 640 and [r["box"] for r in plan["regions"]] == [
         [0, 0, 640, 480]] * 2
     assert finding_payload(findings[0])["boxes"] == []  # region boxes travel inside the unit
@@ -288,6 +287,6 @@ def test_moderation_gate_looks_at_the_sampled_frames(bucket, blobs_avi, tmp_path
             f"{BUCKET}/", 1)[1])["Body"].read())
         assert doc["status"] == "blocked" and doc["image"]["format"] == "AVI"
         server.queue.append(reply())
-        prepared = prepare(uri, PARAMS, client=bucket, run="r2", model_slice_size=256,
-                           moderation=gate)
-        assert prepared["moderation"]["blocked"] is False
+        _, prepared = prepare(uri, PARAMS, client=bucket, run="r2", model_slice_size=256,
+                              moderation=gate)
+        assert prepared.moderation["blocked"] is False

@@ -127,13 +127,15 @@ def batch_outcomes_from_context(context: Any, prepared: Mapping[str, Any], *,
         if prepared.get("batch"):
             from dataclasses import asdict
 
+            from tilescope.handoffs import BatchPrepared
             from tilescope.tasks.batch import load_items, load_outcomes
 
-            outcomes = load_outcomes(prepared, client)
+            batch = BatchPrepared.from_dict(prepared)
+            outcomes = load_outcomes(batch, client)
             if outcomes is not None:
                 return batch_image_outcomes(outcomes=[asdict(o) for o in outcomes], **common)
             return batch_image_outcomes(
-                outcomes=None, items=[i.to_dict() for i in load_items(prepared, client)],
+                outcomes=None, items=[i.to_dict() for i in load_items(batch, client)],
                 **common)
         from tilescope.tasks.batch import batch_entries
 

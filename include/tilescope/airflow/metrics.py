@@ -6,7 +6,7 @@ tilescope's metrics go wherever Airflow's go and cost nothing when metrics are o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -27,13 +27,14 @@ def emit(metrics: Iterable[Metric]) -> None:
             stats.gauge(metric.name, metric.value, tags=tags)
 
 
-def observe_region(finding: dict[str, Any], prepared: Mapping[str, Any], ti: Any
+def observe_region(finding: dict[str, Any], ready_at: float | None, ti: Any
                    ) -> dict[str, Any]:
     """In the analyze task: add the region's queue wait to its timings (first attempt only —
     a retry's wait would include the failed attempts and the back-off), emit the region's
-    metrics, and return the finding."""
+    metrics, and return the finding. ``ready_at``: when preprocess made the run's regions
+    ready (:attr:`tilescope.handoffs.Prepared.ready_at`)."""
     if int(getattr(ti, "try_number", 1) or 1) == 1:
-        wait = queue_wait_seconds(prepared.get("ready_at"), getattr(ti, "start_date", None))
+        wait = queue_wait_seconds(ready_at, getattr(ti, "start_date", None))
         if wait is not None:
             finding.setdefault("seconds", {})["queue_wait"] = round(wait, 4)
     emit(region_metrics(finding))

@@ -13,13 +13,14 @@ finding dict, with the same XCom size rule, error mapping and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:  # the DAG file imports this module: models load in the task only
+    from tilescope.handoffs import BatchPrepared, Prepared
     from tilescope.models.sagemaker import SageMakerAsyncModel
 
 #: extra seconds past the model's ``max_wait`` before Airflow itself gives up on the trigger
@@ -55,6 +56,7 @@ class AnalyzeRegionOperator(BaseOperator):
         from tilescope.airflow.connections import s3_client
         from tilescope.airflow.triggers import AsyncInferenceTrigger
         from tilescope.deferred import is_deferrable
+        from tilescope.handoffs import BatchPrepared, prepared_from_xcom
         from tilescope.models import load_model
         from tilescope.tasks.image import XCOM_BUDGET_BYTES, analyze, submit_region
         from tilescope.units import is_work_unit
@@ -62,32 +64,33 @@ class AnalyzeRegionOperator(BaseOperator):
         context["region_label"] = region_label(self.region)
         params = _params(context)
         client = s3_client()
-        if is_work_unit(self.region):  # a batch's images and frames, or a video's frames
-            from functools import partial
+        prepared = prepared_from_xcom(self.prepared)
+        options = _model_options(params, tasks=_mapped_tasks(prepared),
+                                 video=not isinstance(prepared, BatchPrepared)
+                                 and bool(prepared.video))
+        if isinstance(prepared, BatchPrepared):  # a batch's images and videos' frames
+            from tilescope.airflow.adapters import run_limits
+            from tilescope.tasks.batch import analyze_unit
 
-            run: Callable[..., dict[str, Any]]
-            if self.prepared.get("batch"):
-                from tilescope.airflow.adapters import run_limits
-                from tilescope.tasks.batch import analyze_unit
+            with task_outcome(), load_model(params.model, **options) as model:
+                finding = analyze_unit(self.region, prepared, params, model, client=client,
+                                       budget=XCOM_BUDGET_BYTES,
+                                       attempt=int(context["ti"].try_number),
+                                       max_pixels=run_limits().max_pixels)
+            return _observed(finding, prepared.ready_at, context)
+        if is_work_unit(self.region):  # a video's frames, or several regions of one image
+            from tilescope.tasks.image import analyze_unit as analyze_image_unit
+            from tilescope.tasks.video import analyze_frames
 
-                run = partial(analyze_unit, max_pixels=run_limits().max_pixels)
-            elif self.prepared.get("video"):
-                from tilescope.tasks.video import analyze_frames
-
-                run = analyze_frames
-            else:  # several regions of one image (tilescope.tasks.image.image_units)
-                from tilescope.tasks.image import analyze_unit as analyze_image_unit
-
-                run = analyze_image_unit
-            with task_outcome(), load_model(params.model,
-                                            **_model_options(params, self.prepared)) as model:
-                finding = run(self.region, self.prepared, params, model, client=client,
+            # (tilescope.tasks.image.image_units)
+            run = analyze_frames if prepared.video else analyze_image_unit
+            with task_outcome(), load_model(params.model, **options) as model:
+                finding = run(self.region, prepared, params, model, client=client,
                               budget=XCOM_BUDGET_BYTES, attempt=int(context["ti"].try_number))
-            return _observed(finding, self.prepared, context)
-        with task_outcome(), load_model(params.model,
-                                        **_model_options(params, self.prepared)) as model:
+            return _observed(finding, prepared.ready_at, context)
+        with task_outcome(), load_model(params.model, **options) as model:
             if is_deferrable(model):
-                submitted = submit_region(self.region, self.prepared["source_uri"], model,
+                submitted = submit_region(self.region, prepared.source_uri, model,
                                           client=client)
                 self.log.info("Region %s: %d slices submitted to %s; deferring",
                               self.region["name"], len(submitted.invocations),
@@ -98,10 +101,10 @@ class AnalyzeRegionOperator(BaseOperator):
                                carry=submitted.carry),
                            method_name="execute_complete",
                            timeout=timedelta(seconds=model.max_wait + DEFER_MARGIN_SECONDS))
-            finding = analyze(self.region, self.prepared["source_uri"], params, model,
-                              client=client, scratch_prefix=self.prepared["scratch_prefix"],
+            finding = analyze(self.region, prepared.source_uri, params, model,
+                              client=client, scratch_prefix=prepared.scratch_prefix,
                               attempt=int(context["ti"].try_number))
-        return _observed(finding, self.prepared, context)
+        return _observed(finding, prepared.ready_at, context)
 
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
         """Resumed by the trigger's event: read the outputs and finish the region."""
@@ -109,9 +112,11 @@ class AnalyzeRegionOperator(BaseOperator):
         from tilescope.airflow.connections import s3_client
         from tilescope.airflow.triggers import outcomes_from_event
         from tilescope.deferred import SubmittedRegion
+        from tilescope.handoffs import Prepared
         from tilescope.models import load_model
         from tilescope.tasks.image import finish_region
 
+        prepared = Prepared.from_dict(self.prepared)  # only a one-image run's region defers
         context["region_label"] = region_label(self.region)
         params = _params(context)
         submitted = SubmittedRegion.from_parts(event["invocations"], event["carry"])
@@ -121,17 +126,27 @@ class AnalyzeRegionOperator(BaseOperator):
             finding = finish_region(self.region, submitted, outcomes, params,
                                     cast("SageMakerAsyncModel", model),
                                     client=s3_client(),
-                                    scratch_prefix=self.prepared["scratch_prefix"],
+                                    scratch_prefix=prepared.scratch_prefix,
                                     attempt=int(context["ti"].try_number))
-        return _observed(finding, self.prepared, context)
+        return _observed(finding, prepared.ready_at, context)
 
 
-def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
+def _mapped_tasks(prepared: Prepared | BatchPrepared) -> int | None:
+    """How many mapped analyze tasks the run has: its work units, else its regions."""
+    from tilescope.handoffs import BatchPrepared
+
+    if isinstance(prepared, BatchPrepared):
+        return prepared.units
+    return prepared.units or prepared.plan.get("regions")
+
+
+def _model_options(params: Any, *, tasks: int | None, video: bool) -> dict[str, Any]:
     """The model's options for this task: the run's, plus — for an embedded model whose slice
     threads the run does not set — sharing the machine's cores with the run's other mapped
     tasks running beside it (a batch's or a video's units, an image's regions): one core
     held, the free ones borrowed call by call (:class:`tilescope.models.onnx_cpu.CoreSlots`);
-    a model without ``share_cores`` gets a fixed share of the cores instead."""
+    a model without ``share_cores`` gets a fixed share of the cores instead (``tasks``: the
+    run's mapped analyze tasks; ``video``: a video's, which run one frame's slices apiece)."""
     import inspect
 
     from tilescope.models.onnx_cpu import shared_slice_workers
@@ -147,9 +162,7 @@ def _model_options(params: Any, prepared: Mapping[str, Any]) -> dict[str, Any]:
     if "share_cores" in accepted:
         options.setdefault("share_cores", True)
         return options
-    tasks = (prepared.get("batch") or {}).get("units") or prepared.get("units") or \
-        (prepared.get("plan") or {}).get("regions")
-    if tasks and not prepared.get("video") and "parallel_slices" in accepted:
+    if tasks and not video and "parallel_slices" in accepted:
         options["parallel_slices"] = shared_slice_workers(int(tasks))
     return options
 
@@ -160,8 +173,7 @@ def _params(context: Any) -> Any:
     return InferenceParams.from_dict(context["params"])
 
 
-def _observed(finding: dict[str, Any], prepared: Mapping[str, Any],
-              context: Any) -> dict[str, Any]:
+def _observed(finding: dict[str, Any], ready_at: float, context: Any) -> dict[str, Any]:
     from tilescope.airflow.metrics import observe_region
 
-    return observe_region(finding, prepared, context["ti"])  # queue wait, StatsD
+    return observe_region(finding, ready_at, context["ti"])  # queue wait, StatsD

@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,8 +49,19 @@ CLAIMS = sa.Table(
     sa.Index("ix_tilescope_claims_run_id", "run_id"),
 )
 
-CLAIMED, TRIGGERED, PROCESSED, QUARANTINED, FAILED = (
-    "claimed", "triggered", "processed", "quarantined", "failed")
+class ClaimState(StrEnum):
+    """Where a claim is in its lifecycle (its row's ``status``; see the module docstring).
+    A ``StrEnum``: each state equals the string stored in the catalog."""
+
+    CLAIMED = "claimed"
+    TRIGGERED = "triggered"
+    PROCESSED = "processed"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+
+
+#: the states by name, as the rest of intake spells them
+CLAIMED, TRIGGERED, PROCESSED, QUARANTINED, FAILED = ClaimState
 #: run ids of batch runs start with this (a stored run id without it is a single claim's)
 BATCH_PREFIX = "arrivals__"
 #: rows per statement in bulk operations (SQLite allows 32,766 bound parameters)
@@ -288,8 +300,8 @@ def assign_batch(engine: sa.Engine, claims: Sequence[Claim], run_id: str) -> lis
     return [replace(c, batch_run_id=run_id) for c in claims if c.version in stored]
 
 
-def mark_runs(engine: sa.Engine, run_ids: Iterable[str], status: str = TRIGGERED,
-              only_if: tuple[str, ...] = (CLAIMED,)) -> int:
+def mark_runs(engine: sa.Engine, run_ids: Iterable[str], status: ClaimState = TRIGGERED,
+              only_if: tuple[ClaimState, ...] = (CLAIMED,)) -> int:
     """Move every claim stored under one of these batch run ids (and in ``only_if``) to
     ``status``; how many moved."""
     ids = sorted(set(run_ids))
@@ -307,8 +319,8 @@ def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def mark(engine: sa.Engine, claim_: Claim, status: str, *, error: str | None = None,
-         only_if: tuple[str, ...] | None = None) -> bool:
+def mark(engine: sa.Engine, claim_: Claim, status: ClaimState, *, error: str | None = None,
+         only_if: tuple[ClaimState, ...] | None = None) -> bool:
     """Move a claim to ``status`` (optionally only from the ``only_if`` states)."""
     where = ((CLAIMS.c.bucket == claim_.bucket) & (CLAIMS.c.key == claim_.key)
              & (CLAIMS.c.etag == claim_.etag))

@@ -43,6 +43,7 @@ from tilescope.intake.claims import (
     QUARANTINED,
     TRIGGERED,
     Claim,
+    ClaimState,
     assign_batch,
     batch_members,
     batch_run_id,
@@ -443,7 +444,8 @@ def quarantine_claimed(client: S3Client, engine: sa.Engine, owned: Claim, *, rea
     return target
 
 
-def settle(client: S3Client, engine: sa.Engine, owned: Claim, *, stored: bool) -> str:
+def settle(client: S3Client, engine: sa.Engine, owned: Claim, *,
+           stored: bool) -> ClaimState:
     """End of a claimed run: ``processed`` (original moved), or why it did not get there.
 
     Returns ``processed``, ``quarantined`` or ``failed`` (claim released for another attempt

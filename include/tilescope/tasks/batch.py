@@ -39,17 +39,19 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from tilescope.errors import (
     BadImageError,
     ConfigError,
+    HandoffError,
     ImageBlockedError,
     ImageTooLargeError,
     RegionsFailedError,
     TilescopeError,
 )
+from tilescope.handoffs import BatchPrepared, BatchStoreSummary, Prepared
 from tilescope.layout import BatchLayout
 from tilescope.limits import RunLimits
 from tilescope.models.base import DetectionModel
@@ -102,7 +104,7 @@ class BatchItem:
     plan: dict[str, Any] | None = None  # SlicePlan.summary()
     #: read whole by its unit; otherwise ``prepared`` is a single-image run's preparation
     whole: bool = True
-    prepared: dict[str, Any] | None = None
+    prepared: Prepared | None = None
     #: a video: the source number of its first sampled frame (the others follow)
     first_source: int | None = None
     moderation: dict[str, Any] | None = None
@@ -117,19 +119,32 @@ class BatchItem:
 
     @property
     def video(self) -> bool:
-        return bool(self.prepared and self.prepared.get("video"))
+        return bool(self.prepared and self.prepared.video)
+
+    @property
+    def staged(self) -> Prepared:
+        """The preparation of a big image or a video (prepared as a run of its own)."""
+        if self.prepared is None:
+            raise HandoffError(f"{self.uri} was planned to be read whole: no preparation")
+        return self.prepared
 
     @property
     def frame_count(self) -> int:
         """How many sampled frames (unit sources) a video has; 0 for an image."""
-        return len((self.prepared or {}).get("video", {}).get("frames", [])) if self.video else 0
+        return len(self.prepared.video_frames) if self.prepared else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.prepared is not None:
+            data["prepared"] = self.prepared.to_dict()
+        return {k: v for k, v in data.items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchItem:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if known.get("prepared") is not None:
+            known["prepared"] = Prepared.from_dict(known["prepared"])
+        return cls(**known)
 
 
 def batch_entries(params: Mapping[str, Any], *, client: S3Client) -> list[dict[str, Any]]:
@@ -231,12 +246,13 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                 return item
             reader.close()
         # big, tiled or a video: prepared exactly as a run of its own would prepare it
-        prepared = prepare(item.uri, params, client=client, run=f"{run}-{index}",
-                           model_slice_size=model_slice_size, moderation=moderation,
-                           limits=limits)
+        # (its own regions or units are not kept: prepare_batch packs every source anew)
+        _, prepared = prepare(item.uri, params, client=client, run=f"{run}-{index}",
+                              model_slice_size=model_slice_size, moderation=moderation,
+                              limits=limits)
         item.whole = False
-        item.image, item.plan = prepared["image"], prepared["plan"]
-        item.moderation = prepared.get("moderation")
+        item.image, item.plan = prepared.image.to_dict(), prepared.plan
+        item.moderation = prepared.moderation
         item.prepared = prepared
     except TilescopeError as exc:
         if exc.retryable:
@@ -285,7 +301,7 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
                   client: S3Client, run: str, model_slice_size: int,
                   slice_seconds: float | None = None, limits: RunLimits | None = None,
                   moderation: ModerationPolicy | None = None
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  ) -> tuple[list[dict[str, Any]], BatchPrepared]:
     """Plan every image and pack the work units. Returns ``(items to map over, prepared)``:
     the mapped items are work units (of images and videos' frames alike); ``prepared`` is
     small — the plan itself is written to ``<scratch>/plan.json``."""
@@ -303,8 +319,6 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     for item in items:
         if item.bad:
             continue
-        if item.prepared:
-            item.prepared.pop("regions", None)  # a run of its own's units: packed here anew
         plan = SlicePlan.from_summary(item.plan or {})
         if item.video:  # its sampled frames are sources like any other
             from tilescope.tasks.video import frame_sources
@@ -320,11 +334,10 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     mapped = [{**unit.to_dict(), "name": _unit_label(unit, table)} for unit in units]
     write_bytes(layout.plan_uri, json.dumps(
         {"items": [i.to_dict() for i in items]}).encode(), "application/json", client)
-    prepared = {"batch": {"plan_uri": layout.plan_uri, "images": len(items),
-                          "bad": sum(1 for i in items if i.bad), "units": len(units),
-                          "outcomes_uri": layout.outcomes_uri},
-                "scratch_prefix": layout.scratch_uri, "ready_at": time.time()}
-    return mapped, prepared
+    return mapped, BatchPrepared(plan_uri=layout.plan_uri, outcomes_uri=layout.outcomes_uri,
+                                 images=len(items), bad=sum(1 for i in items if i.bad),
+                                 units=len(units), scratch_prefix=layout.scratch_uri,
+                                 ready_at=time.time())
 
 
 class _SourceTable:
@@ -352,7 +365,7 @@ class _SourceTable:
         item, position = self.item(source)
         if position is None:
             return item.name
-        index = int((item.prepared or {})["video"]["frames"][position][0])
+        index = int(item.prepared.video_frames[position][0]) if item.prepared else 0
         return f"{item.name} f{index}"
 
 
@@ -373,13 +386,13 @@ def _unit_label(unit: WorkUnit, table: _SourceTable) -> str:
     return f"{first} … {last} ({len(sources)} {what})"
 
 
-def load_items(prepared: Mapping[str, Any], client: S3Client) -> list[BatchItem]:
+def load_items(prepared: BatchPrepared, client: S3Client) -> list[BatchItem]:
     """The batch's items from its ``plan.json``."""
-    doc = json.loads(read_bytes(prepared["batch"]["plan_uri"], client))
+    doc = json.loads(read_bytes(prepared.plan_uri, client))
     return [BatchItem.from_dict(d) for d in doc["items"]]
 
 
-def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
+def analyze_unit(unit_data: Mapping[str, Any], prepared: BatchPrepared,
                  params: InferenceParams, model: DetectionModel, *, client: S3Client,
                  budget: int, attempt: int = 1,
                  max_pixels: int | None = None) -> dict[str, Any]:
@@ -400,11 +413,11 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
             if item.index not in frames:
                 from tilescope.tasks.video import frame_opener
 
-                frames[item.index] = frame_opener(item.prepared or {}, client,
+                frames[item.index] = frame_opener(item.staged, client,
                                                   item.first_source or 0)
             return frames[item.index](source)
         if not item.whole:
-            return open_source((item.prepared or {})["source_uri"], client)
+            return open_source(item.staged.source_uri, client)
         # small ones decoded here, on the read-ahead thread, while the model runs
         reader = reopen_planned(item.uri, (item.image or {}).get("sha256", ""), client=client,
                                 max_pixels=max_pixels or RunLimits().max_pixels,
@@ -433,7 +446,7 @@ def analyze_unit(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
                            on_source_done=write_companions)
         for write in writes:
             write.result()
-    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+    return unit_payload(finding, unit, prepared.scratch_prefix, budget, client)
 
 
 def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
@@ -463,7 +476,7 @@ def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
     write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
 
 
-def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, Any] | None],
+def combine_batch(prepared: BatchPrepared, findings: Iterable[Mapping[str, Any] | None],
                   params: InferenceParams, model_name: str, *, client: S3Client,
                   run_started: float | None = None) -> str:
     """Merge each image's findings into its Result (``min_success_ratio`` per image) and
@@ -486,11 +499,11 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
                 from tilescope.tasks.video import video_result
 
                 first = item.first_source or 0
-                result = video_result(item.prepared or {}, {
+                result = video_result(item.staged, {
                     position: regions.get(first + position, [])
                     for position in range(item.frame_count)}, params, model_name)
             else:
-                result = combine(item.prepared or {},
+                result = combine(item.staged,
                                  [f.to_dict() for f in regions.get(item.index, [])], params,
                                  model_name, client=client)
             if run_started is not None:
@@ -501,7 +514,7 @@ def combine_batch(prepared: Mapping[str, Any], findings: Iterable[Mapping[str, A
         except RegionsFailedError as exc:
             entry.update(status=FAILED, error=str(exc), error_class=type(exc).__name__)
         entries.append(entry)
-    uri = prepared["scratch_prefix"] + RESULTS_NAME
+    uri = prepared.scratch_prefix + RESULTS_NAME
     write_bytes(uri, json.dumps({"results": entries}).encode(), "application/json", client)
     return uri
 
@@ -534,9 +547,9 @@ class ItemOutcome:
                 "result": self.keys.get("result")}
 
 
-def store_batch(results_uri: str, prepared: Mapping[str, Any], params: InferenceParams, *,
+def store_batch(results_uri: str, prepared: BatchPrepared, params: InferenceParams, *,
                 client: S3Client, catalog_url: str | None, run_id: str | None = None
-                ) -> tuple[dict[str, Any], list[ItemOutcome]]:
+                ) -> tuple[BatchStoreSummary, list[ItemOutcome]]:
     """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
     ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
     in a run of its own. Writes the per-image outcomes to the batch's ``outcomes.json``.
@@ -571,14 +584,14 @@ def store_batch(results_uri: str, prepared: Mapping[str, Any], params: Inference
         finally:
             engine.dispose()
     outcomes = [outcome for outcome, _ in done]
-    write_bytes(prepared["batch"]["outcomes_uri"],
+    write_bytes(prepared.outcomes_uri,
                 json.dumps({"run_id": run_id, "outcomes": [asdict(o) for o in outcomes]}
                            ).encode(), "application/json", client)
     stored = [o for o in outcomes if o.status == STORED]
-    return ({"batch": True, "images": len(outcomes), "stored": len(stored),
-             "bad": sum(1 for o in outcomes if o.status == BAD),
-             "failed": sum(1 for o in outcomes if o.status == FAILED),
-             "detections": sum(o.detections or 0 for o in stored)}, outcomes)
+    return BatchStoreSummary(images=len(outcomes), stored=len(stored),
+                             bad=sum(1 for o in outcomes if o.status == BAD),
+                             failed=sum(1 for o in outcomes if o.status == FAILED),
+                             detections=sum(o.detections or 0 for o in stored)), outcomes
 
 
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
@@ -589,31 +602,31 @@ def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
     from tilescope.tasks.image import result_targets, store_result
 
     if not item.whole:
-        return store_result(result, item.prepared or {}, params, client=client,
-                            catalog_url=None)["keys"]
+        return store_result(result, item.staged, params, client=client,
+                            catalog_url=None).keys
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
     write_bytes(targets.result, result_json(result), "application/json", client)
     return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
 
 
-def batch_event(prepared: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+def batch_event(prepared: BatchPrepared, summary: BatchStoreSummary) -> dict[str, Any]:
     """The one results-asset event extra of a big batch: where its per-image outcomes are,
     and its totals (consumers read the images from the outcomes document)."""
-    return {"batch": {"outcomes": prepared["batch"]["outcomes_uri"],
-                      "images": summary["images"], "stored": summary["stored"]},
-            "detections": summary["detections"], "status": "batch"}
+    return {"batch": {"outcomes": prepared.outcomes_uri,
+                      "images": summary.images, "stored": summary.stored},
+            "detections": summary.detections, "status": "batch"}
 
 
-def load_outcomes(prepared: Mapping[str, Any], client: S3Client) -> list[ItemOutcome] | None:
+def load_outcomes(prepared: BatchPrepared, client: S3Client) -> list[ItemOutcome] | None:
     """The outcomes ``store_batch`` wrote, or ``None`` if store never got that far."""
     try:
-        doc = json.loads(read_bytes(prepared["batch"]["outcomes_uri"], client))
+        doc = json.loads(read_bytes(prepared.outcomes_uri, client))
     except BadImageError:  # missing object
         return None
     return [ItemOutcome(**o) for o in doc["outcomes"]]
 
 
-def settle_batch(prepared: Mapping[str, Any], *, client: S3Client, engine: sa.Engine | None,
+def settle_batch(prepared: BatchPrepared, *, client: S3Client, engine: sa.Engine | None,
                  run_id: str | None) -> list[ItemOutcome]:
     """End of a batch run: each claimed image's original to ``processed/`` (stored),
     ``quarantine/`` with its reason (bad input), or its claim released (anything else);
@@ -651,5 +664,5 @@ def settle_batch(prepared: Mapping[str, Any], *, client: S3Client, engine: sa.En
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="settle") as pool:
         list(pool.map(settle_one, outcomes))
     if store_ran:
-        delete_prefix(prepared["scratch_prefix"], client)
+        delete_prefix(prepared.scratch_prefix, client)
     return outcomes

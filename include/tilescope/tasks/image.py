@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from tilescope import deferred
 from tilescope.deferred import SubmittedRegion
 from tilescope.detections import Detections
 from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
+from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import (
     THUMBNAIL,
     THUMBNAIL_SIDE,
@@ -58,7 +59,7 @@ from tilescope.results import (
     detections_from_compact,
     detections_to_compact,
 )
-from tilescope.slicing import MAX_MAP_LENGTH, Region, SlicePlan
+from tilescope.slicing import MAX_MAP_LENGTH, Region
 from tilescope.storage import (
     S3Client,
     object_size,
@@ -89,18 +90,18 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
             max_bytes: int = DEFAULT_MAX_BYTES,
             moderation: ModerationPolicy | None = None,
             full_image_model: DetectionModel | None = None,
-            limits: RunLimits | None = None) -> dict[str, Any]:
+            limits: RunLimits | None = None) -> tuple[list[dict[str, Any]], Prepared]:
     """Validate the image, plan its regions, stage its pixels for region tasks.
 
     ``limits`` (default: ``max_pixels`` and the default slice and region budgets) refuses a
     plan over budget from the image header, before the pixels are decoded.
 
-    Returns ``{"image", "plan", "regions", "source_uri", "thumbnail_uri", "scratch_prefix",
-    "full_image"}`` — boxes and keys only, never pixels. ``full_image`` holds the detections
-    of one whole-image pass when ``full_image_model`` is given (the image is decoded here).
-    ``moderation`` gates the image before anything is staged: a blocked image raises
-    :class:`ImageBlockedError` (carrying the verdict); a passed one keeps its verdict in
-    ``"moderation"``.
+    Returns ``(regions, prepared)``: the regions to map analyze over (``Region.to_dict``;
+    a video's work units) and the :class:`~tilescope.handoffs.Prepared` hand-off — boxes and
+    keys only, never pixels. Its ``full_image`` holds the detections of one whole-image pass
+    when ``full_image_model`` is given (the image is decoded here). ``moderation`` gates the
+    image before anything is staged: a blocked image raises :class:`ImageBlockedError`
+    (carrying the verdict); a passed one keeps its verdict in ``prepared.moderation``.
     """
     size = object_size(image_uri, client)
     if size == 0:
@@ -143,13 +144,12 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
     # encoded once the reader has let the decoded image go: the two never add up
     thumbnail_uri = scratch.uri(THUMBNAIL)
     write_bytes(thumbnail_uri, png_bytes(thumbnail), "image/png", client)
-    return {"image": image.to_dict(), "plan": plan.summary(),
-            "regions": [r.to_dict() for r in plan.regions], "source_uri": source_uri,
-            "thumbnail_uri": thumbnail_uri, "full_image": full_image,
-            "full_image_names": open_names(full_image_model) if full_image_model else None,
-            "moderation": verdict,
-            "scratch_prefix": f"s3://{scratch.bucket}/{scratch.prefix}",
-            "ready_at": time.time()}  # regions may run from now: their queue wait starts
+    return [r.to_dict() for r in plan.regions], Prepared(
+        image=image, plan=plan.summary(), source_uri=source_uri, thumbnail_uri=thumbnail_uri,
+        full_image=full_image,
+        full_image_names=open_names(full_image_model) if full_image_model else None,
+        moderation=verdict, scratch_prefix=f"s3://{scratch.bucket}/{scratch.prefix}",
+        ready_at=time.time())  # regions may run from now: their queue wait starts
 
 
 def open_input(uri: str, head: bytes, *, client: S3Client, size: int,
@@ -204,7 +204,7 @@ def analyze(region: dict[str, Any], source_uri: str, params: InferenceParams,
     return finding_payload(finding, scratch_prefix, client)
 
 
-def image_units(prepared: dict[str, Any], params: InferenceParams, *,
+def image_units(prepared: Prepared, params: InferenceParams, *,
                 slice_seconds: float | None, workers: int,
                 max_units: int = MAX_MAP_LENGTH) -> list[dict[str, Any]] | None:
     """What a one-image run maps ``analyze`` over when its regions are packed into work
@@ -214,27 +214,27 @@ def image_units(prepared: dict[str, Any], params: InferenceParams, *,
     fan-out: one task a region, as documented) and the model runs on the worker's cores and
     says what a slice costs (``slice_seconds``): a remote model's time is network-bound, and
     more tasks in flight are what make it faster. A video's frames are packed already."""
-    if params.grid != "auto" or not slice_seconds or prepared.get("video"):
+    if params.grid != "auto" or not slice_seconds or prepared.video:
         return None
-    units = region_units(SlicePlan.from_summary(prepared["plan"]),
+    units = region_units(prepared.slice_plan(),
                          unit_slice_budget(slice_seconds), workers=workers,
                          max_units=max_units)
     return [unit.to_dict() for unit in units] if units else None
 
 
-def analyze_unit(unit_data: dict[str, Any], prepared: dict[str, Any], params: InferenceParams,
+def analyze_unit(unit_data: Mapping[str, Any], prepared: Prepared, params: InferenceParams,
                  model: DetectionModel, *, client: S3Client, budget: int = XCOM_BUDGET_BYTES,
                  attempt: int = 1) -> dict[str, Any]:
     """One work unit of a one-image run (several of its regions, one task) → the unit's
     finding dict. The source is opened once for all of them; each region is analyzed and
     merged exactly as :func:`analyze` does it."""
     unit = WorkUnit.from_dict(unit_data)
-    finding = run_unit(unit, {0: SlicePlan.from_summary(prepared["plan"])}, {0: False},
-                       lambda _: open_source(prepared["source_uri"], client), model, params,
+    finding = run_unit(unit, {0: prepared.slice_plan()}, {0: False},
+                       lambda _: open_source(prepared.source_uri, client), model, params,
                        attempt=attempt)
     if finding.bad:  # the image itself turned out unreadable: no retry can help
         raise BadImageError(finding.bad[0])
-    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+    return unit_payload(finding, unit, prepared.scratch_prefix, budget, client)
 
 
 def finding_payload(finding: RegionFinding, scratch_prefix: str,
@@ -267,7 +267,7 @@ def finish_region(region: dict[str, Any], submitted: SubmittedRegion,
     return finding_payload(finding, scratch_prefix, client)
 
 
-def load_finding(data: dict[str, Any], client: S3Client) -> RegionFinding:
+def load_finding(data: Mapping[str, Any], client: S3Client) -> RegionFinding:
     """A finding dict from :func:`analyze`, with offloaded detections fetched back."""
     finding = RegionFinding.from_dict(data)
     if data.get("detections_uri"):
@@ -276,7 +276,7 @@ def load_finding(data: dict[str, Any], client: S3Client) -> RegionFinding:
     return finding
 
 
-def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
+def combine(prepared: Prepared, findings: Sequence[Mapping[str, Any] | None],
             params: InferenceParams, model_name: str, *, client: S3Client,
             run_started: float | None = None) -> Result:
     """Merge the findings of every region (``min_success_ratio`` enforced) into a Result.
@@ -285,24 +285,24 @@ def combine(prepared: dict[str, Any], findings: list[dict[str, Any] | None],
     ``run_started`` (epoch seconds) adds the run's wall time as ``seconds.total`` (so the
     summary's ``model_share`` is model time over the whole run), plus region sums.
     """
-    if prepared.get("video"):  # merged per frame, never across frames
+    if prepared.video:  # merged per frame, never across frames
         from tilescope.tasks.video import combine_video
 
         return combine_video(prepared, findings, params, model_name, client=client,
                              run_started=run_started)
-    plan = SlicePlan.from_summary(prepared["plan"])
+    plan = prepared.slice_plan()
     present = [f for f in findings if f]
     if present and is_unit_payload(present[0]):  # regions packed into units
         loaded = source_findings(present, client)[0].get(0, [])
     else:
         loaded = [load_finding(f, client) for f in present]
-    result = synthesize(ImageInfo.from_dict(prepared["image"]), plan, loaded, params,
+    result = synthesize(prepared.image, plan, loaded, params,
                         model_name=model_name, category_names=model_categories(model_name),
                         coco_category_ids=model_coco_ids(model_name),
-                        full_image_names=prepared.get("full_image_names"),
-                        moderation=prepared.get("moderation"),
-                        full_image=detections_from_compact(prepared["full_image"])
-                        if prepared.get("full_image") else None)
+                        full_image_names=prepared.full_image_names,
+                        moderation=prepared.moderation,
+                        full_image=detections_from_compact(prepared.full_image)
+                        if prepared.full_image else None)
     if run_started is not None:
         from tilescope.outputs.metrics import run_seconds
 
@@ -328,8 +328,8 @@ def result_targets(bucket: str, image_id: str, params: InferenceParams) -> Resul
     return ResultTargets(**results_layout(bucket, image_id, params).artifacts())
 
 
-def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
-          client: S3Client, catalog_url: str | None, run_id: str | None = None) -> dict[str, Any]:
+def store(result_uri: str, prepared: Prepared, params: InferenceParams, *,
+          client: S3Client, catalog_url: str | None, run_id: str | None = None) -> StoreSummary:
     """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
     remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
@@ -337,22 +337,22 @@ def store(result_uri: str, prepared: dict[str, Any], params: InferenceParams, *,
                         run_id=run_id)
 
 
-def store_result(result: Result, prepared: dict[str, Any], params: InferenceParams, *,
+def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
                  client: S3Client, catalog_url: str | None,
-                 run_id: str | None = None) -> dict[str, Any]:
+                 run_id: str | None = None) -> StoreSummary:
     """:func:`store` for a result already in hand (a batch's big image)."""
     from PIL import Image
 
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
-    thumbnail_png = read_bytes(prepared["thumbnail_uri"], client)
+    thumbnail_png = read_bytes(prepared.thumbnail_uri, client)
     with Image.open(io.BytesIO(thumbnail_png)) as thumb:
         thumbnail = np.asarray(thumb.convert("RGB"))
     # The plain picture outlives scratch: the results viewer draws its boxes over it.
     write_bytes(results_layout(bucket, result.image.image_id, params).uri(THUMBNAIL),
                 thumbnail_png, "image/png", client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
-    if prepared.get("video"):  # a contact sheet of annotated frames
+    if prepared.video:  # a contact sheet of annotated frames
         from tilescope.tasks.video import video_overlay_png
 
         overlay = video_overlay_png(result, prepared, client)
@@ -360,7 +360,7 @@ def store_result(result: Result, prepared: dict[str, Any], params: InferencePara
         overlay = overlay_png(result, thumbnail)
     write_bytes(targets.overlay, overlay, "image/png", client)
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
-    keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    keys = targets.keys()
     if catalog_url:
         from tilescope.outputs.catalog import connect, record_result
 
@@ -369,9 +369,10 @@ def store_result(result: Result, prepared: dict[str, Any], params: InferencePara
             record_result(engine, result, params.digest(), keys, run_id)
         finally:
             engine.dispose()
-    deleted = delete_prefix(prepared["scratch_prefix"], client)
-    return {"image_id": result.image.image_id, "image_uri": result.image.uri,
-            "status": result.status, "detections": len(result.detections),
-            "counts": result.counts(), "failed_regions": result.failed_regions,
-            "regions": len(result.regions), "model_share": result.summary()["model_share"],
-            "keys": keys, "scratch_objects_deleted": deleted}
+    deleted = delete_prefix(prepared.scratch_prefix, client)
+    return StoreSummary(image_id=result.image.image_id, image_uri=result.image.uri,
+                        status=result.status, detections=len(result.detections),
+                        counts=result.counts(), failed_regions=result.failed_regions,
+                        regions=len(result.regions),
+                        model_share=result.summary()["model_share"], keys=keys,
+                        scratch_objects_deleted=deleted)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tilescope.errors import BadImageError, ConfigError, StorageError
+from tilescope.handoffs import Prepared
 from tilescope.layout import (
     THUMBNAIL,
     THUMBNAIL_SIDE,
@@ -113,11 +114,12 @@ def local_copy(uri: str, client: S3Client | None) -> Iterator[tuple[str, str]]:
 def prepare_video(uri: str, params: InferenceParams, *, container: str, client: S3Client,
                   run: str, model_slice_size: int, limits: RunLimits,
                   moderation: ModerationPolicy | None = None,
-                  full_image_model: DetectionModel | None = None) -> dict[str, Any]:
-    """Check, sample, stage and plan a video; the same keys as an image's ``prepare`` plus
-    ``video`` (the stream's facts, the sampled frames as ``[frame_index, timestamp_ms]``
-    rows, the contact sheet's cells). ``regions`` holds the work units to map over: the
-    frames' regions packed by model cost, at most ``limits.max_regions`` of them.
+                  full_image_model: DetectionModel | None = None
+                  ) -> tuple[list[dict[str, Any]], Prepared]:
+    """Check, sample, stage and plan a video: ``(units, prepared)`` as an image's
+    ``prepare``, with ``prepared.video`` (the stream's facts, the sampled frames as
+    ``[frame_index, timestamp_ms]`` rows, the contact sheet's cells). The units to map over
+    are the frames' regions packed by model cost, at most ``limits.max_regions`` of them.
 
     Over-budget videos are refused from the header before decoding; a stream found truncated
     or corrupt while decoding removes whatever was staged before the error is raised.
@@ -158,14 +160,13 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
         except BaseException:
             delete_prefix(scratch.prefix_uri, client)
             raise
-    return {"image": image.to_dict(), "plan": sampled.plan.summary(), "regions": units,
-            "source_uri": frames_prefix, "thumbnail_uri": thumbnail_uri, "full_image": None,
-            "full_image_names": None, "moderation": verdict,
-            "scratch_prefix": scratch.prefix_uri,
-            "video": {**sampled.describe(params),
-                      "frames": [[f.frame_index, f.timestamp_ms] for f in sampled.frames],
-                      "sheet": {"uri": sheet_uri, **layout}},
-            "ready_at": time.time()}
+    return units, Prepared(
+        image=image, plan=sampled.plan.summary(), source_uri=frames_prefix,
+        thumbnail_uri=thumbnail_uri, moderation=verdict, scratch_prefix=scratch.prefix_uri,
+        video={**sampled.describe(params),
+               "frames": [[f.frame_index, f.timestamp_ms] for f in sampled.frames],
+               "sheet": {"uri": sheet_uri, **layout}},
+        ready_at=time.time())
 
 
 def _plain_sheet(cells: list[tuple[int, Any]]) -> Any:
@@ -235,51 +236,51 @@ def open_frame(frames_prefix: str, frame_index: int, plan: SlicePlan,
         raise StorageError(f"staged frame {uri} is unreadable: {exc}") from exc
 
 
-def frame_opener(prepared: Mapping[str, Any], client: S3Client, first: int = 0) -> OpenReader:
+def frame_opener(prepared: Prepared, client: S3Client, first: int = 0) -> OpenReader:
     """Opens a prepared video's frames as unit sources ``first, first + 1, …`` (through
     :func:`open_frame`)."""
-    indices = [int(i) for i, _ in prepared["video"]["frames"]]
-    plan = SlicePlan.from_summary(prepared["plan"])
+    indices = [int(i) for i, _ in prepared.video_frames]
+    plan = prepared.slice_plan()
 
     def open_reader(source: int) -> ImageReader:
-        return open_frame(prepared["source_uri"], indices[source - first], plan, client)
+        return open_frame(prepared.source_uri, indices[source - first], plan, client)
 
     return open_reader
 
 
-def analyze_frames(unit_data: Mapping[str, Any], prepared: Mapping[str, Any],
+def analyze_frames(unit_data: Mapping[str, Any], prepared: Prepared,
                    params: InferenceParams, model: DetectionModel, *, client: S3Client,
                    budget: int, attempt: int = 1) -> dict[str, Any]:
     """One work unit of a video's own run → its finding dict (region findings per frame
     position; over ``budget`` bytes written to scratch and passed as a key)."""
     unit = WorkUnit.from_dict(unit_data)
-    plan = SlicePlan.from_summary(prepared["plan"])
+    plan = prepared.slice_plan()
     finding = run_unit(unit, dict.fromkeys(unit.sources, plan),
                        dict.fromkeys(unit.sources, False), frame_opener(prepared, client),
                        model, params, attempt=attempt)
-    return unit_payload(finding, unit, prepared["scratch_prefix"], budget, client)
+    return unit_payload(finding, unit, prepared.scratch_prefix, budget, client)
 
 
-def video_result(prepared: Mapping[str, Any],
+def video_result(prepared: Prepared,
                  per_frame: Mapping[int, Sequence[RegionFinding]], params: InferenceParams,
                  model_name: str) -> Result:
     """Merge the region findings of each frame (keyed by its position among the sampled
     frames) into the video's Result: per frame, never across frames. Regions without a
     finding count as failed units; ``min_success_ratio`` applies to all units."""
-    video = dict(prepared["video"])
+    video = dict(prepared.video or {})
     frames = [VideoFrame(int(i), float(ms)) for i, ms in video.pop("frames")]
     video.pop("sheet", None)
-    plan = SlicePlan.from_summary(prepared["plan"])
-    result = synthesize_video(ImageInfo.from_dict(prepared["image"]), frames, plan,
+    plan = prepared.slice_plan()
+    result = synthesize_video(prepared.image, frames, plan,
                               frame_findings(frames, plan, per_frame), params,
                               model_name=model_name, category_names=model_categories(model_name),
                               coco_category_ids=model_coco_ids(model_name), video=video)
-    if prepared.get("moderation") is not None:
-        result.moderation = prepared["moderation"]
+    if prepared.moderation is not None:
+        result.moderation = prepared.moderation
     return result
 
 
-def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, Any] | None],
+def combine_video(prepared: Prepared, findings: Sequence[Mapping[str, Any] | None],
                   params: InferenceParams, model_name: str, *, client: S3Client,
                   run_started: float | None = None) -> Result:
     """The video's Result from its units' finding dicts (units of failed tasks are missing:
@@ -296,8 +297,8 @@ def combine_video(prepared: Mapping[str, Any], findings: Sequence[Mapping[str, A
     return result
 
 
-def video_overlay_png(result: Result, prepared: dict[str, Any], client: S3Client) -> bytes:
+def video_overlay_png(result: Result, prepared: Prepared, client: S3Client) -> bytes:
     """The contact sheet of a stored video result, from the cells preprocess kept."""
-    sheet = prepared["video"]["sheet"]
+    sheet = (prepared.video or {})["sheet"]
     return render_contact_sheet(result, unpack_cells(read_bytes(sheet["uri"], client), sheet))
 
