@@ -1,4 +1,5 @@
-"""Budgets a run must fit before any region task exists: decoded pixels, slices, regions.
+"""Budgets a run must fit before any region task exists: input bytes, decoded pixels, slices,
+regions, video frames.
 
 A request over budget is refused in preprocess with the numbers in the message, instead of
 failing later and worse: Airflow refusing to expand more mapped tasks than its
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tilescope.errors import ConfigError
+from tilescope.errors import BadImageError, ConfigError, ImageTooLargeError
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
 from tilescope.settings import MAX_FRAMES, MAX_PIXELS, MAX_SLICES
 from tilescope.slicing import MAX_MAP_LENGTH, SlicePlan
@@ -27,6 +28,8 @@ GRID_PATTERN = rf"^(auto|{_GRID_SIDE}x{_GRID_SIDE})$"
 DEFAULT_MAX_SLICES: int = MAX_SLICES.default
 #: default budget of sampled video frames: an hour of video at 1 frame per second
 DEFAULT_MAX_FRAMES: int = MAX_FRAMES.default
+#: default refusal size for an input object (the pixel limit guards decoding separately)
+DEFAULT_MAX_BYTES = 2 * 1024**3
 SLICES_ENV, FRAMES_ENV = MAX_SLICES.name, MAX_FRAMES.name
 
 
@@ -44,6 +47,8 @@ class RunLimits:
     max_regions: int = MAX_MAP_LENGTH
     #: sampled frames of one video (each is staged and analyzed like an image)
     max_frames: int = DEFAULT_MAX_FRAMES
+    #: bytes of one input object, checked from its size before anything is read
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
@@ -52,6 +57,14 @@ class RunLimits:
         (defaults when unset)."""
         return cls(max_pixels=MAX_PIXELS.get(environ), max_slices=MAX_SLICES.get(environ),
                    max_regions=max_regions, max_frames=MAX_FRAMES.get(environ))
+
+    def check_size(self, uri: str, size: int) -> None:
+        """Refuse an empty object, or one over the byte budget, before reading it."""
+        if size == 0:
+            raise BadImageError(f"{uri} is empty (0 bytes)")
+        if size > self.max_bytes:
+            raise ImageTooLargeError(f"{uri} is {size:,} bytes, over the limit of "
+                                     f"{self.max_bytes:,}")
 
     def check_plan(self, plan: SlicePlan) -> None:
         """Refuse a plan over the slice or region budget, saying by how much."""

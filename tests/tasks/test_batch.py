@@ -225,3 +225,21 @@ def test_a_videos_frames_are_packed_into_units_with_the_other_images(s3_client, 
     assert [r["name"] for r in video["regions"]] == [r.name for r in local.regions]
     settle_batch(prepared, client=s3_client, engine=None, run_id="r-video")
     assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/").get("KeyCount", 0) == 0
+
+
+def test_the_run_limits_byte_budget_refuses_an_image_of_the_batch(s3_client):
+    """The batch plans each image under the run's byte budget (``RunLimits.max_bytes``):
+    the image over it is bad with the numbers, the other one is planned."""
+    from tilescope.limits import RunLimits
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    small, big = tiny_jpeg(1, (32, 24)), tiny_jpeg(2, (320, 240))
+    s3_client.put_object(Bucket=BUCKET, Key="in/small.jpg", Body=small)
+    s3_client.put_object(Bucket=BUCKET, Key="in/big.jpg", Body=big)
+    entries = [{"uri": f"s3://{BUCKET}/in/small.jpg"}, {"uri": f"s3://{BUCKET}/in/big.jpg"}]
+    _, prepared = prepare_batch(entries, PARAMS, client=s3_client, run="r-bytes",
+                                model_slice_size=416,
+                                limits=RunLimits(max_bytes=len(small)))
+    items = load_items(prepared, s3_client)
+    assert not items[0].bad
+    assert f"{len(big):,} bytes, over the limit of {len(small):,}" in items[1].bad

@@ -11,6 +11,7 @@ from PIL import Image
 from support.blob_model import BrightBlobModel, WholeBlobModel, big_object_image, blob_image
 
 from tilescope.errors import BadImageError, ImageTooLargeError
+from tilescope.limits import RunLimits
 from tilescope.models import register_model
 from tilescope.params import InferenceParams
 from tilescope.tasks.image import XCOM_BUDGET_BYTES, analyze, combine, delete_prefix, prepare, store
@@ -92,7 +93,8 @@ def test_prepare_refuses_empty_and_oversized_objects(bucket):
                 model_slice_size=416)
     uri = put_png(bucket, "incoming/x.png", np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ImageTooLargeError, match="bytes"):
-        prepare(uri, params, client=bucket, run="r", model_slice_size=416, max_bytes=10)
+        prepare(uri, params, client=bucket, run="r", model_slice_size=416,
+                limits=RunLimits(max_bytes=10))
     with pytest.raises(ImageTooLargeError, match="pixel"):
         prepare(uri, params, client=bucket, run="r", model_slice_size=416, max_pixels=100)
     with pytest.raises(BadImageError, match="no such object"):

@@ -47,7 +47,6 @@ from tilescope.errors import (
     ConfigError,
     HandoffError,
     ImageBlockedError,
-    ImageTooLargeError,
     RegionsFailedError,
     TilescopeError,
 )
@@ -215,7 +214,7 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                client: S3Client, run: str, model_slice_size: int, limits: RunLimits,
                moderation: ModerationPolicy | None) -> BatchItem:
     """Check and plan one image of the batch (see the module docstring)."""
-    from tilescope.tasks.image import DEFAULT_MAX_BYTES, gate, prepare
+    from tilescope.tasks.image import gate, prepare
 
     item = BatchItem(index, entry["uri"], claim=entry.get("claim"))
     try:
@@ -224,11 +223,7 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
             return item
         # One ranged GET: a small image comes back whole, a big one tells its size.
         data, size = read_start(item.uri, FIRST_READ_BYTES, client)
-        if size == 0:
-            raise BadImageError(f"{item.uri} is empty (0 bytes)")
-        if size > DEFAULT_MAX_BYTES:
-            raise ImageTooLargeError(f"{item.uri} is {size:,} bytes, over the limit of "
-                                     f"{DEFAULT_MAX_BYTES:,}")
+        limits.check_size(item.uri, size)
         small = sniff_format(data[:SNIFF_BYTES]) not in (None, "TIFF") \
             and not sniff_video(data[:SNIFF_BYTES])
         if small and size <= 3 * WHOLE_MAX_PIXELS:

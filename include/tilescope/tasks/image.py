@@ -22,7 +22,7 @@ import numpy as np
 from tilescope import deferred
 from tilescope.deferred import SubmittedRegion
 from tilescope.detections import Detections
-from tilescope.errors import BadImageError, ImageBlockedError, ImageTooLargeError
+from tilescope.errors import BadImageError, ImageBlockedError
 from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import (
     THUMBNAIL,
@@ -81,20 +81,18 @@ from tilescope.units import (
 
 #: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
 XCOM_BUDGET_BYTES = 48 * 1024
-#: default refusal size for an input object (the pixel limit guards decoding separately)
-DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: str,
             model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-            max_bytes: int = DEFAULT_MAX_BYTES,
             moderation: ModerationPolicy | None = None,
             full_image_model: DetectionModel | None = None,
             limits: RunLimits | None = None) -> tuple[list[dict[str, Any]], Prepared]:
     """Validate the image, plan its regions, stage its pixels for region tasks.
 
-    ``limits`` (default: ``max_pixels`` and the default slice and region budgets) refuses a
-    plan over budget from the image header, before the pixels are decoded.
+    ``limits`` (default: ``max_pixels`` and the default byte, slice and region budgets)
+    refuses an object over budget from its size, and a plan over budget from the image
+    header, before the pixels are decoded.
 
     Returns ``(regions, prepared)``: the regions to map analyze over (``Region.to_dict``;
     a video's work units) and the :class:`~tilescope.handoffs.Prepared` hand-off — boxes and
@@ -103,13 +101,9 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
     image before anything is staged: a blocked image raises :class:`ImageBlockedError`
     (carrying the verdict); a passed one keeps its verdict in ``prepared.moderation``.
     """
-    size = object_size(image_uri, client)
-    if size == 0:
-        raise BadImageError(f"{image_uri} is empty (0 bytes)")
-    if size > max_bytes:
-        raise ImageTooLargeError(f"{image_uri} is {size:,} bytes, over the limit of "
-                                 f"{max_bytes:,}")
     limits = limits or RunLimits(max_pixels=max_pixels)
+    size = object_size(image_uri, client)
+    limits.check_size(image_uri, size)
     head = read_head(image_uri, SNIFF_BYTES, client, size=size)
     container = sniff_video(head)  # by signature, not by name
     if container:
