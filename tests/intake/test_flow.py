@@ -1,5 +1,6 @@
 """Taking arrivals in: claim (in bulk), screen, limit per tick, batch, re-offer unfinished
-claims (as the same batch after a crash between claim and trigger), manifests, settle."""
+claims (as the same batch after a claimer killed between claim and trigger), manifests,
+settle."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from support.claimer import KILL_POINTS, kill_claimer_at
 
 from tilescope.intake.claims import (
     CLAIMED,
@@ -22,7 +24,6 @@ from tilescope.intake.claims import (
     Claim,
     all_claims,
     batch_run_id,
-    claim,
     status_of,
 )
 from tilescope.intake.flow import (
@@ -301,34 +302,36 @@ def test_a_thousand_image_burst_is_one_tick_one_run_and_small_xcoms(env):
 
 # --- crash between claim and trigger, races -------------------------------------------------
 
-def test_reoffer_after_a_crash_between_storing_and_triggering(env, monkeypatch):
-    """The claimer dies after the batch ids are stored (before any manifest or trigger): the
-    next tick offers those claims as the same batches, with the same manifests; claims that
-    never got a batch id (a claimer that died earlier) and new arrivals are batched anew."""
-    import tilescope.intake.flow as intake
-
+def test_reoffer_after_a_crash_between_storing_and_triggering(env, s3_server, tmp_path):
+    """A claimer SIGKILLed after the batch ids are stored (before any manifest or trigger):
+    the next tick offers those claims as the same batches, with the same manifests; claims
+    that never got a batch id (a second claimer killed before batching) and new arrivals are
+    batched anew. Both claimers run the real ``take_arrivals`` in a process killed for real
+    (``support.claimer``). Seen red with ``unfinished`` returning no rows, with
+    ``_split_pending`` treating stored claims as loose and with ``_form_batches`` dropping
+    the stored batches."""
     s3, engine = env
+    catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
     for i in range(5):
         s3.put_object(Bucket=BUCKET, Key=f"incoming/{i}.jpg", Body=JPEG + bytes([i]))
     policy = IntakePolicy(images_per_run=2)
 
-    def crash(client, batch):
-        raise SystemExit("killed")
-
-    monkeypatch.setattr(intake, "write_manifest", crash)
-    with pytest.raises(SystemExit):
-        take_arrivals(s3, engine, BUCKET, policy)
-    monkeypatch.undo()
+    kill_claimer_at("manifest", endpoint=s3_server, catalog=catalog, bucket=BUCKET,
+                    policy={"images_per_run": 2})
     stored = {}
     for row in all_claims(engine):
         assert row["status"] == CLAIMED and row["run_id"].startswith("arrivals__")
         stored.setdefault(row["run_id"], set()).add(row["key"])
     assert sorted(len(v) for v in stored.values()) == [1, 2, 2] and keys(s3, "manifests/") == []
 
-    # Meanwhile: a claim without batch id (its claimer died before batching) and a new upload.
+    # Meanwhile: a claimer killed after claiming, before batching, and a new upload.
     s3.put_object(Bucket=BUCKET, Key="incoming/loose.jpg", Body=JPEG + b"loose")
-    etag = s3.head_object(Bucket=BUCKET, Key="incoming/loose.jpg")["ETag"]
-    assert claim(engine, BUCKET, "incoming/loose.jpg", etag, len(JPEG) + 5)
+    kill_claimer_at("batching", endpoint=s3_server, catalog=catalog, bucket=BUCKET,
+                    policy={"images_per_run": 2})
+    loose = status_of(engine, BUCKET, "incoming/loose.jpg",
+                      s3.head_object(Bucket=BUCKET, Key="incoming/loose.jpg")["ETag"])
+    assert loose["status"] == CLAIMED and loose["run_id"] is None
+    assert keys(s3, "manifests/") == []
     s3.put_object(Bucket=BUCKET, Key="incoming/new.jpg", Body=JPEG + b"new")
 
     got = take_arrivals(s3, engine, BUCKET, policy)
@@ -340,6 +343,51 @@ def test_reoffer_after_a_crash_between_storing_and_triggering(env, monkeypatch):
     assert list(again.values()) == [{"incoming/loose.jpg", "incoming/new.jpg"}]
     assert mark_batches_triggered(engine, [b.run_id for b in got.batches]) == 7
     assert take_arrivals(s3, engine, BUCKET, policy).batches == []
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_a_claimer_killed_anywhere_between_claim_and_trigger_loses_and_doubles_nothing(
+        env, s3_server, tmp_path, kill_at):
+    """The real claim step SIGKILLed at each point between its claims and the trigger
+    (``support.claimer``): the next tick offers every image exactly once — in the killed
+    claimer's batches (same run id; a manifest it wrote byte for byte) once their ids were
+    stored — and the tick after that offers nothing. Seen red with ``unfinished`` returning
+    no rows (all three points: the killed claimer's images never offered again) and with
+    ``_form_batches`` dropping the stored batches (``manifest`` and ``trigger``)."""
+    s3, engine = env
+    catalog = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    images = {f"incoming/{i}.jpg": JPEG + bytes([i]) for i in range(5)}
+    for key, body in images.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    kill_claimer_at(kill_at, endpoint=s3_server, catalog=catalog, bucket=BUCKET,
+                    policy={"images_per_run": 2})
+    rows = all_claims(engine)
+    assert sorted(r["key"] for r in rows) == sorted(images)
+    assert {r["status"] for r in rows} == {CLAIMED}
+    stored: dict[str, set[str]] = {}
+    for row in rows:
+        stored.setdefault(row["run_id"], set()).add(row["key"])
+    written = {k: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+               for k in keys(s3, "manifests/")}
+    if kill_at == "batching":
+        assert list(stored) == [None] and written == {}
+    else:
+        assert sorted(len(v) for v in stored.values()) == [1, 2, 2]
+        assert len(written) == (3 if kill_at == "trigger" else 0)
+
+    got = take_arrivals(s3, engine, BUCKET, IntakePolicy(images_per_run=2))
+    offered = [c.key for b in got.batches for c in b.claims]
+    assert sorted(offered) == sorted(images)  # each image once
+    if kill_at != "batching":
+        assert {b.run_id: {c.key for c in b.claims} for b in got.batches} == stored
+    for batch in got.batches:
+        key = batch.manifest_uri.split("/", 3)[3]
+        assert {i["claim"]["key"] for i in manifest_of(s3, batch)["images"]} == \
+            {c.key for c in batch.claims}
+        if key in written:
+            assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == written[key]
+    assert mark_batches_triggered(engine, [b.run_id for b in got.batches]) == len(images)
+    assert take_arrivals(s3, engine, BUCKET, IntakePolicy(images_per_run=2)).batches == []
 
 
 def test_an_existing_manifest_is_never_rewritten(env):
