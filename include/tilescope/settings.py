@@ -218,9 +218,6 @@ TEST_PG = Setting("TILESCOPE_TEST_PG", "str", "postgresql+psycopg2://postgres@12
                   "PostgreSQL admin URL the tests and the stack's Celery mode use", _TESTS)
 TEST_REDIS = Setting("TILESCOPE_TEST_REDIS", "str", "redis://127.0.0.1:6379", "Redis URL the "
                      "tests and the stack's Celery mode use", _TESTS)
-TEST_PAUSE_AFTER_BATCHES_STORED = Setting(
-    "TILESCOPE_TEST_PAUSE_AFTER_BATCHES_STORED", "float", 0.0, "seconds a tick sleeps after "
-    "storing batch ids (crash tests kill it there)", _TESTS, minimum=0)
 
 #: every setting, in the docs' order
 SETTINGS: tuple[Setting, ...] = tuple(v for v in list(globals().values())

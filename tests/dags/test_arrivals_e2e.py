@@ -8,19 +8,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from support.airflow_support import running_airflow
+from support.claimer import kill_claimer_at
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 BUCKET = "tilescope"
 
 
@@ -144,13 +141,13 @@ def test_images_processed_bad_input_quarantined_nothing_lost(stack, s3_client, s
 
 
 @pytest.mark.timeout(3000)
-def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample):
-    """200 images arrive in waves while batch runs go on; a claimer 'crashes' between claim and
-    batching; an unchanged re-upload is ignored and a changed one is processed again. Each
-    tick takes all it finds in one batch run (the default bounds are far off)."""
-    from tilescope.intake.claims import claim
-    from tilescope.outputs.catalog import connect
-
+def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, s3_server, sample):
+    """200 images arrive in waves while batch runs go on; after the second wave a claimer
+    (the real claim step, ``support.claimer``) is SIGKILLed once it has claimed them, stored
+    its batch and written the manifest — before the trigger; the next tick starts that batch
+    under the same run id with the same manifest. An unchanged re-upload is ignored and a
+    changed one is processed again. Each tick takes all it finds in one batch run (the
+    default bounds are far off)."""
     if not stack["postgres"]:
         pytest.skip("needs PostgreSQL on 127.0.0.1:5432 for Airflow's metadata under a burst "
                     "(a SQLite metadata DB locks under hundreds of concurrent runs)")
@@ -169,15 +166,21 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     total = int(os.environ.get("TILESCOPE_TEST_BURST", "200"))
     wave_size = total // 4
     etags = {}
-    engine = connect(f"sqlite:///{stack['catalog']}")
+    killed: dict[str, str] = {}
     for wave in range(4):
         for i in range(wave * wave_size, total if wave == 3 else (wave + 1) * wave_size):
             key = f"incoming/burst/{i:03d}.jpg"
             etags[key] = s3.put_object(Bucket=BUCKET, Key=key, Body=image(i))["ETag"]
-        if wave == 1:  # a claimer died right after claiming these two, before triggering
-            for i in (wave_size, wave_size + 1):
-                key = f"incoming/burst/{i:03d}.jpg"
-                assert claim(engine, BUCKET, key, etags[key], 1) is not None
+        if wave == 1:  # a claimer killed after its claims, batch and manifest: no trigger
+            kill_claimer_at("trigger", endpoint=s3_server, bucket=BUCKET,
+                            catalog=f"sqlite:///{stack['catalog']}")
+            killed = unfinished_claims(stack["catalog"])
+            assert sorted(killed) == [f"incoming/burst/{i:03d}.jpg"
+                                      for i in range(wave_size, 2 * wave_size)]
+            assert len(set(killed.values())) == 1  # one batch, its manifest written
+            (killed_run,) = set(killed.values())
+            assert f"manifests/{killed_run}.json" in keys(s3, "manifests/")
+            assert killed_run not in {r["dag_run_id"] for r in pipeline_runs(stack["api"])}
         run_arrivals(stack["api"])
     for _ in range(5):  # drain: waves overlapped runs (a failed image rests, then retries)
         wait_for_pipelines(stack["api"], expected=0)
@@ -191,6 +194,9 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     assert all(r["dag_run_id"].startswith("arrivals__") for r in runs)
     started = [k for r in runs for k in manifest_keys(s3, r)]
     assert sorted(started) == sorted(etags), "each image started in exactly one batch run"
+    # the killed claimer's batch: started by the next tick, same run id, same members
+    (resumed,) = [r for r in runs if r["dag_run_id"] == killed_run]
+    assert sorted(manifest_keys(s3, resumed)) == sorted(killed)
     assert [r["state"] for r in runs].count("failed") <= 1
 
     with sqlite3.connect(stack["catalog"]) as conn:
@@ -216,31 +222,21 @@ def test_burst_exactly_once_with_crash_and_new_versions(stack, s3_client, sample
     assert keys(s3, "incoming/") == []
 
 
-CLAIMER = """
-import json, sys
-import boto3
-from botocore.config import Config
-from tilescope.outputs.catalog import connect
-from tilescope.intake.flow import IntakePolicy, take_arrivals
-
-endpoint, catalog, bucket = sys.argv[1:4]
-client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing",
-                      config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-got = take_arrivals(client, connect("sqlite:///" + catalog), bucket,
-                    IntakePolicy(images_per_run=4))
-print("RETURNED", json.dumps([b.run_id for b in got.batches]), flush=True)
-"""
+def unfinished_claims(catalog: Path, like: str = "incoming/burst/%") -> dict[str, str]:
+    """key → stored batch run id of the claims still ``claimed`` (never marked triggered)."""
+    with sqlite3.connect(catalog) as conn:
+        return dict(conn.execute(
+            "SELECT key, run_id FROM tilescope_claims WHERE key LIKE ? AND status = 'claimed'"
+            " AND run_id IS NOT NULL", (like,)).fetchall())
 
 
 def test_a_claimer_killed_between_claim_and_trigger_loses_and_doubles_nothing(
         stack, s3_client, s3_server, sample):
     """The claim step (``take_arrivals``, what the DAG's claim task calls) runs in a process
-    that is SIGKILLed once its claims are committed and its batch run ids stored — before
-    any manifest is written or anything triggered. The next ordinary tick starts those
-    batches under the stored run ids, and every image is processed exactly once."""
-    from tilescope.intake.flow import PAUSE_ENV
-
+    SIGKILLed once its claims are committed and its batch run ids stored — before any
+    manifest is written or anything triggered (``support.claimer``). The next ordinary tick
+    starts those batches under the stored run ids, and every image is processed exactly
+    once."""
     s3 = s3_client
     s3.create_bucket(Bucket=BUCKET)
     wait_for_pipelines(stack["api"], expected=0)
@@ -250,27 +246,10 @@ def test_a_claimer_killed_between_claim_and_trigger_loses_and_doubles_nothing(
     for key, body in images.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLAIMER, s3_server, str(stack["catalog"]), BUCKET],
-        env={**os.environ, PAUSE_ENV: "600"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=REPO)
-    deadline = time.monotonic() + 120
-    stored: dict[str, str] = {}
-    while len(stored) < len(images):  # the rows say it: claimed, batch run id stored
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the claimer never stored its batches"
-        time.sleep(0.2)
-        with sqlite3.connect(stack["catalog"]) as conn:
-            try:
-                stored = dict(conn.execute(
-                    "SELECT key, run_id FROM tilescope_claims WHERE key LIKE "
-                    "'incoming/crash/%' AND status = 'claimed' AND run_id IS NOT NULL"
-                ).fetchall())
-            except sqlite3.OperationalError:  # the claimer has not created the table yet
-                stored = {}
-    os.kill(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL and "RETURNED" not in out
+    kill_claimer_at("manifest", endpoint=s3_server, bucket=BUCKET,
+                    catalog=f"sqlite:///{stack['catalog']}", policy={"images_per_run": 4})
+    stored = unfinished_claims(stack["catalog"], "incoming/crash/%")
+    assert sorted(stored) == sorted(images)
     batches = sorted(set(stored.values()))
     assert len(batches) == 2  # 4 + 2 images
     assert keys(s3, "manifests/") == []  # killed before any manifest or trigger

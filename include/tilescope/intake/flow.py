@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,7 +62,6 @@ from tilescope.settings import (
     ARRIVALS_RETRY_AFTER_SECONDS,
     ARRIVALS_SLICES_PER_RUN,
     INCOMING_PREFIX,
-    TEST_PAUSE_AFTER_BATCHES_STORED,
     Setting,
 )
 from tilescope.storage import S3Client
@@ -74,9 +71,6 @@ ESTIMATE_SLICE_PX = 416
 #: pixels assumed per byte when the header gave no size: JPEG photos run at 2–8 bits per
 #: pixel, so 8 pixels a byte (1 bit per pixel) over-estimates them — conservative
 PIXELS_PER_BYTE = 8
-#: set (seconds) to make the claim step sleep after storing batch ids, before writing any
-#: manifest: the crash test kills the process there
-PAUSE_ENV = TEST_PAUSE_AFTER_BATCHES_STORED.name
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -310,8 +304,8 @@ def _split_pending(pending: Sequence[Claim], limit: int) -> tuple[list[list[Clai
 def _form_batches(client: S3Client, engine: sa.Engine, taken: _Taken,
                   policy: IntakePolicy) -> tuple[list[Batch], int]:
     """Stored batches as they are; loose claims cut into new batches whose run ids are stored
-    in their rows; then (after the crash-test pause) every batch's manifest written. Also
-    returns how many loose claims were left unbatched (over ``max_runs_per_tick``)."""
+    in their rows; then every batch's manifest written. Also returns how many loose claims
+    were left unbatched (over ``max_runs_per_tick``)."""
     # Stored batches with all their members (a notified version may bring one alone).
     stored_ids = [g[0].batch_run_id or "" for g in taken.groups]
     batches = [Batch(run_id, tuple(members), manifest_uri(members[0].bucket, run_id,
@@ -332,11 +326,6 @@ def _form_batches(client: S3Client, engine: sa.Engine, taken: _Taken,
                                  sum(estimates[c.version] for c in stored),
                                  {c.version: taken.facts[c.version] for c in stored
                                   if c.version in taken.facts}))
-    pause = TEST_PAUSE_AFTER_BATCHES_STORED.get()
-    if pause > 0 and batches:
-        print(f"batches stored: {[b.run_id for b in batches]}; pausing {pause:.0f}s",
-              file=sys.stderr, flush=True)
-        time.sleep(pause)
     for outcome in _parallel(lambda b: write_manifest(client, b), batches,
                              policy.screen_threads):
         if isinstance(outcome, Exception):
