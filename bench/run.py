@@ -49,6 +49,8 @@ def main() -> int:
     print(f"\n== one batch run of {batch} small images vs the model alone ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "batch_bench.py"), "--count", str(batch)],
                    check=True)
+    print("\n== the results viewer on a 961-region run, mid-run ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "viewer_bench.py")], check=True)
     burst = 50 if args.quick else args.burst
     print(f"\n== a burst of {burst} arrivals through s3_arrivals ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "burst_bench.py"), "--count", str(burst)],
