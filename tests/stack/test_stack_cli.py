@@ -193,3 +193,72 @@ def test_out_of_range_seaweed_port_is_a_clear_error(tmp_path: Path, monkeypatch,
                  "--api-port", str(api_port), "--no-trigger"])
     err = capsys.readouterr().err
     assert code != 0 and "seaweed s3 grpc 70000" in err and err.count("\n") == 1
+
+
+class _Flaky:
+    """A local HTTP server answering each method from a script of statuses (then 200)."""
+
+    def __init__(self, script: dict[str, list[int]]) -> None:
+        import http.server
+        import threading
+
+        self.script = {m: list(codes) for m, codes in script.items()}
+        self.calls: list[str] = []
+        flaky = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                flaky.calls.append(self.command)
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                codes = flaky.script.get(self.command, [])
+                status = codes.pop(0) if codes else 200
+                body = json.dumps({"detail": "Database error"} if status >= 400
+                                  else {"ok": True}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PATCH = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_api_retries_idempotent_requests_after_a_server_error(monkeypatch) -> None:
+    """Airflow on SQLite answers HTTP 500 "Database error" when a write waited 5 s for the
+    lock (seen on `make run` after `make stop`: the pool PATCH while a task started). A
+    PATCH or GET is sent again (4 tries in all); a POST never (it could start a second
+    run); a 4xx is an answer, not retried. Seen red with the retry loop removed (the first
+    500 raised)."""
+    from tilescope.stack import api as api_module
+
+    monkeypatch.setattr(api_module.time, "sleep", lambda _: None)
+    server = _Flaky({"PATCH": [500, 500], "GET": [500, 500, 500, 500], "POST": [500]})
+    try:
+        client = api_module.AirflowApi(server.url, "token")
+        assert client.request("PATCH", "/api/v2/pools/tilescope", {"slots": 4}) == {"ok": True}
+        assert server.calls == ["PATCH"] * 3
+        with pytest.raises(ApiError, match="HTTP 500"):
+            client.request("GET", "/api/v2/pools/tilescope")
+        assert server.calls.count("GET") == 4
+        with pytest.raises(ApiError, match="HTTP 500"):
+            client.request("POST", "/api/v2/dags/d/dagRuns", {"conf": {}})
+        assert server.calls.count("POST") == 1
+        server.script["PATCH"] = [404]
+        with pytest.raises(ApiError, match="HTTP 404"):
+            client.request("PATCH", "/api/v2/pools/missing", {"slots": 1})
+        assert server.calls.count("PATCH") == 4
+    finally:
+        server.close()

@@ -7,6 +7,7 @@ JSON out, and the HTTP status kept on errors so callers can tell "absent" (404) 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,15 +30,40 @@ class Api(Protocol):
     def request(self, method: str, path: str, body: Any = None) -> Any: ...
 
 
-class AirflowApi:
-    """``AirflowApi("http://127.0.0.1:8080", token).request("GET", "/api/v2/pools")``."""
+#: Requests that may be sent again after a server error: they set or read state, so a second
+#: one changes nothing. A POST (a new run, a new pool) is sent once.
+RETRIED_METHODS = frozenset({"GET", "PATCH", "PUT", "DELETE"})
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+
+class AirflowApi:
+    """``AirflowApi("http://127.0.0.1:8080", token).request("GET", "/api/v2/pools")``.
+
+    A 5xx answer to an idempotent request is retried (``attempts`` in all, backing off from
+    0.5 s): on SQLite a write waits at most 5 s for the lock, and a busy scheduler or task
+    start after a restart can hold it longer — Airflow answers "Database error" (HTTP 500)
+    and the same request succeeds a moment later (seen on ``make run`` after ``make stop``).
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0,
+                 attempts: int = 4) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.attempts = max(attempts, 1)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        tries = self.attempts if method.upper() in RETRIED_METHODS else 1
+        attempt = 1
+        while True:
+            try:
+                return self._send(method, path, body)
+            except ApiError as exc:
+                if exc.status < 500 or attempt >= tries:
+                    raise
+            time.sleep(0.5 * 2 ** (attempt - 1))
+            attempt += 1
+
+    def _send(self, method: str, path: str, body: Any) -> Any:
         url = self.base_url + path
         data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
