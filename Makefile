@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tilescope-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv model browser test lint bench run stop clean
+.PHONY: venv model browser gdal test lint bench run stop clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,9 +32,21 @@ browser:
 	    chromium chromium-driver >/dev/null) || echo "chromium install failed: browser test will skip"; \
 	else echo "no chromium and no root apt-get: the browser test will skip"; fi
 
+# Debian's GDAL command-line tools (gdal_translate, gdaltransform, ogrinfo): the geospatial
+# tests make COGs with them and check what tilescope writes against them. Installed when
+# missing and apt-get can run as root; otherwise those tests skip and say why.
+gdal:
+	@if command -v gdal_translate >/dev/null && command -v gdaltransform >/dev/null \
+	    && command -v ogrinfo >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing gdal-bin (Debian) for the geospatial tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    gdal-bin >/dev/null) || echo "gdal-bin install failed: the GDAL-tool tests will skip"; \
+	else echo "no gdal-bin and no root apt-get: the GDAL-tool tests will skip"; fi
+
 # The tests check the conversion against the weights tarball itself: keep it in the cache,
 # so it is npm-packed once a machine, not once a test session.
-test: venv browser
+test: venv browser gdal
 	$(BIN)/python -m tilescope.models.weights --keep-tarball
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -21,7 +21,8 @@ from tilescope.units import UnitFinding
 
 SHA = "ab" * 32
 IMAGE = {"uri": "s3://tilescope/incoming/kite.jpg", "width": 1000, "height": 800,
-         "sha256": SHA, "format": "JPEG", "bytes": 12345, "image_id": SHA[:16]}
+         "sha256": SHA, "format": "JPEG", "bytes": 12345, "image_id": SHA[:16],
+         "crs": None, "transform": None}  # a plain image says it has no CRS
 PLAN = {"width": 1000, "height": 800, "slice_width": 416, "slice_height": 416,
         "overlap_x": 83, "overlap_y": 83, "grid_rows": 1, "grid_cols": 2, "regions": 2,
         "slices": 9}

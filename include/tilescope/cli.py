@@ -207,6 +207,12 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
                          help="refuse videos that would sample more frames")
     predict.add_argument("--out", help="results JSON path (or s3:// URI)")
     predict.add_argument("--coco", help="COCO JSON path (or s3:// URI)")
+    predict.add_argument("--geojson", help="a georeferenced image's detections as RFC 7946 "
+                                           "GeoJSON in WGS 84 lon/lat (path or s3:// URI)")
+    predict.add_argument("--geojson-native", metavar="GEOJSON",
+                         help="the same in the scene's own CRS (GeoJSON with a crs member)")
+    predict.add_argument("--stac", help="a STAC Item (label extension) for the scene and its "
+                                        "detections (path or s3:// URI)")
     predict.add_argument("--overlay", help="overlay PNG path (or s3:// URI); for a video, "
                                            "a contact sheet of annotated frames")
     predict.add_argument("--out-dir", metavar="DIR",
@@ -245,16 +251,28 @@ def _predict(args: argparse.Namespace) -> int:
     args.image = args.inputs[0]
     params = params_from_args(args)
     container = video_container(args.image)  # by signature, not by name
+    if container and (args.geojson or args.geojson_native or args.stac):
+        raise ConfigError(f"{args.image} is a video: it has no CRS, so no "
+                          "--geojson/--geojson-native/--stac")
     if container:
         return _predict_video(args, params, container)
     options = params.model_arguments()
+    targets = OutputTargets(args.out, args.coco, args.overlay, args.geojson,
+                            args.geojson_native, args.stac)
     # Open (and validate) the image before paying for the model; decode it once.
-    reader, image = open_image(args.image, max_pixels=args.max_pixels)
+    reader, image = open_image(args.image, max_pixels=args.max_pixels,
+                               bands=params.band_list())
+    if targets.georeferenced and (image.georeference is None
+                                  or image.georeference.crs_wkt is None):
+        reader.close()
+        raise ConfigError(f"{args.image} has no CRS (a plain image: pixel boxes only); "
+                          "--geojson/--geojson-native/--stac need a georeferenced image "
+                          "such as a GeoTIFF/COG")
     reader.validate()
     progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
     with reader, load_model(args.model, **options) as model:
         result = run_image(reader, image, params, model, progress=progress)
-        write_outputs(result, reader, OutputTargets(args.out, args.coco, args.overlay))
+        write_outputs(result, reader, targets)
     print(_image_line(args.image, result))
     return EXIT_OK
 
@@ -335,9 +353,11 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     from tilescope.predict import predict_many
     from tilescope.sources import expand_named
 
-    if args.out or args.coco or args.overlay:
-        raise ConfigError("--out/--coco/--overlay take one image; with several inputs, a "
-                          "folder, glob or prefix use --out-dir DIR")
+    if args.out or args.coco or args.overlay or args.geojson or args.geojson_native \
+            or args.stac:
+        raise ConfigError("--out/--coco/--overlay/--geojson/--geojson-native/--stac take one "
+                          "image; with several inputs, a folder, glob or prefix use "
+                          "--out-dir DIR")
     started = time.perf_counter()
     named = expand_named(args.inputs)
     names = {item.uri: item.name for item in named}

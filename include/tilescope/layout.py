@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,9 @@ from tilescope.storage import RangedS3File, S3Client, parse_s3_uri
 
 #: a stored result's files by role, as the store summary and the viewer name them
 ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
+#: a georeferenced image's extra files beside them (:mod:`tilescope.outputs.geo`)
+GEO_ARTIFACTS = {"geojson": "detections.geojson", "geojson_native": "detections.native.geojson",
+                 "stac": "item.json"}
 THUMBNAIL = "thumbnail.png"
 PLAN, OUTCOMES = "plan.json", "outcomes.json"
 IMAGE_ID = re.compile(r"[0-9a-f]{16}")
@@ -199,13 +202,14 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
 
 
 def open_source(source_uri: str, client: S3Client, *, size: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> TiffReader:
+                max_pixels: int = DEFAULT_MAX_PIXELS,
+                bands: Sequence[int] | None = None) -> TiffReader:
     """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
     tiles a read needs. ``size`` (if known) saves a HEAD request."""
     # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
     return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
                                         buffer_size=64 << 10),
-                      max_pixels=max_pixels, name=source_uri)
+                      max_pixels=max_pixels, name=source_uri, bands=bands)
 
 
 def delete_prefix(prefix_uri: str, client: S3Client) -> int:

@@ -26,7 +26,9 @@ MAX_VIDEO_FPS = 60.0
 MATCH_METRICS = ("ios", "iou")
 #: parameters added after the first release: left out of :meth:`InferenceParams.digest`
 #: while unset, so existing results keep their keys
-_OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options")
+_OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands")
+#: ``bands`` as typed: one or three 1-based band numbers, e.g. ``4,3,2``
+BANDS_PATTERN = r"^$|^[1-9][0-9]{0,3}(,[1-9][0-9]{0,3}){0,2}$"
 #: option names that smell like credentials: those belong in an Airflow connection
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key",
                  "credential")
@@ -145,6 +147,12 @@ class InferenceParams:
         title="Synthesis model options", schema={"type": "object"},
         flag="--synthesis-option"))
 
+    #: a multi-band scene's bands shown to the model as R, G, B ("": the first three)
+    bands: str = field(default="", metadata=_spec(
+        title="Bands", doc="a multi-band TIFF/GeoTIFF's 1-based bands shown as R,G,B "
+                           "(e.g. 4,3,2; one band: grey); empty = the first three",
+        schema={"type": "string", "pattern": BANDS_PATTERN}, metavar="B,G,R"))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
                            _check_options("model_options", self.model_options))
@@ -181,6 +189,22 @@ class InferenceParams:
             validate_slicing(size, size, float(self.overlap))
             object.__setattr__(self, "slice_size", size)
         parse_grid(self.grid)
+        bands = self.band_list()
+        if bands is not None and len(bands) not in (1, 3):
+            raise ConfigError(f"bands must be one or three band numbers, got {self.bands!r}")
+
+    def band_list(self) -> list[int] | None:
+        """``bands`` as 1-based numbers (``None``: the reader's default, the first three)."""
+        text = str(self.bands or "").strip()
+        if not text:
+            return None
+        try:
+            numbers = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise ConfigError(f"bands must be band numbers like 4,3,2, got {text!r}") from None
+        if any(n < 1 for n in numbers):
+            raise ConfigError(f"bands are numbered from 1, got {text!r}")
+        return numbers
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceParams:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tilescope.detections import Detections
+from tilescope.georef import Georeference
 
 RESULT_SCHEMA = "tilescope.result/1"
 
@@ -28,6 +29,10 @@ class ImageInfo:
     sha256: str
     format: str
     bytes: int
+    #: the scene's CRS and geotransform (``None``: a plain image, pixels only)
+    georeference: Georeference | None = None
+    #: bands chosen and the 8-bit stretch applied (``None``: plain 8-bit pixels)
+    pixels: dict[str, Any] | None = None
 
     @property
     def image_id(self) -> str:
@@ -35,14 +40,22 @@ class ImageInfo:
         return self.sha256[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "width": self.width, "height": self.height,
+        data = {"uri": self.uri, "width": self.width, "height": self.height,
                 "sha256": self.sha256, "format": self.format, "bytes": self.bytes,
-                "image_id": self.image_id}
+                "image_id": self.image_id,
+                # explicit for every image: "crs": null says "pixels only, not placed"
+                "crs": None, "transform": None}
+        if self.georeference is not None:
+            data.update(self.georeference.to_dict())
+        if self.pixels is not None:
+            data["pixels"] = self.pixels
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(str(data["uri"]), int(data["width"]), int(data["height"]),
-                   str(data["sha256"]), str(data["format"]), int(data["bytes"]))
+                   str(data["sha256"]), str(data["format"]), int(data["bytes"]),
+                   georeference=Georeference.from_dict(data), pixels=data.get("pixels"))
 
 
 @dataclass(frozen=True)

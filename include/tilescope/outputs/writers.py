@@ -43,6 +43,15 @@ class OutputTargets:
     result: str | None = None
     coco: str | None = None
     overlay: str | None = None
+    #: georeferenced outputs (:mod:`tilescope.outputs.geo`): only for an image with a CRS
+    geojson: str | None = None
+    geojson_native: str | None = None
+    stac: str | None = None
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether any georeferenced output is asked for."""
+        return bool(self.geojson or self.geojson_native or self.stac)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
 def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
            client: S3Client | None) -> dict[str, str]:
     written: dict[str, str] = {}
+    if targets.georeferenced:
+        written.update(write_geo_outputs(result, targets, client))
     if targets.coco:
         write_bytes(targets.coco, coco_json(result), "application/json", client=client)
         written["coco"] = targets.coco
@@ -88,4 +99,32 @@ def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
     if targets.result:  # last, so a reader who sees the result JSON finds its companions too
         write_bytes(targets.result, result_json(result), "application/json", client=client)
         written["result"] = targets.result
+    return written
+
+
+def write_geo_outputs(result: Result, targets: OutputTargets,
+                      client: S3Client | None = None) -> dict[str, str]:
+    """The GeoJSON files and the STAC Item asked for in ``targets``
+    (:class:`~tilescope.errors.ConfigError` before anything is written if the image has no
+    CRS). The Item's ``labels`` asset is the lon/lat GeoJSON (written beside the Item as
+    ``<item>.geojson`` when no ``geojson`` target is given)."""
+    from tilescope.outputs.geo import geojson_lonlat, geojson_native, require_crs, stac_item_json
+
+    require_crs(result, "--geojson/--geojson-native/--stac")
+    written: dict[str, str] = {}
+    geojson = targets.geojson
+    if targets.stac and not geojson:
+        geojson = f"{targets.stac.removesuffix('.json')}.geojson"
+    if geojson:
+        write_bytes(geojson, geojson_lonlat(result), "application/geo+json", client=client)
+        written["geojson"] = geojson
+    if targets.geojson_native:
+        write_bytes(targets.geojson_native, geojson_native(result), "application/geo+json",
+                    client=client)
+        written["geojson_native"] = targets.geojson_native
+    if targets.stac:
+        item = stac_item_json(result, labels=str(geojson), result_uri=targets.result,
+                              item_uri=targets.stac)
+        write_bytes(targets.stac, item, "application/json", client=client)
+        written["stac"] = targets.stac
     return written

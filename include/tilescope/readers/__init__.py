@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageHeader, ImageReader
 from tilescope.readers.pillow import PillowReader
@@ -17,26 +18,32 @@ from tilescope.storage import S3Client, read_bytes
 
 
 def reader_for_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     name: str = "image") -> ImageReader:
-    """The right reader for an image held in memory."""
+                     name: str = "image", bands: Sequence[int] | None = None) -> ImageReader:
+    """The right reader for an image held in memory (``bands``: a TIFF's bands to show)."""
     if sniff_format(data[:16]) == "TIFF":
-        return TiffReader(io.BytesIO(data), max_pixels=max_pixels, name=name)
+        return TiffReader(io.BytesIO(data), max_pixels=max_pixels, name=name, bands=bands)
     return PillowReader(data, max_pixels=max_pixels, name=name)
 
 
-def open_image(uri: str, *, client: S3Client | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageReader, ImageInfo]:
+def image_info(reader: ImageReader, uri: str, sha256: str, size: int) -> ImageInfo:
+    """The identity of the image ``reader`` reads: size, hash, and its georeference and
+    pixel conversion when it has them."""
+    return ImageInfo(uri=uri, width=reader.width, height=reader.height, sha256=sha256,
+                     format=reader.header.format, bytes=size,
+                     georeference=reader.georeference, pixels=reader.pixels)
+
+
+def open_image(uri: str, *, client: S3Client | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               bands: Sequence[int] | None = None) -> tuple[ImageReader, ImageInfo]:
     """Read ``uri`` (path or ``s3://``), validate it, and return its reader and identity."""
     data = read_bytes(uri, client=client)
-    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri)
-    info = ImageInfo(uri=uri, width=reader.width, height=reader.height,
-                     sha256=hashlib.sha256(data).hexdigest(), format=reader.header.format,
-                     bytes=len(data))
-    return reader, info
+    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands)
+    return reader, image_info(reader, uri, hashlib.sha256(data).hexdigest(), len(data))
 
 
 def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> ImageReader:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True,
+                   bands: Sequence[int] | None = None) -> ImageReader:
     """The reader of an image read again after it was planned (a work unit opening its
     image): :class:`BadImageError` if its bytes changed since (their SHA-256), and — with
     ``decode`` — decoded now, so bad pixels are found here, on whichever thread opens it."""
@@ -47,7 +54,8 @@ def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
     if now != sha256:
         raise BadImageError(f"{uri} changed since it was planned (sha256 {sha256[:12]}… "
                             f"now {now[:12]}…): not analysed")
-    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri)
+    # the same bytes and bands give the same stretch as when it was planned
+    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands)
     if decode:
         try:
             reader.validate()
@@ -58,4 +66,4 @@ def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageHeader", "ImageReader", "PillowReader", "TiffReader",
-           "open_image", "reader_for_bytes", "reopen_planned"]
+           "image_info", "open_image", "reader_for_bytes", "reopen_planned"]

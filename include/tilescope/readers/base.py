@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tilescope.settings import MAX_PIXELS
 from tilescope.slicing import Box
+
+if TYPE_CHECKING:
+    from tilescope.georef import Georeference
 
 #: default decompression-bomb guard: 500 megapixels (≈1.5 GB as RGB)
 DEFAULT_MAX_PIXELS: int = MAX_PIXELS.default
@@ -38,6 +42,11 @@ class ImageReader(ABC):
     """Pixels of one image, in its displayed orientation, as RGB ``uint8``."""
 
     header: ImageHeader
+    #: where the image sits on the Earth (a GeoTIFF's CRS and geotransform); ``None``: pixels
+    georeference: Georeference | None = None
+    #: how raw pixels became RGB ``uint8`` when that was more than a plain conversion
+    #: (bands chosen, per-scene stretch), recorded in the result; ``None`` otherwise
+    pixels: dict[str, Any] | None = None
 
     @property
     def width(self) -> int:

@@ -9,12 +9,12 @@ one-time full decode.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
 
-from tilescope.errors import BadImageError
+from tilescope.errors import BadImageError, ConfigError
 from tilescope.readers.base import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -26,12 +26,22 @@ from tilescope.readers.base import (
 )
 from tilescope.slicing import Box
 
+#: the per-scene stretch of a GeoTIFF's (or a chosen band's) values to 8 bits: these
+#: percentiles of its valid (not nodata) pixels become 0 and 255
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: at most this many pixels are sampled (evenly, from the coarsest pyramid level that has
+#: them) to find the stretch: memory stays flat on any scene
+STRETCH_SAMPLES = 1 << 20
+
 
 class TiffReader(ImageReader):
     """The first (full-resolution) page of a TIFF, read tile by tile where it is tiled."""
 
     def __init__(self, handle: IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 name: str = "image") -> None:
+                 name: str = "image", bands: Sequence[int] | None = None) -> None:
+        """``bands``: the 1-based bands shown as R, G, B (one band: grey); default the first
+        three (or the one grey band). A GeoTIFF, or any TIFF read with chosen ``bands``, is
+        stretched to 8 bits per band between :data:`STRETCH_PERCENTILES` of its values."""
         import tifffile
 
         self._name = name
@@ -53,6 +63,79 @@ class TiffReader(ImageReader):
         self.header = ImageHeader(format="TIFF", width=width, height=height,
                                   mode=f"{page.dtype}x{page.samplesperpixel}",
                                   frames=len(self._tiff.pages), tiled=self._tiled)
+        if page.is_geotiff:
+            from tilescope.georef import read_georeference
+
+            self.georeference = read_georeference(handle, name=name,
+                                                  geokeys=page.geotiff_tags)
+        self._bands = self._choose_bands(bands)
+        self._stretch: tuple[np.ndarray, np.ndarray] | None = None
+        if bands is not None or (self.georeference is not None and page.dtype != np.uint8):
+            self._stretch = self._find_stretch() if page.dtype != np.uint8 else None
+            self.pixels = {"dtype": str(page.dtype), "band_count": int(page.samplesperpixel),
+                           "bands": [b + 1 for b in self._bands], "stretch": None}
+            if self._stretch is not None:
+                self.pixels["stretch"] = {
+                    "method": "percentile", "percentiles": list(STRETCH_PERCENTILES),
+                    "low": [float(v) for v in self._stretch[0]],
+                    "high": [float(v) for v in self._stretch[1]]}
+
+    def _choose_bands(self, bands: Sequence[int] | None) -> list[int]:
+        """0-based band indices to show: the ones asked for, or the first three (one: grey)."""
+        count = int(self._page.samplesperpixel)
+        if bands is None:
+            return [0, 1, 2] if count >= 3 else [0]
+        chosen = [int(b) for b in bands]
+        if len(chosen) not in (1, 3) or not all(1 <= b <= count for b in chosen):
+            raise ConfigError(f"{self._name}: bands must be 1 or 3 band numbers in 1..{count} "
+                              f"(it has {count}), got {','.join(map(str, chosen))}")
+        return [b - 1 for b in chosen]
+
+    def _valid(self, tile: np.ndarray) -> np.ndarray:
+        """(h, w) mask of the pixels that are not nodata in every chosen band."""
+        nodata = self.georeference.nodata if self.georeference else None
+        if nodata is None:
+            return np.ones(tile.shape[:2], bool)
+        return ~np.all(tile[:, :, self._bands] == nodata, axis=2)
+
+    def _find_stretch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per chosen band, the :data:`STRETCH_PERCENTILES` of the scene's valid values,
+        sampled evenly from the coarsest level that still has :data:`STRETCH_SAMPLES`."""
+        page = self._thumbnail_level(int(math.sqrt(STRETCH_SAMPLES))) if self._tiled \
+            else self._page
+        step = max(1, math.ceil(math.sqrt(int(page.imagewidth) * int(page.imagelength)
+                                          / STRETCH_SAMPLES)))
+        samples = []
+        if self._tiled:
+            for index, encoded in self._all_tiles(page):
+                tile = self._as_bands(self._decode_tile(index, encoded, page)[0])
+                samples.append(tile[::step, ::step][self._valid(tile[::step, ::step])])
+        else:
+            tile = self._as_bands(self._raw_full())
+            samples.append(tile[::step, ::step][self._valid(tile[::step, ::step])])
+        values = np.concatenate(samples)[:, self._bands].astype(np.float64)
+        if not len(values):  # nothing but nodata: any stretch will do
+            return np.zeros(len(self._bands)), np.ones(len(self._bands))
+        low, high = np.percentile(values, STRETCH_PERCENTILES, axis=0)
+        return low, np.maximum(high, low + 1e-9)
+
+    @staticmethod
+    def _as_bands(pixels: np.ndarray) -> np.ndarray:
+        return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+    def _to_rgb8(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw pixels of the page → RGB ``uint8``: the chosen bands, stretched (nodata → 0)
+        when this reader stretches, else today's plain conversion."""
+        if not self.pixels:
+            return to_rgb8(pixels)
+        pixels = self._as_bands(pixels)
+        chosen = pixels[:, :, self._bands]
+        if self._stretch is not None:
+            low, high = self._stretch
+            scaled = (chosen.astype(np.float32) - low) * (255.0 / (high - low))
+            chosen = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+            chosen[~self._valid(pixels)] = 0
+        return to_rgb8(chosen)
 
     def _read_tiles(self, indices: list[int], page: Any = None) -> dict[int, bytes]:
         """The encoded bytes of ``indices`` of ``page`` (default: full resolution); a run of
@@ -109,7 +192,7 @@ class TiffReader(ImageReader):
                 decoded[index] = (tile, x, y)
                 x1, y1 = max(box.x1, x), max(box.y1, y)
                 x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
-                out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = to_rgb8(
+                out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = self._to_rgb8(
                     tile[y1 - y:y2 - y, x1 - x:x2 - x])
         # Keep this read's tiles (one more band's worth of memory): the next band of a region
         # (tilescope.banding) starts inside this one — by the slice overlap, or by nearly a
@@ -119,11 +202,14 @@ class TiffReader(ImageReader):
 
     def _read_full(self) -> np.ndarray:
         if self._full is None:
-            try:
-                self._full = to_rgb8(self._page.asarray())
-            except Exception as exc:
-                raise BadImageError(f"{self._name} is truncated or corrupt (TIFF): {exc}") from exc
+            self._full = self._to_rgb8(self._raw_full())
         return self._full
+
+    def _raw_full(self) -> np.ndarray:
+        try:
+            return self._page.asarray()
+        except Exception as exc:
+            raise BadImageError(f"{self._name} is truncated or corrupt (TIFF): {exc}") from exc
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         if not self._tiled:
@@ -144,7 +230,7 @@ class TiffReader(ImageReader):
             x2 = min(out_w, round((x + tile.shape[1]) * scale))
             y2 = min(out_h, round((y + tile.shape[0]) * scale))
             if x2 > x1 and y2 > y1:
-                out[y1:y2, x1:x2] = cv2.resize(to_rgb8(tile), (x2 - x1, y2 - y1),
+                out[y1:y2, x1:x2] = cv2.resize(self._to_rgb8(tile), (x2 - x1, y2 - y1),
                                                interpolation=cv2.INTER_AREA)
         return out
 

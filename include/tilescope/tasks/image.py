@@ -25,6 +25,7 @@ from tilescope.detections import Detections
 from tilescope.errors import BadImageError, ImageBlockedError
 from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import (
+    GEO_ARTIFACTS,
     THUMBNAIL,
     THUMBNAIL_SIDE,
     ResultsLayout,
@@ -40,7 +41,15 @@ from tilescope.models.base import DetectionModel
 from tilescope.models.registry import model_categories, model_coco_ids
 from tilescope.models.sagemaker import AsyncOutcome, SageMakerAsyncModel
 from tilescope.moderation import ModerationPolicy, gate
-from tilescope.outputs.writers import ResultTargets, coco_json, overlay_png, result_json
+from tilescope.outputs.geo import has_crs
+from tilescope.outputs.writers import (
+    OutputTargets,
+    ResultTargets,
+    coco_json,
+    overlay_png,
+    result_json,
+    write_geo_outputs,
+)
 from tilescope.params import InferenceParams
 from tilescope.pipeline import (
     analyze_region,
@@ -49,7 +58,7 @@ from tilescope.pipeline import (
     plan_image,
     synthesize,
 )
-from tilescope.readers import TiffReader, reader_for_bytes
+from tilescope.readers import TiffReader, image_info, reader_for_bytes
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import (
@@ -113,21 +122,22 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
                              model_slice_size=model_slice_size, limits=limits,
                              moderation=moderation, full_image_model=full_image_model)
     reader, sha256 = open_input(image_uri, head, client=client, size=size,
-                                max_pixels=limits.max_pixels)
+                                max_pixels=limits.max_pixels, bands=params.band_list())
     with reader:
         limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
                                      max_regions=limits.max_regions))
         reader.validate()
-        image = ImageInfo(uri=image_uri, width=reader.width, height=reader.height,
-                          sha256=sha256(), format=reader.header.format, bytes=size)
+        image = image_info(reader, image_uri, sha256(), size)
         verdict = gate(reader, image, moderation)
         plan = plan_image(image.width, image.height, params, model_slice_size,
                           max_regions=limits.max_regions)
         limits.check_plan(plan)  # again: a late EXIF orientation may have swapped the sides
         scratch = ScratchLayout(parse_s3_uri(image_uri).bucket, image.image_id, run)
-        if isinstance(reader, TiffReader) and reader.header.tiled:
+        if isinstance(reader, TiffReader) and reader.header.tiled and reader.pixels is None:
             source_uri = image_uri  # already tiled: regions read its tiles directly
         else:
+            # (a scene whose bands are chosen or stretched is staged as the 8-bit RGB the
+            # model sees, converted once here, tile by tile: regions then read plain tiles)
             source_uri = scratch.uri("pixels.tif")
             upload_tiled_tiff(reader, source_uri, client)
         full_image = None
@@ -146,8 +156,8 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
         ready_at=time.time())  # regions may run from now: their queue wait starts
 
 
-def open_input(uri: str, head: bytes, *, client: S3Client, size: int,
-               max_pixels: int) -> tuple[ImageReader, Callable[[], str]]:
+def open_input(uri: str, head: bytes, *, client: S3Client, size: int, max_pixels: int,
+               bands: list[int] | None = None) -> tuple[ImageReader, Callable[[], str]]:
     """A reader for the input image and a function giving its SHA-256 (called after the plan
     has passed its budget checks, so an over-budget image is refused before it is read).
 
@@ -156,13 +166,14 @@ def open_input(uri: str, head: bytes, *, client: S3Client, size: int,
     and the hash is computed on a stream, so preprocess memory does not grow with the image.
     Anything else is downloaded and decoded once (the pixel limit guards the decode)."""
     if sniff_format(head) == "TIFF":
-        reader = open_source(uri, client, size=size, max_pixels=max_pixels)
+        reader = open_source(uri, client, size=size, max_pixels=max_pixels, bands=bands)
         if reader.header.tiled:
             return reader, lambda: sha256_hex(uri, client)
         reader.close()  # strips: decoded whole, from one download
     data = read_bytes(uri, client)
     digest = hashlib.sha256(data).hexdigest()
-    return reader_for_bytes(data, max_pixels=max_pixels, name=uri), lambda: digest
+    return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands),
+            lambda: digest)
 
 
 def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: S3Client,
@@ -353,8 +364,14 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
     else:
         overlay = overlay_png(result, thumbnail)
     write_bytes(targets.overlay, overlay, "image/png", client)
+    keys = {"coco": targets.coco, "overlay": targets.overlay}
+    if has_crs(result):  # a georeferenced scene: GeoJSON (lon/lat, native CRS), STAC Item
+        layout = results_layout(bucket, result.image.image_id, params)
+        keys.update(write_geo_outputs(result, OutputTargets(
+            result=targets.result, **{role: layout.uri(name)
+                                      for role, name in GEO_ARTIFACTS.items()}), client))
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
-    keys = targets.keys()
+    keys = {"result": targets.result, **keys}
     if catalog_url:
         from tilescope.outputs.catalog import connect, record_result
 

@@ -1,0 +1,114 @@
+"""Georeferenced test scenes made from real photos, and GDAL's own command-line tools.
+
+Scenes are real-photo pixels (tilescope.samples' mosaic) darkened below the blob detector's
+threshold, with bright rectangles painted at known pixels: :class:`BrightBlobModel` then
+finds exactly those boxes, so where a detection lands on the Earth can be checked against
+``gdaltransform`` for the same pixels.
+
+COGs are made by ``gdal_translate -of COG`` (Debian ``gdal-bin``: ``make test`` installs it
+when it can run apt-get as root); tests needing the tools skip with :data:`NO_GDAL_TOOLS`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tilescope.samples import build_mosaic
+
+#: why tests needing GDAL's command-line tools skip, or ``None`` when they are here
+NO_GDAL_TOOLS = None if all(shutil.which(t) for t in ("gdal_translate", "gdaltransform",
+                                                       "ogrinfo")) else (
+    "GDAL command-line tools missing (Debian gdal-bin; `make test` installs it when apt-get "
+    "can run as root)")
+needs_gdal_tools = pytest.mark.skipif(NO_GDAL_TOOLS is not None, reason=str(NO_GDAL_TOOLS))
+
+#: UTM zone 33N (a real projected CRS): a 0.5 m grid whose top-left corner is this point
+UTM_EPSG, UTM_ORIGIN, PIXEL_METRES = 32633, (500_000.0, 5_000_000.0), 0.5
+#: the bright boxes painted on every scene (x1, y1, x2, y2 in pixels), away from slice seams
+BOXES = [[40, 60, 90, 100], [300, 420, 372, 470], [700, 100, 760, 190], [880, 640, 990, 700]]
+
+
+def dark_photo_scene(width: int = 1024, height: int = 768) -> np.ndarray:
+    """Real-photo pixels scaled below 128 (the blob detector's threshold) with white
+    rectangles at :data:`BOXES`."""
+    photo = build_mosaic(max(width, height))[:height, :width]
+    pixels = (photo.astype(np.float32) * 0.45).astype(np.uint8)
+    for x1, y1, x2, y2 in BOXES:
+        pixels[y1:y2, x1:x2] = 255
+    return pixels
+
+
+def write_cog(pixels: np.ndarray, path: Path, *, epsg: int = UTM_EPSG,
+              bigtiff: bool = False) -> Path:
+    """``pixels`` as a Cloud-Optimized GeoTIFF made by ``gdal_translate -of COG``, placed by
+    ``-a_srs``/``-a_ullr`` on a :data:`PIXEL_METRES` grid at :data:`UTM_ORIGIN`."""
+    plain = path.with_suffix(".plain.tif")
+    tifffile.imwrite(plain, pixels, photometric="rgb")
+    height, width = pixels.shape[:2]
+    ulx, uly = UTM_ORIGIN
+    command = ["gdal_translate", "-q", "-of", "COG", "-a_srs", f"EPSG:{epsg}",
+               "-a_ullr", str(ulx), str(uly), str(ulx + width * PIXEL_METRES),
+               str(uly - height * PIXEL_METRES), "-co", "BLOCKSIZE=256",
+               "-co", "COMPRESS=DEFLATE", *(["-co", "BIGTIFF=YES"] if bigtiff else []),
+               str(plain), str(path)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    plain.unlink()
+    return path
+
+
+def gdaltransform_lonlat(scene: Path, cols: np.ndarray,
+                         rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GDAL's own pixel/line → WGS 84 lon/lat for ``scene``'s pixels (``gdaltransform`` given
+    the raster file, ``-t_srs OGC:CRS84``: longitude first)."""
+    text = "\n".join(f"{float(c)!r} {float(r)!r}" for c, r in zip(np.ravel(cols), np.ravel(rows),
+                                                   strict=True))
+    out = subprocess.run(["gdaltransform", "-t_srs", "OGC:CRS84", "-output_xy", str(scene)],
+                         input=text + "\n", check=True, capture_output=True, text=True).stdout
+    values = np.array([[float(v) for v in line.split()[:2]] for line in out.splitlines()
+                       if line.strip()])
+    return values[:, 0].reshape(np.shape(cols)), values[:, 1].reshape(np.shape(rows))
+
+
+def ogrinfo_summary(path: Path) -> str:
+    """``ogrinfo -ro -so -al``: the layer's driver, feature count and CRS, as GDAL reads them."""
+    return subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(path)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def write_with_rasterio(pixels: np.ndarray, path: Path, transform: object, *,
+                        crs: str | None = f"EPSG:{UTM_EPSG}", nodata: float | None = None,
+                        photometric: str | None = None) -> Path:
+    """A tiled GeoTIFF written by GDAL (through rasterio) with any affine ``transform``
+    (rotation, shear), ``crs`` (``None``: none) and ``nodata``; ``pixels`` (h, w, bands)."""
+    import rasterio
+
+    height, width, count = pixels.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
+               "dtype": pixels.dtype.name, "transform": transform, "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    if crs:
+        profile["crs"] = crs
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if photometric:
+        profile["photometric"] = photometric
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.moveaxis(pixels, 2, 0))
+    return path
+
+
+def unknown_crs_geotiff(path: Path, pixels: np.ndarray) -> Path:
+    """A tiled GeoTIFF whose GeoKeys name a projected CRS code no registry knows
+    (ProjectedCSTypeGeoKey 32768), with a valid tie point and pixel scale."""
+    geokeys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32768]
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(256, 256), extratags=[
+        (34735, 3, len(geokeys), geokeys, True),
+        (33550, 12, 3, (PIXEL_METRES, PIXEL_METRES, 0.0), True),
+        (33922, 12, 6, (0.0, 0.0, 0.0, *UTM_ORIGIN, 0.0), True)])
+    return path
