@@ -4,7 +4,8 @@
 ``tilescope predict INPUT...`` (several paths, folders, globs, ``s3://bucket/prefix/``, or
 ``--out-dir DIR``) runs every image they reach in one process, packed into the work units the
 DAG uses, with one progress bar; ``--out-dir`` gets ``<name>.json`` per image, ``coco.json``
-(all images) and ``summary.json``.
+(all images) and ``summary.json``. ``tilescope evaluate PRED GT`` scores predictions
+against COCO ground truth (:mod:`tilescope.evaluation`).
 
 Exit statuses: :data:`EXIT_STATUSES` (``tilescope --help`` lists them, so does the README).
 """
@@ -48,7 +49,8 @@ EXIT_STATUSES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success (with many inputs: every one of them)"),
     (EXIT_ERROR, "any other tilescope error, e.g. S3 unreachable after its retries"),
     (EXIT_BAD_INPUT, "bad parameters or a bad input (missing, not an image, truncated, "
-                     "over --max-pixels); with many inputs: any of them bad, the others "
+                     "over --max-pixels; for evaluate: not JSON, not COCO, no image shared "
+                     "with the ground truth); with many inputs: any of them bad, the others "
                      "still analyzed and written"),
     (EXIT_MODEL, "model unavailable (weights not obtainable) or failed while running"),
 )
@@ -191,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image path or s3://bucket/key; also folders (recursive), "
                               "glob patterns and s3://bucket/prefix/ (many images)")
     _add_predict_options(predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="COCO AP, recall and duplicates of predictions against ground truth",
+        epilog=exit_status_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("pred", metavar="PRED",
+                          help="COCO results JSON, or a tilescope result.json / coco.json "
+                               "(path or s3:// URI)")
+    evaluate.add_argument("gt", metavar="GT", help="COCO annotations JSON (path or s3:// URI)")
+    evaluate.add_argument("--json", metavar="OUT", help="write the figures as JSON here")
+    evaluate.add_argument("--plot", metavar="PNG",
+                          help="write the precision-recall curves at IoU 0.5 here")
 
     commands.add_parser("models", help="list registered models")
     sample = commands.add_parser("sample", help="print the path of a bundled sample photo")
@@ -422,6 +435,23 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: the table on stdout, the JSON and the plot where asked."""
+    from tilescope.evaluation import evaluate, load_json
+
+    evaluation = evaluate(load_json(args.pred, "predictions"),
+                          load_json(args.gt, "ground truth"))
+    if args.json:
+        write_bytes(args.json, json.dumps(evaluation.to_dict(), indent=1).encode(),
+                    "application/json")
+    if args.plot:
+        from tilescope.outputs.pr_plot import pr_curve_png
+
+        write_bytes(args.plot, pr_curve_png(evaluation), "image/png")
+    print(evaluation.table())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -433,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(sample_path(args.name))
             return EXIT_OK
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _predict(args)
     except (BadImageError, ConfigError) as exc:
         print(f"tilescope: error: {exc}", file=sys.stderr)
