@@ -201,6 +201,8 @@ def test_a_wrong_image_or_class_is_not_a_perfect_score(blob_run):
     (b'[{"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]', None,
      "image ids the ground truth does not have: [99]"),
     (b"missing", None, "no such file"),
+    (None, b'{"images": [{"file_name": "a.png"}], "annotations": [], "categories": []}',
+     "every image needs an id"),
 ])
 def test_bad_input_exits_2_with_a_reason(tmp_path: Path, capsys, pred, gt, message):
     pred_path, gt_path = tmp_path / "pred.json", tmp_path / "gt.json"

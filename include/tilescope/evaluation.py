@@ -133,6 +133,11 @@ def _check_ground_truth(gt: Any) -> dict[str, Any]:
                                            ("images", "annotations", "categories")):
         raise EvaluationInputError("ground truth is not COCO annotations (an object with "
                                    "images, annotations and categories lists)")
+    if not all(isinstance(img, dict) and "id" in img for img in gt["images"]) or \
+            not all(isinstance(c, dict) and "id" in c and "name" in c
+                    for c in gt["categories"]):
+        raise EvaluationInputError("ground truth is not COCO annotations: every image needs "
+                                   "an id, every category an id and a name")
     gt = copy.deepcopy(gt)
     for ann in gt["annotations"]:
         _check_box(ann, "ground-truth annotation")
