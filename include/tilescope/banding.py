@@ -6,6 +6,11 @@ region into horizontal bands of whole slice rows and reading band *k+1* on a bac
 while the model runs on band *k* hides that time behind the model (model sessions and socket
 reads both release the GIL). Bands overlap where slices overlap; readers that cache their last
 tile rows (:class:`~tilescope.readers.tiff.TiffReader`) fetch each stored byte once anyway.
+
+Slices whose every pixel is the image's nodata (a GeoTIFF's collar, read in place: see
+:attr:`~tilescope.readers.base.ImageReader.rgb_nodata`) are not sent to the model: they
+get no detections and are counted as skipped (:func:`nodata_slices`, on every path that
+reads slices, so the CLI and the DAG decide alike).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.models.base import DetectionModel
@@ -40,6 +47,7 @@ class BandedPrediction:
     slices: list[Box]
     read_wait: float  # seconds the model waited for pixels (the I/O left on the critical path)
     model: float  # seconds inside model calls
+    skipped: int = 0  # slices entirely nodata, not sent to the model (no detections)
 
 
 def region_bands(region: Region, min_slices: int = MIN_BAND_SLICES) -> list[Band]:
@@ -58,13 +66,40 @@ def region_bands(region: Region, min_slices: int = MIN_BAND_SLICES) -> list[Band
     return bands
 
 
+def nodata_slices(reader: ImageReader, pixels: np.ndarray, origin: Box,
+                  slices: Sequence[Box]) -> list[bool]:
+    """Per slice of ``pixels`` (read from ``reader`` at ``origin``): is every pixel of it
+    the reader's :attr:`~tilescope.readers.base.ImageReader.rgb_nodata` (all False when the
+    reader knows no nodata)? One pixel of data keeps a slice."""
+    nodata = reader.rgb_nodata
+    if nodata is None:
+        return [False] * len(slices)
+    out = []
+    for s in slices:
+        view = pixels[s.y1 - origin.y1:s.y2 - origin.y1, s.x1 - origin.x1:s.x2 - origin.x1]
+        out.append(bool(view.size) and bool(np.all(view == nodata)))
+    return out
+
+
+def predict_kept(model: DetectionModel, views: Sequence[np.ndarray],
+                 skip: Sequence[bool]) -> list[Detections]:
+    """``model`` on the views not marked in ``skip``; skipped views get no detections (no
+    model call at all when every view is skipped)."""
+    kept = [v for v, s in zip(views, skip, strict=True) if not s]
+    found = iter(model.predict(kept) if kept else [])
+    return [Detections.empty() if s else next(found) for s in skip]
+
+
 def predict_region(reader: ImageReader, region: Region, model: DetectionModel,
-                   bands: Sequence[Band] | None = None) -> BandedPrediction:
-    """Every slice of ``region`` through ``model``, band by band with one band read ahead."""
+                   bands: Sequence[Band] | None = None, *,
+                   skip_nodata: bool = True) -> BandedPrediction:
+    """Every slice of ``region`` through ``model``, band by band with one band read ahead;
+    with ``skip_nodata``, slices entirely nodata are not (:func:`nodata_slices`)."""
     bands = list(bands if bands is not None else region_bands(region))
     per_slice: list[Detections] = []
     slices: list[Box] = []
     waited = computed = 0.0
+    skipped = 0
     # One reader thread: a reader is used by one thread at a time (the next read is only
     # submitted once the previous one has been collected).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="band-read") as io:
@@ -78,8 +113,11 @@ def predict_region(reader: ImageReader, region: Region, model: DetectionModel,
             origin = band.box
             views = [pixels[s.y1 - origin.y1:s.y2 - origin.y1, s.x1 - origin.x1:s.x2 - origin.x1]
                      for s in band.slices]
+            skip = (nodata_slices(reader, pixels, origin, band.slices) if skip_nodata
+                    else [False] * len(views))
+            skipped += sum(skip)
             started = time.perf_counter()
-            per_slice.extend(model.predict(views))
+            per_slice.extend(predict_kept(model, views, skip))
             computed += time.perf_counter() - started
             slices.extend(band.slices)
-    return BandedPrediction(per_slice, slices, waited, computed)
+    return BandedPrediction(per_slice, slices, waited, computed, skipped)

@@ -332,7 +332,9 @@ def _image_line(uri: str, result: Result) -> str:
     summary = result.summary()
     return (f"{uri}: {summary['detections']} detections ({summary['description']}) in "
             f"{result.plan['slices']} slices / {result.plan['regions']} regions, "
-            f"{summary['total_seconds']:.2f}s (model {summary['model_seconds']:.2f}s)")
+            + (f"{summary['skipped_slices']} slices skipped (all nodata), "
+               if summary.get("skipped_slices") else "")
+            + f"{summary['total_seconds']:.2f}s (model {summary['model_seconds']:.2f}s)")
 
 
 def _join(directory: str, name: str) -> str:

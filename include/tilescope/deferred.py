@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from tilescope.banding import region_bands
+from tilescope.banding import nodata_slices, region_bands
 from tilescope.detections import Detections
 from tilescope.errors import ModelOutputError, ModelThrottledError
 from tilescope.models.base import DetectionModel
@@ -47,26 +47,32 @@ class SubmittedRegion:
     submit: float  # seconds encoding, staging and submitting the slices
     started_at: float  # epoch seconds: the region's first read
     submitted_at: float  # epoch seconds: the last slice submitted
+    #: positions (in the region's slice order) of the slices entirely nodata, not submitted
+    skipped: tuple[int, ...] = ()
 
     @property
-    def carry(self) -> dict[str, float]:
+    def carry(self) -> dict[str, Any]:
         return {"read": self.read, "submit": self.submit, "started_at": self.started_at,
-                "submitted_at": self.submitted_at}
+                "submitted_at": self.submitted_at, "skipped": list(self.skipped)}
 
     @classmethod
     def from_parts(cls, invocations: Sequence[Mapping[str, Any]],
                    carry: Mapping[str, Any]) -> SubmittedRegion:
         return cls([AsyncInvocation.from_dict(i) for i in invocations], float(carry["read"]),
                    float(carry["submit"]), float(carry["started_at"]),
-                   float(carry["submitted_at"]))
+                   float(carry["submitted_at"]),
+                   tuple(int(i) for i in carry.get("skipped") or ()))
 
 
 def submit_region(reader: ImageReader, region: Region,
                   model: SageMakerAsyncModel) -> SubmittedRegion:
-    """Stage and submit every slice of ``region``; on a failed submission the slices
-    already staged are removed before the error propagates."""
+    """Stage and submit every slice of ``region`` but those entirely nodata
+    (:func:`tilescope.banding.nodata_slices`, as the synchronous path); on a failed
+    submission the slices already staged are removed before the error propagates."""
     started_at = time.time()
     calls: list[AsyncInvocation] = []
+    skipped: list[int] = []
+    position = 0
     read = submit = 0.0
     try:
         for band in region_bands(region):
@@ -75,9 +81,14 @@ def submit_region(reader: ImageReader, region: Region,
             read += time.perf_counter() - began
             began = time.perf_counter()
             origin = band.box
-            for s in band.slices:
-                calls.append(model.submit(pixels[s.y1 - origin.y1:s.y2 - origin.y1,
-                                                 s.x1 - origin.x1:s.x2 - origin.x1]))
+            skip = nodata_slices(reader, pixels, origin, band.slices)
+            for s, empty in zip(band.slices, skip, strict=True):
+                if empty:
+                    skipped.append(position)
+                else:
+                    calls.append(model.submit(pixels[s.y1 - origin.y1:s.y2 - origin.y1,
+                                                     s.x1 - origin.x1:s.x2 - origin.x1]))
+                position += 1
             submit += time.perf_counter() - began
     except BaseException as exc:
         if not model.keep_objects:
@@ -85,7 +96,7 @@ def submit_region(reader: ImageReader, region: Region,
         if isinstance(exc, ModelOutputError):
             raise ModelOutputError(f"region {region.name}: {exc}") from exc
         raise
-    return SubmittedRegion(calls, read, submit, started_at, time.time())
+    return SubmittedRegion(calls, read, submit, started_at, time.time(), tuple(skipped))
 
 
 def finish_region(region: Region, submitted: SubmittedRegion,
@@ -102,12 +113,17 @@ def finish_region(region: Region, submitted: SubmittedRegion,
         raise ModelThrottledError(f"region {region.name}: {model.describe()}: outputs did not "
                                   f"appear within {model.max_wait:.0f} s")
     try:
-        per_slice: list[Detections] = model.finish(submitted.invocations, outcomes)
+        found = iter(model.finish(submitted.invocations, outcomes) if submitted.invocations
+                     else [])
     except ModelOutputError as exc:  # as analyze_region: the backend names itself, we add where
         raise ModelOutputError(f"region {region.name}: {exc}") from exc
+    skipped = set(submitted.skipped)
+    slices = region.slices()
+    per_slice = [Detections.empty() if i in skipped else next(found)
+                 for i in range(len(slices))]
     now = time.time()
     # "model" is submit + wait + reading the outputs: the endpoint's wall time for the region.
-    return region_finding(region, per_slice, region.slices(), model, params, attempt=attempt,
+    return region_finding(region, per_slice, slices, model, params, attempt=attempt,
                           read=submitted.read,
                           model_seconds=submitted.submit + now - submitted.submitted_at,
-                          elapsed=now - submitted.started_at)
+                          elapsed=now - submitted.started_at, skipped=len(skipped))

@@ -58,23 +58,27 @@ def merge_detections(dets: Detections, params: InferenceParams) -> Detections:
 
 
 def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
-                   params: InferenceParams, *, attempt: int = 1) -> RegionFinding:
-    """Run the model over one region's slices; detections come back in full-image pixels."""
+                   params: InferenceParams, *, attempt: int = 1,
+                   skip_nodata: bool = True) -> RegionFinding:
+    """Run the model over one region's slices; detections come back in full-image pixels.
+    Slices entirely nodata are skipped (counted in the finding) unless ``skip_nodata`` is
+    False (tests compare the two)."""
     started = time.perf_counter()
     try:
-        banded = predict_region(reader, region, model)
+        banded = predict_region(reader, region, model, skip_nodata=skip_nodata)
     except ModelOutputError as exc:  # say where: the backend names itself, we add the region
         raise ModelOutputError(f"region {region.name}: {exc}") from exc
     # "read" is the time the model waited for pixels: reads overlapped with model calls
     # (see tilescope.banding) cost nothing on the critical path.
     return region_finding(region, banded.per_slice, banded.slices, model, params,
                           attempt=attempt, read=banded.read_wait, model_seconds=banded.model,
-                          elapsed=time.perf_counter() - started)
+                          elapsed=time.perf_counter() - started, skipped=banded.skipped)
 
 
 def region_finding(region: Region, per_slice: Sequence[Detections], slices: Sequence[Box],
                    model: DetectionModel, params: InferenceParams, *, attempt: int,
-                   read: float, model_seconds: float, elapsed: float) -> RegionFinding:
+                   read: float, model_seconds: float, elapsed: float,
+                   skipped: int = 0) -> RegionFinding:
     """Per-slice detections → the region's finding: shifted to image pixels, thresholded and
     merged inside the region. ``elapsed`` is the time spent before this merge (read + model);
     shared by :func:`analyze_region` and the deferred path (:mod:`tilescope.deferred`)."""
@@ -87,7 +91,7 @@ def region_finding(region: Region, per_slice: Sequence[Detections], slices: Sequ
     return RegionFinding(
         index=region.index, name=region.name, row=region.row, col=region.col,
         box=region.box.as_list(), slice_count=region.slice_count, detections=merged,
-        attempts=attempt,
+        attempts=attempt, skipped_slices=skipped,
         seconds={"read": read, "model": model_seconds, "merge": merge,
                  "total": elapsed + merge},
         category_names=open_names(model))
@@ -172,7 +176,8 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
 
 
 def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
-              model: DetectionModel, *, progress: Progress | None = None) -> Result:
+              model: DetectionModel, *, progress: Progress | None = None,
+              skip_nodata: bool = True) -> Result:
     """The whole pipeline in this process over an opened image: plan, analyze each region,
     synthesize. ``Result.seconds["total"]`` covers these stages (not opening the image)."""
     started = time.perf_counter()
@@ -182,7 +187,8 @@ def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
     if progress:
         progress(0, plan.slice_count)
     for region in plan.regions:
-        findings.append(analyze_region(reader, region, model, params))
+        findings.append(analyze_region(reader, region, model, params,
+                                       skip_nodata=skip_nodata))
         done += region.slice_count
         if progress:
             progress(done, plan.slice_count)

@@ -126,6 +126,9 @@ class RegionFinding:
     category_names: list[str] | None = None
     #: the video frame this region belongs to (``None`` for images)
     frame: VideoFrame | None = None
+    #: slices entirely nodata, not sent to the model (``tilescope.banding.nodata_slices``);
+    #: in the JSON only when some were
+    skipped_slices: int = 0
 
     def to_dict(self, *, with_detections: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -138,6 +141,8 @@ class RegionFinding:
         }
         if self.frame is not None:
             data.update(self.frame.to_dict())
+        if self.skipped_slices:
+            data["skipped_slices"] = self.skipped_slices
         if with_detections:
             data["detections"] = detections_to_compact(self.detections)
             if self.category_names is not None:
@@ -157,6 +162,7 @@ class RegionFinding:
                    error=data.get("error"),
                    detections_count=None if dets else data.get("detections_count"),
                    category_names=data.get("category_names"),
+                   skipped_slices=int(data.get("skipped_slices") or 0),
                    frame=VideoFrame(int(data["frame_index"]), float(data["timestamp_ms"]))
                    if data.get("frame_index") is not None else None)
 
@@ -215,6 +221,11 @@ class Result:
         counter = Counter(self.category_name(int(c)) for c in self.detections.category_ids)
         return dict(counter.most_common())
 
+    @property
+    def skipped_slices(self) -> int:
+        """Slices of every region that were entirely nodata and not sent to the model."""
+        return sum(r.skipped_slices for r in self.regions)
+
     def summary(self) -> dict[str, Any]:
         # From the seconds as stored (4 decimals), so a result read back from its JSON
         # summarizes to the very same numbers.
@@ -227,7 +238,8 @@ class Result:
                 "description": self.description or describe_counts(self.counts()),
                 **({"description_source": self.description_source}
                    if self.description_source else {}),
-                **({"frames": len(self.frames)} if self.frames is not None else {})}
+                **({"frames": len(self.frames)} if self.frames is not None else {}),
+                **({"skipped_slices": self.skipped_slices} if self.skipped_slices else {})}
 
     def detection_records(self) -> list[dict[str, Any]]:
         """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from tilescope.banding import nodata_slices
+from tilescope.detections import Detections
 from tilescope.errors import BadImageError, ConfigError, ModelOutputError
 from tilescope.handoffs import checked_keys
 from tilescope.models.base import DetectionModel
@@ -331,8 +333,10 @@ OpenReader = Callable[[int], ImageReader]
 class _Pending:
     """Slices of whole-read regions waiting for one shared model call."""
 
-    regions: list[tuple[int, Region, list[Box], float]] = field(default_factory=list)
-    views: list[np.ndarray] = field(default_factory=list)
+    #: (source, region, its slices, read wait, per slice: skipped as entirely nodata)
+    regions: list[tuple[int, Region, list[Box], float, list[bool]]] = field(
+        default_factory=list)
+    views: list[np.ndarray] = field(default_factory=list)  # the slices not skipped
 
 
 #: called once a whole-read source is analyzed, with its findings and its still-open reader
@@ -374,26 +378,26 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
 
     def flush() -> None:
         nonlocal model_seconds
-        if not pending.views:
+        if not pending.regions:
             return
         began = time.perf_counter()
         try:
-            per_slice = model.predict(pending.views)
+            per_view_found = model.predict(pending.views) if pending.views else []
         except ModelOutputError as exc:
-            names = ", ".join(f"{s}:{r.name}" for s, r, _, _ in pending.regions[:5])
+            names = ", ".join(f"{s}:{r.name}" for s, r, _, _, _ in pending.regions[:5])
             raise ModelOutputError(f"regions {names}: {exc}") from exc
         spent = time.perf_counter() - began
         model_seconds += spent
-        per_view = spent / len(pending.views)
-        position = 0
-        for source, region, slices, waited in pending.regions:
-            count = len(slices)
-            finding = region_finding(region, per_slice[position:position + count], slices,
+        per_view = spent / len(pending.views) if pending.views else 0.0
+        found = iter(per_view_found)
+        for source, region, slices, waited, skip in pending.regions:
+            count, kept = len(slices), len(slices) - sum(skip)
+            per_slice = [Detections.empty() if s else next(found) for s in skip]
+            finding = region_finding(region, per_slice, slices,
                                      model, params, attempt=attempt, read=waited,
-                                     model_seconds=per_view * count,
-                                     elapsed=waited + per_view * count)
+                                     model_seconds=per_view * kept,
+                                     elapsed=waited + per_view * kept, skipped=sum(skip))
             outcome.findings.setdefault(source, []).append(finding)
-            position += count
             if progress:
                 progress(count)
         pending.regions.clear()
@@ -439,8 +443,12 @@ def run_unit(unit: WorkUnit, plans: Mapping[int, SlicePlan], whole: Mapping[int,
                 for part in parts[source]:
                     for region in plan.regions[part.first:part.stop]:
                         slices = region.slices()
-                        pending.regions.append((source, region, slices, waited))
-                        pending.views.extend(pixels[s.y1:s.y2, s.x1:s.x2] for s in slices)
+                        skip = nodata_slices(reader, pixels, Box(0, 0, plan.width,
+                                                                 plan.height), slices)
+                        pending.regions.append((source, region, slices, waited, skip))
+                        pending.views.extend(pixels[s.y1:s.y2, s.x1:s.x2]
+                                             for s, skipped in zip(slices, skip, strict=True)
+                                             if not skipped)
                         waited = 0.0  # the read is charged to the source's first region
                 held[source] = reader
                 del pixels

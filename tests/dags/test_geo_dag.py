@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.blob_model import BrightBlobModel
-from support.geotiffs import BOXES, dark_photo_scene, needs_gdal_tools, write_cog
+from support.geotiffs import BOXES, collar_scene, dark_photo_scene, needs_gdal_tools, write_cog
 
 from tilescope.cli import main
 from tilescope.layout import GEO_ARTIFACTS
@@ -54,3 +54,25 @@ def test_a_cog_scene_end_to_end_stores_geojson_and_stac(dag, airflow_env, tmp_pa
     by_box = lambda doc: sorted(  # noqa: E731
         (f["properties"]["pixel_box"], f["geometry"]) for f in doc["features"])
     assert by_box(geojson) == by_box(cli)
+
+
+def test_the_dag_skips_the_nodata_slices_the_cli_skips(dag, airflow_env, tmp_path: Path):
+    """A scene with a nodata collar, read in place by the DAG: its regions skip the same
+    slices as the CLI, the stored result counts them, and the detections are the CLI's."""
+    client = airflow_env["client"]
+    scene = collar_scene(tmp_path)
+    client.put_object(Bucket=BUCKET, Key="incoming/collar.tif", Body=scene.read_bytes())
+    run = dag.test(run_conf={"image_uri": f"s3://{BUCKET}/incoming/collar.tif",
+                             "grid": "2x2", "model": "bright-blobs", "slice_size": "256"})
+    assert str(run.state) == "success"
+    key = find_results(connect(airflow_env["catalog"]))[0]["result_keys"]["result"]
+    stored = json.loads(client.get_object(
+        Bucket=BUCKET, Key=key.split(f"{BUCKET}/", 1)[1])["Body"].read())
+
+    assert main(["predict", str(scene), "--model", "bright-blobs", "--slice", "256",
+                 "--grid", "2x2", "--quiet", "--out", str(tmp_path / "cli.json")]) == 0
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert stored["summary"]["skipped_slices"] == cli["summary"]["skipped_slices"] > 0
+    assert [r.get("skipped_slices", 0) for r in stored["regions"]] == \
+        [r.get("skipped_slices", 0) for r in cli["regions"]]
+    assert stored["detections"] == cli["detections"]

@@ -20,6 +20,7 @@ import pytest
 import tifffile
 
 from tilescope.samples import build_mosaic
+from tilescope.slicing import Box
 
 #: why tests needing GDAL's command-line tools skip, or ``None`` when they are here
 NO_GDAL_TOOLS = None if all(shutil.which(t) for t in ("gdal_translate", "gdaltransform",
@@ -112,3 +113,31 @@ def unknown_crs_geotiff(path: Path, pixels: np.ndarray) -> Path:
         (33550, 12, 3, (PIXEL_METRES, PIXEL_METRES, 0.0), True),
         (33922, 12, 6, (0.0, 0.0, 0.0, *UTM_ORIGIN, 0.0), True)])
     return path
+
+
+#: a nodata collar scene (issue 15, item 2): every pixel left of COLLAR_X or above COLLAR_Y
+#: is COLLAR_NODATA (not 0: a black slice in the valid area must still be analysed), and
+#: BLACK is a truly black (0) block inside the valid area, large enough for a whole slice
+COLLAR_NODATA, COLLAR_X, COLLAR_Y = 1, 300, 260
+BLACK = Box(400, 450, 700, 768)
+
+
+def collar_pixels() -> np.ndarray:
+    """:func:`dark_photo_scene` with the collar and the black block painted on."""
+    pixels = dark_photo_scene()  # 1024 × 768, bright boxes at BOXES
+    pixels[BLACK.y1:BLACK.y2, BLACK.x1:BLACK.x2] = 0
+    pixels[:, :COLLAR_X] = COLLAR_NODATA
+    pixels[:COLLAR_Y] = COLLAR_NODATA
+    return pixels
+
+
+def collar_scene(tmp_path: Path, *, nodata: float | None = COLLAR_NODATA,
+                 dtype: type = np.uint8) -> Path:
+    """The collar scene as a tiled GeoTIFF written by GDAL (8-bit: read in place; 16-bit:
+    stretched) with ``nodata`` (``None``: none) on a 0.5 m UTM grid."""
+    from affine import Affine
+
+    transform = Affine.translation(*UTM_ORIGIN) @ Affine.scale(PIXEL_METRES, -PIXEL_METRES)
+    return write_with_rasterio(collar_pixels().astype(dtype),
+                               tmp_path / f"collar-{nodata}-{np.dtype(dtype)}.tif",
+                               transform, nodata=nodata)

@@ -49,6 +49,15 @@ class ImageReader(ABC):
     pixels: dict[str, Any] | None = None
 
     @property
+    def rgb_nodata(self) -> float | None:
+        """The value an RGB pixel of :meth:`read` has in all three channels exactly where the
+        image has no data (a GeoTIFF's nodata, read in place); ``None``: no pixel is known
+        to be nodata (plain images, and scenes whose pixels are converted — stretched
+        nodata is black, like real black). Slices entirely of it are not sent to the model
+        (:func:`tilescope.banding.nodata_slices`)."""
+        return None
+
+    @property
     def width(self) -> int:
         return self.header.width
 

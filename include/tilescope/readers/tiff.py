@@ -91,6 +91,17 @@ class TiffReader(ImageReader):
                               f"(it has {count}), got {','.join(map(str, chosen))}")
         return [b - 1 for b in chosen]
 
+    @property
+    def rgb_nodata(self) -> float | None:
+        """The scene's nodata when its 8-bit pixels are shown as they are (no bands chosen,
+        no stretch): the RGB of :meth:`read` is then the raw bands, nodata where all of
+        them are; a converted scene says ``None`` (its nodata became black)."""
+        nodata = self.georeference.nodata if self.georeference else None
+        if nodata is None or self.pixels is not None or self._page.dtype != np.uint8 \
+                or not float(nodata).is_integer() or not 0 <= float(nodata) <= 255:
+            return None
+        return float(nodata)
+
     def _valid(self, tile: np.ndarray) -> np.ndarray:
         """(h, w) mask of the pixels that are not nodata in every chosen band."""
         nodata = self.georeference.nodata if self.georeference else None
