@@ -59,6 +59,7 @@ def test_next_band_is_read_while_the_model_runs() -> None:
 
     class Reader:
         width = height = 1024
+        rgb_nodata = None  # as ImageReader: no nodata, so no slice is skipped
 
         def read(self, box):
             events.append(f"read {box.y1}")

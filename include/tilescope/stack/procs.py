@@ -102,6 +102,10 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path,
     return ProcessRecord(name, child.pid, start_ticks, tuple(argv), str(log))
 
 
+#: seconds stop waits for SIGKILLed processes to be gone
+KILL_WAIT = 5.0
+
+
 def stop(records: Iterable[ProcessRecord], timeout: float = 20.0) -> list[str]:
     """Stop services together: SIGTERM each group, wait ``timeout`` s, SIGKILL the rest.
 
@@ -137,6 +141,15 @@ def stop(records: Iterable[ProcessRecord], timeout: float = 20.0) -> list[str]:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: on a loaded machine a killed process can still be
+    # running for a moment, so wait until the sessions are empty (their ports free) first.
+    deadline = time.monotonic() + KILL_WAIT
+    while killed and time.monotonic() < deadline:
+        for pid in sessions.values():
+            _reap(pid)
+        if not any(session_members(pid) for pid in sessions.values()):
+            break
+        time.sleep(0.05)
     for session in sessions.values():
         child = _CHILDREN.pop(session, None)
         if child is not None:
