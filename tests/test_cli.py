@@ -188,9 +188,9 @@ def test_options_offer_the_choices_of_the_dags_form(capsys):
              for name, (_, _, schema) in form_fields().items() if "enum" in schema}
     assert choices == enums
     with pytest.raises(SystemExit) as exited:
-        main(["predict", "x.jpg", "--postprocess", "wbf"])
+        main(["predict", "x.jpg", "--postprocess", "diou"])
     assert exited.value.code == 2  # a bad parameter: as ConfigError's exit status
-    assert "invalid choice: 'wbf'" in capsys.readouterr().err
+    assert "invalid choice: 'diou'" in capsys.readouterr().err
 
 
 def test_docs_options_table_is_the_generated_one():

@@ -19,7 +19,9 @@ from tilescope.errors import ConfigError
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
 from tilescope.slicing import parse_grid, validate_slicing
 
-POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms")
+POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms", "softnms", "softnms-linear", "wbf")
+#: Soft-NMS's Gaussian sigma by default (the paper's value)
+DEFAULT_SOFT_NMS_SIGMA = 0.5
 #: frames sampled per second of video by default, and the most a run may ask for
 DEFAULT_VIDEO_FPS = 1.0
 MAX_VIDEO_FPS = 60.0
@@ -114,10 +116,16 @@ class InferenceParams:
                                  "max_map_length regions in all)",
         schema={"type": "string", "pattern": GRID_PATTERN}))
     postprocess: str = field(default="greedynmm", metadata=_spec(
+        doc="greedynmm/nmm/nms: SAHI's; softnms (Gaussian, --soft-nms-sigma), softnms-linear "
+            "(decays above --match-threshold); wbf: weighted boxes fusion (for ensembles, "
+            "weaker for one model)",
         schema={"enum": list(POSTPROCESS_TYPES)}))
     match_metric: str = field(default="ios", metadata=_spec(
         schema={"enum": list(MATCH_METRICS)}))
     match_threshold: float = field(default=0.5, metadata=_spec(schema=_bounded(0, 1)))
+    soft_nms_sigma: float = field(default=DEFAULT_SOFT_NMS_SIGMA, metadata=_spec(
+        title="Soft-NMS sigma", doc="the Gaussian decay's sigma (postprocess softnms only)",
+        schema={"type": "number", "exclusiveMinimum": 0, "maximum": 10}))
     class_agnostic: bool = field(default=False, metadata=_spec(
         doc="merge boxes across categories", schema={"type": "boolean"}))
     score_threshold: float = field(default=0.3, metadata=_spec(schema=_bounded(0, 1)))
@@ -165,6 +173,14 @@ class InferenceParams:
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {MATCH_METRICS}, "
                               f"got {self.match_metric!r}")
+        try:
+            sigma = float(self.soft_nms_sigma)
+        except (TypeError, ValueError):
+            raise ConfigError(f"soft_nms_sigma must be a number, got "
+                              f"{self.soft_nms_sigma!r}") from None
+        if not 0.0 < sigma <= 10.0:  # also refuses NaN
+            raise ConfigError(f"soft_nms_sigma must be in (0, 10], got {sigma:g}")
+        object.__setattr__(self, "soft_nms_sigma", sigma)
         for name in ("match_threshold", "score_threshold", "min_success_ratio"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
@@ -221,6 +237,9 @@ class InferenceParams:
         # parameter digests stay exactly what they were.
         if data["video_fps"] == DEFAULT_VIDEO_FPS:
             del data["video_fps"]
+        # Added with Soft-NMS: likewise left out at its default.
+        if data["soft_nms_sigma"] == DEFAULT_SOFT_NMS_SIGMA:
+            del data["soft_nms_sigma"]
         return data
 
     def model_arguments(self) -> dict[str, Any]:

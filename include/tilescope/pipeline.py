@@ -54,7 +54,8 @@ def plan_image(width: int, height: int, params: InferenceParams, model_slice_siz
 def merge_detections(dets: Detections, params: InferenceParams) -> Detections:
     """Merge with the run's postprocess settings."""
     return merge(dets, strategy=params.postprocess, metric=params.match_metric,  # type: ignore[arg-type]  # merge() checks the strings
-                 threshold=params.match_threshold, class_agnostic=params.class_agnostic)
+                 threshold=params.match_threshold, class_agnostic=params.class_agnostic,
+                 sigma=params.soft_nms_sigma, score_threshold=params.score_threshold)
 
 
 def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,

@@ -62,13 +62,15 @@ def test_params_refuse_bad_values_at_trigger_time(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 
     dag = dagbag.dags["tiled_inference"]
-    good = {"image_uri": "s3://bucket/incoming/x.jpg", "grid": "3x4", "slice_size": "640"}
+    good = {"image_uri": "s3://bucket/incoming/x.jpg", "grid": "3x4", "slice_size": "640",
+            "postprocess": "softnms", "soft_nms_sigma": 0.3}
     params = copy.deepcopy(dag.params)
     for key, value in good.items():
         params[key] = value
     params.validate()
     for bad in ({"image_uri": "/local/path.jpg"}, {"overlap": 0.95}, {"grid": "3"},
-                {"score_threshold": 2}, {"postprocess": "wbf"}, {"slice_size": "huge"},
+                {"score_threshold": 2}, {"postprocess": "diou"}, {"slice_size": "huge"},
+                {"soft_nms_sigma": 0},
                 {"min_success_ratio": -0.1}, {"images": ["/local/a.jpg"]},
                 {"manifest": "http://example.invalid/m.json"}):
         params = copy.deepcopy(dag.params)

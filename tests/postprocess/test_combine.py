@@ -393,7 +393,7 @@ def test_negative_coordinates_are_fine() -> None:
 def test_rejects_unknown_strategy_and_metric() -> None:
     dets = dets_of([(0, 0, 1, 1, 0.5, 0)])
     with pytest.raises(ValueError, match="strategy"):
-        merge(dets, "wbf")  # type: ignore[arg-type]
+        merge(dets, "diou")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="metric"):
         nms(dets, metric="giou")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threshold"):

@@ -1,4 +1,6 @@
-"""Merging overlapping detections: NMS, NMM and greedy NMM with IoU or IoS matching.
+"""Merging overlapping detections: NMS, NMM and greedy NMM with IoU or IoS matching, plus
+Soft-NMS and Weighted Boxes Fusion (:func:`soft_nms`, :func:`weighted_boxes_fusion`; not SAHI
+modes, described where they are defined).
 
 The results reproduce SAHI 0.12.8's postprocess classes (``NMSPostprocess``,
 ``NMMPostprocess``, ``GreedyNMMPostprocess``) box for box, but run in time roughly linear in
@@ -73,10 +75,10 @@ import numpy as np
 
 from tilescope.detections import Detections
 
-Strategy = Literal["nms", "nmm", "greedynmm"]
+Strategy = Literal["nms", "nmm", "greedynmm", "softnms", "softnms-linear", "wbf"]
 MatchMetric = Literal["iou", "ios"]
 
-_STRATEGIES = ("nms", "nmm", "greedynmm")
+_STRATEGIES = ("nms", "nmm", "greedynmm", "softnms", "softnms-linear", "wbf")
 _METRICS = ("iou", "ios")
 
 # Up to this many boxes (one slice's worth) an all-pairs matrix with Python-int bitset rows
@@ -134,8 +136,14 @@ def merge(
     metric: MatchMetric = "ios",
     threshold: float = 0.5,
     class_agnostic: bool = False,
+    *,
+    sigma: float = 0.5,
+    score_threshold: float = 0.0,
 ) -> Detections:
-    """Merge overlapping ``dets`` with SAHI's ``strategy`` ("greedynmm", "nmm" or "nms").
+    """Merge overlapping ``dets`` with SAHI's ``strategy`` ("greedynmm", "nmm" or "nms"), or
+    "softnms" / "softnms-linear" (:func:`soft_nms`, Gaussian with ``sigma`` or linear with
+    ``threshold``; boxes decayed below ``score_threshold`` are dropped) or "wbf"
+    (:func:`weighted_boxes_fusion` with ``threshold``), which are not SAHI's.
 
     ``greedynmm`` / ``ios`` / 0.5 / class-aware are the defaults of SAHI's
     ``get_sliced_prediction``; the result equals SAHI's postprocess class of that name
@@ -148,6 +156,11 @@ def merge(
     threshold = _check_threshold(threshold)
     if strategy == "nms":
         return nms(dets, threshold, metric, class_agnostic)
+    if strategy in ("softnms", "softnms-linear"):
+        return soft_nms(dets, "linear" if strategy == "softnms-linear" else "gaussian",
+                        sigma, threshold, metric, class_agnostic, score_threshold)
+    if strategy == "wbf":
+        return weighted_boxes_fusion(dets, threshold, metric, class_agnostic)
     n = len(dets)
     if n == 0:
         return Detections.empty()
@@ -235,7 +248,8 @@ def _check_threshold(threshold: float) -> float:
 
 
 def _check_strategy(strategy: str) -> Strategy:
-    s = str(strategy).lower().replace("_", "")
+    s = str(strategy).lower()
+    s = s if s in _STRATEGIES else s.replace("_", "")
     if s not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
     return cast(Strategy, s)  # one of _STRATEGIES, checked above
@@ -791,3 +805,186 @@ def _bits(mask: int) -> list[int]:
         out.append(low.bit_length() - 1)
         mask ^= low
     return out
+
+
+# ---------------------------------------------------------------------------
+# Soft-NMS and Weighted Boxes Fusion (not SAHI modes)
+# ---------------------------------------------------------------------------
+
+SoftMethod = Literal["gaussian", "linear"]
+
+
+def _overlap_pairs(ctx: _Context, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair with a positive intersection (same category when class-aware), each once,
+    with its IoU / IoS in float64."""
+    a, b = _strip_matches(ctx, metric, float(np.finfo(np.float32).smallest_subnormal))
+    return a, b, _pair_metric64(ctx, a, b, metric)
+
+
+def _pair_metric64(ctx: _Context, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """IoU or IoS of boxes ``a[k]``, ``b[k]`` in float64 (0 for a zero denominator)."""
+    x1, y1, x2, y2 = (c.astype(np.float64) for c in (ctx.x1, ctx.y1, ctx.x2, ctx.y2))
+    iw = np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b])
+    ih = np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b])
+    inter = np.maximum(0.0, iw) * np.maximum(0.0, ih)
+    area = (x2 - x1) * (y2 - y1)
+    denom = area[a] + area[b] - inter if metric == "iou" else np.minimum(area[a], area[b])
+    out = np.zeros(len(inter))
+    np.divide(inter, denom, out=out, where=denom > 0)
+    return out
+
+
+def soft_nms(
+    dets: Detections,
+    method: SoftMethod = "gaussian",
+    sigma: float = 0.5,
+    threshold: float = 0.3,
+    metric: MatchMetric = "iou",
+    class_agnostic: bool = False,
+    score_threshold: float = 0.0,
+) -> Detections:
+    """Soft-NMS (Bodla et al. 2017): instead of removing the boxes a selected box overlaps,
+    decay their scores, then select again.
+
+    The paper's algorithm: repeatedly select the box with the highest *current* score and
+    multiply the score of every remaining box ``b`` (of its category unless
+    ``class_agnostic``) by ``exp(-m(M, b)**2 / sigma)`` ("gaussian") or, when
+    ``m(M, b) >= threshold``, by ``1 - m(M, b)`` ("linear"); ``m`` is IoU (the paper's) or
+    IoS. Boxes whose score falls below ``score_threshold`` are dropped. The result holds the
+    decayed scores, in selection order (score descending); ties go to SAHI's rank.
+
+    Only overlapping pairs decay, so the work is the strip sweep of :func:`merge` plus one
+    heap step per box and one numpy update per box with neighbours - no all-pairs matrix
+    (a pile where every pair overlaps is quadratic, as for the other modes).
+    """
+    import heapq
+
+    metric = _check_metric(metric)
+    if method not in ("gaussian", "linear"):
+        raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    threshold = _check_threshold(threshold)
+    n = len(dets)
+    if n == 0:
+        return Detections.empty()
+    ctx = _Context(dets, class_agnostic)
+    a, b, m = _overlap_pairs(ctx, metric)
+    if method == "gaussian":
+        factor = np.exp(-(m * m) / float(sigma))
+    else:
+        factor = np.where(m >= threshold, 1.0 - m, 1.0)
+    live = factor < 1.0
+    a, b, factor = a[live], b[live], factor[live]
+    # Symmetric adjacency in CSR form.
+    src = np.concatenate([a, b])
+    by_src = np.argsort(src, kind="stable")
+    nbr = np.concatenate([b, a])[by_src]
+    fac = np.concatenate([factor, factor])[by_src]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    has_nbr = (indptr[1:] > indptr[:-1]).tolist()
+    score = ctx.scores.astype(np.float64)
+    rank = ctx.rank.tolist()
+    heap = [(-s, r, i) for i, (s, r) in enumerate(zip(score.tolist(), rank, strict=True))]
+    heapq.heapify(heap)
+    done = np.zeros(n, dtype=bool)
+    selected: list[int] = []
+    floor = float(score_threshold)
+    while heap:
+        neg, _, i = heapq.heappop(heap)
+        if done[i] or -neg != score[i]:
+            continue  # selected already, or a stale entry from before a decay
+        if -neg < floor:
+            break  # every remaining score is at most this one
+        done[i] = True
+        selected.append(i)
+        if has_nbr[i]:
+            lo, hi = indptr[i], indptr[i + 1]
+            js = nbr[lo:hi]
+            open_ = ~done[js]
+            js = js[open_]
+            score[js] *= fac[lo:hi][open_]
+            for j, s in zip(js.tolist(), score[js].tolist(), strict=True):
+                heapq.heappush(heap, (-s, rank[j], j))
+    keep = np.asarray(selected, dtype=np.int64)
+    return Detections(np.asarray(dets.boxes, dtype=np.float32)[keep],
+                      score[keep].astype(np.float32),
+                      np.asarray(dets.category_ids)[keep])
+
+
+def weighted_boxes_fusion(
+    dets: Detections,
+    threshold: float = 0.55,
+    metric: MatchMetric = "iou",
+    class_agnostic: bool = False,
+) -> Detections:
+    """Weighted Boxes Fusion (Solovyev et al. 2019) of one model's boxes.
+
+    In rank order (score descending), each box joins the cluster whose fused box it matches
+    best with ``m >= threshold`` (``m`` IoU, the paper's, or IoS; clusters of its category
+    unless ``class_agnostic``), or starts a new one. A fused box is the score-weighted mean of
+    its members' coordinates, recomputed after each join; its score is the paper's: the mean
+    member score times ``min(count, models) / models`` with ``models = 1``, i.e. the mean.
+    The category is the first (best) member's. Output: score descending, ties by rank.
+
+    WBF is designed for *ensembles* of models, whose boxes for one object disagree
+    independently; for one model over overlapping slices the fused boxes are averages of
+    mostly truncated views, and the mean score penalises objects seen by several slices, so
+    it is usually weaker than greedy NMM there. Cost: one numpy step per box over the
+    category's clusters so far (O(boxes × clusters) per category).
+    """
+    metric = _check_metric(metric)
+    threshold = _check_threshold(threshold)
+    n = len(dets)
+    if n == 0:
+        return Detections.empty()
+    ctx = _Context(dets, class_agnostic)
+    box64 = np.stack([ctx.x1, ctx.y1, ctx.x2, ctx.y2], axis=1).astype(np.float64)
+    s64 = ctx.scores.astype(np.float64)
+    groups = np.zeros(n, dtype=np.int64) if ctx.group is None else ctx.group
+    order = ctx.order[np.argsort(groups[ctx.order], kind="stable")]
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    out_box, out_score, out_cat, out_rank = [], [], [], []
+    for idx in np.split(order, bounds):
+        k = len(idx)
+        wsum = np.zeros((k, 4))  # score-weighted coordinate sums
+        ssum = np.zeros(k)
+        count = np.zeros(k)
+        fused = np.zeros((k, 4))
+        first = np.zeros(k, dtype=np.int64)
+        used = 0
+        for i in idx.tolist():
+            bx = box64[i]
+            best = -1
+            if used:
+                f = fused[:used]
+                iw = np.minimum(f[:, 2], bx[2]) - np.maximum(f[:, 0], bx[0])
+                ih = np.minimum(f[:, 3], bx[3]) - np.maximum(f[:, 1], bx[1])
+                inter = np.maximum(0.0, iw) * np.maximum(0.0, ih)
+                fa = (f[:, 2] - f[:, 0]) * (f[:, 3] - f[:, 1])
+                ba = (bx[2] - bx[0]) * (bx[3] - bx[1])
+                denom = fa + ba - inter if metric == "iou" else np.minimum(fa, ba)
+                m = np.zeros(used)
+                np.divide(inter, denom, out=m, where=denom > 0)
+                c = int(np.argmax(m))
+                if m[c] >= threshold:
+                    best = c
+            if best < 0:
+                best = used
+                first[best] = i
+                used += 1
+            wsum[best] += s64[i] * bx
+            ssum[best] += s64[i]
+            count[best] += 1
+            fused[best] = wsum[best] / ssum[best] if ssum[best] > 0 else bx
+        out_box.append(fused[:used])
+        out_score.append(ssum[:used] / count[:used] * np.minimum(count[:used], 1.0) / 1.0)
+        out_cat.append(ctx.cats[first[:used]])
+        out_rank.append(ctx.rank[first[:used]])
+    boxes = np.concatenate(out_box)
+    scores = np.concatenate(out_score)
+    cats = np.concatenate(out_cat)
+    sort = np.lexsort((np.concatenate(out_rank), -scores))
+    return Detections(boxes[sort].astype(np.float32), scores[sort].astype(np.float32),
+                      cats[sort])
