@@ -205,3 +205,57 @@ def _declared(geokeys: dict[str, Any] | None) -> str:
     """The CRS GeoKeys a file declares, for an error message."""
     keys = {k: v for k, v in (geokeys or {}).items() if "CSType" in k or k == "GTModelTypeGeoKey"}
     return ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in keys.items()) or "no CRS keys"
+
+
+#: control points per image side the viewer gets (:func:`lonlat_grid`): 17 × 17 = 289 pairs
+VIEWER_GRID_CELLS = 16
+
+
+def lonlat_grid(geo: Georeference, width: int, height: int,
+                cells: int = VIEWER_GRID_CELLS) -> dict[str, Any]:
+    """Lon/lat control points for a viewer that has no PROJ: the exact WGS 84 position
+    (PROJ, as :meth:`Georeference.pixel_to_lonlat`) of a ``(cells + 1)²`` grid of pixel
+    corners spanning the image, which the page interpolates bilinearly
+    (:func:`interpolate_lonlat` is the same arithmetic).
+
+    ``max_error_deg`` is the interpolation's largest error measured at every cell's centre
+    and edge midpoints against PROJ — where a bilinear fit of a smooth map is furthest from
+    it — the figure the page quotes as "±". Exact at the control points; for a geographic
+    CRS the map is affine and the interpolation is exact everywhere.
+    """
+    cols = np.linspace(0.0, float(width), cells + 1)
+    rows = np.linspace(0.0, float(height), cells + 1)
+    cc, rr = np.meshgrid(cols, rows)  # [row][col]
+    lon, lat = geo.pixel_to_lonlat(cc, rr)
+    grid = {"cols": cols.tolist(), "rows": rows.tolist(),
+            "lon": np.round(lon, 9).tolist(), "lat": np.round(lat, 9).tolist()}
+    # probes: cell centres and edge midpoints (half-steps on the grid)
+    half_c = np.linspace(0.0, float(width), 2 * cells + 1)
+    half_r = np.linspace(0.0, float(height), 2 * cells + 1)
+    pc, pr = np.meshgrid(half_c, half_r)
+    true_lon, true_lat = geo.pixel_to_lonlat(pc, pr)
+    est_lon, est_lat = interpolate_lonlat(grid, pc, pr)
+    error = max(float(np.max(np.abs(est_lon - true_lon))),
+                float(np.max(np.abs(est_lat - true_lat))))
+    grid["max_error_deg"] = float(f"{error * 1.005:.3g}")  # rounded up, never down
+    return grid
+
+
+def interpolate_lonlat(grid: Mapping[str, Any], cols: Any,
+                       rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear lon/lat at pixel (col, row) from a :func:`lonlat_grid` — what the viewer's
+    page computes under the pointer (``viewer.js``, ``lonlatAt``)."""
+    gc, gr = np.asarray(grid["cols"], float), np.asarray(grid["rows"], float)
+    lon, lat = np.asarray(grid["lon"], float), np.asarray(grid["lat"], float)
+    cols, rows = np.asarray(cols, float), np.asarray(rows, float)
+    i = np.clip(np.searchsorted(gc, cols, side="right") - 1, 0, len(gc) - 2)
+    j = np.clip(np.searchsorted(gr, rows, side="right") - 1, 0, len(gr) - 2)
+    u = (cols - gc[i]) / (gc[i + 1] - gc[i])
+    v = (rows - gr[j]) / (gr[j + 1] - gr[j])
+
+    def bilinear(z: np.ndarray) -> np.ndarray:
+        top = z[j, i] * (1 - u) + z[j, i + 1] * u
+        bottom = z[j + 1, i] * (1 - u) + z[j + 1, i + 1] * u
+        return np.asarray(top * (1 - v) + bottom * v)
+
+    return bilinear(lon), bilinear(lat)

@@ -23,7 +23,7 @@
     classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
     lastDrawMs: null, lastPollMs: null,
     batch: false, images: 0, imagesFinal: false, units: 0, unitStateCounts: {},
-    selectedImage: null,
+    selectedImage: null, pointer: null,
   });
   const $ = (id) => document.getElementById(id);
   const canvas = $("view");
@@ -306,6 +306,48 @@
     }
     if (best !== null) showRegion(best);
   });
+
+  // Georeferenced results: lon/lat under the pointer, interpolated bilinearly between the
+  // server's WGS 84 control points (shaping.georef_payload; tilescope.georef.interpolate_lonlat
+  // is the same arithmetic, tested against PROJ), quoted with their measured error.
+  function lonlatAt(grid, col, row) {
+    const find = (axis, v) => {
+      let i = 0;
+      while (i < axis.length - 2 && v >= axis[i + 1]) i++;
+      return i;
+    };
+    const i = find(grid.cols, col), j = find(grid.rows, row);
+    const u = (col - grid.cols[i]) / (grid.cols[i + 1] - grid.cols[i]);
+    const v = (row - grid.rows[j]) / (grid.rows[j + 1] - grid.rows[j]);
+    const bilinear = (z) => (z[j][i] * (1 - u) + z[j][i + 1] * u) * (1 - v) +
+      (z[j + 1][i] * (1 - u) + z[j + 1][i + 1] * u) * v;
+    return [bilinear(grid.lon), bilinear(grid.lat)];
+  }
+
+  function showPointer(event) {
+    const geo = final && final.georef;
+    const line = $("pointer");
+    if (!geo || !geo.lonlat || !plan || !plan.image) {
+      line.hidden = true; S.pointer = null; return;
+    }
+    const rect = canvas.getBoundingClientRect();
+    const col = ((event.clientX - rect.left) * canvas.width) / rect.width / scale;
+    const row = ((event.clientY - rect.top) * canvas.height) / rect.height / scale;
+    if (col < 0 || row < 0 || col > plan.image.width || row > plan.image.height) {
+      line.hidden = true; return;
+    }
+    const [lon, lat] = lonlatAt(geo.lonlat, col, row);
+    const err = geo.lonlat.max_error_deg;
+    // digits down to the interpolation's error (at most 7: ~1 cm)
+    const digits = Math.min(7, Math.max(4, Math.ceil(-Math.log10(Math.max(err, 1e-9))) + 1));
+    S.pointer = { col, row, lon, lat };
+    line.textContent = `x ${col.toFixed(1)}, y ${row.toFixed(1)} px · ` +
+      `lon ${lon.toFixed(digits)}°, lat ${lat.toFixed(digits)}° (WGS 84, ±${err.toPrecision(2)}°)` +
+      ` · ${geo.crs && geo.crs.length < 40 ? geo.crs : "native CRS"}`;
+    line.hidden = false;
+  }
+  canvas.addEventListener("mousemove", showPointer);
+  canvas.addEventListener("mouseleave", () => { $("pointer").hidden = true; });
 
   $("min-score").addEventListener("input", (event) => {
     minScore = Number(event.target.value);

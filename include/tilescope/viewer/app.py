@@ -47,7 +47,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilescope.errors import BadImageError, StorageError
-from tilescope.layout import ARTIFACTS, THUMBNAIL
+from tilescope.layout import ARTIFACTS, GEO_ARTIFACTS, THUMBNAIL
 from tilescope.storage import S3Client, S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
@@ -71,6 +71,7 @@ from tilescope.viewer.shaping import (
     batch_images_payload,
     batch_plan_payload,
     findings_payload,
+    has_crs,
     plan_payload,
     result_payload,
     states_payload,
@@ -78,7 +79,7 @@ from tilescope.viewer.shaping import (
 
 RUN_PATH = "/dags/{dag_id}/runs/{run_id}"
 _MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg",
-                ".jpeg": "image/jpeg"}
+                ".jpeg": "image/jpeg", ".geojson": "application/geo+json"}
 # Each route checks the caller may read this DAG's runs / task instances / XComs, exactly
 # as Airflow's REST API would (dag_id comes from the path).
 CanReadRun = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
@@ -315,7 +316,7 @@ def create_app(static_dir: Path) -> FastAPI:
             batch, index = _stored_image(session, run, image)
             payload = batch_image_payload(json.loads(_read(
                 batch.object(index, ARTIFACTS["result"]))))  # type: ignore[arg-type]  # a stored image's key exists
-            payload["artifacts"] = batch.artifacts(index)
+            payload["artifacts"] = batch.artifacts(index, geo=has_crs(payload))
             payload["image_index"] = index
             return payload
         if image is not None:
@@ -325,8 +326,8 @@ def create_app(static_dir: Path) -> FastAPI:
         if prefixes is None or location is None:
             raise HTTPException(404, "no result stored for this run yet")
         payload = result_payload(json.loads(_read(location)))
-        payload["artifacts"] = {name: f"{prefixes.results}{name}"
-                                for name in ARTIFACTS.values()}
+        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if has_crs(payload) else ())]
+        payload["artifacts"] = {name: f"{prefixes.results}{name}" for name in names}
         return payload
 
     @app.get(f"/api{RUN_PATH}/image", dependencies=[CanReadRun, CanReadXComs])

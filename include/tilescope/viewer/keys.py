@@ -7,6 +7,8 @@ and its ``results/<image-id>/<params-hash>/`` prefix — or the viewer would be 
 proxy for the bucket. A *batch* run (many images in one run) owns its
 ``results/batches/<run>/`` prefix and the ``results/<image-id>/<params-hash>/`` prefix of each
 image its own ``outcomes.json`` says it stored (:func:`batch_prefixes`), nothing else.
+GeoJSON (``.geojson``) is served from a stored image's results prefix only
+(:data:`RESULTS_ONLY_SUFFIXES`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from tilescope.errors import TilescopeError
 from tilescope.layout import (
     ARTIFACTS,
+    GEO_ARTIFACTS,
     IMAGE_ID,
     OUTCOMES,
     PLAN,
@@ -37,8 +40,12 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_.~:+\-]+")
 _SAFE_PART = re.compile(r"[A-Za-z0-9._-]+")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 KEY_MAX = 1024
-#: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails)
-SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
+#: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails, STAC
+#: items, GeoJSON)
+SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg", ".geojson")
+#: suffixes served from a stored image's results prefix only (never scratch, never a batch's
+#: own ``results/batches/<run>/``): the georeferenced detections beside ``coco.json``
+RESULTS_ONLY_SUFFIXES = (".geojson",)
 
 
 class ViewerInputError(TilescopeError):
@@ -98,6 +105,11 @@ class RunPrefixes:
 
     def allows(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and any(key.startswith(p) for p in self.prefixes)
+
+    def in_results(self, bucket: str, key: str) -> bool:
+        """Whether ``key`` is under the run's stored results prefix."""
+        return bucket == self.bucket and self.results is not None \
+            and key.startswith(self.results)
 
     def object(self, name: str, *, where: str) -> S3Location | None:
         """``<results or scratch prefix><name>`` when that prefix is known."""
@@ -198,6 +210,10 @@ class BatchPrefixes:
     def allows(self, bucket: str, key: str) -> bool:
         if bucket == self.bucket and key.startswith(self.batch):
             return True
+        return self.in_results(bucket, key)
+
+    def in_results(self, bucket: str, key: str) -> bool:
+        """Whether ``key`` is under the results prefix of one of the batch's stored images."""
         return any(bucket == b and key.startswith(p) for b, p in self.images.values())
 
     def object(self, index: int, name: str) -> S3Location | None:
@@ -205,9 +221,11 @@ class BatchPrefixes:
         where = self.images.get(index)
         return S3Location(where[0], where[1] + name) if where else None
 
-    def artifacts(self, index: int) -> dict[str, str]:
-        """The stored image's result, COCO and overlay as ``s3://`` URIs."""
-        return {name: loc.uri for name in ARTIFACTS.values()
+    def artifacts(self, index: int, *, geo: bool = False) -> dict[str, str]:
+        """The stored image's result, COCO and overlay as ``s3://`` URIs, and with ``geo``
+        (its image has a CRS) its GeoJSON, native GeoJSON and STAC Item."""
+        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if geo else ())]
+        return {name: loc.uri for name in names
                 if (loc := self.object(index, name)) is not None}
 
 
@@ -276,6 +294,9 @@ def resolve_key(raw: str, run: RunPrefixes | BatchPrefixes,
         raise ViewerInputError(f"key {raw!r} is outside this run's results and scratch")
     if not key.lower().endswith(suffixes):
         raise ViewerInputError(f"key {raw!r}: the viewer serves only {', '.join(suffixes)}")
+    if key.lower().endswith(RESULTS_ONLY_SUFFIXES) and not run.in_results(bucket, key):
+        raise ViewerInputError(f"key {raw!r}: GeoJSON is served from the run's stored "
+                               "results only")
     if not all(_SAFE_PART.fullmatch(p) for p in parts):
         raise ViewerInputError(f"invalid key {raw!r}")
     return S3Location(bucket, key)

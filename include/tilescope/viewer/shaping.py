@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tilescope.georef import Georeference, GeoreferenceError, lonlat_grid
 from tilescope.slicing import SlicePlan
 from tilescope.units import WorkUnit, is_unit_payload, is_work_unit
 
@@ -224,7 +225,34 @@ def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
             "description": summary.get("description"),
             "model_seconds": summary.get("model_seconds"),
             "total_seconds": summary.get("total_seconds"),
-            "category_names": names, "boxes": boxes, "scores": scores, "classes": classes}
+            "category_names": names, "boxes": boxes, "scores": scores, "classes": classes,
+            "georef": georef_payload(doc.get("image") or {})}
+
+
+def georef_payload(image: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A result image's georeference for the page: ``None`` for a plain image (pixels
+    only); else its ``crs``, ``epsg`` and affine ``transform`` (GDAL order ``a, b, c, d, e,
+    f``: ``x = a·col + b·row + c``, ``y = d·col + e·row + f``) and, when it has a CRS,
+    ``lonlat``: WGS 84 control points the page interpolates under the pointer, with their
+    measured ``max_error_deg`` (:func:`tilescope.georef.lonlat_grid`)."""
+    geo = Georeference.from_dict(image)
+    if geo is None:
+        return None
+    lonlat = None
+    width, height = image.get("width"), image.get("height")
+    if geo.crs_wkt is not None and width and height:
+        try:
+            lonlat = lonlat_grid(geo, int(width), int(height))
+        except (GeoreferenceError, ValueError, ImportError):  # PROJ cannot place it
+            lonlat = None
+    return {"crs": geo.crs, "epsg": geo.epsg, "transform": list(geo.transform),
+            "lonlat": lonlat}
+
+
+def has_crs(payload: Mapping[str, Any]) -> bool:
+    """Whether a result payload's image has a CRS: the DAG then stored its GeoJSON,
+    native GeoJSON and STAC Item beside ``coco.json`` (:data:`tilescope.layout.GEO_ARTIFACTS`)."""
+    return bool((payload.get("georef") or {}).get("crs"))
 
 
 def class_counts(classes: Iterable[int], names: Sequence[str],
