@@ -148,7 +148,7 @@ def test_result_counts_and_description():
 
 
 @pytest.mark.parametrize("bad", [{"overlap": 0.95}, {"score_threshold": 1.5},
-                                 {"postprocess": "wbf"}, {"match_metric": "giou"},
+                                 {"postprocess": "diou"}, {"match_metric": "giou"},
                                  {"slice_size": 8}, {"slice_size": "big"}, {"grid": "3"}])
 def test_bad_params_are_refused(bad):
     with pytest.raises(ConfigError):
