@@ -158,10 +158,15 @@ class SeaweedServer:
         return procs.is_alive(self.record)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until S3 answers an authenticated ListBuckets (the server is really usable)."""
+        """Block until S3 answers an authenticated ListBuckets and every one of the server's
+        ports listens: the S3 gateway answers before the volume server is up on a loaded
+        machine, and a read then fails with InternalError."""
         client = s3_client(self.endpoint, self.credentials, retries=1)
         procs.wait_for(lambda: client.list_buckets() is not None, timeout,
                        f"SeaweedFS S3 on {self.endpoint}", alive=self.alive)
+        ports = self.ports.named().values()
+        procs.wait_for(lambda: not any(procs.port_is_free(port) for port in ports), timeout,
+                       "SeaweedFS's master, volume and filer ports", alive=self.alive)
 
     def ensure_bucket(self, bucket: str) -> bool:
         """Create ``bucket`` unless it exists (auto-creation is off); True if it was created."""
