@@ -5,7 +5,8 @@
 ``--out-dir DIR``) runs every image they reach in one process, packed into the work units the
 DAG uses, with one progress bar; ``--out-dir`` gets ``<name>.json`` per image, ``coco.json``
 (all images) and ``summary.json``. ``tilescope evaluate PRED GT`` scores predictions
-against COCO ground truth (:mod:`tilescope.evaluation`).
+against COCO ground truth (:mod:`tilescope.evaluation`); ``tilescope tune IMAGES GT`` searches
+slicing and merging settings on labelled images (:mod:`tilescope.tune`).
 
 Exit statuses: :data:`EXIT_STATUSES` (``tilescope --help`` lists them, so does the README).
 """
@@ -33,11 +34,12 @@ from tilescope.params import (
     field_default,
     form_fields,
     param_fields,
+    parse_slice_size,
 )
 from tilescope.pipeline import run_image
 from tilescope.readers import open_image
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
-from tilescope.results import Result
+from tilescope.results import Result, merged_coco
 from tilescope.sources import is_plain_file
 from tilescope.storage import is_s3_uri, write_bytes
 from tilescope.tasks.video import video_container
@@ -148,24 +150,43 @@ def param_option_help(item: Field, spec: ParamSpec) -> str:
     return "; ".join(part for part in (text, *extras) if part)
 
 
-def add_param_options(parser: argparse.ArgumentParser) -> None:
+def add_param_options(parser: argparse.ArgumentParser,
+                      defaults: Mapping[str, Any] | None = None) -> None:
     """One option per :class:`InferenceParams` field (its ``ParamSpec``: flag, type from the
-    schema, choices from its ``enum``, default from the field), dest = the field's name."""
+    schema, choices from its ``enum``, default from the field — or from ``defaults``, a
+    params file's values as :func:`file_defaults` gives them), dest = the field's name."""
+    defaults = defaults or {}
     for item, spec in param_fields():
         if spec.flag is None:
             continue
         kind = spec.schema.get("type")
         common: dict[str, Any] = {"dest": item.name, "help": param_option_help(item, spec)}
         if kind == "boolean":
-            parser.add_argument(_flag(item, spec), action="store_true", **common)
+            parser.add_argument(_flag(item, spec), action="store_true",
+                                default=bool(defaults.get(item.name, False)), **common)
         elif kind == "object":
-            parser.add_argument(_flag(item, spec), action="append", default=[],
+            parser.add_argument(_flag(item, spec), action="append",
+                                default=list(defaults.get(item.name, [])),
                                 metavar="KEY=VALUE", **common)
         else:
             choices = [c for c in spec.schema.get("enum", ()) if c != ""] or None
             parse = spec.parse or (float if kind == "number" else str)
             parser.add_argument(_flag(item, spec), type=parse, choices=choices,
-                                default=field_default(item), metavar=spec.metavar, **common)
+                                default=defaults.get(item.name, field_default(item)),
+                                metavar=spec.metavar, **common)
+
+
+def file_defaults(params: InferenceParams) -> dict[str, Any]:
+    """A params file's parameters as option defaults: the text a flag would take (argparse
+    parses a text default as if typed, e.g. ``--slice 640``), options as ``KEY=VALUE``."""
+    conf = params.to_conf()
+    defaults: dict[str, Any] = {}
+    for item, spec in param_fields():
+        value = conf[item.name]
+        if spec.schema.get("type") == "object":
+            value = [f"{key}={json.dumps(option)}" for key, option in value.items()]
+        defaults[item.name] = value
+    return defaults
 
 
 def params_from_args(args: argparse.Namespace) -> InferenceParams:
@@ -179,7 +200,9 @@ def params_from_args(args: argparse.Namespace) -> InferenceParams:
     return InferenceParams(**values)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(param_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``param_defaults`` (from ``predict --params FILE``) replace the run
+    parameters' defaults, so options given on the command line still win."""
     parser = argparse.ArgumentParser(prog="tilescope", description=__doc__.split("\n")[0],
                                      epilog=exit_status_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image path or s3://bucket/key; also folders (recursive), "
                               "glob patterns and s3://bucket/prefix/ (many images)")
-    _add_predict_options(predict)
+    _add_predict_options(predict, param_defaults)
 
     evaluate = commands.add_parser(
         "evaluate", help="COCO AP, recall and duplicates of predictions against ground truth",
@@ -205,15 +228,68 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", metavar="PNG",
                           help="write the precision-recall curves at IoU 0.5 here")
 
+    tune = commands.add_parser(
+        "tune", help="search slicing and merging settings on labelled images within a time "
+                     "budget; print the speed/accuracy front, write the chosen Params JSON",
+        epilog=exit_status_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("inputs", nargs="+", metavar="IMAGES",
+                      help="labelled images: paths, folders, globs, s3:// URIs or prefixes")
+    tune.add_argument("gt", metavar="GT", help="their COCO ground truth (images matched by "
+                                               "file name; path or s3:// URI)")
+    _add_tune_options(tune)
+
     commands.add_parser("models", help="list registered models")
     sample = commands.add_parser("sample", help="print the path of a bundled sample photo")
     sample.add_argument("name")
     return parser
 
 
-def _add_predict_options(predict: argparse.ArgumentParser) -> None:
-    """``predict``'s options: the run parameters, then limits and outputs."""
-    add_param_options(predict)
+def _add_tune_options(tune: argparse.ArgumentParser) -> None:
+    """``tune``'s options: the starting parameters (the search tries them first), the
+    budget and what is scored, the search space, the outputs."""
+    from tilescope.tune import COARSE_SLICE_SIZES, OVERLAPS, THRESHOLDS, TUNE_METRICS
+
+    add_param_options(tune)
+    tune.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
+                      help="stop searching after about this long; default: 300")
+    tune.add_argument("--metric", choices=TUNE_METRICS, default="AP50",
+                      help="the figure maximised; default: AP50")
+    tune.add_argument("--slice-sizes", type=_list_of(parse_slice_size), metavar="PX,...",
+                      default=COARSE_SLICE_SIZES,
+                      help="coarse slice sizes tried first ('model': its input size); "
+                           "default: model,256,512,1024")
+    tune.add_argument("--overlaps", type=_list_of(float), metavar="R,...", default=OVERLAPS,
+                      help="overlaps tried around the best slice size; default: 0.1,0.2,0.3")
+    tune.add_argument("--thresholds", type=_list_of(float), metavar="T,...",
+                      default=THRESHOLDS,
+                      help="match thresholds of the fine merge grid; default: 0.3,0.5,0.7")
+    tune.add_argument("--no-full-image-pass", dest="try_full_image", action="store_false",
+                      help="do not try the full-image pass")
+    tune.add_argument("--params", metavar="OUT",
+                      help="write the chosen settings here as Params JSON (for predict "
+                           "--params, or a DAG run's conf)")
+    tune.add_argument("--json", metavar="OUT", help="write every trial and the front as JSON")
+    tune.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                      help="refuse images declaring more pixels (decompression bombs)")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _list_of(parse: Any) -> Any:
+    """An option type for comma-separated values."""
+    def parse_list(text: str) -> tuple[Any, ...]:
+        return tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+    return parse_list
+
+
+def _add_predict_options(predict: argparse.ArgumentParser,
+                         param_defaults: Mapping[str, Any] | None = None) -> None:
+    """``predict``'s options: the run parameters (and a params file), then limits and
+    outputs."""
+    predict.add_argument("--params", metavar="FILE",
+                         help="Params JSON (e.g. from tilescope tune --params; a DAG run's "
+                              "conf): its values replace the defaults, options given here "
+                              "still win")
+    add_param_options(predict, param_defaults)
     predict.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                          help="refuse images declaring more pixels (decompression bombs)")
     predict.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
@@ -342,25 +418,6 @@ def _join(directory: str, name: str) -> str:
         os.path.join(directory, *name.split("/"))
 
 
-def merged_coco(results: Sequence[Result]) -> dict[str, Any]:
-    """One COCO document for many results: image ids 1..N in order (a video's sampled
-    frames take one id each), annotation ids 1..M, categories of them all."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    categories: dict[int, dict[str, Any]] = {}
-    for result in results:
-        doc = result.to_coco(image_id=len(images) + 1)
-        images.extend(doc["images"])
-        for category in doc["categories"]:
-            categories.setdefault(int(category["id"]), category)
-        for annotation in doc["annotations"]:
-            annotations.append({**annotation, "id": len(annotations) + 1})
-    return {"info": {"description": f"tilescope {results[0].model if results else ''} on "
-                                    f"{len(images)} images".replace("  ", " ")},
-            "images": images, "categories": [categories[k] for k in sorted(categories)],
-            "annotations": annotations}
-
-
 def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     """``predict`` over many inputs (see the module docstring): one line per image, a
     summary line; exit 2 if any input was bad."""
@@ -437,6 +494,38 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """``tune``: progress on stderr, the front on stdout, the chosen Params JSON where
+    asked."""
+    from tilescope.evaluation import load_json
+    from tilescope.sources import expand_inputs
+    from tilescope.tune import SearchSpace, params_json, tune
+
+    base = params_from_args(args)
+    gt = load_json(args.gt, "ground truth")
+    images = [open_image(uri, max_pixels=args.max_pixels, bands=base.band_list())
+              for uri in expand_inputs(args.inputs)]
+    space = SearchSpace(slice_sizes=args.slice_sizes, overlaps=args.overlaps,
+                        thresholds=args.thresholds, full_image_pass=args.try_full_image)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        for reader, _ in images:
+            reader.validate()
+        with load_model(base.model, **base.model_arguments()) as model:
+            report = tune(images, gt, model, base, budget=args.budget, metric=args.metric,
+                          space=space, log=log)
+    finally:
+        for reader, _ in images:
+            reader.close()
+    if args.params:
+        write_bytes(args.params, params_json(report.best.params), "application/json")
+    if args.json:
+        write_bytes(args.json, json.dumps(report.to_dict(), indent=1).encode(),
+                    "application/json")
+    print(report.table())
+    return EXIT_OK
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: the table on stdout, the JSON and the plot where asked."""
     from tilescope.evaluation import evaluate, load_json
@@ -455,8 +544,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "predict" and args.params:
+            from tilescope.params import read_params_file
+
+            # again, with the file's values as the defaults: given options still win
+            args = build_parser(file_defaults(read_params_file(args.params))).parse_args(argv)
         if args.command == "models":
             print("\n".join(available_models()))
             return EXIT_OK
@@ -467,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "tune":
+            return _tune(args)
         return _predict(args)
     except (BadImageError, ConfigError) as exc:
         print(f"tilescope: error: {exc}", file=sys.stderr)

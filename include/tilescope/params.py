@@ -31,6 +31,10 @@ MATCH_METRICS = ("ios", "iou")
 _OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands")
 #: ``bands`` as typed: one or three 1-based band numbers, e.g. ``4,3,2``
 BANDS_PATTERN = r"^$|^[1-9][0-9]{0,3}(,[1-9][0-9]{0,3}){0,2}$"
+#: a DAG run's ``conf`` keys that are not run parameters (what the run is about, the gate,
+#: the claim, the ground truth): a params file may carry them, the CLI ignores them
+RUN_CONF_KEYS = ("image_uri", "images", "manifest", "moderation", "moderation_options",
+                 "claim", "ground_truth")
 #: option names that smell like credentials: those belong in an Airflow connection
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "access_key",
                  "credential")
@@ -242,6 +246,15 @@ class InferenceParams:
             del data["soft_nms_sigma"]
         return data
 
+    def to_conf(self) -> dict[str, Any]:
+        """Every parameter as the DAG's trigger form and ``tilescope predict --params FILE``
+        take it (JSON): ``slice_size`` as text (``"model"``: the model's own size), an unset
+        synthesis model as ``""``. :meth:`from_dict` reads it back to equal parameters."""
+        data = asdict(self)
+        data["slice_size"] = "model" if self.slice_size is None else str(self.slice_size)
+        data["synthesis_model"] = self.synthesis_model or ""
+        return data
+
     def model_arguments(self) -> dict[str, Any]:
         """Keyword arguments for ``load_model(self.model, ...)``."""
         return {"score_threshold": self.score_threshold, **self.model_options}
@@ -252,6 +265,30 @@ class InferenceParams:
                 if k not in _OPTIONAL_IN_DIGEST or v}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_params_file(uri: str) -> InferenceParams:
+    """A Params JSON file (path or ``s3://``; what ``tilescope tune --params`` writes, a
+    DAG run's ``conf``): an object of parameters, validated. Keys that are not parameters
+    are refused (a typo would otherwise silently keep a default), except the DAG's own
+    (``image_uri``, ``images``, ``manifest``, ``moderation``...), so a run's ``conf`` works."""
+    from tilescope.storage import read_bytes
+
+    try:
+        data = json.loads(read_bytes(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"params file {uri} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {uri} is not a JSON object of parameters")
+    names = {f.name for f in fields(InferenceParams)}
+    unknown = sorted(set(data) - names - set(RUN_CONF_KEYS))
+    if unknown:
+        raise ConfigError(f"params file {uri}: not parameters: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(names))})")
+    try:
+        return InferenceParams.from_dict(data)
+    except TypeError as exc:  # e.g. a value of the wrong kind for a field
+        raise ConfigError(f"params file {uri}: {exc}") from None
 
 
 def param_fields() -> Iterator[tuple[Field, ParamSpec]]:

@@ -7,7 +7,7 @@ whole run, serialised to one JSON document and exported to COCO.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,6 +363,25 @@ class Result:
             "categories": [{"id": ids[i], "name": n} for i, n in enumerate(self.category_names)],
             "annotations": annotations,
         }
+
+
+def merged_coco(results: Sequence[Result]) -> dict[str, Any]:
+    """One COCO document for many results: image ids 1..N in order (a video's sampled
+    frames take one id each), annotation ids 1..M, categories of them all."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    categories: dict[int, dict[str, Any]] = {}
+    for result in results:
+        doc = result.to_coco(image_id=len(images) + 1)
+        images.extend(doc["images"])
+        for category in doc["categories"]:
+            categories.setdefault(int(category["id"]), category)
+        for annotation in doc["annotations"]:
+            annotations.append({**annotation, "id": len(annotations) + 1})
+    return {"info": {"description": f"tilescope {results[0].model if results else ''} on "
+                                    f"{len(images)} images".replace("  ", " ")},
+            "images": images, "categories": [categories[k] for k in sorted(categories)],
+            "annotations": annotations}
 
 
 def describe_counts(counts: dict[str, int]) -> str:
