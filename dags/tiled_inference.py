@@ -16,6 +16,10 @@ releases its claim for another attempt — and fails whenever no result was stor
 callbacks emit the image's StatsD metrics and send one SNS message per image to the success
 or error topic (`tilescope_success_topic_arn` / `tilescope_error_topic_arn` Variables, or
 `TILESCOPE_SUCCESS_TOPIC_ARN` / `TILESCOPE_ERROR_TOPIC_ARN`; none set → no message).
+**evaluate** (optional, after store) scores the stored result against COCO ground truth —
+the `ground_truth` param, or `<image key>.gt.json` beside the image — and writes
+`evaluation.json` and `evaluation-pr.png` beside the result; without ground truth it is
+skipped and the run succeeds.
 
 A **video** (AVI, MP4/MOV, MKV/WebM — recognised by its bytes) runs through the same tasks:
 preprocess samples `video_fps` frames per second and stages each frame; analyze is mapped
@@ -140,6 +144,11 @@ def _params() -> Any:
         "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
                        description="the claimed object version; its original is moved to "
                                    "processed/ or quarantine/ when the run ends"),
+        "ground_truth": Param("", type="string", pattern=rf"^$|{_S3_URI}",
+                              title="Ground truth (optional)",
+                              description="s3:// URI of COCO annotations to score the result "
+                                          "against; empty = <image key>.gt.json beside the "
+                                          "image if there is one, else no evaluation"),
     }),
 )
 def tiled_inference() -> None:
@@ -292,8 +301,27 @@ def tiled_inference() -> None:
             fail(f"no result stored ({outcome}); see the failed task's log")
         return outcome
 
+    @task
+    def evaluate(summary: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
+        """Score the stored result against ground truth (the ``ground_truth`` param or
+        ``<image key>.gt.json``); skipped when there is none."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tilescope.airflow.adapters import task_outcome
+        from tilescope.airflow.connections import s3_client
+        from tilescope.tasks.evaluate import evaluate_run
+
+        with task_outcome():
+            outcome = evaluate_run(summary, prepared,
+                                   get_current_context()["params"].get("ground_truth"),
+                                   client=s3_client())
+        if outcome.skipped:
+            raise AirflowSkipException(outcome.skipped)
+        return outcome.to_dict()
+
     stored = store(synthesize(prepared, findings), prepared)
     stored >> finalize()
+    evaluate(stored, prepared)
 
 
 tiled_inference()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tilescope.errors import ConfigError
-from tilescope.storage import read_bytes
+from tilescope.storage import S3Client, read_bytes
 
 #: detections per image ``COCOeval`` keeps (its default 100 is too few for big images)
 MAX_DETS = (1, 100, 10000)
@@ -118,10 +118,10 @@ class Evaluation:
 RECALL_POINTS = tuple(float(r) for r in np.linspace(0.0, 1.0, 101))
 
 
-def load_json(uri: str, what: str) -> Any:
+def load_json(uri: str, what: str, client: S3Client | None = None) -> Any:
     """A JSON file or ``s3://`` object, or :class:`EvaluationInputError` saying what is wrong
     with it (a missing one: :class:`~tilescope.errors.BadImageError`, as for any input)."""
-    data = read_bytes(uri)
+    data = read_bytes(uri, client)
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

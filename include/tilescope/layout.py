@@ -8,6 +8,8 @@ objects and by the results viewer that checks a run's XComs against it.
 ``scratch/batch/<run>/plan.json``                       a batch run's plan (removed at the end)
 ``results/<image-id>/<params digest>/result.json``      a stored result, with ``coco.json``,
                                                         ``overlay.png`` and ``thumbnail.png``
+                                                        (and ``evaluation.json``,
+                                                        ``evaluation-pr.png`` when scored)
 ``results/batches/<run>/outcomes.json``                 a batch run's per-image outcomes (kept)
 ======================================================  =====================================
 
@@ -42,6 +44,8 @@ ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.p
 #: a georeferenced image's extra files beside them (:mod:`tilescope.outputs.geo`)
 GEO_ARTIFACTS = {"geojson": "detections.geojson", "geojson_native": "detections.native.geojson",
                  "stac": "item.json"}
+#: what the optional evaluate step writes beside a result (:mod:`tilescope.tasks.evaluate`)
+EVALUATION_ARTIFACTS = {"evaluation": "evaluation.json", "pr_plot": "evaluation-pr.png"}
 THUMBNAIL = "thumbnail.png"
 PLAN, OUTCOMES = "plan.json", "outcomes.json"
 IMAGE_ID = re.compile(r"[0-9a-f]{16}")
