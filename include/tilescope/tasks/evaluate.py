@@ -82,11 +82,11 @@ def evaluate_run(store_summary: Mapping[str, Any], prepared: Mapping[str, Any],
     if uri is None:
         return EvaluationOutcome(skipped=f"no ground truth: neither a ground_truth parameter "
                                          f"nor {ground_truth_beside(summary.image_uri)}")
+    gt = load_json(uri, "ground truth", client)  # a named one that is missing: an error
     layout = ResultsLayout.of_result(summary.keys["result"])
     if layout is None:  # store always writes through the layout; guard a hand-made XCom
         raise ConfigError(f"not a stored result key: {summary.keys['result']}")
-    result = load_json(summary.keys["result"], "result", client)
-    evaluation = evaluate(result, load_json(uri, "ground truth", client))
+    evaluation = evaluate(load_json(summary.keys["result"], "result", client), gt)
     keys = {role: layout.uri(name) for role, name in EVALUATION_ARTIFACTS.items()}
     write_bytes(keys["evaluation"], json.dumps({"ground_truth": uri, **evaluation.to_dict()},
                                                indent=1).encode(), "application/json", client)
