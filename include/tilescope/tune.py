@@ -253,7 +253,8 @@ class _Search:
             cost += per_slice * len(self.images)
         if cost <= self.left():
             return True
-        self.report.skipped.append(slicing.label())
+        if slicing.label() not in self.report.skipped:
+            self.report.skipped.append(slicing.label())
         self.log(f"left out {slicing.label()}: ~{cost:.1f}s expected, {self.left():.1f}s left")
         return False
 
