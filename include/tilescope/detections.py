@@ -3,6 +3,11 @@
 Boxes are ``float32`` ``[x1, y1, x2, y2]`` in pixels of whatever frame the producer works in
 (a slice, a region or the full image); :meth:`Detections.shifted` moves them between frames.
 Columnar numpy arrays instead of one object per box keep 100k-box merges fast and JSON small.
+
+Raw detections (straight from the model, before any merge) may also say which slice each
+came from (``slices``, the slice's box in the same frame): the seam-aware merge
+(``merge_scope="seams"``, :mod:`tilescope.postprocess.combine`) only merges boxes from
+different slices that meet in those slices' overlap. Merged detections have no one slice.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Detections:
-    """N detections as parallel arrays: ``boxes`` (N, 4) xyxy, ``scores``, ``category_ids``."""
+    """N detections as parallel arrays: ``boxes`` (N, 4) xyxy, ``scores``, ``category_ids``,
+    and optionally ``slices`` (N, 4) int32, the box of the slice each detection came from."""
 
     boxes: np.ndarray
     scores: np.ndarray
     category_ids: np.ndarray
+    slices: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -33,6 +40,11 @@ class Detections:
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "category_ids", category_ids)
+        if self.slices is not None:
+            slices = np.asarray(self.slices, dtype=np.int32).reshape(-1, 4)
+            if len(slices) != len(boxes):
+                raise ValueError(f"length mismatch: {len(boxes)} boxes, {len(slices)} slices")
+            object.__setattr__(self, "slices", slices)
 
     @classmethod
     def empty(cls) -> Detections:
@@ -41,14 +53,17 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: Iterable[Detections]) -> Detections:
-        """All detections of ``parts`` in one set (frames must already agree)."""
+        """All detections of ``parts`` in one set (frames must already agree). ``slices``
+        is kept when every part has it."""
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
+        slices = [p.slices for p in parts]
         return cls(
             np.concatenate([p.boxes for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.category_ids for p in parts]),
+            np.concatenate(slices) if all(s is not None for s in slices) else None,  # type: ignore[arg-type]  # checked: none is None
         )
 
     def __len__(self) -> int:
@@ -59,17 +74,29 @@ class Detections:
         if dx == 0 and dy == 0:
             return self
         offset = np.array([dx, dy, dx, dy], dtype=np.float32)
-        return Detections(self.boxes + offset, self.scores, self.category_ids)
+        slices = None if self.slices is None else \
+            self.slices + np.array([dx, dy, dx, dy]).round().astype(np.int32)
+        return Detections(self.boxes + offset, self.scores, self.category_ids, slices)
+
+    def from_slice(self, x1: int, y1: int, x2: int, y2: int) -> Detections:
+        """The same detections, each recorded as coming from the slice ``[x1, y1, x2, y2]``
+        (in the detections' own frame)."""
+        slices = np.broadcast_to(np.array([x1, y1, x2, y2], np.int32), (len(self), 4))
+        return Detections(self.boxes, self.scores, self.category_ids, slices)
 
     def scaled(self, factor: float) -> Detections:
         """The same detections with coordinates multiplied by ``factor``."""
         if factor == 1.0:
             return self
-        return Detections(self.boxes * np.float32(factor), self.scores, self.category_ids)
+        slices = None if self.slices is None else \
+            (self.slices * factor).round().astype(np.int32)
+        return Detections(self.boxes * np.float32(factor), self.scores, self.category_ids,
+                          slices)
 
     def select(self, index: np.ndarray) -> Detections:
         """A subset by boolean mask or integer index array (order follows ``index``)."""
-        return Detections(self.boxes[index], self.scores[index], self.category_ids[index])
+        return Detections(self.boxes[index], self.scores[index], self.category_ids[index],
+                          None if self.slices is None else self.slices[index])
 
     def clipped(self, width: int, height: int) -> Detections:
         """Boxes clipped to ``[0, width] x [0, height]``; boxes left with no area are dropped."""
@@ -77,7 +104,8 @@ class Detections:
         np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return Detections(boxes[keep], self.scores[keep], self.category_ids[keep])
+        return Detections(boxes[keep], self.scores[keep], self.category_ids[keep],
+                          None if self.slices is None else self.slices[keep])
 
     def sorted_by_score(self) -> Detections:
         """Highest score first; ties keep input order (stable), so results are deterministic."""

@@ -26,6 +26,10 @@ DEFAULT_SOFT_NMS_SIGMA = 0.5
 DEFAULT_VIDEO_FPS = 1.0
 MAX_VIDEO_FPS = 60.0
 MATCH_METRICS = ("ios", "iou")
+#: which pairs of boxes merging may join: any ("all"), or only boxes from different slices
+#: meeting in those slices' overlap ("seams"; greedynmm, nmm and nms only)
+MERGE_SCOPES = ("all", "seams")
+SEAM_POSTPROCESS = ("greedynmm", "nmm", "nms")
 #: parameters added after the first release: left out of :meth:`InferenceParams.digest`
 #: while unset, so existing results keep their keys
 _OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands")
@@ -127,6 +131,12 @@ class InferenceParams:
     match_metric: str = field(default="ios", metadata=_spec(
         schema={"enum": list(MATCH_METRICS)}))
     match_threshold: float = field(default=0.5, metadata=_spec(schema=_bounded(0, 1)))
+    merge_scope: str = field(default="all", metadata=_spec(
+        title="Merge scope",
+        doc="all: merge any matching boxes (SAHI); seams: only boxes from different slices "
+            "that meet in those slices' overlap, so overlapping objects inside one slice stay "
+            "apart (greedynmm, nmm, nms)",
+        schema={"enum": list(MERGE_SCOPES)}))
     soft_nms_sigma: float = field(default=DEFAULT_SOFT_NMS_SIGMA, metadata=_spec(
         title="Soft-NMS sigma", doc="the Gaussian decay's sigma (postprocess softnms only)",
         schema={"type": "number", "exclusiveMinimum": 0, "maximum": 10}))
@@ -174,6 +184,15 @@ class InferenceParams:
         if self.postprocess not in POSTPROCESS_TYPES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_TYPES}, "
                               f"got {self.postprocess!r}")
+        if self.merge_scope not in MERGE_SCOPES:
+            raise ConfigError(f"merge_scope must be one of {MERGE_SCOPES}, "
+                              f"got {self.merge_scope!r}")
+        if self.merge_scope == "seams" and self.postprocess not in SEAM_POSTPROCESS:
+            raise ConfigError(f"merge_scope 'seams' works with postprocess "
+                              f"{'/'.join(SEAM_POSTPROCESS)}, not {self.postprocess!r}")
+        if self.merge_scope == "seams" and float(self.match_threshold) <= 0:
+            raise ConfigError("merge_scope 'seams' needs match_threshold > 0 (at 0 every "
+                              "pair matches, overlapping or not)")
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {MATCH_METRICS}, "
                               f"got {self.match_metric!r}")
@@ -244,6 +263,9 @@ class InferenceParams:
         # Added with Soft-NMS: likewise left out at its default.
         if data["soft_nms_sigma"] == DEFAULT_SOFT_NMS_SIGMA:
             del data["soft_nms_sigma"]
+        # Added with the seam-aware merge: likewise left out at its default.
+        if data["merge_scope"] == "all":
+            del data["merge_scope"]
         return data
 
     def to_conf(self) -> dict[str, Any]:

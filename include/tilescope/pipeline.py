@@ -55,7 +55,8 @@ def merge_detections(dets: Detections, params: InferenceParams) -> Detections:
     """Merge with the run's postprocess settings."""
     return merge(dets, strategy=params.postprocess, metric=params.match_metric,  # type: ignore[arg-type]  # merge() checks the strings
                  threshold=params.match_threshold, class_agnostic=params.class_agnostic,
-                 sigma=params.soft_nms_sigma, score_threshold=params.score_threshold)
+                 sigma=params.soft_nms_sigma, score_threshold=params.score_threshold,
+                 seams=params.merge_scope == "seams")
 
 
 def analyze_region(reader: ImageReader, region: Region, model: DetectionModel,
@@ -80,14 +81,16 @@ def region_finding(region: Region, per_slice: Sequence[Detections], slices: Sequ
                    model: DetectionModel, params: InferenceParams, *, attempt: int,
                    read: float, model_seconds: float, elapsed: float,
                    skipped: int = 0) -> RegionFinding:
-    """Per-slice detections → the region's finding: shifted to image pixels, thresholded and
-    merged inside the region. ``elapsed`` is the time spent before this merge (read + model);
+    """Per-slice detections → the region's finding: shifted to image pixels, each tagged
+    with its slice, thresholded — and **not merged**: :func:`synthesize` merges every
+    region's raw detections once. (Merged here and again there, greedy NMM re-merged its own
+    union boxes, which absorbed neighbouring objects: SAHI kept detections tilescope lost,
+    ``bench/recall_gap.py``.) ``elapsed`` is the time spent before this step (read + model);
     shared by :func:`analyze_region` and the deferred path (:mod:`tilescope.deferred`)."""
     merge_started = time.perf_counter()
-    dets = Detections.concat(d.shifted(s.x1, s.y1)
+    dets = Detections.concat(d.from_slice(0, 0, s.width, s.height).shifted(s.x1, s.y1)
                              for d, s in zip(per_slice, slices, strict=True))
-    dets = dets.select(dets.scores >= params.score_threshold)
-    merged = quantize(merge_detections(dets, params))
+    merged = quantize(dets.select(dets.scores >= params.score_threshold))
     merge = time.perf_counter() - merge_started
     return RegionFinding(
         index=region.index, name=region.name, row=region.row, col=region.col,
@@ -107,6 +110,9 @@ def full_image_detections(reader: ImageReader, model: DetectionModel,
                           params: InferenceParams) -> Detections:
     """One model call on the whole (downscaled) image, as SAHI's ``perform_standard_pred``."""
     (dets,) = model.predict([reader.read_all()])
+    # the whole image is one more "slice": the seam-aware merge joins its boxes to any
+    # slice's boxes they meet
+    dets = dets.from_slice(0, 0, reader.width, reader.height)
     return quantize(dets.select(dets.scores >= params.score_threshold))
 
 

@@ -85,27 +85,39 @@ def quantize(dets: Detections) -> Detections:
     """
     return Detections(np.round(dets.boxes.astype(np.float64), BOX_DECIMALS),
                       np.round(dets.scores.astype(np.float64), SCORE_DECIMALS),
-                      dets.category_ids)
+                      dets.category_ids, dets.slices)
 
 
 def detections_to_compact(dets: Detections) -> dict[str, list]:
-    """Columnar lists rounded as :func:`quantize` does: small and JSON-able."""
-    return {"boxes": np.round(dets.boxes.astype(np.float64), BOX_DECIMALS).tolist(),
+    """Columnar lists rounded as :func:`quantize` does: small and JSON-able. Raw detections'
+    slices travel as the distinct slice boxes (``slice_boxes``) and an index per detection
+    (``slice_of``): a region has a few hundred slices and thousands of detections."""
+    data = {"boxes": np.round(dets.boxes.astype(np.float64), BOX_DECIMALS).tolist(),
             "scores": np.round(dets.scores.astype(np.float64), SCORE_DECIMALS).tolist(),
             "category_ids": dets.category_ids.tolist()}
+    if dets.slices is not None and len(dets):
+        boxes, index = np.unique(dets.slices, axis=0, return_inverse=True)
+        data["slice_boxes"] = boxes.tolist()
+        data["slice_of"] = index.reshape(-1).tolist()
+    return data
 
 
 def detections_from_compact(data: dict[str, list]) -> Detections:
     if not data.get("scores"):
         return Detections.empty()
+    slices = None
+    if data.get("slice_boxes") is not None:
+        slices = np.asarray(data["slice_boxes"], np.int32).reshape(-1, 4)[
+            np.asarray(data["slice_of"], np.int64)]
     return Detections(np.asarray(data["boxes"], np.float32), np.asarray(data["scores"]),
-                      np.asarray(data["category_ids"]))
+                      np.asarray(data["category_ids"]), slices)
 
 
 @dataclass
 class RegionFinding:
-    """One region's outcome: detections in full-image pixels (merged inside the region),
-    timings in seconds, and which attempt produced it."""
+    """One region's outcome: its raw detections in full-image pixels (thresholded, each
+    with its slice, not merged: the image's one merge happens at synthesis), timings in
+    seconds, and which attempt produced it."""
 
     index: int
     name: str

@@ -104,6 +104,8 @@ def nms(
     threshold: float = 0.5,
     metric: MatchMetric = "iou",
     class_agnostic: bool = False,
+    *,
+    seams: bool = False,
 ) -> Detections:
     """Non-maximum suppression: keep each box no better-ranked kept box matches.
 
@@ -112,15 +114,17 @@ def nms(
     Note the default here is class-aware, like ``get_sliced_prediction``; SAHI's postprocess
     classes themselves default to ``class_agnostic=True``. ``metric`` also accepts SAHI's
     upper-case spelling. Cheap for the ~10-100 boxes of one slice as well as for whole images.
+    ``seams``: only pairs that meet across a slice overlap match (:func:`seam_pairs`).
     """
     metric = _check_metric(metric)
     threshold = _check_threshold(threshold)
+    _check_seams(dets, seams, threshold)
     n = len(dets)
     if n == 0:
         return Detections.empty()
-    if n <= _SMALL_MAX and threshold > 0:
+    if n <= _SMALL_MAX and threshold > 0 and not seams:
         return _small(dets, "nms", metric, threshold, class_agnostic)
-    ctx = _Context(dets, class_agnostic)
+    ctx = _Context(dets, class_agnostic, seams)
     if threshold <= 0:
         kept = _match_all_tops(ctx)
     else:
@@ -139,6 +143,7 @@ def merge(
     *,
     sigma: float = 0.5,
     score_threshold: float = 0.0,
+    seams: bool = False,
 ) -> Detections:
     """Merge overlapping ``dets`` with SAHI's ``strategy`` ("greedynmm", "nmm" or "nms"), or
     "softnms" / "softnms-linear" (:func:`soft_nms`, Gaussian with ``sigma`` or linear with
@@ -150,12 +155,21 @@ def merge(
     (``GreedyNMMPostprocess``, ``NMMPostprocess``, ``NMSPostprocess``) on the same boxes.
     Merged boxes are the union of their members, with the keeper's score. ``strategy`` and
     ``metric`` also accept SAHI's upper-case spellings ("GREEDYNMM", "IOS").
+
+    ``seams`` (greedynmm, nmm, nms): only boxes that meet across a slice overlap may match —
+    from different slices, their intersection inside those slices' overlap
+    (:func:`seam_pairs`); ``dets`` must carry ``slices``. Two overlapping objects that one
+    slice saw apart are then never merged, whatever the threshold.
     """
     strategy = _check_strategy(strategy)
     metric = _check_metric(metric)
     threshold = _check_threshold(threshold)
+    if seams and strategy not in ("nms", "nmm", "greedynmm"):
+        raise ValueError(f"seam-aware merging works with nms, nmm and greedynmm, not "
+                         f"{strategy!r}")
+    _check_seams(dets, seams, threshold)
     if strategy == "nms":
-        return nms(dets, threshold, metric, class_agnostic)
+        return nms(dets, threshold, metric, class_agnostic, seams=seams)
     if strategy in ("softnms", "softnms-linear"):
         return soft_nms(dets, "linear" if strategy == "softnms-linear" else "gaussian",
                         sigma, threshold, metric, class_agnostic, score_threshold)
@@ -164,9 +178,9 @@ def merge(
     n = len(dets)
     if n == 0:
         return Detections.empty()
-    if n <= _SMALL_MAX and threshold > 0:
+    if n <= _SMALL_MAX and threshold > 0 and not seams:
         return _small(dets, strategy, metric, threshold, class_agnostic)
-    ctx = _Context(dets, class_agnostic)
+    ctx = _Context(dets, class_agnostic, seams)
     if threshold <= 0:
         owner, member_key = _match_all_groups(ctx, strategy)
     else:
@@ -190,13 +204,15 @@ def merge(
 class _Context:
     """Per-call arrays every strategy needs: float32 columns, rank and category groups."""
 
-    def __init__(self, dets: Detections, class_agnostic: bool) -> None:
+    def __init__(self, dets: Detections, class_agnostic: bool, seams: bool = False) -> None:
         boxes = np.ascontiguousarray(dets.boxes, dtype=np.float32)
         self.n = len(dets)
         self.x1, self.y1, self.x2, self.y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
         self.scores = np.ascontiguousarray(dets.scores, dtype=np.float32)
         self.cats = np.ascontiguousarray(dets.category_ids, dtype=np.int32)
         self.class_agnostic = class_agnostic
+        #: the slice of each box when only seam pairs may match (:func:`seam_pairs`)
+        self.slices = dets.slices if seams else None
         # SAHI's formula, so the float32 values (and hence threshold decisions) are identical.
         self.area = (self.x2 - self.x1) * (self.y2 - self.y1)
         self.order = _rank_order(self.scores, self.x1, self.y1, self.x2, self.y2)
@@ -278,6 +294,10 @@ def _match_edges(ctx: _Context, metric: str, threshold: float) -> tuple[np.ndarr
     overlap need to be looked at.
     """
     a, b = _strip_matches(ctx, metric, threshold)
+    if ctx.slices is not None:
+        boxes = np.stack([ctx.x1, ctx.y1, ctx.x2, ctx.y2], axis=1)
+        seam = seam_pairs(boxes, ctx.slices, a, b)
+        a, b = a[seam], b[seam]
     flip = ctx.rank[a] > ctx.rank[b]
     return np.where(flip, b, a), np.where(flip, a, b)
 
@@ -297,6 +317,32 @@ def _pair_metric(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...], metric: s
     out = np.zeros(len(inter), dtype=np.float32)
     np.divide(inter, denom, out=out, where=denom > 0)
     return out
+
+
+def seam_pairs(boxes: np.ndarray, slices: np.ndarray, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+    """Which pairs ``(a[k], b[k])`` meet across a slice overlap: the two boxes come from
+    different slices and their intersection has area inside the overlap of those slices.
+
+    A box clipped to its slice meets a box of another slice only inside the two slices'
+    overlap, so for such models this is "from different slices"; the overlap test keeps the
+    rule true for models whose boxes reach beyond their slice.
+    """
+    sa, sb = slices[a], slices[b]
+    different = np.any(sa != sb, axis=1)
+    lo = np.maximum(np.maximum(boxes[a, :2], boxes[b, :2]), np.maximum(sa[:, :2], sb[:, :2]))
+    hi = np.minimum(np.minimum(boxes[a, 2:], boxes[b, 2:]), np.minimum(sa[:, 2:], sb[:, 2:]))
+    return different & np.all(hi > lo, axis=1)
+
+
+def _check_seams(dets: Detections, seams: bool, threshold: float) -> None:
+    """Seam-aware merging needs each box's slice, and a threshold that needs an overlap."""
+    if not seams:
+        return
+    if dets.slices is None and len(dets):
+        raise ValueError("seam-aware merging needs each detection's slice (Detections.slices)")
+    if threshold <= 0:
+        raise ValueError("seam-aware merging needs a threshold > 0: at 0 every pair matches")
 
 
 def _sortable_bits(values: np.ndarray) -> np.ndarray:
