@@ -22,15 +22,16 @@ from tilescope.results import ImageInfo, RegionFinding, Result
 
 SCORE = 0.4
 #: the modes that keep each object once: a duplicate from a neighbouring slice is removed
-#: (nms) or merged into it (greedynmm, nmm), with any scope
+#: (nms) or merged into it (greedynmm, nmm; wbf fuses it), with any scope. Not softnms:
+#: it only lowers a duplicate's score (see the last test).
 ONCE = [("nms", "iou", "all"), ("nms", "ios", "all"), ("greedynmm", "ios", "all"),
-        ("nmm", "ios", "all"), ("greedynmm", "ios", "seams"), ("nmm", "ios", "seams"),
-        ("nms", "iou", "seams")]
+        ("nmm", "ios", "all"), ("wbf", "iou", "all"), ("greedynmm", "ios", "seams"),
+        ("nmm", "ios", "seams"), ("nms", "iou", "seams")]
 
 
 def base_params(**changes: object) -> InferenceParams:
-    return InferenceParams(slice_size=SLICE, overlap=OVERLAP, grid=GRID, score_threshold=SCORE,
-                           **changes)  # type: ignore[arg-type]
+    settings: dict = {"score_threshold": SCORE, **changes}
+    return InferenceParams(slice_size=SLICE, overlap=OVERLAP, grid=GRID, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,12 @@ def test_only_the_seam_aware_merge_keeps_two_overlapping_objects_of_one_slice(
     assert all(iou_with(seams, obj).max() >= 0.5 for obj in pair)
     # ...and every object on a seam or a region border is still found once
     assert [times_found(seams, obj) for obj in objects[:-2]] == [1] * (len(objects) - 2)
+
+
+def test_soft_nms_keeps_a_duplicate_whose_decayed_score_stays_above_the_threshold(scene, model):
+    """Soft-NMS removes nothing itself: a neighbour slice's view of an object (IoU ~0.9) is
+    decayed to ~0.2 of its score, gone at the run's threshold 0.4 but kept at 0.1."""
+    at_run = merged(scene, model, postprocess="softnms", match_metric="iou")
+    assert [times_found(at_run.detections, obj) for obj in scene[3]] == [1] * len(scene[3])
+    low = merged(scene, model, postprocess="softnms", match_metric="iou", score_threshold=0.1)
+    assert sum(times_found(low.detections, obj) > 1 for obj in scene[3]) >= 5
