@@ -350,7 +350,8 @@ def _predict(args: argparse.Namespace) -> int:
                             args.geojson_native, args.stac)
     # Open (and validate) the image before paying for the model; decode it once.
     reader, image = open_image(args.image, max_pixels=args.max_pixels,
-                               bands=params.band_list())
+                               bands=params.band_list(),
+                               magnification=params.slide_magnification())
     if targets.georeferenced and (image.georeference is None
                                   or image.georeference.crs_wkt is None):
         reader.close()

@@ -84,14 +84,17 @@ class Detections:
         slices = np.broadcast_to(np.array([x1, y1, x2, y2], np.int32), (len(self), 4))
         return Detections(self.boxes, self.scores, self.category_ids, slices)
 
-    def scaled(self, factor: float) -> Detections:
-        """The same detections with coordinates multiplied by ``factor``."""
-        if factor == 1.0:
+    def scaled(self, factor: float, factor_y: float | None = None) -> Detections:
+        """The same detections with coordinates multiplied by ``factor`` (y by ``factor_y``
+        when given: a pyramid level's downsample differs a little per axis)."""
+        factor_y = factor if factor_y is None else factor_y
+        if factor == 1.0 and factor_y == 1.0:
             return self
+        scale = np.array([factor, factor_y, factor, factor_y])
         slices = None if self.slices is None else \
-            (self.slices * factor).round().astype(np.int32)
-        return Detections(self.boxes * np.float32(factor), self.scores, self.category_ids,
-                          slices)
+            (self.slices * scale).round().astype(np.int32)
+        return Detections(self.boxes * scale.astype(np.float32), self.scores,
+                          self.category_ids, slices)
 
     def select(self, index: np.ndarray) -> Detections:
         """A subset by boolean mask or integer index array (order follows ``index``)."""

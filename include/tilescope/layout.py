@@ -207,13 +207,16 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
 
 def open_source(source_uri: str, client: S3Client, *, size: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                bands: Sequence[int] | None = None) -> TiffReader:
+                bands: Sequence[int] | None = None,
+                magnification: float | None = None) -> TiffReader:
     """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
-    tiles a read needs. ``size`` (if known) saves a HEAD request."""
+    tiles a read needs (``magnification``: of a whole-slide scan's pyramid level). ``size``
+    (if known) saves a HEAD request."""
     # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
     return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
                                         buffer_size=64 << 10),
-                      max_pixels=max_pixels, name=source_uri, bands=bands)
+                      max_pixels=max_pixels, name=source_uri, bands=bands,
+                      magnification=magnification)
 
 
 def delete_prefix(prefix_uri: str, client: S3Client) -> int:

@@ -32,7 +32,10 @@ MERGE_SCOPES = ("all", "seams")
 SEAM_POSTPROCESS = ("greedynmm", "nmm", "nms")
 #: parameters added after the first release: left out of :meth:`InferenceParams.digest`
 #: while unset, so existing results keep their keys
-_OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands")
+_OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands",
+                       "magnification")
+#: the largest objective magnification a run may ask a whole-slide scan's pyramid for
+MAX_MAGNIFICATION = 1000.0
 #: ``bands`` as typed: one or three 1-based band numbers, e.g. ``4,3,2``
 BANDS_PATTERN = r"^$|^[1-9][0-9]{0,3}(,[1-9][0-9]{0,3}){0,2}$"
 #: a DAG run's ``conf`` keys that are not run parameters (what the run is about, the gate,
@@ -174,6 +177,13 @@ class InferenceParams:
         title="Bands", doc="a multi-band TIFF/GeoTIFF's 1-based bands shown as R,G,B "
                            "(e.g. 4,3,2; one band: grey); empty = the first three",
         schema={"type": "string", "pattern": BANDS_PATTERN}, metavar="B,G,R"))
+    #: a whole-slide scan's pyramid level to analyse, by its magnification (0: level 0)
+    magnification: float = field(default=0.0, metadata=_spec(
+        title="Magnification", doc="a whole-slide scan (SVS, OME-TIFF): analyse its pyramid "
+                                   "level at this objective magnification, e.g. 10 of a 40× "
+                                   "scan; boxes stay in full-resolution pixels; 0 = the "
+                                   "full resolution",
+        schema={"type": "number", "minimum": 0, "maximum": MAX_MAGNIFICATION}, metavar="X"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
@@ -215,6 +225,15 @@ class InferenceParams:
         if not 0.0 < fps <= MAX_VIDEO_FPS:  # also refuses NaN
             raise ConfigError(f"video_fps must be in (0, {MAX_VIDEO_FPS:g}], got {fps:g}")
         object.__setattr__(self, "video_fps", fps)
+        try:
+            power = float(self.magnification or 0.0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"magnification must be a number, got "
+                              f"{self.magnification!r}") from None
+        if not 0.0 <= power <= MAX_MAGNIFICATION:  # also refuses NaN
+            raise ConfigError(f"magnification must be in [0, {MAX_MAGNIFICATION:g}] "
+                              f"(0: full resolution), got {power:g}")
+        object.__setattr__(self, "magnification", power)
         if not 0.0 <= float(self.overlap) < 0.9:
             raise ConfigError(f"overlap must be in [0, 0.9), got {self.overlap}")
         if self.slice_size == "model":
@@ -231,6 +250,10 @@ class InferenceParams:
         bands = self.band_list()
         if bands is not None and len(bands) not in (1, 3):
             raise ConfigError(f"bands must be one or three band numbers, got {self.bands!r}")
+
+    def slide_magnification(self) -> float | None:
+        """``magnification`` for a reader (``None``: a slide's full resolution)."""
+        return float(self.magnification) or None
 
     def band_list(self) -> list[int] | None:
         """``bands`` as 1-based numbers (``None``: the reader's default, the first three)."""

@@ -165,6 +165,8 @@ def synthesize(image: ImageInfo, plan: SlicePlan, findings: Sequence[RegionFindi
         sources.append((full_image, full_image_names))
     parts, names = reconcile(fixed, sources)
     merged = merge_detections(Detections.concat(parts), params)
+    if image.microscopy is not None:  # found on a reduced level: back to level-0 pixels
+        merged = merged.scaled(*image.microscopy.downsample())
     merged = merged.clipped(image.width, image.height).sorted_by_score()
     timing = dict(seconds or {})
     timing["synthesize"] = time.perf_counter() - started
@@ -188,7 +190,7 @@ def run_image(reader: ImageReader, image: ImageInfo, params: InferenceParams,
     """The whole pipeline in this process over an opened image: plan, analyze each region,
     synthesize. ``Result.seconds["total"]`` covers these stages (not opening the image)."""
     started = time.perf_counter()
-    plan = plan_image(image.width, image.height, params, model.preferred_slice_size)
+    plan = plan_image(*image.analysed_size, params, model.preferred_slice_size)
     findings: list[RegionFinding] = []
     done = 0
     if progress:

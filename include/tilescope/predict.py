@@ -37,23 +37,26 @@ class _Planned:
     image: ImageInfo
     plan: SlicePlan
     bands: list[int] | None = None
+    magnification: float | None = None
 
 
 def _plan(uri: str, params: InferenceParams, model: DetectionModel, max_pixels: int,
           client: S3Client | None) -> _Planned:
     """Open ``uri`` (header only: no pixels decoded), plan it, close it."""
     reader, image = open_image(uri, client=client, max_pixels=max_pixels,
-                               bands=params.band_list())
+                               bands=params.band_list(),
+                               magnification=params.slide_magnification())
     with reader:
-        plan = plan_image(image.width, image.height, params, model.preferred_slice_size)
-    return _Planned(image, plan, params.band_list())
+        plan = plan_image(*image.analysed_size, params, model.preferred_slice_size)
+    return _Planned(image, plan, params.band_list(), params.slide_magnification())
 
 
 def _reopen(planned: _Planned, max_pixels: int, client: S3Client | None) -> ImageReader:
     """The image again, for its unit: the same bytes as planned, decoded (so bad pixels are
     found here, as the unit's bad input, on the read-ahead thread)."""
     return reopen_planned(planned.image.uri, planned.image.sha256, client=client,
-                          max_pixels=max_pixels, bands=planned.bands)
+                          max_pixels=max_pixels, bands=planned.bands,
+                          magnification=planned.magnification)
 
 
 def predict_many(uris: Sequence[str], params: InferenceParams, model: DetectionModel, *,
@@ -147,7 +150,8 @@ def _one_by_one(uris: Sequence[str], params: InferenceParams, model: DetectionMo
 
         try:
             reader, image = open_image(uri, client=client, max_pixels=max_pixels,
-                                       bands=params.band_list())
+                                       bands=params.band_list(),
+                                       magnification=params.slide_magnification())
             with reader:
                 reader.validate()
                 result = run_image(reader, image, params, model, progress=image_progress)

@@ -15,6 +15,7 @@ import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.georef import Georeference
+from tilescope.microscopy import SlideScale
 
 RESULT_SCHEMA = "tilescope.result/1"
 
@@ -33,6 +34,15 @@ class ImageInfo:
     georeference: Georeference | None = None
     #: bands chosen and the 8-bit stretch applied (``None``: plain 8-bit pixels)
     pixels: dict[str, Any] | None = None
+    #: a whole-slide scan's µm per pixel, objective power and the pyramid level analysed
+    #: (``None``: not a slide); ``width``/``height`` and every box are in level-0 pixels
+    microscopy: SlideScale | None = None
+
+    @property
+    def analysed_size(self) -> tuple[int, int]:
+        """The width and height of the pixels the model sees — a slide's analysed level;
+        slices and regions are planned on them."""
+        return self.microscopy.size if self.microscopy else (self.width, self.height)
 
     @property
     def image_id(self) -> str:
@@ -49,13 +59,16 @@ class ImageInfo:
             data.update(self.georeference.to_dict())
         if self.pixels is not None:
             data["pixels"] = self.pixels
+        if self.microscopy is not None:
+            data["microscopy"] = self.microscopy.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(str(data["uri"]), int(data["width"]), int(data["height"]),
                    str(data["sha256"]), str(data["format"]), int(data["bytes"]),
-                   georeference=Georeference.from_dict(data), pixels=data.get("pixels"))
+                   georeference=Georeference.from_dict(data), pixels=data.get("pixels"),
+                   microscopy=SlideScale.from_dict(data.get("microscopy")))
 
 
 @dataclass(frozen=True)

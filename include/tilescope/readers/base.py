@@ -17,6 +17,7 @@ from tilescope.slicing import Box
 
 if TYPE_CHECKING:
     from tilescope.georef import Georeference
+    from tilescope.microscopy import SlideScale
 
 #: default decompression-bomb guard: 500 megapixels (≈1.5 GB as RGB)
 DEFAULT_MAX_PIXELS: int = MAX_PIXELS.default
@@ -44,6 +45,9 @@ class ImageReader(ABC):
     header: ImageHeader
     #: where the image sits on the Earth (a GeoTIFF's CRS and geotransform); ``None``: pixels
     georeference: Georeference | None = None
+    #: a whole-slide scan's pyramid, µm per pixel, objective power and the level read
+    #: (its pixels are that level's); ``None``: not a slide
+    microscopy: SlideScale | None = None
     #: how raw pixels became RGB ``uint8`` when that was more than a plain conversion
     #: (bands chosen, per-scene stretch), recorded in the result; ``None`` otherwise
     pixels: dict[str, Any] | None = None

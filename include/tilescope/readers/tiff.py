@@ -1,5 +1,9 @@
 """Tiled TIFF (whole-slide scans, GeoTIFF/COG-style tiling) read tile by tile with tifffile.
 
+A whole-slide scan (Aperio SVS, pyramidal OME-TIFF: :mod:`tilescope.microscopy`) may be read
+at a reduced pyramid level chosen by its magnification; the reader then serves that level's
+pixels, and its :attr:`~ImageReader.microscopy` says which level and by how much it is reduced.
+
 Over a seekable file — a local file or :class:`~tilescope.storage.RangedS3File` — only the
 tiles that intersect the requested box are fetched and decoded, so reading a region costs
 memory in proportion to the region, not to the image. Strip-organised TIFFs fall back to a
@@ -10,11 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import IO, Any
 
 import numpy as np
 
 from tilescope.errors import BadImageError, ConfigError
+from tilescope.microscopy import (
+    SlideError,
+    choose_level,
+    not_a_slide,
+    read_slide_scale,
+    slide_pages,
+)
 from tilescope.readers.base import (
     DEFAULT_MAX_PIXELS,
     ImageHeader,
@@ -38,18 +50,35 @@ class TiffReader(ImageReader):
     """The first (full-resolution) page of a TIFF, read tile by tile where it is tiled."""
 
     def __init__(self, handle: IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 name: str = "image", bands: Sequence[int] | None = None) -> None:
+                 name: str = "image", bands: Sequence[int] | None = None,
+                 magnification: float | None = None) -> None:
         """``bands``: the 1-based bands shown as R, G, B (one band: grey); default the first
         three (or the one grey band). A GeoTIFF, or any TIFF read with chosen ``bands``, is
-        stretched to 8 bits per band between :data:`STRETCH_PERCENTILES` of its values."""
+        stretched to 8 bits per band between :data:`STRETCH_PERCENTILES` of its values.
+        ``magnification`` (a whole-slide scan's, e.g. 20 of a 40× scan): read the pyramid
+        level at that magnification instead of the full-resolution one."""
         import tifffile
 
         self._name = name
         try:
             self._tiff = tifffile.TiffFile(handle)
             page = self._tiff.pages.first
+            pyramid = slide_pages(self._tiff, name)
+        except SlideError:
+            self._tiff.close()
+            raise
         except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
             raise BadImageError(f"{name} is not a readable TIFF: {exc}") from exc
+        if pyramid is not None:
+            self.microscopy = read_slide_scale(self._tiff, pyramid, name)
+            if magnification:
+                level = choose_level(self.microscopy, float(magnification), name)
+                self.microscopy = replace(self.microscopy, level=level)
+                page = pyramid[level]
+        elif magnification:
+            self._tiff.close()
+            raise not_a_slide(name, float(magnification))
+        self._pyramid: list[Any] = pyramid or []
         self._page = page
         width, height = int(page.imagewidth), int(page.imagelength)
         if not page.is_tiled:
@@ -255,23 +284,31 @@ class TiffReader(ImageReader):
             yield from self._read_tiles(row, page).items()
 
     def _thumbnail_level(self, side: int) -> Any:
-        """The smallest tiled pyramid level of the first series still ≥ ``side`` px along the
-        image's long side (the full-resolution page when there is no such level)."""
+        """The smallest tiled pyramid level no larger than the one read and still ≥ ``side``
+        px along the image's long side (the page read when there is no such level)."""
         best = self._page
-        try:
-            series = self._tiff.series[0]
-            if tuple(series.levels[0].keyframe.shape[:2]) != (self.height, self.width):
-                return best  # the first series is not this page's pyramid
-            levels = [level.keyframe for level in series.levels[1:]]
-        except Exception:  # an odd layout: the full-resolution page always works
-            return best
-        for page in levels:
+        for page in self._pyramid_levels():
             long_side = max(int(page.imagewidth), int(page.imagelength))
             usable = (page.is_tiled and page.planarconfig == 1 and page.imagedepth == 1
                       and page.samplesperpixel == self._page.samplesperpixel)
             if usable and side <= long_side < max(int(best.imagewidth), int(best.imagelength)):
                 best = page
         return best
+
+    def _pyramid_levels(self) -> list[Any]:
+        """The reduced levels of the image's pyramid: a slide's (checked when opened), or a
+        COG's overviews — the first series' levels when it is this image's pyramid."""
+        if self._pyramid:
+            return self._pyramid[1:]
+        first = self._tiff.pages.first
+        try:
+            series = self._tiff.series[0]
+            if tuple(series.levels[0].keyframe.shape[:2]) != (int(first.imagelength),
+                                                               int(first.imagewidth)):
+                return []  # the first series is not this page's pyramid
+            return [level.keyframe for level in series.levels[1:]]
+        except Exception:  # an odd layout: the page read always works
+            return []
 
     def close(self) -> None:
         self._tiff.close()

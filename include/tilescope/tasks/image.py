@@ -122,22 +122,25 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
                              model_slice_size=model_slice_size, limits=limits,
                              moderation=moderation, full_image_model=full_image_model)
     reader, sha256 = open_input(image_uri, head, client=client, size=size,
-                                max_pixels=limits.max_pixels, bands=params.band_list())
+                                max_pixels=limits.max_pixels, bands=params.band_list(),
+                                magnification=params.slide_magnification())
     with reader:
         limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
                                      max_regions=limits.max_regions))
         reader.validate()
         image = image_info(reader, image_uri, sha256(), size)
         verdict = gate(reader, image, moderation)
-        plan = plan_image(image.width, image.height, params, model_slice_size,
+        plan = plan_image(*image.analysed_size, params, model_slice_size,
                           max_regions=limits.max_regions)
         limits.check_plan(plan)  # again: a late EXIF orientation may have swapped the sides
         scratch = ScratchLayout(parse_s3_uri(image_uri).bucket, image.image_id, run)
-        if isinstance(reader, TiffReader) and reader.header.tiled and reader.pixels is None:
+        if isinstance(reader, TiffReader) and reader.header.tiled and reader.pixels is None \
+                and not (reader.microscopy and reader.microscopy.level):
             source_uri = image_uri  # already tiled: regions read its tiles directly
         else:
             # (a scene whose bands are chosen or stretched is staged as the 8-bit RGB the
-            # model sees, converted once here, tile by tile: regions then read plain tiles)
+            # model sees, converted once here, tile by tile: regions then read plain tiles;
+            # so is a slide's reduced level, which region tasks then need not choose again)
             source_uri = scratch.uri("pixels.tif")
             upload_tiled_tiff(reader, source_uri, client)
         full_image = None
@@ -157,7 +160,8 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
 
 
 def open_input(uri: str, head: bytes, *, client: S3Client, size: int, max_pixels: int,
-               bands: list[int] | None = None) -> tuple[ImageReader, Callable[[], str]]:
+               bands: list[int] | None = None,
+               magnification: float | None = None) -> tuple[ImageReader, Callable[[], str]]:
     """A reader for the input image and a function giving its SHA-256 (called after the plan
     has passed its budget checks, so an over-budget image is refused before it is read).
 
@@ -166,13 +170,15 @@ def open_input(uri: str, head: bytes, *, client: S3Client, size: int, max_pixels
     and the hash is computed on a stream, so preprocess memory does not grow with the image.
     Anything else is downloaded and decoded once (the pixel limit guards the decode)."""
     if sniff_format(head) == "TIFF":
-        reader = open_source(uri, client, size=size, max_pixels=max_pixels, bands=bands)
+        reader = open_source(uri, client, size=size, max_pixels=max_pixels, bands=bands,
+                             magnification=magnification)
         if reader.header.tiled:
             return reader, lambda: sha256_hex(uri, client)
         reader.close()  # strips: decoded whole, from one download
     data = read_bytes(uri, client)
     digest = hashlib.sha256(data).hexdigest()
-    return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands),
+    return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
+                             magnification=magnification),
             lambda: digest)
 
 
