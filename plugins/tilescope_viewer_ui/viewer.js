@@ -324,10 +324,28 @@
     return [bilinear(grid.lon), bilinear(grid.lat)];
   }
 
+  // Whole-slide scans: µm from the slide's top-left corner under the pointer, from its
+  // microns per level-0 pixel (shaping.microscopy_payload); boxes are in level-0 pixels.
+  function micronsAt(scan, col, row) {
+    return [col * scan.mpp[0], row * scan.mpp[1]];
+  }
+
+  function micronsLine(scan, col, row) {
+    const [x, y] = micronsAt(scan, col, row);
+    const power = scan.objective_power ? `, ${scan.objective_power}× scan` : "";
+    const level = scan.level ? ` analysed at level ${scan.level}` +
+      (scan.level_magnification ? ` (${scan.level_magnification.toFixed(1)}×)` : "") : "";
+    return `x ${col.toFixed(1)}, y ${row.toFixed(1)} px · ` +
+      `${x.toFixed(1)} µm, ${y.toFixed(1)} µm (${scan.mpp[0]} µm/px${power}${level})`;
+  }
+
   function showPointer(event) {
     const geo = final && final.georef;
+    const scan = final && final.microscopy;
     const line = $("pointer");
-    if (!geo || !geo.lonlat || !plan || !plan.image) {
+    const placed = geo && geo.lonlat;
+    const measured = scan && scan.mpp;
+    if (!(placed || measured) || !plan || !plan.image) {
       line.hidden = true; S.pointer = null; return;
     }
     const rect = canvas.getBoundingClientRect();
@@ -335,6 +353,13 @@
     const row = ((event.clientY - rect.top) * canvas.height) / rect.height / scale;
     if (col < 0 || row < 0 || col > plan.image.width || row > plan.image.height) {
       line.hidden = true; return;
+    }
+    if (!placed) {
+      const [um_x, um_y] = micronsAt(scan, col, row);
+      S.pointer = { col, row, um_x, um_y };
+      line.textContent = micronsLine(scan, col, row);
+      line.hidden = false;
+      return;
     }
     const [lon, lat] = lonlatAt(geo.lonlat, col, row);
     const err = geo.lonlat.max_error_deg;

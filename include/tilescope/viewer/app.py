@@ -72,6 +72,7 @@ from tilescope.viewer.shaping import (
     batch_plan_payload,
     findings_payload,
     has_crs,
+    level0_factors,
     plan_payload,
     result_payload,
     states_payload,
@@ -304,7 +305,8 @@ def create_app(static_dir: Path) -> FastAPI:
                 return None  # scratch already cleaned up: the result has them
 
         out = findings_payload((value for _, _, value in rows), scratch_json,
-                               video=bool((prepared or {}).get("video")))
+                               video=bool((prepared or {}).get("video")),
+                               factors=level0_factors((prepared or {}).get("image") or {}))
         cursor = rows[-1][1].isoformat() if rows else since
         return {"cursor": cursor, "findings": out}
 

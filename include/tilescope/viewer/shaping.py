@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from tilescope.georef import Georeference, GeoreferenceError, lonlat_grid
+from tilescope.microscopy import SlideScale
 from tilescope.slicing import SlicePlan
 from tilescope.units import WorkUnit, is_unit_payload, is_work_unit
 
@@ -84,6 +85,20 @@ def _region_row(region: Mapping[str, Any], task: int) -> dict[str, Any]:
             "slices": int(region.get("slice_count", 0)), "task": task}
 
 
+def level0_factors(image: Mapping[str, Any]) -> tuple[float, float]:
+    """What a whole-slide scan's analysed level is multiplied by, across and down, to be in
+    level-0 pixels (the result's and the page's): its regions and region findings are in the
+    level's pixels (:class:`tilescope.microscopy.SlideScale`); ``(1, 1)`` otherwise."""
+    scale = SlideScale.from_dict(image.get("microscopy"))
+    return scale.downsample() if scale else (1.0, 1.0)
+
+
+def _to_level0(box: Sequence[float], factors: tuple[float, float]) -> list[float]:
+    sx, sy = factors
+    return [round(float(box[0]) * sx, 2), round(float(box[1]) * sy, 2),
+            round(float(box[2]) * sx, 2), round(float(box[3]) * sy, 2)]
+
+
 def plan_payload(items: Sequence[dict[str, Any]] | None,
                  prepared: dict[str, Any] | None) -> dict[str, Any]:
     """Image size and the region grid, from preprocess's XComs (``None`` before it ran).
@@ -104,6 +119,10 @@ def plan_payload(items: Sequence[dict[str, Any]] | None,
         regions = sorted(listed, key=lambda r: int(r["index"]))
         tasks = [int(r["index"]) for r in regions]
     rows = [_region_row(r, task) for r, task in zip(regions, tasks, strict=True)]
+    factors = level0_factors(image)
+    if factors != (1.0, 1.0):  # a slide's reduced level: drawn over level-0 pixels
+        for row in rows:
+            row["box"] = _to_level0(row["box"], factors)
     return {
         "image": {"uri": image.get("uri"), "width": image.get("width"),
                   "height": image.get("height"), "image_id": image.get("image_id")}
@@ -181,13 +200,15 @@ def unit_findings(payload: Mapping[str, Any],
 
 
 def findings_payload(values: Iterable[Any], read_json: Callable[[str], Any | None], *,
-                     video: bool = False) -> list[dict[str, Any]]:
+                     video: bool = False,
+                     factors: tuple[float, float] = (1.0, 1.0)) -> list[dict[str, Any]]:
     """The page's region findings from ``analyze`` XCom values, in the order given.
 
     ``read_json`` reads one of the run's own scratch objects by URI (``None`` when it is
     gone or not the run's): a region's offloaded boxes, or an offloaded unit. A unit of a
     one-image run becomes its regions' findings; a video's units keep one (boxless) row
-    each, as their cells are units, not regions.
+    each, as their cells are units, not regions. ``factors`` (:func:`level0_factors`) puts
+    the boxes of a slide's reduced level in level-0 pixels, as the result has them.
     """
     out: list[dict[str, Any]] = []
     for value in values:
@@ -199,6 +220,9 @@ def findings_payload(values: Iterable[Any], read_json: Callable[[str], Any | Non
             continue
         uri = value.get("detections_uri")
         out.append(finding_payload(value, read_json(str(uri)) if uri else None))
+    if factors != (1.0, 1.0):
+        for finding in out:
+            finding["boxes"] = [_to_level0(box, factors) for box in finding["boxes"]]
     return out
 
 
@@ -226,7 +250,21 @@ def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
             "model_seconds": summary.get("model_seconds"),
             "total_seconds": summary.get("total_seconds"),
             "category_names": names, "boxes": boxes, "scores": scores, "classes": classes,
-            "georef": georef_payload(doc.get("image") or {})}
+            "georef": georef_payload(doc.get("image") or {}),
+            "microscopy": microscopy_payload(doc.get("image") or {})}
+
+
+def microscopy_payload(image: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A whole-slide scan's scale for the page (``None``: not a slide): ``mpp`` (µm per
+    level-0 pixel across and down, ``None`` when the slide does not say), the slide's
+    ``objective_power`` and the ``level`` and ``level_magnification`` analysed. The page
+    shows ``col × mpp[0]``, ``row × mpp[1]`` µm under the pointer (``micronsAt``)."""
+    scale = SlideScale.from_dict(image.get("microscopy"))
+    if scale is None:
+        return None
+    return {"mpp": list(scale.mpp) if scale.mpp else None,
+            "objective_power": scale.objective_power, "level": scale.level,
+            "level_magnification": scale.magnification()}
 
 
 def georef_payload(image: Mapping[str, Any]) -> dict[str, Any] | None:
