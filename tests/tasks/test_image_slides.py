@@ -13,6 +13,7 @@ from support.blob_model import BrightBlobModel
 from support.slides import SLIDE_SIZE, slide_pixels, write_svs
 
 from tilescope.cli import main
+from tilescope.handoffs import Prepared
 from tilescope.models import register_model
 from tilescope.params import InferenceParams
 from tilescope.tasks.image import analyze, combine, prepare
@@ -30,9 +31,11 @@ def slide(s3_client, tmp_path: Path) -> tuple[str, Path]:
 
 
 def run_steps(uri: str, client, params: InferenceParams):
-    """prepare → analyze → combine, as the DAG runs them."""
+    """prepare → analyze → combine, as the DAG runs them (the hand-off through its XCom
+    form: the slide's scale must survive it)."""
     regions, prepared = prepare(uri, params, client=client, run="r-slide",
                                 model_slice_size=256)
+    prepared = Prepared.from_dict(json.loads(json.dumps(prepared.to_dict())))
     model = BrightBlobModel()
     findings = [analyze(r, prepared.source_uri, params, model, client=client,
                         scratch_prefix=prepared.scratch_prefix) for r in regions]
