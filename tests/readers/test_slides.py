@@ -13,6 +13,7 @@ from support.slides import (
     OME_SIZE,
     SVS_MPP,
     SVS_POWER,
+    ome_xml,
     slide_pixels,
     write_ome,
     write_svs,
@@ -148,3 +149,29 @@ def test_a_magnification_a_slide_does_not_have_is_refused_naming_its_levels(tmp_
     tifffile.imwrite(plain, slide_pixels(512, 384), tile=(256, 256))
     with pytest.raises(ConfigError, match="is not a whole-slide scan"):
         open_image(str(plain), magnification=20)
+
+
+def test_a_level_of_another_kind_of_pixel_is_an_unsupported_pyramid(tmp_path: Path):
+    pixels = slide_pixels(*OME_SIZE)
+    path = tmp_path / "grey-level.ome.tif"
+    with tifffile.TiffWriter(path) as tw:  # RGB level 0, a grey level 1
+        tw.write(pixels, tile=(256, 256), subifds=1, compression="zlib", photometric="rgb",
+                 metadata=None, description=ome_xml(*OME_SIZE))
+        tw.write(pixels[::2, ::2, 0].copy(), tile=(256, 256), subfiletype=1,
+                 compression="zlib", photometric="minisblack", metadata=None)
+    with pytest.raises(SlideError, match=r"pyramid level 1 holds uint8×1 pixels, level 0 "
+                                         r"uint8×3: an unsupported pyramid"):
+        open_image(str(path))
+
+
+def test_a_corrupt_tile_of_the_level_read_is_a_bad_image(tmp_path: Path):
+    path = write_svs(tmp_path / "slide.svs", slide_pixels())
+    with tifffile.TiffFile(path) as tiff:
+        level1 = tiff.series[0].levels[1].keyframe
+        offset, count = level1.dataoffsets[5], level1.databytecounts[5]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = b"\x00" * count  # tile 5 of level 1 zeroed
+    path.write_bytes(bytes(data))
+    reader, _ = open_image(str(path), magnification=20)  # the header is intact
+    with reader, pytest.raises(BadImageError, match="tile 5 is corrupt"):
+        reader.read(Box(256, 256, 512, 512))
