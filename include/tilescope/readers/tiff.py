@@ -47,7 +47,8 @@ STRETCH_SAMPLES = 1 << 20
 
 
 class TiffReader(ImageReader):
-    """The first (full-resolution) page of a TIFF, read tile by tile where it is tiled."""
+    """The first (full-resolution) page of a TIFF — or a whole-slide scan's pyramid level
+    chosen by magnification — read tile by tile where it is tiled."""
 
     def __init__(self, handle: IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  name: str = "image", bands: Sequence[int] | None = None,
@@ -63,22 +64,18 @@ class TiffReader(ImageReader):
         try:
             self._tiff = tifffile.TiffFile(handle)
             page = self._tiff.pages.first
-            pyramid = slide_pages(self._tiff, name)
-        except SlideError:
-            self._tiff.close()
-            raise
         except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
             raise BadImageError(f"{name} is not a readable TIFF: {exc}") from exc
-        if pyramid is not None:
-            self.microscopy = read_slide_scale(self._tiff, pyramid, name)
-            if magnification:
-                level = choose_level(self.microscopy, float(magnification), name)
-                self.microscopy = replace(self.microscopy, level=level)
-                page = pyramid[level]
-        elif magnification:
+        try:
+            self._pyramid: list[Any] = self._open_level(magnification)
+        except (SlideError, ConfigError):
             self._tiff.close()
-            raise not_a_slide(name, float(magnification))
-        self._pyramid: list[Any] = pyramid or []
+            raise
+        except Exception as exc:  # a slide's pages tifffile cannot parse
+            self._tiff.close()
+            raise BadImageError(f"{name} is not a readable TIFF: {exc}") from exc
+        if self.microscopy is not None:
+            page = self._pyramid[self.microscopy.level]
         self._page = page
         width, height = int(page.imagewidth), int(page.imagelength)
         if not page.is_tiled:
@@ -108,6 +105,20 @@ class TiffReader(ImageReader):
                     "method": "percentile", "percentiles": list(STRETCH_PERCENTILES),
                     "low": [float(v) for v in self._stretch[0]],
                     "high": [float(v) for v in self._stretch[1]]}
+
+    def _open_level(self, magnification: float | None) -> list[Any]:
+        """A whole-slide scan's pyramid pages (``[]``: not a slide), its scale set as
+        :attr:`microscopy` with the level at ``magnification`` (``None``: level 0)."""
+        pyramid = slide_pages(self._tiff, self._name)
+        if pyramid is None:
+            if magnification:
+                raise not_a_slide(self._name, float(magnification))
+            return []
+        self.microscopy = read_slide_scale(self._tiff, pyramid, self._name)
+        if magnification:
+            level = choose_level(self.microscopy, float(magnification), self._name)
+            self.microscopy = replace(self.microscopy, level=level)
+        return pyramid
 
     def _choose_bands(self, bands: Sequence[int] | None) -> list[int]:
         """0-based band indices to show: the ones asked for, or the first three (one: grey)."""
