@@ -90,3 +90,23 @@ def test_a_magnification_the_slide_lacks_exits_2_before_the_model_runs(tmp_path:
                  "--magnification", "10"]) == 2
     assert "has no 10× level (its levels are at 40×, 20×, 5×)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_of_slides_is_analysed_at_the_magnification_each_has(tmp_path: Path,
+                                                                      capsys):
+    """Many inputs in one process (``predict_many``): `.svs` files are found in folders, each
+    slide is planned and re-read at its level, and gives what it gives alone."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    write_svs(folder / "a.svs", slide_pixels())  # 40×: 20× is level 1
+    write_ome(folder / "b.ome.tif", slide_pixels(*OME_SIZE))  # 20×: level 0
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), *PREDICT, "--out-dir", str(out),
+                 "--magnification", "20"]) == 0
+    capsys.readouterr()
+    for name, level in (("a.svs", 1), ("b.ome.tif", 0)):
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["image"]["microscopy"]["level"] == level, name
+        alone = predict(folder / name, tmp_path / f"{name}.json", "--magnification", "20")
+        assert doc["detections"] == alone["detections"], name
+        assert len(doc["detections"]) == len(SLIDE_BOXES)

@@ -20,7 +20,8 @@ _STILL_IMAGE_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"mif1", b"
 
 #: bytes needed by :func:`sniff_format`
 #: file names read as images (by arrivals and by ``tilescope predict`` on folders and prefixes)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif",
+                  ".svs")  # Aperio whole-slide scans are TIFFs by another name
 #: file names read as videos (sampled frames)
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 
