@@ -110,3 +110,25 @@ def test_a_folder_of_slides_is_analysed_at_the_magnification_each_has(tmp_path: 
         alone = predict(folder / name, tmp_path / f"{name}.json", "--magnification", "20")
         assert doc["detections"] == alone["detections"], name
         assert len(doc["detections"]) == len(SLIDE_BOXES)
+
+
+def test_tune_searches_a_slide_at_the_magnification_asked(tmp_path: Path, capsys):
+    """``tilescope tune --magnification 20``: slices cut from level 1 (20 of 256 px at
+    1024 × 768, not level 0's 80), scored against level-0 ground truth."""
+    slide = write_svs(tmp_path / "slide.svs", slide_pixels())
+    truth = tmp_path / "gt.json"
+    truth.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "slide.svs", "width": SLIDE_SIZE[0],
+                    "height": SLIDE_SIZE[1]}],
+        "annotations": [{"id": n, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)}
+                        for n, (x1, y1, x2, y2) in enumerate(SLIDE_BOXES, start=1)],
+        "categories": [{"id": 1, "name": "white"}]}))
+    report = tmp_path / "report.json"
+    assert main(["tune", str(slide), str(truth), *PREDICT, "--slice-sizes", "256",
+                 "--overlaps", "0.2", "--thresholds", "0.5", "--budget", "300",
+                 "--json", str(report), "--magnification", "20"]) == 0
+    capsys.readouterr()
+    first = json.loads(report.read_text())["trials"][0]
+    assert (first["slicing"], first["slices"]) == ("256/0.2", 20)
+    assert first["AP50"] == 1.0  # level-1 boxes back in level-0 pixels match the truth

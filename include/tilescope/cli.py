@@ -504,7 +504,8 @@ def _tune(args: argparse.Namespace) -> int:
 
     base = params_from_args(args)
     gt = load_json(args.gt, "ground truth")
-    images = [open_image(uri, max_pixels=args.max_pixels, bands=base.band_list())
+    images = [open_image(uri, max_pixels=args.max_pixels, bands=base.band_list(),
+                         magnification=base.slide_magnification())
               for uri in expand_inputs(args.inputs)]
     space = SearchSpace(slice_sizes=args.slice_sizes, overlaps=args.overlaps,
                         thresholds=args.thresholds, full_image_pass=args.try_full_image)

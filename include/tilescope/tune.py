@@ -218,7 +218,7 @@ class _Search:
 
     def _slices(self, slicing: Slicing) -> int:
         params = self._params(slicing, self._base_merging())
-        return sum(plan_image(info.width, info.height, params,
+        return sum(plan_image(*info.analysed_size, params,
                               self.model.preferred_slice_size).slice_count
                    for _, info in self.images)
 
@@ -265,7 +265,7 @@ class _Search:
             started = time.perf_counter()
             plans, regions = [], []
             for reader, info in self.images:
-                plan = plan_image(info.width, info.height, params,
+                plan = plan_image(*info.analysed_size, params,
                                   self.model.preferred_slice_size)
                 plans.append(plan)
                 regions.append([(region, predict_region(reader, region, self.model))
