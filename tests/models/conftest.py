@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from tilescope.models.nanodet import NanoDetModel
-from tilescope.models.weights import ensure_nanodet_onnx, ensure_nanodet_tarball
+from tilescope.models.weights import (
+    CENTERNET,
+    ensure_model_onnx,
+    ensure_nanodet_onnx,
+    ensure_nanodet_tarball,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +35,12 @@ def nanodet_tarball() -> Path:
 def nanodet_onnx() -> Path:
     """The cached, checksum-verified NanoDet ONNX model."""
     return ensure_nanodet_onnx()
+
+
+@pytest.fixture(scope="session")
+def centernet_onnx(nanodet_tarball: Path) -> Path:
+    """The cached, checksum-verified CenterNet ONNX model (converted from the same tarball)."""
+    return ensure_model_onnx(CENTERNET, tarball=nanodet_tarball)
 
 
 @pytest.fixture(scope="session")

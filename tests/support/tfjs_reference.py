@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-_DTYPES = {"DT_FLOAT": np.float32, "DT_INT32": np.int32, "DT_INT64": np.int64}
+_DTYPES = {"DT_FLOAT": np.float32, "DT_INT32": np.int32, "DT_INT64": np.int64,
+           "DT_BOOL": np.bool_}
 
 
 def _attr(node: Mapping[str, Any], key: str) -> Any:
@@ -148,6 +149,8 @@ def run_reference(
             return [ins[0] * ins[1]]
         if op == "RealDiv":
             return [ins[0] / ins[1]]
+        if op == "Equal":
+            return [np.equal(ins[0], ins[1])]
         if op in ("Relu", "Relu6", "LeakyRelu", "Sigmoid"):
             return [_activation(ins[0], op, node)]
         if op == "Transpose":

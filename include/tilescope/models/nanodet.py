@@ -16,7 +16,6 @@ Slices of one :meth:`NanoDetModel.predict` call run concurrently over one shared
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -25,10 +24,9 @@ import cv2
 import numpy as np
 
 from tilescope.detections import Detections
-from tilescope.errors import ConfigError, ModelError
-from tilescope.models.base import DetectionModel
+from tilescope.errors import ConfigError
 from tilescope.models.coco import COCO_CATEGORY_IDS, COCO_NAMES
-from tilescope.models.onnx_cpu import CoreSlots, SlicePool, open_cpu_session, slice_workers
+from tilescope.models.onnx_cpu import EmbeddedSliceModel
 from tilescope.postprocess.combine import nms
 
 __all__ = ["INPUT_SIZE", "NanoDetModel", "decode_nanodet", "preprocess"]
@@ -121,7 +119,7 @@ def decode_nanodet(
     return Detections.concat(parts)
 
 
-class NanoDetModel(DetectionModel):
+class NanoDetModel(EmbeddedSliceModel):
     """NanoDet-m COCO detector (80 classes), 416×416 input, on onnxruntime CPU."""
 
     name = "nanodet-coco"
@@ -130,54 +128,22 @@ class NanoDetModel(DetectionModel):
     slice_seconds = 0.04
     CATEGORY_NAMES = COCO_NAMES
     COCO_CATEGORY_IDS = COCO_CATEGORY_IDS
+    INPUT_SHAPE = (1, 3, INPUT_SIZE, INPUT_SIZE)
+    LABEL = "NanoDet"
 
-    def __init__(
-        self,
-        score_threshold: float = 0.4,
-        nms_threshold: float = 0.5,
-        intra_op_threads: int = 1,
-        parallel_slices: int | None = None,
-        model_path: str | Path | None = None,
-        share_cores: bool = False,
-    ) -> None:
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        if not 0.0 < nms_threshold <= 1.0:
-            raise ConfigError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
-        parallel = slice_workers(parallel_slices)
-        self.score_threshold = float(score_threshold)
-        self.nms_threshold = float(nms_threshold)
-        self.parallel_slices = parallel
-        if model_path is None:
-            from tilescope.models.weights import ensure_nanodet_onnx
+    @classmethod
+    def default_model_path(cls) -> Path:
+        from tilescope.models.weights import ensure_nanodet_onnx
 
-            model_path = ensure_nanodet_onnx()
-        self.model_path = Path(model_path)
-        self._session = open_cpu_session(self.model_path, intra_op_threads, "NanoDet")
-        self._pool = SlicePool(parallel, "nanodet", CoreSlots() if share_cores else None)
-        self._buffers = threading.local()
-
-    def _input_buffer(self) -> np.ndarray:
-        """A per-thread input canvas, so concurrent slices never share one."""
-        buffer = getattr(self._buffers, "canvas", None)
-        if buffer is None:
-            buffer = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
-            self._buffers.canvas = buffer
-        return buffer
+        return ensure_nanodet_onnx()
 
     def predict_one(self, image: np.ndarray) -> Detections:
         """Detections of one RGB uint8 slice, in its pixel coordinates."""
-        session = self._session
-        if session is None:
-            raise ModelError("NanoDetModel is closed")
         height, width = image.shape[:2]
         if height == 0 or width == 0:
             return Detections.empty()
         tensor, factor = preprocess(image, self._input_buffer())
-        try:
-            outputs = session.run([*_SCORE_OUTPUTS, *_BOX_OUTPUTS], {_INPUT_NAME: tensor})
-        except Exception as exc:
-            raise ModelError(f"NanoDet inference failed: {exc}") from exc
+        outputs = self._run([*_SCORE_OUTPUTS, *_BOX_OUTPUTS], {_INPUT_NAME: tensor})
         scores = [o[0] for o in outputs[:3]]
         boxes = [o[0] for o in outputs[3:]]
         dets = decode_nanodet(scores, boxes, self.score_threshold)
@@ -185,10 +151,3 @@ class NanoDetModel(DetectionModel):
             return dets
         dets = dets.scaled(1.0 / factor).clipped(width, height)
         return nms(dets, self.nms_threshold, "iou", class_agnostic=False)
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return self._pool.map(self.predict_one, images)
-
-    def close(self) -> None:
-        self._pool.close()
-        self._session = None

@@ -25,7 +25,9 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from tilescope.detections import Detections
 from tilescope.errors import ConfigError, ModelError
+from tilescope.models.base import DetectionModel
 from tilescope.settings import CORE_SLOTS_DIR
 
 T = TypeVar("T")
@@ -222,3 +224,73 @@ class SlicePool:
             self._slots.give_back(self._own)
             self._slots.wanting(False)
             self._own = []
+
+
+class EmbeddedSliceModel(DetectionModel):
+    """What the embedded ONNX detectors share: thresholds checked, one CPU session, a slice
+    pool, one reusable input canvas per thread; subclasses say how one slice is run
+    (:meth:`predict_one`) and where their weights are (:meth:`default_model_path`)."""
+
+    #: the network's input tensor shape (one canvas of it per slice thread)
+    INPUT_SHAPE: tuple[int, ...] = ()
+    #: a name for error messages and the pool's threads
+    LABEL = "model"
+
+    def __init__(
+        self,
+        score_threshold: float = 0.4,
+        nms_threshold: float = 0.5,
+        intra_op_threads: int = 1,
+        parallel_slices: int | None = None,
+        model_path: str | Path | None = None,
+        share_cores: bool = False,
+    ) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise ConfigError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        parallel = slice_workers(parallel_slices)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.parallel_slices = parallel
+        self.model_path = Path(model_path) if model_path is not None else \
+            self.default_model_path()
+        self._session: ort.InferenceSession | None = open_cpu_session(
+            self.model_path, intra_op_threads, self.LABEL)
+        self._pool = SlicePool(parallel, self.LABEL.lower(),
+                               CoreSlots() if share_cores else None)
+        self._buffers = threading.local()
+
+    @classmethod
+    def default_model_path(cls) -> Path:
+        """The cached, checksum-verified weights (converted on first use)."""
+        raise NotImplementedError
+
+    def _input_buffer(self) -> np.ndarray:
+        """A per-thread input canvas, so concurrent slices never share one."""
+        buffer = getattr(self._buffers, "canvas", None)
+        if buffer is None:
+            buffer = np.zeros(self.INPUT_SHAPE, np.float32)
+            self._buffers.canvas = buffer
+        return buffer
+
+    def _run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``session.run`` with a closed model and inference failures as ModelError."""
+        session = self._session
+        if session is None:
+            raise ModelError(f"{type(self).__name__} is closed")
+        try:
+            return list(session.run(list(outputs), feeds))
+        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+            raise ModelError(f"{self.LABEL} inference failed: {exc}") from exc
+
+    def predict_one(self, image: np.ndarray) -> Detections:
+        """Detections of one RGB uint8 slice, in its pixel coordinates."""
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        return self._pool.map(self.predict_one, images)
+
+    def close(self) -> None:
+        self._pool.close()
+        self._session = None

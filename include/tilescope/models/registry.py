@@ -17,6 +17,7 @@ from tilescope.models.base import DetectionModel
 # name -> "module:factory"; the factory is called with keyword options.
 _BUILTIN: dict[str, str] = {
     "nanodet-coco": "tilescope.models.nanodet:NanoDetModel",
+    "centernet-coco": "tilescope.models.centernet:CenterNetModel",
     "bedrock-converse": "tilescope.models.bedrock:BedrockConverseModel",
     "rekognition": "tilescope.models.rekognition:RekognitionModel",
     "sagemaker": "tilescope.models.sagemaker:SageMakerModel",

