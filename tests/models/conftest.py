@@ -17,6 +17,7 @@ import pytest
 
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.models.weights import (
+    BLAZEFACE,
     CENTERNET,
     ensure_model_onnx,
     ensure_nanodet_onnx,
@@ -41,6 +42,12 @@ def nanodet_onnx() -> Path:
 def centernet_onnx(nanodet_tarball: Path) -> Path:
     """The cached, checksum-verified CenterNet ONNX model (converted from the same tarball)."""
     return ensure_model_onnx(CENTERNET, tarball=nanodet_tarball)
+
+
+@pytest.fixture(scope="session")
+def blazeface_onnx(nanodet_tarball: Path) -> Path:
+    """The cached, checksum-verified BlazeFace ONNX model (converted from the same tarball)."""
+    return ensure_model_onnx(BLAZEFACE, tarball=nanodet_tarball)
 
 
 @pytest.fixture(scope="session")

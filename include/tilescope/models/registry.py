@@ -18,6 +18,7 @@ from tilescope.models.base import DetectionModel
 _BUILTIN: dict[str, str] = {
     "nanodet-coco": "tilescope.models.nanodet:NanoDetModel",
     "centernet-coco": "tilescope.models.centernet:CenterNetModel",
+    "blazeface": "tilescope.models.blazeface:BlazeFaceModel",
     "bedrock-converse": "tilescope.models.bedrock:BedrockConverseModel",
     "rekognition": "tilescope.models.rekognition:RekognitionModel",
     "sagemaker": "tilescope.models.sagemaker:SageMakerModel",

@@ -345,8 +345,13 @@ CENTERNET: Final = TarballModel(
     "b744bfebac858d3feaac2bf6d237e3cc2caf727093c20be80da1dd3760d508eb",
     ("tower_0/mul_1", "tower_0/wh"),
 )
+#: MediaPipe BlazeFace, full range (256²): anchor logits and regressors, as the signature has
+BLAZEFACE: Final = TarballModel(
+    "blazeface", "blazeface",
+    "65d038bd9111324e29bef02d3e5eaf3050b009dc307d18591011586f62761c3f",
+)
 #: every model of the tarball besides NanoDet, by registry name
-TARBALL_MODELS: Final[dict[str, TarballModel]] = {m.name: m for m in (CENTERNET,)}
+TARBALL_MODELS: Final[dict[str, TarballModel]] = {m.name: m for m in (CENTERNET, BLAZEFACE)}
 
 
 def model_onnx_path(model: TarballModel, cache_dir: Path | None = None) -> Path:
