@@ -24,13 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-import cv2
 import numpy as np
 
 from tilescope.detections import Detections
-from tilescope.errors import ConfigError
-from tilescope.models.onnx_cpu import EmbeddedSliceModel
-from tilescope.postprocess.combine import nms
+from tilescope.models.onnx_cpu import EmbeddedSliceModel, shrink_to_fit
 
 __all__ = ["ANCHORS", "INPUT_SIZE", "BlazeFaceModel", "decode_blazeface", "preprocess"]
 
@@ -61,17 +58,8 @@ def preprocess(image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.nda
     ``factor`` < 1 when the slice was shrunk; boxes on the canvas divided by it are in slice
     pixels. ``out`` (1, 256, 256, 3) float32 is reused when given.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ConfigError(f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    image, factor = shrink_to_fit(image, INPUT_SIZE)
     height, width = image.shape[:2]
-    factor = min(1.0, INPUT_SIZE / max(height, width))
-    if factor < 1.0:
-        size = (
-            max(1, min(INPUT_SIZE, round(width * factor))),
-            max(1, min(INPUT_SIZE, round(height * factor))),
-        )
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        height, width = image.shape[:2]
     if out is None:
         out = np.empty((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
     out.fill(-1.0)
@@ -132,7 +120,4 @@ class BlazeFaceModel(EmbeddedSliceModel):
         logits = np.concatenate([outputs[0][0, :, 0], outputs[1][0, :, 0]])
         regressors = np.concatenate([outputs[2][0], outputs[3][0]])
         dets = decode_blazeface(logits, regressors, self.score_threshold)
-        if not len(dets):
-            return dets
-        dets = dets.scaled(1.0 / factor).clipped(width, height)
-        return nms(dets, self.nms_threshold, "iou", class_agnostic=True)
+        return self.to_slice(dets, factor, width, height, class_agnostic=True)
