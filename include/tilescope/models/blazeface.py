@@ -86,7 +86,8 @@ class BlazeFaceModel(EmbeddedSliceModel):
 
     name = "blazeface"
     preferred_slice_size = INPUT_SIZE
-    slice_seconds = 0.01
+    #: NanoDet's 0.04 s × 0.13 (one 256² slice against one 416² one, interleaved)
+    slice_seconds = 0.005
     CATEGORY_NAMES = ("face",)
     INPUT_SHAPE = (1, INPUT_SIZE, INPUT_SIZE, 3)
     LABEL = "BlazeFace"
