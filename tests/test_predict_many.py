@@ -126,7 +126,7 @@ def folder(sample, tmp_path_factory) -> Path:
 def test_predict_many_in_order_with_bad_inputs_and_progress(folder: Path, tmp_path: Path):
     (tmp_path / "text.jpg").write_bytes(b"not a picture at all")
     uris = [str(p) for p in sorted(folder.rglob("*.jpg"))] + [str(tmp_path / "text.jpg")]
-    params = InferenceParams(score_threshold=0.3)
+    params = InferenceParams(model="nanodet-coco", score_threshold=0.3)
     calls: list[tuple[int, int, int, int]] = []
     with NanoDetModel(score_threshold=0.3) as model:
         outcomes = list(predict_many(uris, params, model,
@@ -145,7 +145,7 @@ def test_predict_many_in_order_with_bad_inputs_and_progress(folder: Path, tmp_pa
 def test_results_stream_out_as_their_units_finish(folder: Path, monkeypatch):
     monkeypatch.setenv("TILESCOPE_UNIT_SECONDS", "0.1")  # a few slices per unit: many units
     uris = [str(p) for p in sorted(folder.rglob("crop*.jpg"))]
-    params = InferenceParams(score_threshold=0.3)
+    params = InferenceParams(model="nanodet-coco", score_threshold=0.3)
     calls: list[tuple[int, int, int, int]] = []
     seen_at: list[tuple[int, int]] = []
     with NanoDetModel(score_threshold=0.3) as model:
@@ -171,7 +171,7 @@ def test_an_image_replaced_after_planning_is_bad(folder: Path, tmp_path: Path):
             copy.write_bytes((folder / "crop3.jpg").read_bytes())
         return planned
 
-    params = InferenceParams(score_threshold=0.3)
+    params = InferenceParams(model="nanodet-coco", score_threshold=0.3)
     with NanoDetModel(score_threshold=0.3) as model, \
             pytest.MonkeyPatch.context() as patch:
         patch.setattr(predict_module, "_plan", plan_then_replace)

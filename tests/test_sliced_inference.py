@@ -26,8 +26,10 @@ def persons(result) -> int:
 
 def test_sliced_kite_finds_clearly_more_people_than_whole_image(model, sample):
     reader, info = open_image(str(sample("kite")))
-    sliced = run_image(reader, info, InferenceParams(slice_size=416, overlap=0.2), model)
-    whole = run_image(reader, info, InferenceParams(slice_size=max(info.width, info.height),
+    sliced = run_image(reader, info, InferenceParams(model="nanodet-coco", slice_size=416,
+                                                     overlap=0.2), model)
+    whole = run_image(reader, info, InferenceParams(model="nanodet-coco",
+                                                    slice_size=max(info.width, info.height),
                                                     overlap=0.0), model)
     assert whole.plan["slices"] == 1 and sliced.plan["slices"] == 12
     assert persons(sliced) >= 10
@@ -36,8 +38,9 @@ def test_sliced_kite_finds_clearly_more_people_than_whole_image(model, sample):
 
 def test_full_image_pass_adds_the_whole_image_prediction(model, sample):
     reader, info = open_image(str(sample("kite")))
-    plain = run_image(reader, info, InferenceParams(), model)
-    with_full = run_image(reader, info, InferenceParams(full_image_pass=True), model)
+    plain = run_image(reader, info, InferenceParams(model="nanodet-coco"), model)
+    with_full = run_image(reader, info, InferenceParams(model="nanodet-coco", full_image_pass=True),
+                          model)
     (whole,) = model.predict([reader.read_all()])
     assert len(whole) > 0
     # the whole-image boxes merge into the slices' ones: the result must change with them

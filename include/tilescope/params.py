@@ -114,7 +114,7 @@ class InferenceParams:
     """Everything that changes a result. ``slice_size`` ``None`` = the model's own input size;
     ``"auto"`` = SAHI's ``auto_slice_resolution`` rule."""
 
-    model: str = field(default="nanodet-coco", metadata=_spec(
+    model: str = field(default="centernet-coco", metadata=_spec(
         title="Model", doc="registered model name", schema={"type": "string"}))
     slice_size: int | str | None = field(default=None, metadata=_spec(
         title="Slice size", doc="pixels (32–8192), 'model' (its input size) or 'auto' (SAHI)",

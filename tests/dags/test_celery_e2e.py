@@ -64,7 +64,8 @@ def test_regions_spread_over_two_workers_within_the_pool(stack, s3_client, sampl
     s3_client.put_object(Bucket=BUCKET, Key="incoming/kite.jpg",
                          Body=Path(sample("kite")).read_bytes())
     run_id = trigger(stack["api"], "tiled_inference", {
-        "image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4"})["dag_run_id"]
+        "image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4",
+        "model": "nanodet-coco"})["dag_run_id"]  # 12 slices of 416 px: 12 regions
     assert wait_for_run(stack["api"], "tiled_inference", run_id, timeout=600) == "success"
 
     regions = task_intervals(stack["metadata"], run_id, "analyze")

@@ -89,7 +89,8 @@ def test_pool_caps_concurrent_regions(stack, s3_client, sample):
     s3_client.put_object(Bucket=BUCKET, Key="incoming/kite.jpg",
                          Body=Path(sample("kite")).read_bytes())
     run = trigger(stack["api"], "tiled_inference",
-                  {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4"})
+                  {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "3x4",
+                   "model": "nanodet-coco"})  # 12 slices of 416 px: 12 regions
     state = wait_for_run(stack["api"], "tiled_inference", run["dag_run_id"], timeout=600)
     assert state == "success"
     regions = task_intervals(f"sqlite:///{stack['airflow'].db_path}", run["dag_run_id"])

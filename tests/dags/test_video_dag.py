@@ -38,7 +38,7 @@ def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     # 8 frames (one every 10 s) × 6 slices; 16 slices a unit (NanoDet: 0.04 s a slice)
     # → 3 mapped analyze tasks
     monkeypatch.setenv(UNIT_SECONDS_ENV, "0.64")
-    conf = {"image_uri": uri, "video_fps": 0.1}
+    conf = {"image_uri": uri, "video_fps": 0.1, "model": "nanodet-coco"}
     run = dag.test(run_conf=conf)
     assert str(run.state) == "success"
 

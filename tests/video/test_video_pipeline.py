@@ -219,7 +219,7 @@ def vtest():
 def test_nanodet_finds_pedestrians_on_sampled_frames_of_vtest(vtest):
     from tilescope.models.nanodet import NanoDetModel
 
-    params = InferenceParams(video_fps=0.05)  # 4 frames: 0, 20, 40, 60 s
+    params = InferenceParams(model="nanodet-coco", video_fps=0.05)  # frames at 0, 20, 40, 60 s
     with VideoSource(str(vtest), container="AVI") as source, \
             NanoDetModel(score_threshold=params.score_threshold) as model:
         info = ImageInfo(str(vtest), 768, 576, "4" * 64, "AVI", vtest.stat().st_size)
@@ -243,7 +243,8 @@ def test_cli_predicts_a_video(vtest, tmp_path, capsys):
                  "--coco", str(coco), "--overlay", str(overlay)])
     assert code == 0
     line = capsys.readouterr().out
-    assert " in 4 frames × 6 slices / 4 units, " in line and "person" in line
+    # 768×576 frames: 4 slices of the default CenterNet's 512 px (6 of NanoDet's 416)
+    assert " in 4 frames × 4 slices / 4 units, " in line and "person" in line
     doc = json.loads(out.read_text())
     assert doc["image"]["format"] == "AVI" and len(doc["frames"]) == 4
     assert len(json.loads(coco.read_text())["images"]) == 4
