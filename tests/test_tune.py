@@ -45,7 +45,8 @@ def test_tune_finds_the_known_best_setting_and_its_params_run_as_scored(scene, t
     out of the re-merge (the full-image pass then looks useless: best model/0.2)."""
     image, truth = scene
     out, report = tmp_path / "best.json", tmp_path / "report.json"
-    assert main(["tune", str(image), str(truth), "--slice", "1024", "--slice-sizes",
+    assert main(["tune", str(image), str(truth), "--model", "nanodet-coco", "--slice", "1024",
+                 "--slice-sizes",
                  "model,1024", "--overlaps", "0.2", "--thresholds", "0.5", "--budget", "300",
                  "--params", str(out), "--json", str(report), "--quiet"]) == 0
     table = capsys.readouterr().out
@@ -80,7 +81,7 @@ def test_a_tiny_budget_tries_only_the_starting_parameters(scene):
     check removed from the search loop (dozens of trials)."""
     image, truth = scene
     reader, info = open_image(str(image))
-    base = InferenceParams(slice_size=1024)
+    base = InferenceParams(model="nanodet-coco", slice_size=1024)
     with reader, NanoDetModel(score_threshold=base.score_threshold) as model:
         report = tune([(reader, info)], json.loads(truth.read_text()), model, base,
                       budget=1e-3)
