@@ -93,7 +93,8 @@ def run_model_only(folder: str) -> dict:
 
 
 def run_tilescope(folder: str, out_dir: str | None) -> dict:
-    command = [sys.executable, "-m", "tilescope.cli", "predict", folder, "--slice", str(SLICE),
+    command = [sys.executable, "-m", "tilescope.cli", "predict", folder, "--model", "nanodet-coco",
+               "--slice", str(SLICE),
                "--overlap", str(OVERLAP), "--score-threshold", str(SCORE)]
     if out_dir:
         command += ["--out-dir", out_dir]

@@ -46,6 +46,7 @@ def main() -> int:
             started = time.perf_counter()
             run = trigger(stack.api, "tiled_inference", {
                 "image_uri": f"s3://{BUCKET}/incoming/{image.name}", "grid": args.grid,
+                "model": "nanodet-coco",  # as the SAHI and model-only sides
                 **json.loads(args.conf)})
             state = wait_for_run(stack.api, "tiled_inference", run["dag_run_id"],
                                  timeout=3600)

@@ -41,7 +41,8 @@ def run_tilescope(image: str) -> dict:
     from tilescope.pipeline import run_image
     from tilescope.readers import open_image
 
-    params = InferenceParams(slice_size=SLICE, overlap=OVERLAP, score_threshold=0.4)
+    params = InferenceParams(model="nanodet-coco", slice_size=SLICE, overlap=OVERLAP,
+                             score_threshold=0.4)
     model = load_model("nanodet-coco", score_threshold=0.4)
     started = time.perf_counter()
     reader, info = open_image(image)

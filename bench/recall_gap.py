@@ -120,8 +120,9 @@ def run_tilescope(path: Path, **overrides: Any) -> tuple[Any, list[tuple[Any, li
     from tilescope.params import InferenceParams
     from tilescope.readers import open_image
 
-    params = InferenceParams(slice_size=SLICE, overlap=OVERLAP, score_threshold=SCORE,
-                             postprocess="greedynmm", match_metric="ios", match_threshold=0.5,
+    params = InferenceParams(model="nanodet-coco", slice_size=SLICE, overlap=OVERLAP,
+                             score_threshold=SCORE, postprocess="greedynmm", match_metric="ios",
+                             match_threshold=0.5,
                              **overrides)
     model = load_model("nanodet-coco", score_threshold=SCORE)
     recorded: list[tuple[Any, list, list]] = []

@@ -203,8 +203,8 @@ def main() -> int:
 
     report: dict[str, Any] = {"slice": args.slice, "pool_slots": args.pool_slots,
                               "score_threshold": args.score_threshold}
-    conf = {"slice_size": str(args.slice), "overlap": OVERLAP,  # the Params form: a string
-            "score_threshold": args.score_threshold}
+    conf = {"model": "nanodet-coco", "slice_size": str(args.slice), "overlap": OVERLAP,
+            "score_threshold": args.score_threshold}  # slice_size: the Params form's string
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         sweep_side = side_for(args.sweep_slices, args.slice)
