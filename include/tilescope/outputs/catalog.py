@@ -3,6 +3,12 @@
 SQLAlchemy Core over any URL: a SQLite file by default, PostgreSQL in production (the DAG
 builds the URL from an Airflow connection). The unique key on ``(image_sha256, params_hash)``
 makes a re-run update its row instead of adding a duplicate.
+
+A *reused* row (:mod:`tilescope.outputs.reuse`: the same bytes, model and parameters
+arrived again under another key) is a row of its own whose ``reused_from`` names the row that
+computed the result; its ``result_keys`` point at that stored result. The (image, parameters)
+key is unique among computed rows only (a partial unique index); reused rows are unique per
+(image, parameters, image URI). :func:`connect` migrates a catalog made before these columns.
 """
 
 from __future__ import annotations
@@ -39,14 +45,30 @@ RESULTS = sa.Table(
     sa.Column("run_id", sa.String(250)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("image_sha256", "params_hash", name="uq_tilescope_image_params"),
+    #: what the model's weights were (:func:`tilescope.models.fingerprint.model_fingerprint`);
+    #: ``NULL`` in rows stored before it was recorded (never reused)
+    sa.Column("model_digest", sa.String(64)),
+    #: the id of the computed row whose stored result this row reuses (``NULL``: computed)
+    sa.Column("reused_from", sa.Integer),
+    sa.Index("uq_tilescope_image_params", "image_sha256", "params_hash", unique=True,
+             sqlite_where=sa.text("reused_from IS NULL"),
+             postgresql_where=sa.text("reused_from IS NULL")),
+    sa.Index("uq_tilescope_reused_image_params_uri", "image_sha256", "params_hash",
+             "image_uri", unique=True, sqlite_where=sa.text("reused_from IS NOT NULL"),
+             postgresql_where=sa.text("reused_from IS NOT NULL")),
 )
+#: the partial unique indexes' conditions (the upserts name them as their conflict target)
+COMPUTED = sa.text("reused_from IS NULL")
+REUSED = sa.text("reused_from IS NOT NULL")
 
 
 def connect(url: str) -> sa.Engine:
     """An engine for ``url`` with the catalog's tables created if missing."""
     engine = sa.create_engine(url, future=True, pool_pre_ping=True)
     METADATA.create_all(engine)
+    from tilescope.outputs.catalog_migration import migrate_results
+
+    migrate_results(engine)
     # create_all adds indexes only with a new table: a catalog made before an index was
     # declared (e.g. the claims' status and run id) gets it here
     for table in METADATA.sorted_tables:
@@ -60,8 +82,9 @@ _REPLACED = [c.name for c in RESULTS.columns
              if c.name not in ("id", "image_sha256", "params_hash", "created_at")]
 
 
-def _upsert(engine: sa.Engine) -> Any:
-    """One statement that inserts rows or, on the (image, parameters) key, replaces their
+def _upsert(engine: sa.Engine, reused: bool = False) -> Any:
+    """One statement that inserts rows or, on the (image, parameters) key of a computed row
+    (``reused``: the (image, parameters, URI) key of a reused row), replaces their
     :data:`_REPLACED` columns; executed with a list of rows (one round of executemany)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -74,18 +97,20 @@ def _upsert(engine: sa.Engine) -> Any:
         return sa.insert(RESULTS)
     statement = insert(RESULTS)
     return statement.on_conflict_do_update(
-        index_elements=["image_sha256", "params_hash"],
+        index_elements=["image_sha256", "params_hash", *(["image_uri"] if reused else [])],
+        index_where=REUSED if reused else COMPUTED,
         set_={name: statement.excluded[name] for name in _REPLACED})
 
 
 def record_result(engine: sa.Engine, result: Result, params_hash: str,
-                  result_keys: dict[str, str], run_id: str | None = None) -> None:
+                  result_keys: dict[str, str], run_id: str | None = None,
+                  model_digest: str | None = None) -> None:
     """Insert or update the row of this image and parameters."""
-    record_results(engine, [(result, params_hash, result_keys)], run_id)
+    record_results(engine, [(result, params_hash, result_keys)], run_id, model_digest)
 
 
 def record_results(engine: sa.Engine, rows: list[tuple[Result, str, dict[str, str]]],
-                   run_id: str | None = None) -> None:
+                   run_id: str | None = None, model_digest: str | None = None) -> None:
     """Insert or update the rows of many (result, params hash, result keys) in one
     transaction and one executemany: a batch run of 1,000 images commits once (one upsert
     statement a row cost ~2 ms of SQLAlchemy compiling: 1,000 rows on PostgreSQL took 2.2 s,
@@ -98,6 +123,7 @@ def record_results(engine: sa.Engine, rows: list[tuple[Result, str, dict[str, st
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for result, params_hash, result_keys in rows:
         row = _row(result, params_hash, result_keys, run_id)
+        row["model_digest"] = model_digest
         latest[(row["image_sha256"], row["params_hash"])] = row
     with engine.begin() as conn:
         conn.execute(_upsert(engine), list(latest.values()))
@@ -116,7 +142,16 @@ def _row(result: Result, params_hash: str, result_keys: dict[str, str],
         "counts": json.dumps(result.counts()), "result_keys": json.dumps(result_keys),
         "seconds": json.dumps({k: round(v, 4) for k, v in result.seconds.items()}),
         "run_id": run_id, "created_at": now, "updated_at": now,
+        "model_digest": None, "reused_from": None,
     }
+
+
+def upsert_rows(engine: sa.Engine, rows: list[dict[str, Any]], *, reused: bool) -> None:
+    """Insert or update whole rows (:func:`_row`'s shape) in one executemany: computed rows
+    on their (image, parameters) key, reused rows on their (image, parameters, URI) key."""
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(_upsert(engine, reused=reused), rows)
 
 
 def find_results(engine: sa.Engine, image_sha256: str | None = None) -> list[dict[str, Any]]:
