@@ -105,6 +105,16 @@ def _moderation() -> Any:
                                          params.get("moderation_options"))
 
 
+def _reuse(params: Any, client: Any) -> Any:
+    """The run's lookup of stored results (``None``: the ``reuse`` Param is off, no catalog,
+    or a moderation gate) — see tilescope.tasks.reuse."""
+    from tilescope.airflow.adapters import catalog_url
+    from tilescope.tasks.reuse import reuse_index
+
+    return reuse_index(catalog_url(), params, client, moderation=_moderation(),
+                       enabled=bool(get_current_context()["params"].get("reuse", True)))
+
+
 def _params() -> Any:
     from tilescope.params import InferenceParams
 
@@ -141,6 +151,10 @@ def _params() -> Any:
                             description="checked before any region runs; blocks "
                                         "(fail-closed) unless moderation_options.fail_open"),
         "moderation_options": Param({}, type="object", title="Moderation options"),
+        "reuse": Param(True, type="boolean", title="Reuse stored results",
+                       description="an image whose bytes, model weights and parameters "
+                                   "match a stored result is not analysed again (a reused "
+                                   "catalog row); off forces recomputation"),
         "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
                        description="the claimed object version; its original is moved to "
                                    "processed/ or quarantine/ when the run ends"),
@@ -176,19 +190,19 @@ def tiled_inference() -> None:
                     batch_entries(context["params"], client=client), params, client=client,
                     run=context["run_id"], model_slice_size=model_slice_size(params.model),
                     slice_seconds=model_slice_seconds(params.model), limits=run_limits(),
-                    moderation=_moderation())
+                    moderation=_moderation(), reuse=_reuse(params, client))
             context["ti"].xcom_push(key="prepared", value=prepared.to_dict())
             return units
         with task_outcome(on_bad_input=_quarantine_claimed):
-            params, limits = _params(), run_limits()
+            params, limits, client = _params(), run_limits(), s3_client()
             model = None
             if params.full_image_pass:
                 model = load_model(params.model, **params.model_arguments())
             regions, prepared = prepare(
-                context["params"]["image_uri"], params, client=s3_client(),
+                context["params"]["image_uri"], params, client=client,
                 run=context["run_id"], moderation=_moderation(),
                 model_slice_size=model_slice_size(params.model), full_image_model=model,
-                limits=limits)
+                limits=limits, reuse=_reuse(params, client))
         # grid=auto with an embedded model: regions packed into fewer tasks (work units)
         units = image_units(prepared, params, workers=os.cpu_count() or 1,
                             slice_seconds=model_slice_seconds(params.model),
@@ -217,6 +231,10 @@ def tiled_inference() -> None:
                 return combine_batch(run, list(findings[:]), params, params.model,
                                      client=client, run_started=get_current_context()[
                                          "dag_run"].start_date.timestamp())
+        if run.reused:  # a stored result stands in: analyze ran on nothing
+            from tilescope.tasks.reuse import stored_result_uri
+
+            return stored_result_uri(run)
         with task_outcome():
             # findings[:] is one bulk XCom read; failed regions simply have no entry.
             result = combine(run, list(findings[:]), params, params.model, client=client,
@@ -246,6 +264,12 @@ def tiled_inference() -> None:
                 for extra in extras[1:]:
                     context["outlet_events"][RESULTS_ALIAS].add(RESULTS_ASSET, extra=extra)
             return totals.to_dict()
+        if run.reused:  # the arrival's own catalog row, pointing at the stored result
+            from tilescope.tasks.reuse import store_reused
+
+            summary = store_reused(run, catalog_url=catalog_url(), run_id=context["run_id"])
+            context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
+            return summary.to_dict()
         summary = store_step(result_uri, run, _params(), client=s3_client(),
                              catalog_url=catalog_url(), run_id=context["run_id"])
         context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()

@@ -67,6 +67,9 @@ class Prepared:
     video: dict[str, Any] | None = None
     #: how many work units analyze maps over when the regions were packed (else absent)
     units: int | None = None
+    #: a stored result these bytes, model and parameters already have
+    #: (:class:`tilescope.outputs.reuse.StoredResult`'s dict): nothing is analysed
+    reused: dict[str, Any] | None = None
 
     _REQUIRED = ("image", "plan", "source_uri", "thumbnail_uri", "full_image",
                  "full_image_names", "moderation", "scratch_prefix", "ready_at")
@@ -90,11 +93,14 @@ class Prepared:
             data["video"] = self.video
         if self.units is not None:
             data["units"] = self.units
+        if self.reused is not None:
+            data["reused"] = self.reused
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Prepared:
-        d = checked_keys("prepared (one-image run)", data, cls._REQUIRED, ("video", "units"))
+        d = checked_keys("prepared (one-image run)", data, cls._REQUIRED,
+                         ("video", "units", "reused"))
         names = d["full_image_names"]
         return cls(image=ImageInfo.from_dict(d["image"]), plan=dict(d["plan"]),
                    source_uri=str(d["source_uri"]), thumbnail_uri=str(d["thumbnail_uri"]),
@@ -102,7 +108,8 @@ class Prepared:
                    full_image=d["full_image"],
                    full_image_names=[str(n) for n in names] if names is not None else None,
                    moderation=d["moderation"], video=d.get("video"),
-                   units=int(d["units"]) if d.get("units") is not None else None)
+                   units=int(d["units"]) if d.get("units") is not None else None,
+                   reused=d.get("reused"))
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class ResultIndex:
         """The stored result of these bytes, or ``None`` (analyse them)."""
         return self.lookup([sha256]).get(sha256)
 
+    __call__ = find  # what :func:`tilescope.tasks.image.prepare` asks
+
     def lookup(self, sha256s: Iterable[str]) -> dict[str, StoredResult]:
         """sha256 → stored result, for those of ``sha256s`` that have one (one query per
         :data:`_QUERY_CHUNK` images, then a HEAD of each ``result.json``)."""
@@ -133,11 +135,14 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
 def record_reused(catalog_url: str, arrivals: Iterable[tuple[str, StoredResult]], *,
                   run_id: str | None) -> int:
     """One catalog row per ``(image URI, stored result)``: the stored row's facts, the new
-    URI and run, ``reused_from`` set (a re-run of the same arrival updates its row).
-    Returns how many rows were written."""
+    URI and run, ``reused_from`` set (a re-run of the same arrival updates its row). The
+    computed row's own URI again (the same object run twice) adds nothing: that row says
+    it already. Returns how many rows were written."""
     now = datetime.now(UTC)
     rows = {}
     for image_uri, stored in arrivals:
+        if image_uri == stored.row["image_uri"]:
+            continue
         row = {**stored.row, "image_uri": image_uri, "run_id": run_id,
                "reused_from": stored.row_id, "created_at": now, "updated_at": now,
                "seconds": {}}

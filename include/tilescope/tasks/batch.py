@@ -78,6 +78,8 @@ from tilescope.units import (
 if TYPE_CHECKING:  # SQLAlchemy loads only where the catalog is used
     import sqlalchemy as sa
 
+    from tilescope.outputs.reuse import ResultIndex
+
 #: images up to this many pixels are read whole by their unit (no staging): 4096² = 16.8 MP,
 #: a 12 MP phone photo decoded is 36 MB
 WHOLE_MAX_PIXELS = 4096 * 4096
@@ -110,6 +112,9 @@ class BatchItem:
     #: why the image was refused (it is quarantined with this reason), and the error class
     bad: str | None = None
     error_class: str | None = None
+    #: the stored result these bytes already have (:mod:`tilescope.tasks.reuse`): the image
+    #: is in no unit, and store records a reused catalog row for it
+    reused: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -212,7 +217,8 @@ def batch_layout(entries: Sequence[Mapping[str, Any]], run: str) -> BatchLayout:
 
 def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
                client: S3Client, run: str, model_slice_size: int, limits: RunLimits,
-               moderation: ModerationPolicy | None) -> BatchItem:
+               moderation: ModerationPolicy | None,
+               reuse: ResultIndex | None = None) -> BatchItem:
     """Check and plan one image of the batch (see the module docstring)."""
     from tilescope.tasks.image import gate, prepare
 
@@ -244,8 +250,8 @@ def _plan_item(index: int, entry: Mapping[str, Any], params: InferenceParams, *,
         # (its own regions or units are not kept: prepare_batch packs every source anew)
         _, prepared = prepare(item.uri, params, client=client, run=f"{run}-{index}",
                               model_slice_size=model_slice_size, moderation=moderation,
-                              limits=limits)
-        item.whole = False
+                              limits=limits, reuse=reuse)
+        item.whole, item.reused = False, prepared.reused
         item.image, item.plan = prepared.image.to_dict(), prepared.plan
         item.moderation = prepared.moderation
         item.prepared = prepared
@@ -295,11 +301,14 @@ def _plan_whole(image: ImageInfo, params: InferenceParams, model_slice_size: int
 def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams, *,
                   client: S3Client, run: str, model_slice_size: int,
                   slice_seconds: float | None = None, limits: RunLimits | None = None,
-                  moderation: ModerationPolicy | None = None
+                  moderation: ModerationPolicy | None = None,
+                  reuse: ResultIndex | None = None
                   ) -> tuple[list[dict[str, Any]], BatchPrepared]:
     """Plan every image and pack the work units. Returns ``(items to map over, prepared)``:
     the mapped items are work units (of images and videos' frames alike); ``prepared`` is
-    small — the plan itself is written to ``<scratch>/plan.json``."""
+    small — the plan itself is written to ``<scratch>/plan.json``. ``reuse`` finds the
+    images that have a stored result already (one catalog query for the small ones): they
+    are dropped from the units."""
     if params.full_image_pass:
         raise ConfigError("full_image_pass is not supported in batch runs (one image per run)")
     limits = limits or RunLimits()
@@ -307,12 +316,16 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="plan") as pool:
         items = list(pool.map(lambda pair: _plan_item(
             pair[0], pair[1], params, client=client, run=run,
-            model_slice_size=model_slice_size, limits=limits, moderation=moderation),
-            enumerate(entries)))
+            model_slice_size=model_slice_size, limits=limits, moderation=moderation,
+            reuse=reuse), enumerate(entries)))
+    if reuse is not None:
+        from tilescope.tasks.reuse import mark_reused
+
+        mark_reused(items, reuse)
     sources: list[SourcePlan] = []
     next_frame = len(items)  # a video's frames are numbered after every image
     for item in items:
-        if item.bad:
+        if item.bad or item.reused:
             continue
         plan = SlicePlan.from_summary(item.plan or {})
         if item.video:  # its sampled frames are sources like any other
@@ -484,6 +497,10 @@ def combine_batch(prepared: BatchPrepared, findings: Iterable[Mapping[str, Any] 
     for item in items:
         entry: dict[str, Any] = {"index": item.index}
         try:
+            if item.reused:  # analysed before: the stored result stands
+                entry.update(status=STORED, reused=item.reused)
+                entries.append(entry)
+                continue
             if item.bad:
                 raise _Refused(item.bad, item.error_class or "BadImageError")
             if item.index in bad_sources:
@@ -534,6 +551,8 @@ class ItemOutcome:
     result_status: str | None = None
     error: str | None = None
     error_class: str | None = None
+    #: the catalog row whose stored result this image reused (``None``: analysed)
+    reused_from: int | None = None
 
     def asset_extra(self) -> dict[str, Any]:
         """The results-asset event extra, as a single-image run's ``store`` emits it."""
@@ -560,6 +579,12 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
                               error=entry.get("error"), error_class=entry.get("error_class"))
         if entry["status"] != STORED:
             return outcome, None
+        if entry.get("reused"):
+            from tilescope.tasks.reuse import reused_outcome
+
+            for name, value in reused_outcome(entry["reused"], item.uri).items():
+                setattr(outcome, name, value)
+            return outcome, None
         result = Result.from_dict(entry["result"])
         outcome.keys = _write_outputs(item, result, params, client)
         outcome.detections, outcome.counts = len(result.detections), result.counts()
@@ -569,15 +594,18 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
         done = list(pool.map(store_one, entries))
     if catalog_url:
+        from tilescope.models.fingerprint import model_fingerprint
         from tilescope.outputs.catalog import connect, record_results
+        from tilescope.tasks.reuse import record_batch_reused
 
         engine = connect(catalog_url)
         try:
             record_results(engine, [(result, params.digest(), outcome.keys)
                                     for outcome, result in done if result is not None],
-                           run_id)
+                           run_id, model_fingerprint(params.model, params.model_options))
         finally:
             engine.dispose()
+        record_batch_reused(catalog_url, entries, by_index, run_id=run_id)
     outcomes = [outcome for outcome, _ in done]
     write_bytes(prepared.outcomes_uri,
                 json.dumps({"run_id": run_id, "outcomes": [asdict(o) for o in outcomes]}

@@ -88,6 +88,9 @@ from tilescope.units import (
     unit_slice_budget,
 )
 
+#: SHA-256 of an image's bytes → the stored result it may reuse (or ``None``)
+ReuseLookup = Callable[[str], Any]
+
 #: findings larger than this go to S3 and travel as a key (Airflow XComs should stay small)
 XCOM_BUDGET_BYTES = 48 * 1024
 
@@ -96,7 +99,8 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
             model_slice_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
             moderation: ModerationPolicy | None = None,
             full_image_model: DetectionModel | None = None,
-            limits: RunLimits | None = None) -> tuple[list[dict[str, Any]], Prepared]:
+            limits: RunLimits | None = None,
+            reuse: ReuseLookup | None = None) -> tuple[list[dict[str, Any]], Prepared]:
     """Validate the image, plan its regions, stage its pixels for region tasks.
 
     ``limits`` (default: ``max_pixels`` and the default byte, slice and region budgets)
@@ -109,6 +113,9 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
     when ``full_image_model`` is given (the image is decoded here). ``moderation`` gates the
     image before anything is staged: a blocked image raises :class:`ImageBlockedError`
     (carrying the verdict); a passed one keeps its verdict in ``prepared.moderation``.
+    ``reuse`` (SHA-256 → a stored result or ``None``) is asked once the bytes are hashed:
+    an image that has a result already returns no regions and ``prepared.reused``
+    (:mod:`tilescope.tasks.reuse`) — nothing decoded, staged or analysed.
     """
     limits = limits or RunLimits(max_pixels=max_pixels)
     size = object_size(image_uri, client)
@@ -125,8 +132,15 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
                                 max_pixels=limits.max_pixels, bands=params.band_list(),
                                 magnification=params.slide_magnification())
     with reader:
-        limits.check_plan(plan_image(reader.width, reader.height, params, model_slice_size,
-                                     max_regions=limits.max_regions))
+        header_plan = plan_image(reader.width, reader.height, params, model_slice_size,
+                                 max_regions=limits.max_regions)
+        limits.check_plan(header_plan)
+        stored = reuse(sha256()) if reuse is not None else None
+        if stored is not None:
+            from tilescope.tasks.reuse import reused_prepared
+
+            return [], reused_prepared(image_info(reader, image_uri, sha256(), size),
+                                       header_plan, stored, run)
         reader.validate()
         image = image_info(reader, image_uri, sha256(), size)
         verdict = gate(reader, image, moderation)
@@ -225,7 +239,7 @@ def image_units(prepared: Prepared, params: InferenceParams, *,
     fan-out: one task a region, as documented) and the model runs on the worker's cores and
     says what a slice costs (``slice_seconds``): a remote model's time is network-bound, and
     more tasks in flight are what make it faster. A video's frames are packed already."""
-    if params.grid != "auto" or not slice_seconds or prepared.video:
+    if params.grid != "auto" or not slice_seconds or prepared.video or prepared.reused:
         return None
     units = region_units(prepared.slice_plan(),
                          unit_slice_budget(slice_seconds), workers=workers,
@@ -379,11 +393,13 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
     keys = {"result": targets.result, **keys}
     if catalog_url:
+        from tilescope.models.fingerprint import model_fingerprint
         from tilescope.outputs.catalog import connect, record_result
 
         engine = connect(catalog_url)
         try:
-            record_result(engine, result, params.digest(), keys, run_id)
+            record_result(engine, result, params.digest(), keys, run_id,
+                          model_fingerprint(params.model, params.model_options))
         finally:
             engine.dispose()
     deleted = delete_prefix(prepared.scratch_prefix, client)
