@@ -147,7 +147,10 @@ def test_a_batch_drops_reused_images_from_its_units_and_settles_them(dag, airflo
                     ("incoming/z.jpg", crops["three"])])
     assert str(second.state) == "success" and analyzed(dag, second)  # z.jpg is new
     units = preprocess_units(dag.dag_id, second.run_id)
-    assert units and all("z.jpg" in unit["name"] for unit in units), units
+    from tilescope.units import WorkUnit
+
+    sources = {s for unit in units for s in WorkUnit.from_dict(unit).sources}
+    assert sources == {2}, units  # z.jpg's only: x.jpg (0) and y.jpg (1) are in no unit
     rows = {r["image_uri"].rsplit("/", 1)[1]: r for r in find_results(engine)}
     assert sorted(rows) == ["a.jpg", "b.jpg", "x.jpg", "y.jpg", "z.jpg"]
     assert rows["x.jpg"]["reused_from"] == rows["a.jpg"]["id"]

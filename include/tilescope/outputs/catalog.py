@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tilescope.outputs.catalog_migration import migrate_results
 from tilescope.results import Result
 
 METADATA = sa.MetaData()
@@ -66,9 +67,7 @@ def connect(url: str) -> sa.Engine:
     """An engine for ``url`` with the catalog's tables created if missing."""
     engine = sa.create_engine(url, future=True, pool_pre_ping=True)
     METADATA.create_all(engine)
-    from tilescope.outputs.catalog_migration import migrate_results
-
-    migrate_results(engine)
+    migrate_results(engine, RESULTS)  # before the index pass: the new indexes need its columns
     # create_all adds indexes only with a new table: a catalog made before an index was
     # declared (e.g. the claims' status and run id) gets it here
     for table in METADATA.sorted_tables:

@@ -21,43 +21,38 @@ import sqlalchemy as sa
 _NEW_COLUMNS = {"model_digest": "VARCHAR(64)", "reused_from": "INTEGER"}
 
 
-def migrate_results(engine: sa.Engine) -> bool:
-    """Migrate the results table if it predates reuse; ``True`` when something was done."""
-    from tilescope.outputs.catalog import RESULTS
-
-    columns = {c["name"] for c in sa.inspect(engine).get_columns(RESULTS.name)}
+def migrate_results(engine: sa.Engine, results: sa.Table) -> bool:
+    """Migrate the results table (:data:`tilescope.outputs.catalog.RESULTS`, its current
+    declaration) if it predates reuse; ``True`` when something was done."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(results.name)}
     if set(_NEW_COLUMNS) <= columns:
         return False
     if engine.dialect.name == "postgresql":
-        _migrate_postgresql(engine)
+        _migrate_postgresql(engine, results)
     elif engine.dialect.name == "sqlite":
-        _migrate_sqlite(engine)
+        _migrate_sqlite(engine, results)
     else:  # pragma: no cover - other dialects: add the columns, keep the old constraint
         with engine.begin() as conn:
             for name, kind in _NEW_COLUMNS.items():
                 if name not in columns:
-                    conn.execute(sa.text(f"ALTER TABLE {RESULTS.name} ADD COLUMN {name} {kind}"))
+                    conn.execute(sa.text(f"ALTER TABLE {results.name} ADD COLUMN {name} {kind}"))
     return True
 
 
-def _migrate_postgresql(engine: sa.Engine) -> None:
-    from tilescope.outputs.catalog import RESULTS
-
-    table = RESULTS.name
+def _migrate_postgresql(engine: sa.Engine, results: sa.Table) -> None:
+    table = results.name
     with engine.begin() as conn:
         for name, kind in _NEW_COLUMNS.items():
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}"))
         conn.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "
                              "uq_tilescope_image_params"))
-        for index in RESULTS.indexes:
+        for index in results.indexes:
             if index.unique:
                 index.create(conn, checkfirst=True)
 
 
-def _migrate_sqlite(engine: sa.Engine) -> None:
-    from tilescope.outputs.catalog import RESULTS
-
-    table, old = RESULTS.name, f"{RESULTS.name}_before_reuse"
+def _migrate_sqlite(engine: sa.Engine, results: sa.Table) -> None:
+    table, old = results.name, f"{results.name}_before_reuse"
     raw = engine.raw_connection()
     try:
         db = raw.driver_connection
@@ -70,13 +65,13 @@ def _migrate_sqlite(engine: sa.Engine) -> None:
                 cursor.execute("COMMIT")
                 return
             cursor.execute(f"ALTER TABLE {table} RENAME TO {old}")
-            for index in RESULTS.indexes:  # the old table's indexes keep their names
+            for index in results.indexes:  # the old table's indexes keep their names
                 cursor.execute(f"DROP INDEX IF EXISTS {index.name}")
             dialect = engine.dialect
-            cursor.execute(str(sa.schema.CreateTable(RESULTS).compile(dialect=dialect)))
-            for index in RESULTS.indexes:
+            cursor.execute(str(sa.schema.CreateTable(results).compile(dialect=dialect)))
+            for index in results.indexes:
                 cursor.execute(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
-            copied = ", ".join(name for name in present if name in RESULTS.c)
+            copied = ", ".join(name for name in present if name in results.c)
             cursor.execute(f"INSERT INTO {table} ({copied}) SELECT {copied} FROM {old}")
             cursor.execute(f"DROP TABLE {old}")
             cursor.execute("COMMIT")

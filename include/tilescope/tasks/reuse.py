@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import ScratchLayout
@@ -23,9 +23,6 @@ from tilescope.params import InferenceParams
 from tilescope.results import ImageInfo
 from tilescope.slicing import SlicePlan
 from tilescope.storage import S3Client, parse_s3_uri
-
-if TYPE_CHECKING:
-    from tilescope.tasks.batch import BatchItem
 
 
 def reuse_index(catalog_url: str | None, params: InferenceParams, client: S3Client, *,
@@ -72,9 +69,10 @@ def reused_outcome(stored: dict[str, Any], image_uri: str) -> dict[str, Any]:
             "reused_from": int(stored["row_id"])}
 
 
-def mark_reused(items: Sequence[BatchItem], index: ResultIndex) -> int:
-    """Set ``reused`` on the batch's small images that have a stored result (one lookup for
-    all of them; a big image asked when it was prepared). Returns how many were marked."""
+def mark_reused(items: Sequence[Any], index: ResultIndex) -> int:
+    """Set ``reused`` on the batch's small images (``tasks.batch.BatchItem``) that have a
+    stored result (one lookup for all of them; a big image was asked when it was prepared).
+    Returns how many were marked."""
     small = [i for i in items if i.whole and not i.bad and not i.reused and i.image]
     found = index.lookup(str((i.image or {})["sha256"]) for i in small)
     marked = 0
@@ -87,7 +85,7 @@ def mark_reused(items: Sequence[BatchItem], index: ResultIndex) -> int:
 
 
 def record_batch_reused(catalog_url: str, entries: Sequence[Mapping[str, Any]],
-                        items: Mapping[int, BatchItem], *, run_id: str | None) -> int:
+                        items: Mapping[int, Any], *, run_id: str | None) -> int:
     """The reused catalog rows of a batch's stored entries that reused a result."""
     return record_reused(catalog_url, [
         (items[int(e["index"])].uri, StoredResult.from_dict(e["reused"]))
