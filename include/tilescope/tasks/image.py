@@ -135,14 +135,16 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
         header_plan = plan_image(reader.width, reader.height, params, model_slice_size,
                                  max_regions=limits.max_regions)
         limits.check_plan(header_plan)
-        stored = reuse(sha256()) if reuse is not None else None
+        # hashed once: a tiled TIFF's hash is a stream over the whole object
+        digest = sha256() if reuse is not None else None
+        stored = reuse(digest) if reuse is not None and digest else None
         if stored is not None:
             from tilescope.tasks.reuse import reused_prepared
 
-            return [], reused_prepared(image_info(reader, image_uri, sha256(), size),
+            return [], reused_prepared(image_info(reader, image_uri, digest or "", size),
                                        header_plan, stored, run)
         reader.validate()
-        image = image_info(reader, image_uri, sha256(), size)
+        image = image_info(reader, image_uri, digest or sha256(), size)
         verdict = gate(reader, image, moderation)
         plan = plan_image(*image.analysed_size, params, model_slice_size,
                           max_regions=limits.max_regions)
