@@ -12,6 +12,9 @@ def test_weights_are_the_pinned_hash_or_the_given_files_and_change_the_fingerpri
     """Seen red with weights_sha256 ignoring model_path: two weight files then gave one
     fingerprint (and a result of other weights would have been reused)."""
     assert weights_sha256("nanodet-coco") == NANODET_ONNX_SHA256
+    from tilescope.models.weights import CENTERNET
+
+    assert weights_sha256("centernet-coco") == CENTERNET.onnx_sha256
     assert weights_sha256("bedrock-converse") is None  # remote: its name stands for it
     first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
     first.write_bytes(b"weights one")

@@ -21,9 +21,10 @@ from typing import Any
 
 def _embedded_weights() -> dict[str, str]:
     from tilescope.models.text_regions import MODEL_SHA256
-    from tilescope.models.weights import NANODET_ONNX_SHA256
+    from tilescope.models.weights import NANODET_ONNX_SHA256, TARBALL_MODELS
 
-    return {"nanodet-coco": NANODET_ONNX_SHA256, "text-regions": MODEL_SHA256}
+    return {"nanodet-coco": NANODET_ONNX_SHA256, "text-regions": MODEL_SHA256,
+            **{name: model.onnx_sha256 for name, model in TARBALL_MODELS.items()}}
 
 
 @functools.lru_cache(maxsize=32)
