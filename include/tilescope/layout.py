@@ -170,7 +170,7 @@ def scratch_tile_shape(width: int, height: int) -> tuple[int, int]:
     return fit(height), fit(width)
 
 
-def _tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray]:
+def tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray]:
     """The image as ``tile_h × tile_w`` tiles in row-major order, edge tiles zero-padded (as
     TIFF stores them), read one at a time so no second full copy of the image is made."""
     for y in range(0, reader.height, tile_h):
@@ -196,7 +196,7 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
     loc = parse_s3_uri(uri)
     with tempfile.NamedTemporaryFile(suffix=".tif", dir=TMP.get()) as tmp:
         tile = scratch_tile_shape(reader.width, reader.height)
-        tifffile.imwrite(tmp.name, _tiles(reader, *tile),
+        tifffile.imwrite(tmp.name, tiles(reader, *tile),
                          shape=(reader.height, reader.width, 3), dtype=np.uint8,
                          tile=tile, photometric="rgb",
                          compression="zstd", compressionargs={"level": 1}, maxworkers=2,
