@@ -216,6 +216,8 @@ class Result:
     frames: list[VideoFrame] | None = None
     detection_frames: np.ndarray | None = None
     video: dict[str, Any] | None = None
+    #: the archival copy's facts (``tilescope.archival.ArchiveOutcome.to_dict()``), if made
+    archive: dict[str, Any] | None = None
 
     @property
     def failed_regions(self) -> list[str]:
@@ -326,6 +328,7 @@ class Result:
             "coco_category_ids": self.coco_category_ids,
             "detections": self.detection_records(),
             **({"moderation": self.moderation} if self.moderation is not None else {}),
+            **({"archive": self.archive} if self.archive is not None else {}),
         }
 
     @classmethod
@@ -356,7 +359,8 @@ class Result:
                    description=(doc.get("summary") or {}).get("description"),
                    moderation=doc.get("moderation"),
                    description_source=(doc.get("summary") or {}).get("description_source"),
-                   frames=frames, detection_frames=positions, video=doc.get("video"))
+                   frames=frames, detection_frames=positions, video=doc.get("video"),
+                   archive=doc.get("archive"))
 
     def to_coco(self, image_id: int = 1) -> dict[str, Any]:
         """A COCO document: ``images``, ``categories`` and scored ``annotations``.

@@ -86,3 +86,43 @@ def test_many_rows_in_one_statement_the_same_image_twice_keeps_the_last(sql_url)
     (row,) = find_results(engine, "ab" * 32)
     assert (row["detections"], row["run_id"], row["result_keys"]) == (2, "run-2",
                                                                       {"result": "c"})
+
+
+#: the results table as catalogs made before the archive columns hold it
+_BEFORE_ARCHIVE = """CREATE TABLE tilescope_results (
+    id INTEGER PRIMARY KEY, image_sha256 VARCHAR(64) NOT NULL, params_hash VARCHAR(32) NOT NULL,
+    image_id VARCHAR(32) NOT NULL, image_uri TEXT NOT NULL, width INTEGER NOT NULL,
+    height INTEGER NOT NULL, model VARCHAR(128) NOT NULL, status VARCHAR(16) NOT NULL,
+    detections INTEGER NOT NULL, regions INTEGER NOT NULL, failed_regions TEXT NOT NULL,
+    counts TEXT NOT NULL, result_keys TEXT NOT NULL, seconds TEXT NOT NULL,
+    run_id VARCHAR(250), created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    CONSTRAINT uq_tilescope_image_params UNIQUE (image_sha256, params_hash))"""
+
+
+def test_an_existing_catalog_gains_the_archive_columns_and_keeps_its_rows(sql_url):
+    import sqlalchemy as sa
+
+    old = sa.create_engine(sql_url)
+    with old.begin() as conn:
+        conn.execute(sa.text(_BEFORE_ARCHIVE.replace(
+            "INTEGER PRIMARY KEY", "SERIAL PRIMARY KEY" if old.dialect.name == "postgresql"
+            else "INTEGER PRIMARY KEY")))
+        conn.execute(sa.text(
+            "INSERT INTO tilescope_results (image_sha256, params_hash, image_id, image_uri, "
+            "width, height, model, status, detections, regions, failed_regions, counts, "
+            "result_keys, seconds, created_at, updated_at) VALUES ('old', 'p0', 'old', "
+            "'s3://b/old.jpg', 1, 1, 'm', 'complete', 0, 1, '[]', '{}', '{}', '{}', "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    old.dispose()
+    engine = connect(sql_url)  # the migration: columns added in place
+    archived = result()
+    archived.archive = {"uri": "s3://b/processed/x.webp", "bytes": 40, "bytes_saved": 60,
+                        "quality": 71, "ssim": 0.951}
+    record_result(engine, archived, "p1", {})
+    rows = {r["params_hash"]: r for r in find_results(engine)}
+    assert rows["p0"]["image_uri"] == "s3://b/old.jpg" and rows["p0"]["bytes_saved"] is None
+    assert (rows["p1"]["archive_uri"], rows["p1"]["archive_bytes"], rows["p1"]["bytes_saved"],
+            rows["p1"]["archive_quality"]) == ("s3://b/processed/x.webp", 40, 60, 71)
+    assert rows["p1"]["archive_ssim"] == pytest.approx(0.951)
+    connect(sql_url).dispose()  # a second connect finds nothing to add

@@ -44,6 +44,13 @@ RESULTS = sa.Table(
     sa.Column("result_keys", sa.Text, nullable=False),
     sa.Column("seconds", sa.Text, nullable=False),
     sa.Column("run_id", sa.String(250)),
+    # the archival copy (tilescope.archival), added later: nullable, and added to existing
+    # catalogs by connect() (see _add_missing_columns)
+    sa.Column("archive_uri", sa.Text),
+    sa.Column("archive_bytes", sa.BigInteger),
+    sa.Column("bytes_saved", sa.BigInteger),
+    sa.Column("archive_quality", sa.Integer),
+    sa.Column("archive_ssim", sa.Float),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     #: what the model's weights were (:func:`tilescope.models.fingerprint.model_fingerprint`);
@@ -71,9 +78,28 @@ def connect(url: str) -> sa.Engine:
     # create_all adds indexes only with a new table: a catalog made before an index was
     # declared (e.g. the claims' status and run id) gets it here
     for table in METADATA.sorted_tables:
+        _add_missing_columns(engine, table)
         for index in table.indexes:
             index.create(engine, checkfirst=True)
     return engine
+
+
+def _add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
+    """The migration path: columns declared after a catalog was made (all nullable) are added
+    to it with ``ALTER TABLE … ADD COLUMN``, which SQLite and PostgreSQL both run in place;
+    existing rows read them as NULL."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    missing = [c for c in table.columns if c.name not in present]
+    if not missing:
+        return
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        for column in missing:
+            if not column.nullable:  # pragma: no cover - a new column must be nullable
+                raise RuntimeError(f"catalog column {column.name} must be nullable to be added")
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN "
+                                 f"{preparer.quote(column.name)} {kind}"))
 
 
 #: the columns a re-run of the same image and parameters replaces
@@ -132,6 +158,7 @@ def _row(result: Result, params_hash: str, result_keys: dict[str, str],
          run_id: str | None) -> dict[str, Any]:
     """A catalog row for ``result``."""
     now = datetime.now(UTC)
+    archive = result.archive or {}
     return {
         "image_sha256": result.image.sha256, "params_hash": params_hash,
         "image_id": result.image.image_id, "image_uri": result.image.uri,
@@ -142,6 +169,9 @@ def _row(result: Result, params_hash: str, result_keys: dict[str, str],
         "seconds": json.dumps({k: round(v, 4) for k, v in result.seconds.items()}),
         "run_id": run_id, "created_at": now, "updated_at": now,
         "model_digest": None, "reused_from": None,
+        "archive_uri": archive.get("uri"), "archive_bytes": archive.get("bytes"),
+        "bytes_saved": archive.get("bytes_saved"), "archive_quality": archive.get("quality"),
+        "archive_ssim": archive.get("ssim"),
     }
 
 

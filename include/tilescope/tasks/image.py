@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from tilescope import deferred
+from tilescope.archival import ArchivePolicy
 from tilescope.deferred import SubmittedRegion
 from tilescope.detections import Detections
-from tilescope.errors import BadImageError, ImageBlockedError
+from tilescope.errors import BadImageError, ConfigError, ImageBlockedError
 from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import (
     GEO_ARTIFACTS,
@@ -356,17 +357,21 @@ def result_targets(bucket: str, image_id: str, params: InferenceParams) -> Resul
 
 
 def store(result_uri: str, prepared: Prepared, params: InferenceParams, *,
-          client: S3Client, catalog_url: str | None, run_id: str | None = None) -> StoreSummary:
+          client: S3Client, catalog_url: str | None, run_id: str | None = None,
+          archive: ArchivePolicy | None = None) -> StoreSummary:
     """Write result JSON, COCO and overlay under ``results/``, record the catalog row, and
-    remove the run's scratch objects. Returns a small summary (keys, counts, status)."""
+    remove the run's scratch objects. Returns a small summary (keys, counts, status).
+    ``archive`` asks for an archival copy and says what becomes of the original
+    (:mod:`tilescope.tasks.archive`, :mod:`tilescope.intake.keep`)."""
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
     return store_result(result, prepared, params, client=client, catalog_url=catalog_url,
-                        run_id=run_id)
+                        run_id=run_id, archive=archive)
 
 
 def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
                  client: S3Client, catalog_url: str | None,
-                 run_id: str | None = None) -> StoreSummary:
+                 run_id: str | None = None,
+                 archive: ArchivePolicy | None = None) -> StoreSummary:
     """:func:`store` for a result already in hand (a batch's big image)."""
     from PIL import Image
 
@@ -392,6 +397,15 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
         keys.update(write_geo_outputs(result, OutputTargets(
             result=targets.result, **{role: layout.uri(name)
                                       for role, name in GEO_ARTIFACTS.items()}), client))
+    if archive is not None and archive.active:  # stored and read back before result.json
+        from tilescope.tasks.archive import store_archive
+
+        if prepared.video:
+            raise ConfigError("an archival copy is made of images, not videos")
+        outcome = store_archive(prepared.source_uri, result.image,
+                                results_layout(bucket, result.image.image_id, params),
+                                archive, client)
+        result.archive, keys["archive"] = outcome.to_dict(), outcome.uri
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
     keys = {"result": targets.result, **keys}
     if catalog_url:
@@ -404,6 +418,10 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
                           model_fingerprint(params.model, params.model_options))
         finally:
             engine.dispose()
+    if result.archive and archive is not None:  # only now may the original be touched
+        from tilescope.intake.keep import settle_original
+
+        settle_original(result.image.uri, result.image.sha256, archive.keep_original, client)
     deleted = delete_prefix(prepared.scratch_prefix, client)
     return StoreSummary(image_id=result.image.image_id, image_uri=result.image.uri,
                         status=result.status, detections=len(result.detections),

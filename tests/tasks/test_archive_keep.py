@@ -1,0 +1,183 @@
+"""The store step's archival copy and keep policy against a real S3 server (moto), with a
+fault injected between writing the copy and touching the original: whatever the policy and
+wherever the process dies, the original is never lost, and store's retry completes."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.blob_model import BrightBlobModel
+
+from tilescope.archival import ArchivePolicy
+from tilescope.errors import StorageError
+from tilescope.models import register_model
+from tilescope.outputs.catalog import connect, find_results
+from tilescope.params import InferenceParams
+from tilescope.samples import sample_array
+from tilescope.storage import parse_s3_uri
+from tilescope.tasks.image import analyze, combine, prepare, result_targets, save_result, store
+
+register_model("bright-blobs", BrightBlobModel)
+BUCKET = "archive-keep"
+ORIGINAL = "incoming/astronaut.png"
+
+CRASHING_STORE = """
+import json, os, signal, sys
+
+from tilescope.archival import ArchivePolicy
+from tilescope.handoffs import Prepared
+from tilescope.params import InferenceParams
+from tilescope.storage import default_s3_client
+from tilescope.tasks.image import store
+
+args = json.loads(sys.argv[1])
+client = default_s3_client()
+
+
+def crash(**_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_put(params, **_):  # the archival copy is written: die before anything else
+    if "/archive." in params["Key"] or params["Key"].startswith("processed/"):
+        crash()
+
+
+def before_delete(params, **_):  # about to delete the original
+    if params["Key"] == args["original"]:
+        crash()
+
+
+if args["crash"] == "after the copy is written":
+    client.meta.events.register("before-parameter-build.s3.PutObject",
+                                lambda params, **_: args.__setitem__("key", params["Key"]))
+    client.meta.events.register("after-call.s3.PutObject",
+                                lambda **_: after_put({"Key": args["key"]}))
+else:
+    client.meta.events.register("before-parameter-build.s3.DeleteObject", before_delete)
+store(args["result_uri"], Prepared.from_dict(args["prepared"]),
+      InferenceParams.from_dict(args["params"]), client=client, catalog_url=args["catalog"],
+      run_id="crashing", archive=ArchivePolicy(**args["archive"]))
+"""
+
+
+@pytest.fixture
+def staged(s3_client, tmp_path) -> dict[str, Any]:
+    """A real photo (PNG, as cameras rarely send it: its WebP copy is far smaller) run up to
+    ``synthesize``, its result parked in scratch for ``store``."""
+    s3_client.create_bucket(Bucket=BUCKET)
+    out = io.BytesIO()
+    Image.fromarray(sample_array("astronaut")).save(out, format="PNG")
+    s3_client.put_object(Bucket=BUCKET, Key=ORIGINAL, Body=out.getvalue())
+    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1")
+    regions, prepared = prepare(f"s3://{BUCKET}/{ORIGINAL}", params, client=s3_client,
+                                run="manual__archive", model_slice_size=256)
+    finding = analyze(regions[0], prepared.source_uri, params, BrightBlobModel(),
+                      client=s3_client, scratch_prefix=prepared.scratch_prefix)
+    result = combine(prepared, [finding], params, "bright-blobs", client=s3_client)
+    return {"client": s3_client, "params": params, "prepared": prepared,
+            "original": out.getvalue(),
+            "result_uri": save_result(result, prepared.scratch_prefix, s3_client),
+            "catalog": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
+            "results": parse_s3_uri(result_targets(BUCKET, result.image.image_id, params)
+                                    .result).key.rsplit("/", 1)[0] + "/"}
+
+
+def body(client, key: str) -> bytes | None:
+    try:
+        return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+#: where each policy leaves the archival copy, relative to the results prefix or absolute
+COPY_AT = {"keep": "archive.webp", "delete": "archive.webp",
+           "replace": "/processed/astronaut.webp"}
+
+
+@pytest.mark.parametrize("crash", ["after the copy is written", "before the original goes"])
+@pytest.mark.parametrize("policy", ["keep", "replace", "delete"])
+def test_a_crash_between_copy_and_original_loses_nothing_and_the_retry_completes(
+        staged, policy, crash):
+    client, prepared = staged["client"], staged["prepared"]
+    archive = {"format": "webp", "quality": 80, "keep_original": policy}  # no search: quick
+    args = {"crash": crash, "result_uri": staged["result_uri"], "original": ORIGINAL,
+            "prepared": prepared.to_dict(), "params": staged["params"].to_dict(),
+            "catalog": staged["catalog"], "archive": archive}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
+                             capture_output=True, text=True, timeout=300)
+    expect_crash = policy != "keep" or crash == "after the copy is written"
+    if expect_crash:
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    else:  # keep never deletes the original: there was no delete to die at
+        assert crashed.returncode == 0, crashed.stderr[-2000:]
+    assert body(client, ORIGINAL) == staged["original"]  # nothing lost
+
+    if expect_crash:
+        store(staged["result_uri"], prepared, staged["params"], client=client,
+              catalog_url=staged["catalog"], run_id="retry",
+              archive=ArchivePolicy(**archive))  # Airflow's retry
+    copy_key = COPY_AT[policy].lstrip("/") if COPY_AT[policy].startswith("/") \
+        else staged["results"] + COPY_AT[policy]
+    copy = body(client, copy_key)
+    assert copy is not None
+    with Image.open(io.BytesIO(copy)) as image:
+        assert image.format == "WEBP" and image.size == (512, 512)
+    assert (body(client, ORIGINAL) == staged["original"]) == (policy == "keep")
+    doc = json.loads(body(client, staged["results"] + "result.json") or b"{}")
+    assert doc["archive"]["keep_original"] == policy and doc["archive"]["target_met"]
+    assert doc["archive"]["bytes_saved"] == len(staged["original"]) - len(copy) > 0
+    [row] = find_results(connect(staged["catalog"]))
+    assert (row["archive_bytes"], row["bytes_saved"]) == (len(copy),
+                                                          len(staged["original"]) - len(copy))
+    assert row["archive_ssim"] > 0.9 and row["archive_uri"] == f"s3://{BUCKET}/{copy_key}"
+    assert row["archive_quality"] == 80
+
+
+@pytest.mark.parametrize("policy", ["replace", "delete"])
+def test_a_copy_that_does_not_read_back_leaves_the_original_and_stores_nothing(staged,
+                                                                                policy):
+    client, prepared = staged["client"], staged["prepared"]
+
+    def damage(params, **_):  # the store keeps only half of what was sent
+        if params["Key"].endswith(".webp"):
+            params["Body"] = params["Body"].read()[: 500]
+
+    client.meta.events.register("before-parameter-build.s3.PutObject", damage)
+    with pytest.raises(StorageError, match="not what was written"):
+        store(staged["result_uri"], prepared, staged["params"], client=client,
+              catalog_url=staged["catalog"], archive=ArchivePolicy("webp", 80,
+                                                                   keep_original=policy))
+    assert body(client, ORIGINAL) == staged["original"]
+    assert body(client, staged["results"] + "result.json") is None
+    assert find_results(connect(staged["catalog"])) == []
+
+
+def test_a_failed_transform_leaves_the_original_where_it_was(staged):
+    client, prepared = staged["client"], staged["prepared"]
+    client.delete_object(Bucket=BUCKET, Key=parse_s3_uri(prepared.source_uri).key)
+    with pytest.raises(Exception):  # noqa: B017 - the staged pixels are gone: any error
+        store(staged["result_uri"], prepared, staged["params"], client=client,
+              catalog_url=staged["catalog"], archive=ArchivePolicy("webp", 80,
+                                                                   keep_original="delete"))
+    assert body(client, ORIGINAL) == staged["original"]
+    assert body(client, staged["results"] + "result.json") is None
+
+
+def test_the_original_is_deleted_only_while_it_is_the_analysed_bytes(staged):
+    client = staged["client"]
+    changed = np.asarray(Image.open(io.BytesIO(staged["original"])))[::-1]
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(changed)).save(out, format="PNG")
+    client.put_object(Bucket=BUCKET, Key=ORIGINAL, Body=out.getvalue())  # a new upload
+    store(staged["result_uri"], staged["prepared"], staged["params"], client=client,
+          catalog_url=staged["catalog"], archive=ArchivePolicy("webp", 80, keep_original="delete"))
+    assert body(client, ORIGINAL) == out.getvalue()  # a new arrival: left alone
