@@ -51,7 +51,7 @@ from tilescope import settings
 from tilescope.airflow.adapters import results_asset
 from tilescope.airflow.callbacks import finalize_callbacks, record_failure
 from tilescope.airflow.operators import AnalyzeRegionOperator
-from tilescope.airflow.params import dag_params
+from tilescope.airflow.params import archive_params, dag_params
 from tilescope.moderation import BACKENDS
 from tilescope.params import is_batch
 
@@ -115,6 +115,12 @@ def _reuse(params: Any, client: Any) -> Any:
                        enabled=bool(get_current_context()["params"].get("reuse", True)))
 
 
+def _archive() -> Any:
+    from tilescope.archival import ArchivePolicy
+
+    return ArchivePolicy.from_options(get_current_context()["params"])
+
+
 def _params() -> Any:
     from tilescope.params import InferenceParams
 
@@ -155,6 +161,7 @@ def _params() -> Any:
                        description="an image whose bytes, model weights and parameters "
                                    "match a stored result is not analysed again (a reused "
                                    "catalog row); off forces recomputation"),
+        **archive_params(),  # an archival copy, and what becomes of the original
         "claim": Param(None, type=["null", "object"], title="Claim (set by s3_arrivals)",
                        description="the claimed object version; its original is moved to "
                                    "processed/ or quarantine/ when the run ends"),
@@ -186,6 +193,10 @@ def tiled_inference() -> None:
 
             with task_outcome():
                 params, client = _params(), s3_client()
+                if _archive().active:
+                    from tilescope.errors import ConfigError
+
+                    raise ConfigError("archive_format applies to one-image runs, not batches")
                 units, prepared = prepare_batch(
                     batch_entries(context["params"], client=client), params, client=client,
                     run=context["run_id"], model_slice_size=model_slice_size(params.model),
@@ -195,6 +206,7 @@ def tiled_inference() -> None:
             return units
         with task_outcome(on_bad_input=_quarantine_claimed):
             params, limits, client = _params(), run_limits(), s3_client()
+            _archive()  # bad archive options fail here
             model = None
             if params.full_image_pass:
                 model = load_model(params.model, **params.model_arguments())
@@ -271,7 +283,8 @@ def tiled_inference() -> None:
             context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
             return summary.to_dict()
         summary = store_step(result_uri, run, _params(), client=s3_client(),
-                             catalog_url=catalog_url(), run_id=context["run_id"])
+                             catalog_url=catalog_url(), run_id=context["run_id"],
+                             archive=_archive())
         context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
         return summary.to_dict()
 

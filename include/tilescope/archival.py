@@ -141,6 +141,29 @@ class ArchivePolicy:
                    keep_original=str(options.get("keep_original") or "keep"))
 
 
+def archive_form_fields() -> dict[str, tuple[Any, str, dict[str, Any]]]:
+    """The DAG form's archive fields, without Airflow: name → (default, description, JSON
+    schema with ``title``). Output options, not run parameters: they change what is kept,
+    never the detections, so they stay out of the parameter digest (and the results keys)."""
+    return {
+        "archive_format": ("", "an archival copy of the image: " + ", ".join(FORMATS)
+                           + " (lossless); empty = none",
+                           {"title": "Archive format", "enum": ["", *FORMATS]}),
+        "archive_quality": (0, "the codec's quality 1–100; 0 = the lowest reaching "
+                               "archive_ssim", {"title": "Archive quality", "type": "integer",
+                                                "minimum": 0, "maximum": 100}),
+        "archive_ssim": (DEFAULT_SSIM, "adaptive quality's target: SSIM against the source",
+                         {"title": "Archive SSIM target", "type": "number",
+                          "exclusiveMinimum": 0, "maximum": 1}),
+        "archive_max_side": (0, "downscale the copy so its long side is at most this "
+                                "(0 = full size)", {"title": "Archive max side",
+                                                    "type": "integer", "minimum": 0}),
+        "keep_original": ("keep", "keep: in processed/ (as always); replace: by the archival "
+                                  "copy; delete: once the copy is stored and read back",
+                          {"title": "Keep original", "enum": list(KEEP_POLICIES)}),
+    }
+
+
 @dataclass(frozen=True)
 class ArchiveOutcome:
     """What an archival copy came to: the result JSON's ``archive`` and the catalog's
@@ -341,3 +364,24 @@ def archive_reader(reader: ImageReader, policy: ArchivePolicy, path: str,
     Path(path).write_bytes(data)
     return outcome
 
+
+
+def archive_to(reader: ImageReader, target: str, policy: ArchivePolicy,
+               original_bytes: int) -> ArchiveOutcome:
+    """:func:`archive_reader` to a local path or an ``s3://`` URI (staged in a temporary
+    file, uploaded with a managed transfer) → the outcome with ``uri`` set."""
+    import tempfile
+
+    from tilescope.settings import TMP
+    from tilescope.storage import default_s3_client, is_s3_uri, parse_s3_uri
+
+    if not is_s3_uri(target):
+        outcome = archive_reader(reader, policy, target, original_bytes)
+        return ArchiveOutcome.from_dict({**outcome.to_dict(), "uri": target})
+    with tempfile.TemporaryDirectory(dir=TMP.get()) as folder:
+        path = os.path.join(folder, f"archive{policy.extension}")
+        outcome = archive_reader(reader, policy, path, original_bytes)
+        loc = parse_s3_uri(target)
+        default_s3_client().upload_file(path, loc.bucket, loc.key,
+                                        ExtraArgs={"ContentType": policy.media_type})
+    return ArchiveOutcome.from_dict({**outcome.to_dict(), "uri": target})

@@ -24,6 +24,7 @@ from dataclasses import Field
 from typing import Any, TextIO
 
 from tilescope import __version__
+from tilescope.archival import DEFAULT_SSIM, ArchivePolicy, archive_to, format_of
 from tilescope.errors import BadImageError, ConfigError, ModelError, TilescopeError
 from tilescope.limits import DEFAULT_MAX_FRAMES, RunLimits
 from tilescope.models import available_models, load_model
@@ -304,6 +305,18 @@ def _add_predict_options(predict: argparse.ArgumentParser,
                                         "detections (path or s3:// URI)")
     predict.add_argument("--overlay", help="overlay PNG path (or s3:// URI); for a video, "
                                            "a contact sheet of annotated frames")
+    predict.add_argument("--archive", metavar="PATH",
+                         help="an archival copy of the image (path or s3:// URI), its format "
+                              "from the extension: .webp .avif .jpg .jxl, or .tif (lossless "
+                              "zstd, tiled); docs/archive.md")
+    predict.add_argument("--archive-quality", type=int, default=0, metavar="Q",
+                         help="the archive codec's quality (1-100); 0: the lowest whose "
+                              "copy reaches --archive-ssim")
+    predict.add_argument("--archive-ssim", type=float, default=DEFAULT_SSIM, metavar="S",
+                         help="adaptive quality's target: SSIM against the source")
+    predict.add_argument("--archive-max-side", type=int, default=0, metavar="PX",
+                         help="downscale the archive so its long side is at most PX "
+                              "(0: full size)")
     predict.add_argument("--out-dir", metavar="DIR",
                          help="many images: DIR/<name>.json per image, DIR/coco.json, "
                               "DIR/summary.json (path or s3:// prefix)")
@@ -334,8 +347,19 @@ def predict_options_table() -> str:
     return "\n".join([*rows, _OPTIONS_END])
 
 
+def _archive_policy(args: argparse.Namespace) -> ArchivePolicy | None:
+    """``--archive``'s policy (checked before any model runs), or ``None``."""
+    if not args.archive:
+        return None
+    return ArchivePolicy(format=format_of(args.archive), quality=args.archive_quality,
+                         ssim=args.archive_ssim, max_side=args.archive_max_side)
+
+
 def _predict(args: argparse.Namespace) -> int:
+    archive = _archive_policy(args)
     if len(args.inputs) > 1 or args.out_dir or not is_plain_file(args.inputs[0]):
+        if archive:
+            raise ConfigError("--archive copies one image: give exactly one image file")
         return _predict_many(args, params_from_args(args))
     args.image = args.inputs[0]
     params = params_from_args(args)
@@ -344,6 +368,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.image} is a video: it has no CRS, so no "
                           "--geojson/--geojson-native/--stac")
     if container:
+        if archive:
+            raise ConfigError(f"{args.image} is a video: --archive copies images")
         return _predict_video(args, params, container)
     options = params.model_arguments()
     targets = OutputTargets(args.out, args.coco, args.overlay, args.geojson,
@@ -362,6 +388,8 @@ def _predict(args: argparse.Namespace) -> int:
     progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
     with reader, load_model(args.model, **options) as model:
         result = run_image(reader, image, params, model, progress=progress)
+        if archive:
+            result.archive = archive_to(reader, args.archive, archive, image.bytes).to_dict()
         write_outputs(result, reader, targets)
     print(_image_line(args.image, result))
     return EXIT_OK

@@ -87,12 +87,14 @@ def test_params_form_is_generated_from_inference_params(dagbag):
     moderation gate; the form's defaults are the default parameters. Seen red with
     overlap's title changed in tilescope.airflow.params' wrapping and with slice_size's form
     default set to "auto"."""
+    from tilescope.archival import archive_form_fields
     from tilescope.params import InferenceParams, form_fields
 
     params = dagbag.dags["tiled_inference"].params
     form = form_fields()
     assert list(params.keys()) == ["image_uri", "images", "manifest", *form, "moderation",
-                                   "moderation_options", "claim", "ground_truth"]
+                                   "moderation_options", *archive_form_fields(), "claim",
+                                   "ground_truth"]
     for name, (default, description, schema) in form.items():
         param = params.get_param(name)
         assert (param.value, param.description, param.schema) == (default, description,

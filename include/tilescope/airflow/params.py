@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from tilescope.archival import archive_form_fields
 from tilescope.params import form_fields
 
 
@@ -20,3 +21,9 @@ def inference_params() -> dict[str, Param]:
 def dag_params(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Param]:
     """The whole form: ``before`` (what the run is about), the run parameters, ``after``."""
     return {**before, **inference_params(), **after}
+
+
+def archive_params() -> dict[str, Param]:
+    """The archival copy's and keep policy's ``Param``s (:mod:`tilescope.archival`)."""
+    return {name: Param(default, description=description, **schema)
+            for name, (default, description, schema) in archive_form_fields().items()}
