@@ -56,7 +56,9 @@ def before_delete(params, **_):  # about to delete the original
         crash()
 
 
-if args["crash"] == "after the copy is written":
+if args["crash"] == "at the scratch clean-up":  # the original is already gone
+    client.meta.events.register("before-parameter-build.s3.DeleteObjects", crash)
+elif args["crash"] == "after the copy is written":
     client.meta.events.register("before-parameter-build.s3.PutObject",
                                 lambda params, **_: args.__setitem__("key", params["Key"]))
     client.meta.events.register("after-call.s3.PutObject",
@@ -181,3 +183,37 @@ def test_the_original_is_deleted_only_while_it_is_the_analysed_bytes(staged):
     store(staged["result_uri"], staged["prepared"], staged["params"], client=client,
           catalog_url=staged["catalog"], archive=ArchivePolicy("webp", 80, keep_original="delete"))
     assert body(client, ORIGINAL) == out.getvalue()  # a new arrival: left alone
+
+
+def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_client,
+                                                                          tmp_path):
+    """A tiled TIFF is the run's source itself: once ``delete`` has removed it, a retry of
+    ``store`` cannot encode it again and completes from the copy already verified."""
+    import tifffile
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    path = tmp_path / "scene.tif"
+    tifffile.imwrite(path, sample_array("astronaut"), tile=(256, 256), photometric="rgb")
+    key = "incoming/scene.tif"
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1")
+    regions, prepared = prepare(f"s3://{BUCKET}/{key}", params, client=s3_client,
+                                run="manual__tiled", model_slice_size=256)
+    assert prepared.source_uri == f"s3://{BUCKET}/{key}"  # read in place
+    finding = analyze(regions[0], prepared.source_uri, params, BrightBlobModel(),
+                      client=s3_client, scratch_prefix=prepared.scratch_prefix)
+    result = combine(prepared, [finding], params, "bright-blobs", client=s3_client)
+    archive = {"format": "tiff", "keep_original": "delete"}
+    args = {"crash": "at the scratch clean-up", "original": key,
+            "result_uri": save_result(result, prepared.scratch_prefix, s3_client),
+            "prepared": prepared.to_dict(), "params": params.to_dict(),
+            "catalog": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "archive": archive}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert body(s3_client, key) is None  # deleted: its verified copy stands in for it
+    summary = store(args["result_uri"], prepared, params, client=s3_client,
+                    catalog_url=args["catalog"], archive=ArchivePolicy(**archive))
+    copy = body(s3_client, parse_s3_uri(summary.keys["archive"]).key)
+    assert np.array_equal(tifffile.imread(io.BytesIO(copy)), sample_array("astronaut"))
+    assert summary.scratch_objects_deleted > 0

@@ -14,20 +14,21 @@ original (:func:`tilescope.intake.keep.settle_original`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 
 import numpy as np
 
 from tilescope.archival import ArchiveOutcome, ArchivePolicy, archive_reader, decode
-from tilescope.errors import ConfigError, StorageError
+from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.intake.keep import replacement_key
-from tilescope.layout import ResultsLayout, open_source
+from tilescope.layout import ARTIFACTS, ResultsLayout, open_source
 from tilescope.readers.base import ImageReader
 from tilescope.results import ImageInfo
 from tilescope.settings import TMP
 from tilescope.slicing import Box
-from tilescope.storage import S3Client, parse_s3_uri, read_bytes
+from tilescope.storage import S3Client, object_size, parse_s3_uri, read_bytes
 
 #: the archival copy's name beside the results
 ARCHIVE_NAME = "archive"
@@ -56,10 +57,37 @@ def refuse_lossy_stand_in(image: ImageInfo, policy: ArchivePolicy) -> None:
                           "copy holds only the 8-bit RGB the model saw — keep the original")
 
 
+def _exists(uri: str, client: S3Client) -> bool:
+    try:
+        object_size(uri, client)
+    except BadImageError:
+        return False
+    return True
+
+
+def earlier_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
+                    client: S3Client) -> ArchiveOutcome | None:
+    """On a retry of ``store`` after the original was removed — when the original was also
+    the source (a tiled TIFF read in place) it cannot be encoded again — the copy an earlier
+    attempt stored and verified (the original goes only after that), from its ``result.json``."""
+    if source_uri != image.uri or _exists(source_uri, client):
+        return None
+    result_uri = layout.uri(ARTIFACTS["result"])
+    if not _exists(result_uri, client):
+        return None
+    facts = json.loads(read_bytes(result_uri, client)).get("archive")
+    if facts and _exists(str(facts.get("uri", "")), client):
+        return ArchiveOutcome.from_dict(facts)
+    return None
+
+
 def store_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
                   policy: ArchivePolicy, client: S3Client) -> ArchiveOutcome:
     """Encode, upload and verify the archival copy → its outcome (with ``uri``)."""
     refuse_lossy_stand_in(image, policy)
+    earlier = earlier_archive(source_uri, image, layout, client)
+    if earlier is not None:
+        return earlier
     uri = archive_uri(image, layout, policy)
     loc = parse_s3_uri(uri)
     with open_source(source_uri, client) as reader, tempfile.TemporaryDirectory(
