@@ -199,7 +199,8 @@ def tiled_inference() -> None:
                     raise ConfigError("archive_format applies to one-image runs, not batches")
                 units, prepared = prepare_batch(
                     batch_entries(context["params"], client=client), params, client=client,
-                    run=context["run_id"], model_slice_size=model_slice_size(params.model),
+                    run=context["run_id"],
+                    model_slice_size=model_slice_size(params.model, params.model_options),
                     slice_seconds=model_slice_seconds(params.model), limits=run_limits(),
                     moderation=_moderation(), reuse=_reuse(params, client))
             context["ti"].xcom_push(key="prepared", value=prepared.to_dict())
@@ -213,8 +214,8 @@ def tiled_inference() -> None:
             regions, prepared = prepare(
                 context["params"]["image_uri"], params, client=client,
                 run=context["run_id"], moderation=_moderation(),
-                model_slice_size=model_slice_size(params.model), full_image_model=model,
-                limits=limits, reuse=_reuse(params, client))
+                model_slice_size=model_slice_size(params.model, params.model_options),
+                full_image_model=model, limits=limits, reuse=_reuse(params, client))
         # grid=auto with an embedded model: regions packed into fewer tasks (work units)
         units = image_units(prepared, params, workers=os.cpu_count() or 1,
                             slice_seconds=model_slice_seconds(params.model),

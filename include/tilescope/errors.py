@@ -54,6 +54,13 @@ class ModelUnavailableError(ModelError):
     retryable = False
 
 
+class BadModelError(ModelError):
+    """A model file is not a usable detector (corrupt, not ONNX, an unknown output layout,
+    no class names): no retry can mend the file."""
+
+    retryable = False
+
+
 class ModelThrottledError(ModelError):
     """A remote model refused for load reasons (throttling, 5xx, timeout); worth retrying."""
 

@@ -189,6 +189,13 @@ NANODET_TARBALL = Setting("TILESCOPE_NANODET_TARBALL", "str", None, "a NanoDet w
 CORE_SLOTS_DIR = Setting("TILESCOPE_CORE_SLOTS_DIR", "str", None, "one lock file per core, "
                          "shared by every task process of a machine", "models",
                          unset="`$TMPDIR/tilescope-cores-<uid>`")
+MODELS_FILE = Setting("TILESCOPE_MODELS", "str", None, "a JSON or YAML file naming your own "
+                      "models: `{name: {model: onnx, options: {path: ...}}}` (docs/"
+                      "model-backends.md, Bring your own model)", "models", unset="none")
+ONNX_BATCH = Setting("TILESCOPE_ONNX_BATCH", "int", None, "slices per `session.run` for "
+                     "`model=onnx` when the graph's batch axis is dynamic and "
+                     "`model_options.batch` is unset", "models", minimum=1,
+                     unset="automatic (measured: 1 on CPU)")
 
 # --- results viewer ----------------------------------------------------------------------
 VIEWER_DAGS = Setting("TILESCOPE_VIEWER_DAGS", "list", ("tiled_inference",), "DAGs the "

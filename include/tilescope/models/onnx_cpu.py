@@ -37,6 +37,12 @@ T = TypeVar("T")
 
 def open_cpu_session(path: Path, intra_op_threads: int, label: str) -> ort.InferenceSession:
     """A CPU session for ``path`` whose idle threads do not spin; load errors → ModelError."""
+    return open_session(path, intra_op_threads, label, ["CPUExecutionProvider"])
+
+
+def open_session(path: Path, intra_op_threads: int, label: str,
+                 providers: Sequence[str]) -> ort.InferenceSession:
+    """A session on ``providers`` (in order of preference) with the CPU tuning below."""
     if intra_op_threads < 1:
         raise ConfigError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
     options = ort.SessionOptions()
@@ -48,9 +54,7 @@ def open_cpu_session(path: Path, intra_op_threads: int, label: str) -> ort.Infer
     # spinning pool steals the CPU the other slices need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"cannot load {label} model {path}: {exc}") from exc
 

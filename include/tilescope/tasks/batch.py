@@ -463,7 +463,8 @@ def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
     merges them (``min_success_ratio`` enforced)."""
     return synthesize(ImageInfo.from_dict(item.image or {}),
                       SlicePlan.from_summary(item.plan or {}), findings, params,
-                      model_name=params.model, category_names=model_categories(params.model),
+                      model_name=params.model,
+                      category_names=model_categories(params.model, params.model_options),
                       coco_category_ids=model_coco_ids(params.model),
                       moderation=item.moderation)
 

@@ -325,7 +325,8 @@ def combine(prepared: Prepared, findings: Sequence[Mapping[str, Any] | None],
     else:
         loaded = [load_finding(f, client) for f in present]
     result = synthesize(prepared.image, plan, loaded, params,
-                        model_name=model_name, category_names=model_categories(model_name),
+                        model_name=model_name,
+                        category_names=model_categories(model_name, params.model_options),
                         coco_category_ids=model_coco_ids(model_name),
                         full_image_names=prepared.full_image_names,
                         moderation=prepared.moderation,

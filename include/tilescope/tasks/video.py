@@ -273,7 +273,8 @@ def video_result(prepared: Prepared,
     plan = prepared.slice_plan()
     result = synthesize_video(prepared.image, frames, plan,
                               frame_findings(frames, plan, per_frame), params,
-                              model_name=model_name, category_names=model_categories(model_name),
+                              model_name=model_name,
+                              category_names=model_categories(model_name, params.model_options),
                               coco_category_ids=model_coco_ids(model_name), video=video)
     if prepared.moderation is not None:
         result.moderation = prepared.moderation

@@ -186,7 +186,8 @@ def _category_names(conf: dict[str, Any]) -> list[str]:
     from tilescope.params import InferenceParams
 
     try:
-        return model_categories(str(conf.get("model") or InferenceParams().model))
+        return model_categories(str(conf.get("model") or InferenceParams().model),
+                                conf.get("model_options") or {})
     except Exception:  # an unknown or open-vocabulary model: the page shows class ids
         return []
 
