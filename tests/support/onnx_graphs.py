@@ -30,7 +30,8 @@ def detector(outputs: Mapping[str, np.ndarray], *, input_shape: Sequence[int | s
     if input_dtype is not np.float32:
         nodes.append(helper.make_node("Cast", [input_name], ["x"], to=TensorProto.FLOAT))
         source = "x"
-    nodes.append(helper.make_node("ReduceMean", [source], ["mean"], axes=[1, 2, 3],
+    nodes.append(helper.make_node("ReduceMean", [source], ["mean"],
+                                  axes=list(range(1, len(input_shape))),
                                   keepdims=1))
     graph_outputs = []
     for name, base in outputs.items():

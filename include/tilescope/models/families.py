@@ -175,7 +175,7 @@ def recognise(output_shapes: Sequence[tuple[int, ...]], output_names: Sequence[s
         grids = {_cells(height, width, STRIDES), _cells(height, width, STRIDES_P6)}
         if cols == 6 and rows not in grids and rows < cols * 200:
             return "yolo-end2end"
-        if cols in grids and rows > 4 and (classes is None or rows == 4 + classes):
+        if cols in grids and rows > 4:
             return "yolov8"
         if rows in {3 * g for g in grids} and cols > 5:
             return "yolov5"
