@@ -29,6 +29,9 @@ def main() -> int:
     print("== merge only: tilescope vs SAHI 0.12.8 postprocess ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "merge_bench.py"), "--sizes",
                     *map(str, merge_sizes)], check=True)
+    print("\n== model=onnx: slices per session.run, batched / unbatched ==", flush=True)
+    subprocess.run([sys.executable, str(HERE / "onnx_batch_bench.py"), "--slices",
+                    "8" if args.quick else "16"], check=True)
     print(f"\n== end to end: {size}×{size} mosaic of real photos ==", flush=True)
     subprocess.run([sys.executable, str(HERE / "e2e_bench.py"), "--size", str(size)], check=True)
     dag_size = 1024 if args.quick else 4096

@@ -192,3 +192,38 @@ def test_missing_provider_falls_back_to_cpu(tmp_path: Path, sample, caplog) -> N
             assert keys(model.predict(slices)) == keys(cpu.predict(slices))
     with pytest.raises(ConfigError, match="unknown execution provider 'warp'"):
         OnnxDetector(path, providers=["warp"])
+
+
+class CountingSession:
+    """The real session, counting ``run`` calls (how many batches a call made)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("options", "runs"), [
+    ({"parallel_slices": 1}, 1),  # auto: every slice in one run on the one thread
+    ({"parallel_slices": 2}, 2),  # auto: 4 + 3, one batch per thread
+    ({"parallel_slices": 1, "batch": 1}, 7),
+    ({"parallel_slices": 1, "batch": 3}, 3),
+])
+def test_automatic_batch_splits_a_call_over_the_threads(tmp_path: Path, sample, options,
+                                                        runs) -> None:
+    path = write(tmp_path / "det.onnx", yolov8(gain=0.9))
+    slices = crops(sample)
+    with OnnxDetector(path, batch=1, parallel_slices=1) as reference, \
+            OnnxDetector(path, **options) as model:
+        counting = model._session = CountingSession(model._session)
+        assert keys(model.predict(slices)) == keys(reference.predict(slices))
+    assert counting.runs == runs
+
+
+def test_batch_setting(tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path / "det.onnx", yolov8())
+    monkeypatch.setenv("TILESCOPE_ONNX_BATCH", "3")
+    with OnnxDetector(path) as configured, OnnxDetector(path, batch=5) as given:
+        assert (configured.batch, given.batch) == (3, 5)

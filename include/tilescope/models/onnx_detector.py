@@ -16,6 +16,8 @@ and input size from the file, given the run's options.
 
 Batches: with a dynamic batch axis, ``batch`` slices go through one ``session.run``; the
 batches of one ``predict`` call run on the slice pool's threads like single slices do.
+``auto`` (the default) splits a call's slices evenly over the pool's threads, at most
+:data:`AUTO_BATCH` a run: one thread gets the batch gain, several keep theirs.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ __all__ = ["AUTO_BATCH", "OnnxDetector"]
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE: Final = 640
-#: slices per run when ``batch`` is ``auto`` and the batch axis is dynamic (bench/onnx_batch.py)
-AUTO_BATCH: Final = 1
+#: the most slices ``batch: auto`` puts in one run (bench/onnx_batch_bench.py: on one
+#: thread 8 slices a run gave 1.29× the slices per second of 1; on the slice pool's two
+#: threads batches gave nothing more, and cost nothing)
+AUTO_BATCH: Final = 8
 _DTYPES: Final = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                   "tensor(uint8)": np.uint8}
 
@@ -161,13 +165,14 @@ class OnnxDetector(DetectionModel):
         self.class_offset = int(spec.class_offset if offset is None else offset)
         iou = merged.get("nms_threshold", spec.nms_iou)
         self.nms_threshold = None if iou is None else float(iou)
+        #: slices per run; ``None``: automatic, per call (:meth:`predict`)
         self.batch = self._batch_size(merged.get("batch", "auto"))
         self.preferred_slice_size = max(self.height, self.width)
         self._pool = SlicePool(slice_workers(parallel_slices), "onnx",
                                CoreSlots() if share_cores else None)
         self._buffers = threading.local()
-        log.info("%s: %s detector, %d classes, input %d×%d, %d slice(s) per run", uri,
-                 self.family, len(self._names), self.width, self.height, self.batch)
+        log.info("%s: %s detector, %d classes, input %d×%d, %s slice(s) per run", uri,
+                 self.family, len(self._names), self.width, self.height, self.batch or "auto")
 
     @property
     def category_names(self) -> Sequence[str]:
@@ -233,14 +238,15 @@ class OnnxDetector(DetectionModel):
             raise BadModelError(f"{self.label} scores {classes} classes but has "
                                 f"{len(self._names)} names; give matching model_options.labels")
 
-    def _batch_size(self, batch: int | str | None) -> int:
+    def _batch_size(self, batch: int | str | None) -> int | None:
         if self.fixed_batch is not None:
             if batch not in (None, "auto", self.fixed_batch):
                 log.warning("%s: its batch axis is fixed at %d; batch=%s ignored", self.label,
                             self.fixed_batch, batch)
             return self.fixed_batch
         if batch in (None, "auto"):
-            return int(ONNX_BATCH.get() or AUTO_BATCH)
+            configured = ONNX_BATCH.get()
+            return int(configured) if configured else None
         try:
             size = int(batch)
         except (TypeError, ValueError):
@@ -319,7 +325,7 @@ class OnnxDetector(DetectionModel):
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        step = self.batch
+        step = self.batch or min(AUTO_BATCH, -(-len(images) // self._pool.workers))
         chunks = [np.arange(start, min(start + step, len(images)))
                   for start in range(0, len(images), step)]
         done = self._pool.map(lambda chunk: self._run([images[i] for i in chunk]), chunks)
