@@ -176,3 +176,19 @@ def test_preprocessing_channel_order_and_normalisation() -> None:
     assert (placement.factor_x, placement.factor_y) == (2.0, 2.0)
     letter, where = place(np.zeros((10, 20, 3), np.uint8), 40, 40, Preprocessing())
     assert (where.left, where.top) == (0, 10) and letter[0, 0, 0] == 114
+
+
+def test_detr_of_two_classes_sigmoid_without_no_object(tmp_path: Path) -> None:
+    """Logits narrower than the boxes (2 classes + "no object"), then 2 columns (sigmoid)."""
+    boxes = np.full((50, 4), 0.5, np.float32)
+    for width, expected in ((3, np.exp(3.0) / (np.exp(3.0) + 2)), (2, 1 / (1 + np.exp(-3.0)))):
+        logits = np.full((50, width), -9.0, np.float32)
+        logits[0, :2] = [3.0, 0.0]
+        if width == 3:
+            logits[0, 2] = 0.0
+        path = write(tmp_path / f"detr{width}.onnx", detector(
+            {"pred_boxes": boxes, "logits": logits}, input_shape=("N", 3, 256, 256)))
+        with OnnxDetector(path, labels=["cat", "dog"], score_threshold=0.5) as model:
+            (dets,) = model.predict([blank(100, 100)])
+        np.testing.assert_allclose(dets.scores, [expected], rtol=1e-5)
+        assert dets.category_ids.tolist() == [0]

@@ -38,8 +38,8 @@ import numpy as np
 from tilescope.detections import Detections
 from tilescope.errors import BadModelError
 
-__all__ = ["FAMILIES", "Family", "Placement", "Preprocessing", "decode", "place", "recognise",
-           "to_slice"]
+__all__ = ["FAMILIES", "Family", "Placement", "Preprocessing", "decode", "detr_boxes_index",
+           "place", "recognise", "to_slice"]
 
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
@@ -259,10 +259,16 @@ def _rtdetr(outputs: Sequence[np.ndarray], threshold: float, *, height: int, wid
                        threshold)
 
 
+def detr_boxes_index(names: Sequence[str], last_dims: Sequence[int]) -> int:
+    """Which of DETR's two outputs holds the boxes: the one named so, else the one of width 4
+    (a model of 3 classes has logits of width 4 too: then the name decides)."""
+    named = [i for i, name in enumerate(names) if "box" in name.lower()]
+    return named[0] if len(named) == 1 else 0 if last_dims[0] == 4 else 1
+
+
 def _detr(outputs: Sequence[np.ndarray], threshold: float, *, height: int, width: int,
           classes: int | None, names: Sequence[str], **_: object) -> Detections:
-    named = [i for i, name in enumerate(names) if "box" in name.lower()]
-    first = named[0] if len(named) == 1 else 0 if outputs[0].shape[-1] == 4 else 1
+    first = detr_boxes_index(names, [o.shape[-1] for o in outputs])
     boxes, logits = outputs[first], outputs[1 - first]
     if classes is not None and logits.shape[1] == classes + 1:  # DETR: last = "no object"
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))

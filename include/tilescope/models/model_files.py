@@ -145,14 +145,15 @@ def graph_input_size(path: str) -> int | None:
     return max(sides) if len(sides) == 2 else None
 
 
-def read_labels(labels: str | Sequence[str]) -> list[str]:
+def read_labels(labels: str | Sequence[str], conn_id: str | None = None) -> list[str]:
     """Names from a list, or from a text file (local or ``s3://``) with one name a line."""
     if not isinstance(labels, str):
         return [str(name) for name in labels]
     from tilescope.storage import read_bytes
 
     try:
-        text = read_bytes(labels).decode("utf-8")
+        client = _client(conn_id) if is_s3_uri(labels) else None
+        text = read_bytes(labels, client).decode("utf-8")
     except BadImageError as exc:  # storage's "no such file" speaks of images
         raise ConfigError(f"labels file {labels} does not exist") from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
@@ -161,10 +162,12 @@ def read_labels(labels: str | Sequence[str]) -> list[str]:
     return names
 
 
-def class_names(path: Path, labels: str | Sequence[str] | None, label: str) -> list[str]:
-    """Category names per class index: ``labels`` when given, else the model's ``names``."""
+def class_names(path: Path, labels: str | Sequence[str] | None, label: str,
+                conn_id: str | None = None) -> list[str]:
+    """Category names per class index: ``labels`` when given (an ``s3://`` file read with
+    ``conn_id``'s credentials, as the model), else the model's ``names``."""
     if labels:
-        return read_labels(labels)
+        return read_labels(labels, conn_id)
     props = graph_metadata(str(path), label)
     text = props.get("names") or props.get("labels") or props.get("classes")
     if not text:

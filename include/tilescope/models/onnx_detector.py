@@ -40,6 +40,7 @@ from tilescope.models.families import (
     Placement,
     Preprocessing,
     decode,
+    detr_boxes_index,
     place,
     recognise,
     to_slice,
@@ -114,7 +115,7 @@ class OnnxDetector(DetectionModel):
         """Category names for these options, read from the model file (no session)."""
         merged = {**cls.configured_options, **options}
         path, uri = _file_options(merged)
-        return class_names(path, merged.get("labels"), uri)
+        return class_names(path, merged.get("labels"), uri, merged.get("conn_id"))
 
     @classmethod
     def slice_size_for(cls, options: Mapping[str, Any]) -> int:
@@ -147,7 +148,8 @@ class OnnxDetector(DetectionModel):
         self.model_path, uri = _file_options(merged)
         self.label = uri
         graph_metadata(str(self.model_path), uri)  # a corrupt file fails here, by name
-        self._names = class_names(self.model_path, merged.get("labels"), uri)
+        self._names = class_names(self.model_path, merged.get("labels"), uri,
+                                  merged.get("conn_id"))
         self._session = open_on_providers(self.model_path, intra_op_threads, uri,
                                           merged.get("providers"))
         self._read_input(merged.get("input_size"))
@@ -229,7 +231,8 @@ class OnnxDetector(DetectionModel):
         if self.family in scored:
             classes = scored[self.family](shapes)
         elif self.family == "detr":
-            classes = max(s[2] for s in shapes)
+            boxes = detr_boxes_index(self._output_names, [s[-1] for s in shapes])
+            classes = shapes[1 - boxes][-1]
             if classes == len(self._names) + 1:
                 return
         else:
