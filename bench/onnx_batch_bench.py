@@ -7,9 +7,10 @@ decoding costs what it costs on an empty photo) ending in YOLOv8's (N, 84, 8400)
 with a dynamic batch axis — what ``yolo export format=onnx dynamic=True`` gives. The
 slices are real photo crops. Each setting runs ``--slices`` slices through
 ``OnnxDetector.predict`` after a warm-up, on one thread (``parallel_slices=1``) and on the
-slice pool (one thread a core, the default).
+slice pool (one thread a core, the default); the settings take turns ``--rounds`` times and
+each keeps its best, so a passing load does not favour one.
 
-    python bench/onnx_batch_bench.py [--slices 16] [--size 640]
+    python bench/onnx_batch_bench.py [--slices 16] [--size 640] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,35 +88,46 @@ def photo_slices(count: int, size: int) -> list[np.ndarray]:
     return out
 
 
-def rate(path: str, slices: list[np.ndarray], batch: int, parallel: int | None) -> float:
-    """Slices per second through ``OnnxDetector.predict`` (best of two passes)."""
+def rates(path: str, slices: list[np.ndarray], settings: dict[str, tuple[Any, int | None]],
+          rounds: int) -> dict[str, float]:
+    """Slices per second through ``OnnxDetector.predict`` per setting (``batch``,
+    ``parallel_slices``): the settings take turns, ``rounds`` times, best of each kept, so
+    a load that comes and goes weighs on all of them alike."""
     from tilescope.models.onnx_detector import OnnxDetector
 
-    with OnnxDetector(path, batch=batch, parallel_slices=parallel) as model:
-        model.predict(slices[:max(2, batch)])  # warm-up: allocations, not timed
-        best = float("inf")
-        for _ in range(2):
-            started = time.perf_counter()
-            model.predict(slices)
-            best = min(best, time.perf_counter() - started)
-    return len(slices) / best
+    models = {label: OnnxDetector(path, batch=batch, parallel_slices=parallel)
+              for label, (batch, parallel) in settings.items()}
+    best = dict.fromkeys(settings, float("inf"))
+    try:
+        for model in models.values():
+            model.predict(slices[:8])  # warm-up: allocations, not timed
+        for _ in range(rounds):
+            for label, model in models.items():
+                started = time.perf_counter()
+                model.predict(slices)
+                best[label] = min(best[label], time.perf_counter() - started)
+    finally:
+        for model in models.values():
+            model.close()
+    return {label: len(slices) / seconds for label, seconds in best.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "yolo_like.onnx"
         path.write_bytes(yolo_like(args.size))
         slices = photo_slices(args.slices, args.size)
         for label, parallel in (("one thread", 1), ("slice pool", None)):
-            base = rate(str(path), slices, 1, parallel)
-            print(f"{label}: batch 1 = {base:.2f} slices/s")
-            for batch in (2, 4, 8):
-                print(f"{label}: batch {batch} / batch 1 = "
-                      f"{rate(str(path), slices, batch, parallel) / base:.2f}")
+            settings = {str(b): (b, parallel) for b in (1, 2, 4, 8, "auto")}
+            measured = rates(str(path), slices, settings, args.rounds)
+            print(f"{label}: batch 1 = {measured['1']:.2f} slices/s; " + ", ".join(
+                f"batch {b} / batch 1 = {measured[b] / measured['1']:.2f}"
+                for b in ("2", "4", "8", "auto")), flush=True)
 
 
 if __name__ == "__main__":

@@ -195,8 +195,8 @@ MODELS_FILE = Setting("TILESCOPE_MODELS", "str", None, "a JSON or YAML file nami
 ONNX_BATCH = Setting("TILESCOPE_ONNX_BATCH", "int", None, "slices per `session.run` for "
                      "`model=onnx` when the graph's batch axis is dynamic and "
                      "`model_options.batch` is unset", "models", minimum=1,
-                     unset="automatic: a call's slices split evenly over the slice "
-                     "threads, at most 8 a run")
+                     unset="automatic: 1 on the CPU; on an accelerator a call's "
+                     "slices split over the slice threads, at most 8 a run")
 
 # --- results viewer ----------------------------------------------------------------------
 VIEWER_DAGS = Setting("TILESCOPE_VIEWER_DAGS", "list", ("tiled_inference",), "DAGs the "

@@ -20,7 +20,7 @@ from tilescope.cli import main
 from tilescope.errors import BadModelError, ConfigError
 from tilescope.models import available_models, load_model, model_slice_size
 from tilescope.models.model_files import local_model_file
-from tilescope.models.onnx_detector import OnnxDetector
+from tilescope.models.onnx_detector import OnnxDetector, auto_batch
 from tilescope.models.registry import model_categories
 
 NAMES = ["person", "kite", "dog"]
@@ -206,13 +206,13 @@ class CountingSession:
 
 
 @pytest.mark.parametrize(("options", "runs"), [
-    ({"parallel_slices": 1}, 1),  # auto: every slice in one run on the one thread
-    ({"parallel_slices": 2}, 2),  # auto: 4 + 3, one batch per thread
-    ({"parallel_slices": 1, "batch": 1}, 7),
+    ({"parallel_slices": 1}, 7),  # auto on the CPU: one slice a run
+    ({"parallel_slices": 2}, 7),
+    ({"parallel_slices": 1, "batch": 8}, 1),
+    ({"parallel_slices": 2, "batch": 4}, 2),
     ({"parallel_slices": 1, "batch": 3}, 3),
 ])
-def test_automatic_batch_splits_a_call_over_the_threads(tmp_path: Path, sample, options,
-                                                        runs) -> None:
+def test_runs_per_call(tmp_path: Path, sample, options, runs) -> None:
     path = write(tmp_path / "det.onnx", yolov8(gain=0.9))
     slices = crops(sample)
     with OnnxDetector(path, batch=1, parallel_slices=1) as reference, \
@@ -220,6 +220,11 @@ def test_automatic_batch_splits_a_call_over_the_threads(tmp_path: Path, sample, 
         counting = model._session = CountingSession(model._session)
         assert keys(model.predict(slices)) == keys(reference.predict(slices))
     assert counting.runs == runs
+
+
+def test_automatic_batch() -> None:
+    assert auto_batch(7, 1, accelerated=False) == auto_batch(7, 2, accelerated=False) == 1
+    assert (auto_batch(7, 2, True), auto_batch(7, 1, True), auto_batch(30, 2, True)) == (4, 7, 8)
 
 
 def test_batch_setting(tmp_path: Path, monkeypatch) -> None:

@@ -16,8 +16,10 @@ and input size from the file, given the run's options.
 
 Batches: with a dynamic batch axis, ``batch`` slices go through one ``session.run``; the
 batches of one ``predict`` call run on the slice pool's threads like single slices do.
-``auto`` (the default) splits a call's slices evenly over the pool's threads, at most
-:data:`AUTO_BATCH` a run: one thread gets the batch gain, several keep theirs.
+``auto`` (the default) is one slice a run on the CPU — bench/onnx_batch_bench.py found no
+gain there that held from one sitting to the next (1.29× once on one thread, 0.77–1.14×
+after), and the CPU path must not get slower — and, on an accelerator, a call's slices
+split evenly over the pool's threads, at most :data:`AUTO_BATCH` a run.
 """
 
 from __future__ import annotations
@@ -56,14 +58,12 @@ from tilescope.models.providers import open_on_providers
 from tilescope.postprocess.combine import nms
 from tilescope.settings import ONNX_BATCH
 
-__all__ = ["AUTO_BATCH", "OnnxDetector"]
+__all__ = ["AUTO_BATCH", "OnnxDetector", "auto_batch"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE: Final = 640
-#: the most slices ``batch: auto`` puts in one run (bench/onnx_batch_bench.py: on one
-#: thread 8 slices a run gave 1.29× the slices per second of 1; on the slice pool's two
-#: threads batches gave nothing more, and cost nothing)
+#: the most slices ``batch: auto`` puts in one run on an accelerator
 AUTO_BATCH: Final = 8
 _DTYPES: Final = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                   "tensor(uint8)": np.uint8}
@@ -152,6 +152,8 @@ class OnnxDetector(DetectionModel):
                                   merged.get("conn_id"))
         self._session = open_on_providers(self.model_path, intra_op_threads, uri,
                                           merged.get("providers"))
+        #: whether a provider other than the CPU runs the model (then ``auto`` batches)
+        self.accelerated = self._session.get_providers()[0] != "CPUExecutionProvider"
         self._read_input(merged.get("input_size"))
         shapes, self._output_names = self._probe()
         self.family = str(merged.get("family") or recognise(
@@ -328,7 +330,7 @@ class OnnxDetector(DetectionModel):
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        step = self.batch or min(AUTO_BATCH, -(-len(images) // self._pool.workers))
+        step = self.batch or auto_batch(len(images), self._pool.workers, self.accelerated)
         chunks = [np.arange(start, min(start + step, len(images)))
                   for start in range(0, len(images), step)]
         done = self._pool.map(lambda chunk: self._run([images[i] for i in chunk]), chunks)
@@ -337,6 +339,14 @@ class OnnxDetector(DetectionModel):
     def close(self) -> None:
         self._pool.close()
         self._session = None
+
+
+def auto_batch(slices: int, threads: int, accelerated: bool) -> int:
+    """Slices per run for ``batch: auto``: 1 on the CPU; on an accelerator the call's slices
+    split evenly over the slice threads, at most :data:`AUTO_BATCH` a run."""
+    if not accelerated:
+        return 1
+    return max(1, min(AUTO_BATCH, -(-slices // max(1, threads))))
 
 
 def _size(value: int | str | Sequence[int]) -> tuple[int, int]:
