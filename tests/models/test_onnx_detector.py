@@ -114,6 +114,31 @@ def test_cli_refuses_a_bad_model_and_stores_nothing(tmp_path: Path, sample, caps
     assert "needs model_options.path" in capsys.readouterr().err
 
 
+def test_result_reuse_fingerprints_the_model_file_not_its_name(tmp_path: Path, s3_client,
+                                                                monkeypatch) -> None:
+    """A new file under the same S3 key (or path) is a new model for result reuse.
+
+    Seen red with fingerprint.weights_sha256 not asking the class for its weights file: an
+    onnx model was then known by its name alone, and both uploads gave one fingerprint (the
+    second model would have been served the first one's stored results)."""
+    import hashlib
+
+    from tilescope.models.fingerprint import model_fingerprint, weights_sha256
+
+    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    s3_client.create_bucket(Bucket="reused-models")
+    options = {"path": "s3://reused-models/det.onnx"}
+    prints = []
+    for names in (NAMES, ["cat", "car", "tree"]):
+        data = yolov8(names=names)
+        s3_client.put_object(Bucket="reused-models", Key="det.onnx", Body=data)
+        assert weights_sha256("onnx", options) == hashlib.sha256(data).hexdigest()
+        prints.append(model_fingerprint("onnx", options))
+    local = write(tmp_path / "local.onnx", yolov8(size=256))
+    prints.append(model_fingerprint("onnx", {"path": local}))
+    assert len(set(prints)) == 3
+
+
 # --- S3: downloaded once, cached by sha256, checked --------------------------------------
 
 def test_s3_model_cached_by_sha256(tmp_path: Path, s3_client) -> None:

@@ -3,10 +3,11 @@
 Result reuse (:mod:`tilescope.outputs.reuse`) compares it with the stored result's: the same
 parameters with other weights (a new NanoDet conversion, another ``model_path``) must be
 analysed again. The embedded models' weights are pinned by checksum already, so their hash is
-known without reading the file; a ``model_path`` option is hashed (once per file version); a
-plugin may declare ``weights_sha256`` on its class. A remote model (Bedrock, SageMaker, HTTP…)
-has no weights here: its name stands for it, and its options (endpoint, model id) are part of
-the parameters' digest already.
+known without reading the file; a ``model_path`` option, and the file a model class names with
+``weights_file(options)`` (``onnx``: its local or cached ``s3://`` file), are hashed (once per
+file version); a plugin may declare ``weights_sha256`` on its class. A remote model (Bedrock,
+SageMaker, HTTP…) has no weights here: its name stands for it, and its options (endpoint,
+model id) are part of the parameters' digest already.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def weights_sha256(name: str, options: Mapping[str, Any] | None = None) -> str |
         return embedded
     from tilescope.models.registry import model_factory
 
-    declared = getattr(model_factory(name), "weights_sha256", None)
+    factory = model_factory(name)
+    weights_file = getattr(factory, "weights_file", None)
+    if weights_file is not None:  # a model file named by its options (``onnx``)
+        path = Path(weights_file(options or {})).resolve()
+        stat = path.stat()
+        return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    declared = getattr(factory, "weights_sha256", None)
     return str(declared) if declared else None
 
 

@@ -118,6 +118,14 @@ class OnnxDetector(DetectionModel):
         return class_names(path, merged.get("labels"), uri, merged.get("conn_id"))
 
     @classmethod
+    def weights_file(cls, options: Mapping[str, Any]) -> Path:
+        """The local, checked model file these options run: result reuse fingerprints it
+        (:mod:`tilescope.models.fingerprint`), so a new file under the same path or S3 key
+        is a new model, never served the old file's stored results."""
+        path, _ = _file_options({**cls.configured_options, **options})
+        return path
+
+    @classmethod
     def slice_size_for(cls, options: Mapping[str, Any]) -> int:
         """The input side the model was exported for (option, graph, else 640)."""
         merged = {**cls.configured_options, **options}
