@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.blob_model import BrightBlobModel
-from support.geotiffs import BLACK, BOXES, COLLAR_X, COLLAR_Y, collar_scene
+from support.geotiffs import (
+    BLACK,
+    BOXES,
+    COLLAR_X,
+    COLLAR_Y,
+    collar_scene,
+    collar_validity_scene,
+)
 
 from tilescope.models.sagemaker import AsyncInvocation
 from tilescope.params import InferenceParams
@@ -104,14 +111,49 @@ def test_nothing_is_skipped_without_a_matching_nodata(tmp_path: Path, nodata):
     assert result.skipped_slices == skipped and len(model.seen) == len(slices) - skipped
 
 
-def test_a_stretched_scene_skips_nothing_on_any_path(tmp_path: Path):
-    """A 16-bit scene is stretched (the DAG stages it as 8-bit RGB, nodata black like real
-    black): no slice is skipped, in the CLI too, so both paths agree."""
-    scene = collar_scene(tmp_path, dtype=np.uint16)
+@pytest.mark.parametrize("how", ["uint16x4", "mask", "alpha"])
+def test_a_collar_said_by_stretched_nodata_a_mask_or_alpha_is_skipped(tmp_path: Path,
+                                                                      how: str):
+    """The decision is made on the source's validity, not on the RGB the model sees: a
+    16-bit 4-band scene is stretched (its nodata becomes black, like real black), and the
+    collar of a masked or alpha scene holds photo pixels; each skips exactly the collar's
+    slices, with the detections of a run that skips nothing."""
+    scene = collar_validity_scene(tmp_path, how)
     reader, image = open_image(str(scene))
-    assert image.pixels is not None and reader.rgb_nodata is None
+    with reader:
+        assert reader.rgb_nodata is None  # not the in-place 8-bit nodata path
+        assert (image.pixels is not None) == (how == "uint16x4")
+    slices = plan_slices_of(scene)
+    expected = sum(in_collar(s) for s in slices)
     result, model = run(scene)
-    assert result.skipped_slices == 0 and len(model.seen) == len(plan_slices_of(scene))
+    everything, full = run(scene, skip_nodata=False)
+    assert result.skipped_slices == expected > 0
+    assert len(model.seen) == len(slices) - expected and len(full.seen) == len(slices)
+    # inside the valid area, the detections of a run that skips nothing (the mask and alpha
+    # scenes' collars hold bright boxes, which only that run finds)
+    inside = [b for b in boxes_of(everything) if b[2] > COLLAR_X and b[3] > COLLAR_Y]
+    assert boxes_of(result) == inside and inside
+
+
+@pytest.mark.parametrize("how", ["uint16x4", "mask"])
+def test_a_staged_scene_keeps_its_validity_as_alpha(tmp_path: Path, s3_client, how: str):
+    """The DAG stages a stretched scene as 8-bit pixels (and would stage any converted
+    scene): the staged TIFF carries the source's validity as alpha, so regions reading it
+    skip what the CLI skips, with the same detections."""
+    from tilescope.layout import open_source, upload_tiled_tiff
+
+    scene = collar_validity_scene(tmp_path, how)
+    cli, _ = run(scene)
+    s3_client.create_bucket(Bucket="stage")
+    reader, image = open_image(str(scene))
+    with reader:
+        upload_tiled_tiff(reader, "s3://stage/scratch/pixels.tif", s3_client)
+    staged = open_source("s3://stage/scratch/pixels.tif", s3_client)
+    model = CountingModel()
+    with staged:
+        result = run_image(staged, image, PARAMS, model)
+    assert result.skipped_slices == cli.skipped_slices > 0
+    assert boxes_of(result) == boxes_of(cli)
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["batched", "banded"])

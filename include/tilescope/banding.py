@@ -7,8 +7,10 @@ while the model runs on band *k* hides that time behind the model (model session
 reads both release the GIL). Bands overlap where slices overlap; readers that cache their last
 tile rows (:class:`~tilescope.readers.tiff.TiffReader`) fetch each stored byte once anyway.
 
-Slices whose every pixel is the image's nodata (a GeoTIFF's collar, read in place: see
-:attr:`~tilescope.readers.base.ImageReader.rgb_nodata`) are not sent to the model: they
+Slices whose every pixel is the image's nodata (a GeoTIFF's collar, by its nodata value,
+mask or alpha band, decided on the source's pixels: see
+:attr:`~tilescope.readers.base.ImageReader.rgb_nodata` and
+:meth:`~tilescope.readers.base.ImageReader.valid_mask`) are not sent to the model: they
 get no detections and are counted as skipped (:func:`nodata_slices`, on every path that
 reads slices, so the CLI and the DAG decide alike).
 """
@@ -69,11 +71,19 @@ def region_bands(region: Region, min_slices: int = MIN_BAND_SLICES) -> list[Band
 def nodata_slices(reader: ImageReader, pixels: np.ndarray, origin: Box,
                   slices: Sequence[Box]) -> list[bool]:
     """Per slice of ``pixels`` (read from ``reader`` at ``origin``): is every pixel of it
-    the reader's :attr:`~tilescope.readers.base.ImageReader.rgb_nodata` (all False when the
-    reader knows no nodata)? One pixel of data keeps a slice."""
+    the reader's :attr:`~tilescope.readers.base.ImageReader.rgb_nodata`, or else has no
+    pixel of it data in the source's
+    :meth:`~tilescope.readers.base.ImageReader.valid_mask` (nodata of a stretched scene,
+    an alpha band, a GDAL mask)? All False when the reader knows neither. One pixel of data
+    keeps a slice."""
     nodata = reader.rgb_nodata
     if nodata is None:
-        return [False] * len(slices)
+        mask = reader.valid_mask(origin)
+        if mask is None:
+            return [False] * len(slices)
+        views = [mask[s.y1 - origin.y1:s.y2 - origin.y1, s.x1 - origin.x1:s.x2 - origin.x1]
+                 for s in slices]
+        return [bool(v.size) and not bool(np.any(v)) for v in views]
     out = []
     for s in slices:
         view = pixels[s.y1 - origin.y1:s.y2 - origin.y1, s.x1 - origin.x1:s.x2 - origin.x1]

@@ -170,14 +170,23 @@ def scratch_tile_shape(width: int, height: int) -> tuple[int, int]:
     return fit(height), fit(width)
 
 
-def tiles(reader: ImageReader, tile_h: int, tile_w: int) -> Iterator[np.ndarray]:
+def tiles(reader: ImageReader, tile_h: int, tile_w: int,
+           alpha: bool = False) -> Iterator[np.ndarray]:
     """The image as ``tile_h × tile_w`` tiles in row-major order, edge tiles zero-padded (as
-    TIFF stores them), read one at a time so no second full copy of the image is made."""
+    TIFF stores them), read one at a time so no second full copy of the image is made; with
+    ``alpha``, a fourth channel: 255 where the source has data, 0 where it has none
+    (:meth:`~tilescope.readers.base.ImageReader.valid_mask`)."""
     for y in range(0, reader.height, tile_h):
         for x in range(0, reader.width, tile_w):
-            pixels = reader.read(Box(x, y, x + tile_w, y + tile_h))
+            box = Box(x, y, x + tile_w, y + tile_h)
+            pixels = reader.read(box)
+            if alpha:
+                valid = reader.valid_mask(box)
+                pixels = np.dstack([pixels, np.where(valid, 255, 0).astype(np.uint8)
+                                    if valid is not None else
+                                    np.full(pixels.shape[:2], 255, np.uint8)])
             if pixels.shape[:2] != (tile_h, tile_w):
-                tile = np.zeros((tile_h, tile_w, 3), np.uint8)
+                tile = np.zeros((tile_h, tile_w, pixels.shape[2]), np.uint8)
                 tile[: pixels.shape[0], : pixels.shape[1]] = pixels
                 pixels = tile
             yield pixels
@@ -190,14 +199,21 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
     Lossless, so regions see the very pixels ``tilescope predict`` sees. zstd level 1 encodes
     at several hundred MB/s and halves photos or better: on a loopback S3 server, where uploads
     run at ~60 MB/s, sending half the bytes saves far more than the encoding costs, and every
-    region task reads half as much."""
+    region task reads half as much.
+
+    A source that says where it has no data (a stretched scene's nodata, a mask, an alpha
+    band: :meth:`~tilescope.readers.base.ImageReader.valid_mask`) is staged as RGBA with that
+    validity as its alpha band, so regions reading the staged pixels skip the slices
+    ``tilescope predict`` skips (:func:`tilescope.banding.nodata_slices`)."""
     import tifffile
 
     loc = parse_s3_uri(uri)
+    alpha = reader.valid_mask(Box(0, 0, 1, 1)) is not None
     with tempfile.NamedTemporaryFile(suffix=".tif", dir=TMP.get()) as tmp:
         tile = scratch_tile_shape(reader.width, reader.height)
-        tifffile.imwrite(tmp.name, tiles(reader, *tile),
-                         shape=(reader.height, reader.width, 3), dtype=np.uint8,
+        tifffile.imwrite(tmp.name, tiles(reader, *tile, alpha=alpha),
+                         shape=(reader.height, reader.width, 4 if alpha else 3),
+                         dtype=np.uint8, extrasamples=("unassalpha",) if alpha else None,
                          tile=tile, photometric="rgb",
                          compression="zstd", compressionargs={"level": 1}, maxworkers=2,
                          buffersize=STAGING_BUFFER)

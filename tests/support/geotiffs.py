@@ -141,3 +141,43 @@ def collar_scene(tmp_path: Path, *, nodata: float | None = COLLAR_NODATA,
     return write_with_rasterio(collar_pixels().astype(dtype),
                                tmp_path / f"collar-{nodata}-{np.dtype(dtype)}.tif",
                                transform, nodata=nodata)
+
+
+def collar_validity_scene(tmp_path: Path, how: str) -> Path:
+    """The collar scene with its collar said by something other than an 8-bit nodata value,
+    written by GDAL (through rasterio): ``"uint16x4"`` a 16-bit 4-band scene (a fourth band
+    added, values ×257) with nodata :data:`COLLAR_NODATA` in every band — stretched when
+    read; ``"mask"`` 8-bit RGB with GDAL's internal per-dataset mask (0 on the collar) and
+    no nodata value; ``"alpha"`` 8-bit RGBA whose alpha band (ExtraSamples: alpha) is 0 on
+    the collar. The collar's pixels keep a value that is not nodata in the mask and alpha
+    scenes (photo pixels), so only the mask or alpha says they are empty."""
+    import rasterio
+    from affine import Affine
+
+    transform = Affine.translation(*UTM_ORIGIN) @ Affine.scale(PIXEL_METRES, -PIXEL_METRES)
+    pixels = collar_pixels()
+    collar = np.zeros(pixels.shape[:2], bool)
+    collar[:, :COLLAR_X] = True
+    collar[:COLLAR_Y] = True
+    if how == "uint16x4":
+        four = np.concatenate([pixels, pixels[:, :, 1:2]], axis=2).astype(np.uint16) * 257
+        four[collar] = COLLAR_NODATA
+        return write_with_rasterio(four, tmp_path / "collar-uint16x4.tif", transform,
+                                   nodata=COLLAR_NODATA)
+    photo = dark_photo_scene()  # the collar holds photo pixels, not a nodata value
+    pixels[collar] = photo[collar]
+    path = tmp_path / f"collar-{how}.tif"
+    profile = {"driver": "GTiff", "width": pixels.shape[1], "height": pixels.shape[0],
+               "dtype": "uint8", "transform": transform, "crs": f"EPSG:{UTM_EPSG}",
+               "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    valid = np.where(collar, 0, 255).astype(np.uint8)
+    if how == "alpha":
+        with rasterio.open(path, "w", count=4, photometric="RGB", alpha="YES",
+                           **profile) as ds:
+            ds.write(np.concatenate([np.moveaxis(pixels, 2, 0), valid[None]]))
+        return path
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), \
+            rasterio.open(path, "w", count=3, photometric="RGB", **profile) as ds:
+        ds.write(np.moveaxis(pixels, 2, 0))
+        ds.write_mask(valid)
+    return path

@@ -61,6 +61,14 @@ class ImageReader(ABC):
         (:func:`tilescope.banding.nodata_slices`)."""
         return None
 
+    def valid_mask(self, box: Box) -> np.ndarray | None:
+        """(h, w) ``bool`` of ``box`` (clipped to the image): True where the *source* has
+        data — decided on the raw pixels before any stretch (nodata value in every chosen
+        band, an alpha band of 0, a GDAL mask of 0). ``None``: every pixel counts as data
+        (no nodata, mask or alpha). Slices with no True pixel are not sent to the model
+        (:func:`tilescope.banding.nodata_slices`)."""
+        return None
+
     @property
     def width(self) -> int:
         return self.header.width

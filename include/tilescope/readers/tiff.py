@@ -13,9 +13,10 @@ one-time full decode.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -95,6 +96,13 @@ class TiffReader(ImageReader):
             self.georeference = read_georeference(handle, name=name,
                                                   geokeys=page.geotiff_tags)
         self._bands = self._choose_bands(bands)
+        self._alpha = self._alpha_band()
+        self._mask_page = self._gdal_mask_page() if page.is_geotiff and self._tiled else None
+        #: validity of each read's box, made by :meth:`read` (on the band-reading thread)
+        #: from the raw tiles it decodes anyway, collected once by :meth:`valid_mask`
+        self._masks: dict[Box, np.ndarray] = {}
+        self._masks_lock = threading.Lock()
+        self._full_valid: np.ndarray | None = None
         self._stretch: tuple[np.ndarray, np.ndarray] | None = None
         if bands is not None or (self.georeference is not None and page.dtype != np.uint8):
             self._stretch = self._find_stretch() if page.dtype != np.uint8 else None
@@ -141,6 +149,80 @@ class TiffReader(ImageReader):
                 or not float(nodata).is_integer() or not 0 <= float(nodata) <= 255:
             return None
         return float(nodata)
+
+    def _alpha_band(self) -> int | None:
+        """0-based index of an alpha band (TIFF ExtraSamples associated/unassociated alpha,
+        as GDAL writes for ``ALPHA=YES`` or a band whose colour is alpha), else ``None``."""
+        extras = tuple(int(e) for e in (self._page.extrasamples or ()))
+        count = int(self._page.samplesperpixel)
+        for position, kind in enumerate(extras):
+            if kind in (1, 2):
+                return count - len(extras) + position
+        return None
+
+    def _gdal_mask_page(self) -> Any:
+        """GDAL's internal per-dataset mask of the full-resolution page (a 1-bit TIFF page
+        with NewSubfileType "mask" of the same size, tiled alike), or ``None``."""
+        try:
+            for other in list(self._tiff.pages)[1:]:
+                other = cast(Any, other)
+                if int(getattr(other, "subfiletype", 0)) & 4 and other.is_tiled \
+                        and (int(other.imagewidth), int(other.imagelength)) == (
+                            self.width, self.height):
+                    return other
+        except Exception:  # an odd layout: then no mask is known
+            return None
+        return None
+
+    @property
+    def _has_validity(self) -> bool:
+        """Whether the source says where it has no data in a way :attr:`rgb_nodata` does
+        not already tell from the RGB (a stretched scene's nodata, an alpha band, a mask)."""
+        nodata = self.georeference.nodata if self.georeference else None
+        return self.rgb_nodata is None and (nodata is not None or self._alpha is not None
+                                            or self._mask_page is not None)
+
+    def _raw_valid(self, tile: np.ndarray) -> np.ndarray:
+        """(h, w) mask of raw pixels with data: not nodata in every chosen band, alpha ≠ 0."""
+        tile = self._as_bands(tile)
+        valid = self._valid(tile)
+        if self._alpha is not None:
+            valid &= tile[:, :, self._alpha] != 0
+        return valid
+
+    def _mask_region(self, box: Box) -> np.ndarray:
+        """GDAL's internal mask over ``box`` (clipped), True where it is not 0."""
+        page: Any = self._mask_page
+        tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
+        across = math.ceil(int(page.imagewidth) / tile_w)
+        out = np.zeros((box.height, box.width), bool)
+        for tile_row in range(box.y1 // tile_h, math.ceil(box.y2 / tile_h)):
+            indices = [tile_row * across + col
+                       for col in range(box.x1 // tile_w, math.ceil(box.x2 / tile_w))]
+            for index, encoded in self._read_tiles(indices, page).items():
+                decoded, x, y = self._decode_tile(index, encoded, page)
+                tile = np.asarray(decoded).reshape(decoded.shape[0], decoded.shape[1])
+                x1, y1 = max(box.x1, x), max(box.y1, y)
+                x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
+                out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = \
+                    tile[y1 - y:y2 - y, x1 - x:x2 - x] != 0
+        return out
+
+    def valid_mask(self, box: Box) -> np.ndarray | None:
+        if not self._has_validity:
+            return None
+        box = clip_box(box, self.width, self.height)
+        if not self._tiled:
+            if self._full_valid is None:
+                self._full_valid = self._raw_valid(self._raw_full())
+            return self._full_valid[box.y1:box.y2, box.x1:box.x2]
+        with self._masks_lock:
+            mask = self._masks.pop(box, None)
+        if mask is None:  # not read yet (or read long ago): read it now
+            self.read(box)
+            with self._masks_lock:
+                mask = self._masks.pop(box)
+        return mask
 
     def _valid(self, tile: np.ndarray) -> np.ndarray:
         """(h, w) mask of the pixels that are not nodata in every chosen band."""
@@ -231,6 +313,7 @@ class TiffReader(ImageReader):
         tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
         tiles_across = math.ceil(self.width / tile_w)
         out = np.zeros((box.height, box.width, 3), np.uint8)
+        valid = np.ones((box.height, box.width), bool) if self._has_validity else None
         decoded: dict[int, tuple[np.ndarray, int, int]] = {}
         for tile_row in range(box.y1 // tile_h, math.ceil(box.y2 / tile_h)):
             indices = [tile_row * tiles_across + tile_col for tile_col in
@@ -245,10 +328,20 @@ class TiffReader(ImageReader):
                 x2, y2 = min(box.x2, x + tile.shape[1]), min(box.y2, y + tile.shape[0])
                 out[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = self._to_rgb8(
                     tile[y1 - y:y2 - y, x1 - x:x2 - x])
+                if valid is not None:
+                    valid[y1 - box.y1:y2 - box.y1, x1 - box.x1:x2 - box.x1] = \
+                        self._raw_valid(tile[y1 - y:y2 - y, x1 - x:x2 - x])
         # Keep this read's tiles (one more band's worth of memory): the next band of a region
         # (tilescope.banding) starts inside this one — by the slice overlap, or by nearly a
         # whole slice at the image's bottom edge, where SAHI shifts the last slice back.
         self._recent = decoded
+        if valid is not None:
+            if self._mask_page is not None:
+                valid &= self._mask_region(box)
+            with self._masks_lock:
+                self._masks[box] = valid
+                while len(self._masks) > 4:  # boxes read but never asked about
+                    self._masks.pop(next(iter(self._masks)))
         return out
 
     def _read_full(self) -> np.ndarray:
