@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -173,3 +174,48 @@ def test_preprocess_of_a_big_jpeg_holds_one_decoded_copy(s3_server) -> None:
     print(f"preprocess of a {side}² JPEG: peak {peak['rss_mb']:.0f} MB, grew {growth:.0f} MB "
           f"= {growth / decoded_mb:.2f}× the decoded {decoded_mb:.0f} MB")
     assert growth <= 1.5 * decoded_mb, peak
+
+
+@pytest.mark.slow
+def test_analyze_of_a_large_cog_stays_far_below_the_image(s3_server, tmp_path) -> None:
+    """A 16384² COG made by GDAL's COG driver (overviews, 512 px tiles, real photos on a
+    sparse black scene, UTM-placed), read in place over ranged GETs: one region's analyze
+    peaks under the task budget and under half the decoded image (768 MB; the interpreter,
+    model and libraries alone are ~250 MB of it) — it reads its region's tiles, never the
+    scene (loading the whole image peaked above 1 GB)."""
+    import boto3
+    import rasterio
+    from rasterio.shutil import copy as gdal_copy
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from tilescope.models.registry import model_slice_size
+    from tilescope.params import InferenceParams
+    from tilescope.pipeline import plan_image
+
+    side = 16384
+    photo = build_mosaic(2048)
+    plain, cog = tmp_path / "plain.tif", tmp_path / "scene.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=side, height=side, count=3,
+                       dtype="uint8", crs="EPSG:32633", tiled=True, blockxsize=512,
+                       blockysize=512, compress="deflate", sparse_ok=True,
+                       transform=from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)) as ds:
+        for x, y in ((0, 0), (6000, 4000), (12000, 12000), (2048, 14000)):
+            ds.write(np.moveaxis(photo, 2, 0), window=Window(x, y, 2048, 2048))
+    gdal_copy(str(plain), str(cog), driver="COG", compress="DEFLATE", blocksize=512)
+    plain.unlink()
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="cogmemory")
+    client.upload_file(str(cog), "cogmemory", "incoming/scene.tif")
+    plan = plan_image(side, side, InferenceParams(grid="12x12"),
+                      model_slice_size("nanodet-coco"))
+    region = plan.regions[0].to_dict()
+    peak = step_peak(ANALYZE, {"endpoint": s3_server, "uri": "s3://cogmemory/incoming/scene.tif",
+                               "region": region, "bucket": "cogmemory"})
+    decoded_mb = side * side * 3 / 2**20
+    print(f"analyze of one region of a {side}² COG: peak {peak['rss_mb']:.0f} MB "
+          f"(decoded image {decoded_mb:.0f} MB)")
+    assert peak["detections"], "a region of real photos has detections"
+    assert peak["rss_mb"] <= BUDGET_MB, peak
+    assert peak["rss_mb"] < decoded_mb / 2, peak
