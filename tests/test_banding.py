@@ -61,6 +61,9 @@ def test_next_band_is_read_while_the_model_runs() -> None:
         width = height = 1024
         rgb_nodata = None  # as ImageReader: no nodata, so no slice is skipped
 
+        def valid_mask(self, box):  # as ImageReader: no mask or alpha either
+            return None
+
         def read(self, box):
             events.append(f"read {box.y1}")
             if box.y1 > 0:
