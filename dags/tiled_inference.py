@@ -8,18 +8,20 @@ bounded by the `tilescope` pool, retried per region — and reads only its regio
 (with `grid=auto` and an embedded model, consecutive regions are packed into work units of
 ~`TILESCOPE_UNIT_SECONDS` of model time, at least one per worker core: one task each);
 **synthesize** merges detections across slice and region borders, tolerating failed regions
-down to `min_success_ratio`; **store** writes `results/<image-id>/<params-hash>/`
-(`result.json`, `coco.json`, `overlay.png`), upserts the SQL catalog row, emits an Asset
-event on `s3://<bucket>/results/`, and removes the run's scratch objects; **finalize** (last,
-`all_done`) moves an arrival's original to `processed/` — or leaves it in `quarantine/`, or
-releases its claim for another attempt — and fails whenever no result was stored; its
-callbacks emit the image's StatsD metrics and send one SNS message per image to the success
-or error topic (`tilescope_success_topic_arn` / `tilescope_error_topic_arn` Variables, or
-`TILESCOPE_SUCCESS_TOPIC_ARN` / `TILESCOPE_ERROR_TOPIC_ARN`; none set → no message).
-**evaluate** (optional, after store) scores the stored result against COCO ground truth —
-the `ground_truth` param, or `<image key>.gt.json` beside the image — and writes
-`evaluation.json` and `evaluation-pr.png` beside the result; without ground truth it is
-skipped and the run succeeds.
+down to `min_success_ratio`; **transform** (only when `anonymize` names classes, or `face`)
+writes an anonymized copy of the full-resolution image beside the result (`anonymized.<ext>`,
+blurred or pixelated boxes) and records it in the result; **store** writes
+`results/<image-id>/<params-hash>/` (`result.json`, `coco.json`, `overlay.png`), upserts the
+SQL catalog row, emits an Asset event on `s3://<bucket>/results/`, and removes the run's
+scratch objects; **finalize** (last, `all_done`) moves an arrival's original to `processed/` —
+or leaves it in `quarantine/`, or releases its claim for another attempt — and fails whenever
+no result was stored; its callbacks emit the image's StatsD metrics and send one SNS message
+per image to the success or error topic (`tilescope_success_topic_arn` /
+`tilescope_error_topic_arn` Variables, or `TILESCOPE_SUCCESS_TOPIC_ARN` /
+`TILESCOPE_ERROR_TOPIC_ARN`; none set → no message). **evaluate** (optional, after store)
+scores the stored result against COCO ground truth — the `ground_truth` param, or
+`<image key>.gt.json` beside the image — and writes `evaluation.json` and `evaluation-pr.png`
+beside the result; without ground truth it is skipped and the run succeeds.
 
 A **video** (AVI, MP4/MOV, MKV/WebM — recognised by its bytes) runs through the same tasks:
 preprocess samples `video_fps` frames per second and stages each frame; analyze is mapped
@@ -182,12 +184,15 @@ def tiled_inference() -> None:
         from tilescope.models import load_model, model_slice_size
         from tilescope.models.registry import model_slice_seconds
         from tilescope.tasks.image import image_units, prepare
+        from tilescope.tasks.transform import check_transform
 
         context = get_current_context()
         # A placeholder first (not None: Airflow reads a None XCom as missing): when this task
         # fails, synthesize (all_done) still renders its argument and fails at once, instead
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
+        with task_outcome():  # e.g. anonymize naming a class the model does not have
+            check_transform(_params(), batch=is_batch(context["params"]))
         if is_batch(context["params"]):
             from tilescope.tasks.batch import batch_entries, prepare_batch
 
@@ -289,6 +294,18 @@ def tiled_inference() -> None:
         context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
         return summary.to_dict()
 
+    @task
+    def transform(result_uri: str, prepared: dict[str, Any]) -> str:
+        """Change the image before it is kept: the anonymized copy, when asked for."""
+        from tilescope.airflow.adapters import task_outcome
+        from tilescope.airflow.connections import s3_client
+        from tilescope.handoffs import prepared_from_xcom
+        from tilescope.tasks.transform import transform as transform_step
+
+        with task_outcome():
+            return transform_step(result_uri, prepared_from_xcom(prepared), _params(),
+                                  client=s3_client())
+
     regions = preprocess()
     prepared = regions["prepared"]
     # analyze: one region per mapped instance; with sagemaker-async it defers (waits in the
@@ -357,7 +374,7 @@ def tiled_inference() -> None:
             raise AirflowSkipException(outcome.skipped)
         return outcome.to_dict()
 
-    stored = store(synthesize(prepared, findings), prepared)
+    stored = store(transform(synthesize(prepared, findings), prepared), prepared)
     stored >> finalize()
     evaluate(stored, prepared)
 

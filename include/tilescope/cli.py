@@ -317,6 +317,10 @@ def _add_predict_options(predict: argparse.ArgumentParser,
     predict.add_argument("--archive-max-side", type=int, default=0, metavar="PX",
                          help="downscale the archive so its long side is at most PX "
                               "(0: full size)")
+    predict.add_argument("--anonymized", metavar="PATH",
+                         help="with --anonymize: the anonymized copy (format from the "
+                              ".png/.tif/.jpg/.webp extension; path or s3:// URI); with "
+                              "--out-dir it is DIR/<name>.anonymized.<ext>")
     predict.add_argument("--out-dir", metavar="DIR",
                          help="many images: DIR/<name>.json per image, DIR/coco.json, "
                               "DIR/summary.json (path or s3:// prefix)")
@@ -367,10 +371,21 @@ def _predict(args: argparse.Namespace) -> int:
     if container and (args.geojson or args.geojson_native or args.stac):
         raise ConfigError(f"{args.image} is a video: it has no CRS, so no "
                           "--geojson/--geojson-native/--stac")
+    if container and params.anonymize:
+        raise ConfigError(f"{args.image} is a video: --anonymize works on images")
     if container:
         if archive:
             raise ConfigError(f"{args.image} is a video: --archive copies images")
         return _predict_video(args, params, container)
+    if bool(params.anonymize) != bool(args.anonymized):
+        raise ConfigError("--anonymize and --anonymized PATH go together (the classes to "
+                          "hide, and where the copy goes)")
+    if params.anonymize:  # refused before the model runs
+        from tilescope.anonymize import check_anonymize
+        from tilescope.outputs.anonymized import extension_of
+
+        check_anonymize(params)
+        extension_of(args.anonymized)
     options = params.model_arguments()
     targets = OutputTargets(args.out, args.coco, args.overlay, args.geojson,
                             args.geojson_native, args.stac)
@@ -390,6 +405,11 @@ def _predict(args: argparse.Namespace) -> int:
         result = run_image(reader, image, params, model, progress=progress)
         if archive:
             result.archive = archive_to(reader, args.archive, archive, image.bytes).to_dict()
+        if params.anonymize:
+            from tilescope.outputs.anonymized import anonymize_copy
+
+            result.anonymized = anonymize_copy(reader, result, params, args.anonymized,
+                                               extension_of(args.anonymized))
         write_outputs(result, reader, targets)
     print(_image_line(args.image, result))
     return EXIT_OK
@@ -447,6 +467,18 @@ def _join(directory: str, name: str) -> str:
         os.path.join(directory, *name.split("/"))
 
 
+def _anonymize_into(out_dir: str, name: str, result: Result, params: InferenceParams,
+                    max_pixels: int) -> dict[str, Any]:
+    """One image of many: its anonymized copy as ``DIR/<name>.anonymized.<ext>``."""
+    from tilescope.outputs.anonymized import anonymize_copy, copy_extension
+
+    reader, _ = open_image(result.image.uri, max_pixels=max_pixels, bands=params.band_list())
+    with reader:
+        ext = copy_extension(result.image.format, reader.width, reader.height)
+        return anonymize_copy(reader, result, params,
+                              _join(out_dir, f"{name}.anonymized.{ext}"), ext)
+
+
 def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     """``predict`` over many inputs (see the module docstring): one line per image, a
     summary line; exit 2 if any input was bad."""
@@ -455,10 +487,17 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     from tilescope.sources import expand_named
 
     if args.out or args.coco or args.overlay or args.geojson or args.geojson_native \
-            or args.stac:
-        raise ConfigError("--out/--coco/--overlay/--geojson/--geojson-native/--stac take one "
-                          "image; with several inputs, a folder, glob or prefix use "
-                          "--out-dir DIR")
+            or args.stac or args.anonymized:
+        raise ConfigError("--out/--coco/--overlay/--geojson/--geojson-native/--stac/"
+                          "--anonymized take one image; with several inputs, a folder, glob "
+                          "or prefix use --out-dir DIR")
+    if params.anonymize:
+        from tilescope.anonymize import check_anonymize
+
+        if not args.out_dir:
+            raise ConfigError("--anonymize with several inputs writes the copies into "
+                              "--out-dir DIR")
+        check_anonymize(params)
     started = time.perf_counter()
     named = expand_named(args.inputs)
     names = {item.uri: item.name for item in named}
@@ -472,6 +511,9 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     def record(uri: str, outcome: Result | TilescopeError) -> None:
         outcomes[uri] = outcome
         if isinstance(outcome, Result):
+            if params.anonymize and outcome.frames is None:
+                outcome.anonymized = _anonymize_into(args.out_dir, names[uri], outcome, params,
+                                                     args.max_pixels)
             if args.out_dir:
                 write_bytes(_join(args.out_dir, names[uri] + ".json"), result_json(outcome),
                             "application/json")

@@ -7,8 +7,9 @@ objects and by the results viewer that checks a run's XComs against it.
                                                         offloaded findings (removed by store)
 ``scratch/batch/<run>/plan.json``                       a batch run's plan (removed at the end)
 ``results/<image-id>/<params digest>/result.json``      a stored result, with ``coco.json``,
-                                                        ``overlay.png`` and ``thumbnail.png``
-                                                        (and ``evaluation.json``,
+                                                        ``overlay.png``, ``thumbnail.png``,
+                                                        ``anonymized.<ext>`` if asked (and
+                                                        ``evaluation.json``,
                                                         ``evaluation-pr.png`` when scored)
 ``results/batches/<run>/outcomes.json``                 a batch run's per-image outcomes (kept)
 ======================================================  =====================================
@@ -47,6 +48,8 @@ GEO_ARTIFACTS = {"geojson": "detections.geojson", "geojson_native": "detections.
 #: what the optional evaluate step writes beside a result (:mod:`tilescope.tasks.evaluate`)
 EVALUATION_ARTIFACTS = {"evaluation": "evaluation.json", "pr_plot": "evaluation-pr.png"}
 THUMBNAIL = "thumbnail.png"
+#: an anonymized copy of the image beside its result: ``anonymized.<ext>`` (tif, png, jpg…)
+ANONYMIZED = "anonymized"
 PLAN, OUTCOMES = "plan.json", "outcomes.json"
 IMAGE_ID = re.compile(r"[0-9a-f]{16}")
 PARAMS_DIGEST = re.compile(r"[0-9a-f]{8,64}")
@@ -205,20 +208,27 @@ def upload_tiled_tiff(reader: ImageReader, uri: str, client: S3Client) -> None:
     band: :meth:`~tilescope.readers.base.ImageReader.valid_mask`) is staged as RGBA with that
     validity as its alpha band, so regions reading the staged pixels skip the slices
     ``tilescope predict`` skips (:func:`tilescope.banding.nodata_slices`)."""
-    import tifffile
-
     loc = parse_s3_uri(uri)
     alpha = reader.valid_mask(Box(0, 0, 1, 1)) is not None
     with tempfile.NamedTemporaryFile(suffix=".tif", dir=TMP.get()) as tmp:
-        tile = scratch_tile_shape(reader.width, reader.height)
-        tifffile.imwrite(tmp.name, tiles(reader, *tile, alpha=alpha),
-                         shape=(reader.height, reader.width, 4 if alpha else 3),
-                         dtype=np.uint8, extrasamples=("unassalpha",) if alpha else None,
-                         tile=tile, photometric="rgb",
-                         compression="zstd", compressionargs={"level": 1}, maxworkers=2,
-                         buffersize=STAGING_BUFFER)
+        write_tiled_tiff(reader, tmp.name, alpha=alpha)
         client.upload_file(tmp.name, loc.bucket, loc.key,
                            ExtraArgs={"ContentType": "image/tiff"})
+
+
+def write_tiled_tiff(reader: ImageReader, path: str, *, alpha: bool = False) -> None:
+    """The image as a zstd-compressed tiled TIFF at a local ``path``, read and encoded one
+    tile at a time (what :func:`upload_tiled_tiff` stages; anonymized copies use it too);
+    ``alpha``: with the source's validity as a fourth, alpha band (see :func:`tiles`)."""
+    import tifffile
+
+    tile = scratch_tile_shape(reader.width, reader.height)
+    tifffile.imwrite(path, tiles(reader, *tile, alpha=alpha),
+                     shape=(reader.height, reader.width, 4 if alpha else 3), dtype=np.uint8,
+                     extrasamples=("unassalpha",) if alpha else None,
+                     tile=tile, photometric="rgb",
+                     compression="zstd", compressionargs={"level": 1}, maxworkers=2,
+                     buffersize=STAGING_BUFFER)
 
 
 def open_source(source_uri: str, client: S3Client, *, size: int | None = None,

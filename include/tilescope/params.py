@@ -30,6 +30,12 @@ MATCH_METRICS = ("ios", "iou")
 #: meeting in those slices' overlap ("seams"; greedynmm, nmm and nms only)
 MERGE_SCOPES = ("all", "seams")
 SEAM_POSTPROCESS = ("greedynmm", "nmm", "nms")
+#: how an anonymized copy hides its boxes (:mod:`tilescope.anonymize`)
+ANONYMIZE_MODES = ("blur", "pixelate")
+#: ``anonymize`` as typed: class names (or ``face``), comma-separated
+ANONYMIZE_PATTERN = r"^$|^[^,]+(,[^,]+)*$"
+#: added with anonymization: left out of results (and digests) while ``anonymize`` is empty
+_ANONYMIZE_FIELDS = ("anonymize", "anonymize_mode", "anonymize_margin")
 #: parameters added after the first release: left out of :meth:`InferenceParams.digest`
 #: while unset, so existing results keep their keys
 _OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands",
@@ -185,6 +191,20 @@ class InferenceParams:
                                    "full resolution",
         schema={"type": "number", "minimum": 0, "maximum": MAX_MAGNIFICATION}, metavar="X"))
 
+    #: classes whose boxes are hidden in an anonymized copy (:mod:`tilescope.anonymize`)
+    anonymize: str = field(default="", metadata=_spec(
+        title="Anonymize", doc="write an anonymized copy hiding these classes' boxes, "
+                               "comma-separated (e.g. person,car); 'face' runs the face "
+                               "detector; empty = no copy",
+        schema={"type": "string", "pattern": ANONYMIZE_PATTERN}, metavar="CLASS[,CLASS|face]"))
+    anonymize_mode: str = field(default="blur", metadata=_spec(
+        title="Anonymize mode", doc="how the copy hides each box",
+        schema={"enum": list(ANONYMIZE_MODES)}))
+    anonymize_margin: float = field(default=0.1, metadata=_spec(
+        title="Anonymize margin", doc="added around each box: below 1 a fraction of its "
+                                      "side, from 1 pixels",
+        schema={"type": "number", "minimum": 0, "maximum": 4096}, metavar="FRACTION|PX"))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
                            _check_options("model_options", self.model_options))
@@ -247,6 +267,18 @@ class InferenceParams:
             validate_slicing(size, size, float(self.overlap))
             object.__setattr__(self, "slice_size", size)
         parse_grid(self.grid)
+        if self.anonymize_mode not in ANONYMIZE_MODES:
+            raise ConfigError(f"anonymize_mode must be one of {ANONYMIZE_MODES}, "
+                              f"got {self.anonymize_mode!r}")
+        try:
+            margin = float(self.anonymize_margin)
+        except (TypeError, ValueError):
+            raise ConfigError(f"anonymize_margin must be a number, got "
+                              f"{self.anonymize_margin!r}") from None
+        if not 0.0 <= margin <= 4096:  # also refuses NaN
+            raise ConfigError(f"anonymize_margin must be in [0, 4096], got {margin:g}")
+        object.__setattr__(self, "anonymize_margin", margin)
+        object.__setattr__(self, "anonymize", str(self.anonymize or "").strip())
         bands = self.band_list()
         if bands is not None and len(bands) not in (1, 3):
             raise ConfigError(f"bands must be one or three band numbers, got {self.bands!r}")
@@ -289,6 +321,9 @@ class InferenceParams:
         # Added with the seam-aware merge: likewise left out at its default.
         if data["merge_scope"] == "all":
             del data["merge_scope"]
+        if not data["anonymize"]:  # likewise: no copy asked for, nothing recorded
+            for name in _ANONYMIZE_FIELDS:
+                del data[name]
         return data
 
     def to_conf(self) -> dict[str, Any]:

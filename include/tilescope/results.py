@@ -218,6 +218,9 @@ class Result:
     video: dict[str, Any] | None = None
     #: the archival copy's facts (``tilescope.archival.ArchiveOutcome.to_dict()``), if made
     archive: dict[str, Any] | None = None
+    #: the anonymized copy written after synthesis (``uri``, ``mode``, ``margin``, boxes per
+    #: target; :mod:`tilescope.anonymize`), ``None`` when none was asked for
+    anonymized: dict[str, Any] | None = None
 
     @property
     def failed_regions(self) -> list[str]:
@@ -329,6 +332,7 @@ class Result:
             "detections": self.detection_records(),
             **({"moderation": self.moderation} if self.moderation is not None else {}),
             **({"archive": self.archive} if self.archive is not None else {}),
+            **({"anonymized": self.anonymized} if self.anonymized is not None else {}),
         }
 
     @classmethod
@@ -360,7 +364,8 @@ class Result:
                    moderation=doc.get("moderation"),
                    description_source=(doc.get("summary") or {}).get("description_source"),
                    frames=frames, detection_frames=positions, video=doc.get("video"),
-                   archive=doc.get("archive"))
+                   archive=doc.get("archive"),
+                   anonymized=doc.get("anonymized"))
 
     def to_coco(self, image_id: int = 1) -> dict[str, Any]:
         """A COCO document: ``images``, ``categories`` and scored ``annotations``.

@@ -42,8 +42,8 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_tiled_inference_shape(dagbag):
     dag = dagbag.dags["tiled_inference"]
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "Never")
-    assert {t.task_id for t in dag.tasks} == {"preprocess", "analyze", "synthesize", "store",
-                                              "finalize", "evaluate"}
+    assert {t.task_id for t in dag.tasks} == {"preprocess", "analyze", "synthesize", "transform",
+                                              "store", "finalize", "evaluate"}
     assert dag.get_task("evaluate").upstream_task_ids == {"store", "preprocess"}
     analyze = dag.get_task("analyze")
     assert analyze.pool == "tilescope"

@@ -409,6 +409,8 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
         result.archive, keys["archive"] = outcome.to_dict(), outcome.uri
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
     keys = {"result": targets.result, **keys}
+    if result.anonymized:  # written by the transform step, beside the result
+        keys["anonymized"] = result.anonymized["uri"]
     if catalog_url:
         from tilescope.models.fingerprint import model_fingerprint
         from tilescope.outputs.catalog import connect, record_result

@@ -1,0 +1,52 @@
+"""The DAG's ``transform`` step: change the image before it is kept, on the basis of the
+result — today an anonymized copy (:mod:`tilescope.anonymize`).
+
+It runs between synthesize and store: the staged full-resolution pixels are still in scratch,
+so the copy is read from them region by region (the face detector too, when asked), written
+beside the result under ``results/<image-id>/<digest>/anonymized.<ext>``, and recorded in the
+parked result, which store then keeps (and lists in the catalog row's keys). The original is
+not touched here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tilescope.anonymize import check_anonymize
+from tilescope.errors import ConfigError
+from tilescope.handoffs import BatchPrepared, Prepared
+from tilescope.layout import ANONYMIZED, ResultsLayout, open_source
+from tilescope.outputs.anonymized import anonymize_copy, copy_extension
+from tilescope.outputs.writers import result_json
+from tilescope.params import InferenceParams
+from tilescope.results import Result
+from tilescope.storage import S3Client, parse_s3_uri, read_bytes, write_bytes
+
+
+def check_transform(params: InferenceParams, *, batch: bool) -> None:
+    """What preprocess refuses up front: classes the model does not have, and
+    anonymization of a batch (one image per run)."""
+    if params.anonymize and batch:
+        raise ConfigError("anonymize works on one image per run, not on a batch")
+    check_anonymize(params)
+
+
+def transform(result_uri: str, prepared: Prepared | BatchPrepared, params: InferenceParams,
+              *, client: S3Client) -> str:
+    """Write the anonymized copy the run asks for (nothing when ``anonymize`` is empty) and
+    record it in the parked result. Returns the result URI for store (the same key)."""
+    if not params.anonymize:
+        return result_uri
+    if isinstance(prepared, BatchPrepared):
+        raise ConfigError("anonymize works on one image per run, not on a batch")
+    if prepared.video:
+        raise ConfigError(f"{prepared.image.uri} is a video: anonymize works on images")
+    result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
+    layout = ResultsLayout(parse_s3_uri(result.image.uri).bucket, result.image.image_id,
+                           params.digest())
+    with open_source(prepared.source_uri, client) as reader:
+        ext = copy_extension(result.image.format, reader.width, reader.height)
+        result.anonymized = anonymize_copy(reader, result, params,
+                                           layout.uri(f"{ANONYMIZED}.{ext}"), ext, client)
+    write_bytes(result_uri, result_json(result), "application/json", client)
+    return result_uri
