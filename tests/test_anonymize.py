@@ -209,3 +209,17 @@ def test_cli_refuses_bad_anonymize_options_before_running(argv, message, sample,
     assert main(["predict", str(sample("astronaut")), *argv, "--quiet"]) == EXIT_BAD_INPUT
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_cli_many_inputs_write_each_copy_into_the_out_dir(sample, tmp_path):
+    from tilescope.cli import EXIT_OK, main
+
+    out = tmp_path / "out"
+    assert main(["predict", str(sample("astronaut")), str(sample("horses")), "--anonymize",
+                 "person,horse", "--out-dir", str(out), "--quiet"]) == EXIT_OK
+    for name, fmt in (("astronaut.png", "PNG"), ("horses.jpg", "JPEG")):  # source formats
+        doc = __import__("json").loads((out / f"{name}.json").read_text())
+        copy = out / f"{name}.anonymized.{'png' if fmt == 'PNG' else 'jpg'}"
+        assert doc["anonymized"]["uri"] == str(copy) and doc["anonymized"]["boxes"] >= 1
+        with Image.open(copy) as written:
+            assert written.format == fmt
