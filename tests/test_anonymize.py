@@ -16,6 +16,7 @@ from tilescope.anonymize import (
     MAX_SIGMA,
     AnonymizedReader,
     blur_radius,
+    check_anonymize,
     margin_boxes,
     parse_targets,
     plan_marks,
@@ -125,6 +126,8 @@ def test_bad_class_names_are_refused_by_name():
         parse_targets("persn,car,unicorn", names, "nanodet-coco")
     with pytest.raises(ConfigError, match="anonymize needs class names"):
         parse_targets(" , ", names)
+    with pytest.raises(ConfigError, match="not with magnification 20"):
+        check_anonymize(InferenceParams(anonymize="person", magnification=20))
     with pytest.raises(ConfigError, match="anonymize_mode must be one of"):
         InferenceParams(anonymize="person", anonymize_mode="smudge")
     with pytest.raises(ConfigError, match="anonymize_margin must be in"):

@@ -295,6 +295,9 @@ def check_anonymize(params: InferenceParams) -> AnonymizeTargets | None:
     pixel is analysed (:class:`ConfigError` naming them); ``None`` when none is asked."""
     if not params.anonymize:
         return None
+    if params.magnification:  # the copy is of the full-resolution pixels, boxes too
+        raise ConfigError("anonymize makes a full-resolution copy: not with magnification "
+                          f"{params.magnification:g} (analyse at 0, the full resolution)")
     from tilescope.models.registry import model_categories
 
     return parse_targets(params.anonymize, model_categories(params.model), params.model)
