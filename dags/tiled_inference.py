@@ -8,9 +8,9 @@ bounded by the `tilescope` pool, retried per region — and reads only its regio
 (with `grid=auto` and an embedded model, consecutive regions are packed into work units of
 ~`TILESCOPE_UNIT_SECONDS` of model time, at least one per worker core: one task each);
 **synthesize** merges detections across slice and region borders, tolerating failed regions
-down to `min_success_ratio`; **transform** (only when `anonymize` names classes, or `face`)
-writes an anonymized copy of the full-resolution image beside the result (`anonymized.<ext>`,
-blurred or pixelated boxes) and records it in the result; **store** writes
+down to `min_success_ratio`; **store** first transforms (only when `anonymize` names classes, or `face`):
+it writes an anonymized copy of the full-resolution image beside the result (`anonymized.<ext>`,
+blurred or pixelated boxes) and records it in the result; then it writes
 `results/<image-id>/<params-hash>/` (`result.json`, `coco.json`, `overlay.png`), upserts the
 SQL catalog row, emits an Asset event on `s3://<bucket>/results/`, and removes the run's
 scratch objects; **finalize** (last, `all_done`) moves an arrival's original to `processed/` —
@@ -192,7 +192,8 @@ def tiled_inference() -> None:
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
         with task_outcome():  # e.g. anonymize naming a class the model does not have
-            check_transform(_params(), batch=is_batch(context["params"]))
+            check_transform(_params(), batch=is_batch(context["params"]),
+                            archive=_archive().active)
         if is_batch(context["params"]):
             from tilescope.tasks.batch import batch_entries, prepare_batch
 
@@ -261,10 +262,11 @@ def tiled_inference() -> None:
 
     @task(outlets=[RESULTS_ASSET, RESULTS_ALIAS])
     def store(result_uri: str, prepared: dict[str, Any]) -> dict[str, Any]:
-        from tilescope.airflow.adapters import catalog_url
+        from tilescope.airflow.adapters import catalog_url, task_outcome
         from tilescope.airflow.connections import s3_client
         from tilescope.handoffs import BatchPrepared, prepared_from_xcom
         from tilescope.tasks.image import store as store_step
+        from tilescope.tasks.transform import transform as transform_step
 
         context = get_current_context()
         run = prepared_from_xcom(prepared)
@@ -288,23 +290,15 @@ def tiled_inference() -> None:
             summary = store_reused(run, catalog_url=catalog_url(), run_id=context["run_id"])
             context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
             return summary.to_dict()
+        # transform (an anonymized copy, when asked for) runs here, before the result is
+        # kept: a task of its own would cost every run a worker process for nothing
+        with task_outcome():
+            transform_step(result_uri, run, _params(), client=s3_client())
         summary = store_step(result_uri, run, _params(), client=s3_client(),
                              catalog_url=catalog_url(), run_id=context["run_id"],
                              archive=_archive())
         context["outlet_events"][RESULTS_ASSET].extra = summary.asset_extra()
         return summary.to_dict()
-
-    @task
-    def transform(result_uri: str, prepared: dict[str, Any]) -> str:
-        """Change the image before it is kept: the anonymized copy, when asked for."""
-        from tilescope.airflow.adapters import task_outcome
-        from tilescope.airflow.connections import s3_client
-        from tilescope.handoffs import prepared_from_xcom
-        from tilescope.tasks.transform import transform as transform_step
-
-        with task_outcome():
-            return transform_step(result_uri, prepared_from_xcom(prepared), _params(),
-                                  client=s3_client())
 
     regions = preprocess()
     prepared = regions["prepared"]
@@ -374,7 +368,7 @@ def tiled_inference() -> None:
             raise AirflowSkipException(outcome.skipped)
         return outcome.to_dict()
 
-    stored = store(transform(synthesize(prepared, findings), prepared), prepared)
+    stored = store(synthesize(prepared, findings), prepared)
     stored >> finalize()
     evaluate(stored, prepared)
 

@@ -386,6 +386,9 @@ def _predict(args: argparse.Namespace) -> int:
 
         check_anonymize(params)
         extension_of(args.anonymized)
+        if archive:  # the copy would keep the original pixels (docs/archive.md)
+            raise ConfigError("--anonymize with --archive is not supported yet: the archival "
+                              "copy would keep the original pixels")
     options = params.model_arguments()
     targets = OutputTargets(args.out, args.coco, args.overlay, args.geojson,
                             args.geojson_native, args.stac)

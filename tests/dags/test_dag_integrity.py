@@ -42,8 +42,8 @@ def test_every_dag_has_tags_docs_and_retries(dagbag):
 def test_tiled_inference_shape(dagbag):
     dag = dagbag.dags["tiled_inference"]
     assert dag.schedule is None or str(dag.timetable.summary) in ("None", "Never")
-    assert {t.task_id for t in dag.tasks} == {"preprocess", "analyze", "synthesize", "transform",
-                                              "store", "finalize", "evaluate"}
+    assert {t.task_id for t in dag.tasks} == {"preprocess", "analyze", "synthesize", "store",
+                                              "finalize", "evaluate"}
     assert dag.get_task("evaluate").upstream_task_ids == {"store", "preprocess"}
     analyze = dag.get_task("analyze")
     assert analyze.pool == "tilescope"
@@ -93,7 +93,7 @@ def test_params_form_is_generated_from_inference_params(dagbag):
     params = dagbag.dags["tiled_inference"].params
     form = form_fields()
     assert list(params.keys()) == ["image_uri", "images", "manifest", *form, "moderation",
-                                   "moderation_options", *archive_form_fields(), "claim",
+                                   "moderation_options", "reuse", *archive_form_fields(), "claim",
                                    "ground_truth"]
     for name, (default, description, schema) in form.items():
         param = params.get_param(name)

@@ -82,5 +82,5 @@ def test_unknown_class_fails_preprocess_naming_it(dag, airflow_env, sample):
     with create_session() as session:
         states = {ti.task_id: str(ti.state) for ti in session.query(TaskInstance).filter(
             TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run.run_id)}
-    assert states["preprocess"] == "failed" and states["transform"] == "upstream_failed"
+    assert states["preprocess"] == "failed" and states["store"] == "upstream_failed"
     assert keys_under(client, "results/") == [] and keys_under(client, "scratch/") == []

@@ -23,11 +23,16 @@ from tilescope.results import Result
 from tilescope.storage import S3Client, parse_s3_uri, read_bytes, write_bytes
 
 
-def check_transform(params: InferenceParams, *, batch: bool) -> None:
-    """What preprocess refuses up front: classes the model does not have, and
-    anonymization of a batch (one image per run)."""
+def check_transform(params: InferenceParams, *, batch: bool, archive: bool = False) -> None:
+    """What preprocess refuses up front: classes the model does not have, anonymization of
+    a batch (one image per run), and anonymization with an archival copy (the copy would be
+    made from the original pixels, and ``keep_original=replace`` would keep them: refused
+    until the archive is encoded from the anonymized pixels)."""
     if params.anonymize and batch:
         raise ConfigError("anonymize works on one image per run, not on a batch")
+    if params.anonymize and archive:
+        raise ConfigError("anonymize and archive_format together are not supported yet: "
+                          "the archival copy would keep the original pixels")
     check_anonymize(params)
 
 
