@@ -8,9 +8,10 @@ bounded by the `tilescope` pool, retried per region — and reads only its regio
 (with `grid=auto` and an embedded model, consecutive regions are packed into work units of
 ~`TILESCOPE_UNIT_SECONDS` of model time, at least one per worker core: one task each);
 **synthesize** merges detections across slice and region borders, tolerating failed regions
-down to `min_success_ratio`; **store** first transforms (only when `anonymize` names classes, or `face`):
-it writes an anonymized copy of the full-resolution image beside the result (`anonymized.<ext>`,
-blurred or pixelated boxes) and records it in the result; then it writes
+down to `min_success_ratio`; **store** first transforms (only when `anonymize` names
+classes, or `face`): it writes an anonymized copy of the full-resolution image beside the
+result (`anonymized.<ext>`, blurred or pixelated boxes) and records it in the result; then
+it writes
 `results/<image-id>/<params-hash>/` (`result.json`, `coco.json`, `overlay.png`), upserts the
 SQL catalog row, emits an Asset event on `s3://<bucket>/results/`, and removes the run's
 scratch objects; **finalize** (last, `all_done`) moves an arrival's original to `processed/` —
