@@ -4,7 +4,8 @@ images through the model alone in the same sitting.
 
 SeaweedFS + Airflow (LocalExecutor) with ``make run``'s pool (4 slots); the images are the
 burst bench's (256×192 kite crops by default, ``--size 4000x3000`` for 12 MP photos). The
-model-only limit decodes every image and runs all their slices through one NanoDet in
+model-only limit decodes every image and runs all their slices through one instance of the
+model the runs use (the default, ``InferenceParams().model``, cut at its own slice size) in
 calls of 16 (both cores busy), with nothing else: no S3, no Airflow, no merging. Prints the
 per-task timeline and the ratio.
 
@@ -26,26 +27,30 @@ from burst_bench import DEFAULT_POOL_SLOTS, parse_size, photos
 from dag_bench import _print_timeline
 from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as a script
 
-SLICE, OVERLAP = 416, 0.2
+OVERLAP = 0.2  # the runs' default
 
 
 def model_child(folder: str) -> None:
     """Every slice of every image through one model in calls of 16: ``RESULT {...}``."""
     import numpy as np
 
-    from tilescope.models import load_model
+    from tilescope.models import load_model, model_slice_size
+    from tilescope.params import InferenceParams
     from tilescope.readers import open_image
     from tilescope.slicing import plan_slices
+
+    name = InferenceParams().model  # what the arrivals' runs use: both sides one model
+    size = model_slice_size(name)
 
     views: list[np.ndarray] = []
     paths = sorted(Path(folder).glob("*.jpg"))
     for path in paths:
         reader, _ = open_image(str(path))
         pixels = reader.read_all()
-        overlap = int(SLICE * OVERLAP)
-        plan = plan_slices(reader.width, reader.height, SLICE, SLICE, overlap, overlap)
+        overlap = int(size * OVERLAP)
+        plan = plan_slices(reader.width, reader.height, size, size, overlap, overlap)
         views.extend(pixels[s.y1:s.y2, s.x1:s.x2] for s in plan.slices())
-    model = load_model("nanodet-coco", score_threshold=0.3)
+    model = load_model(name, score_threshold=0.3)
     model.predict(views[:2])  # session warm-up, not timed
     started = time.perf_counter()
     for first in range(0, len(views), 16):

@@ -10,8 +10,9 @@ see the burst within a poke), then at most one a minute, as its schedule runs th
 starting one ``tiled_inference`` run per batch it claims.
 
 The model-only rate runs the same images in one process: decoded and cut into the same
-416-px slices beforehand, then every slice through one NanoDet in calls of 16 (both cores
-busy), only ``model.predict`` timed (``batch_bench.measure_model``).
+slices (the default model's size) beforehand, then every slice through one instance of the
+model the runs use in calls of 16 (both cores busy), only ``model.predict`` timed
+(``batch_bench.measure_model``).
 
     python bench/burst_bench.py [--count 1000] [--size 256x192]
     python bench/burst_bench.py --count 100 --size 4000x3000     # ~12 MP photos
@@ -39,7 +40,6 @@ from stack_bench import BUCKET, bench_stack  # bench/ is on sys.path when run as
 
 DEFAULT_POOL_SLOTS = 4  # TILESCOPE_POOL_SLOTS' default (include/tilescope/stack/settings.py)
 TICK_SECONDS = 60  # s3_arrivals' schedule: a tick a minute
-SLICE, OVERLAP = 416, 0.2
 
 
 def parse_size(text: str) -> tuple[int, int]:
