@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from PIL import Image
-from support.blob_model import BrightBlobModel, blob_image
+from support.blob_model import REGISTER_IN_CHILD, BrightBlobModel, blob_image, child_env
 
 from tilescope.models import register_model
 from tilescope.outputs.catalog import connect, find_results
@@ -43,7 +43,7 @@ from tilescope.handoffs import Prepared
 from tilescope.params import InferenceParams
 from tilescope.tasks.image import store
 from tilescope.storage import default_s3_client
-
+""" + REGISTER_IN_CHILD + """
 args = json.loads(sys.argv[1])
 client = default_s3_client()
 
@@ -166,7 +166,7 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
             "prepared": prepared.to_dict(), "params": params.to_dict(),
             "catalog": staged["catalog"]}
     crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, env=child_env())
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
 
     written = [k.rsplit("/", 1)[1] for k in keys(client, results)]

@@ -98,3 +98,21 @@ def blob_image(width: int, height: int, count: int, seed: int = 0,
         image[y:y + h, x:x + w] = (255, 255, 0) if len(boxes) % 3 == 0 else (255, 255, 255)
         boxes.append([x, y, x + w, y + h])
     return image, boxes
+
+
+#: for a script run in a child process (``python -c``): the test model registered there too,
+#: as every Airflow worker knows a run's model (store fingerprints it for the catalog row)
+REGISTER_IN_CHILD = ('from support.blob_model import BrightBlobModel\n'
+                     'from tilescope.models import register_model\n'
+                     'register_model("bright-blobs", BrightBlobModel)\n')
+
+
+def child_env() -> dict[str, str]:
+    """The environment for such a child (the S3 fixture's settings included, read now), with
+    tests/ first on its path so ``support`` imports there as here."""
+    import os
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [tests, os.environ.get("PYTHONPATH")]))}

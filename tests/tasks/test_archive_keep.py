@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from support.blob_model import BrightBlobModel
+from support.blob_model import REGISTER_IN_CHILD, BrightBlobModel, child_env
 
 from tilescope.archival import ArchivePolicy
 from tilescope.errors import StorageError
@@ -27,13 +25,6 @@ from tilescope.samples import sample_array
 from tilescope.storage import parse_s3_uri
 from tilescope.tasks.image import analyze, combine, prepare, result_targets, save_result, store
 
-
-def tests_on_path() -> dict[str, str]:
-    """The environment for the crashing store's process (the S3 fixture's settings included),
-    with tests/ on its path: it imports the test model as this process does."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-
 register_model("bright-blobs", BrightBlobModel)
 BUCKET = "archive-keep"
 ORIGINAL = "incoming/astronaut.png"
@@ -41,16 +32,12 @@ ORIGINAL = "incoming/astronaut.png"
 CRASHING_STORE = """
 import json, os, signal, sys
 
-from support.blob_model import BrightBlobModel
-
 from tilescope.archival import ArchivePolicy
 from tilescope.handoffs import Prepared
-from tilescope.models import register_model
 from tilescope.params import InferenceParams
 from tilescope.storage import default_s3_client
 from tilescope.tasks.image import store
-
-register_model("bright-blobs", BrightBlobModel)  # as every worker knows the run's model
+""" + REGISTER_IN_CHILD + """
 
 args = json.loads(sys.argv[1])
 client = default_s3_client()
@@ -129,7 +116,7 @@ def test_a_crash_between_copy_and_original_loses_nothing_and_the_retry_completes
             "prepared": prepared.to_dict(), "params": staged["params"].to_dict(),
             "catalog": staged["catalog"], "archive": archive}
     crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=tests_on_path())
+                             capture_output=True, text=True, timeout=300, env=child_env())
     expect_crash = policy != "keep" or crash == "after the copy is written"
     if expect_crash:
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
@@ -223,7 +210,7 @@ def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_cli
             "prepared": prepared.to_dict(), "params": params.to_dict(),
             "catalog": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "archive": archive}
     crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=tests_on_path())
+                             capture_output=True, text=True, timeout=300, env=child_env())
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert body(s3_client, key) is None  # deleted: its verified copy stands in for it
     summary = store(args["result_uri"], prepared, params, client=s3_client,
