@@ -173,7 +173,12 @@ def test_make_run_stores_the_sample_reuses_the_stack_and_restarts_on_its_data(
         with sqlite3.connect(state / "catalog.sqlite") as db:
             runs = {r for (r,) in db.execute(
                 "SELECT run_id FROM tilescope_results WHERE image_id = ?", (image_id,))}
-        assert run3 in runs
+        # the same bytes, model and parameters: run2 and run3 reuse run1's stored result
+        # (result reuse, on by default), so the catalog's computed row stays run1's and the
+        # stored objects are the very ones run1 wrote
+        assert runs == {run1}
+        assert {k: o["ETag"] for k, o in results_under(client, image_id).items()} == \
+            {k: o["ETag"] for k, o in stored.items()}
     finally:
         recorded = Registry(state).records()
         subprocess.run(stop, env=env, cwd=tmp_path, capture_output=True, timeout=120,
