@@ -192,7 +192,8 @@ def tiled_inference() -> None:
         # fails, synthesize (all_done) still renders its argument and fails at once, instead
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
-        with task_outcome():  # e.g. anonymize naming a class the model does not have
+        # e.g. anonymize naming a class the model does not have, or bad archive options
+        with task_outcome():
             check_transform(_params(), batch=is_batch(context["params"]),
                             archive=_archive().active)
         if is_batch(context["params"]):
@@ -214,7 +215,6 @@ def tiled_inference() -> None:
             return units
         with task_outcome(on_bad_input=_quarantine_claimed):
             params, limits, client = _params(), run_limits(), s3_client()
-            _archive()  # bad archive options fail here
             model = None
             if params.full_image_pass:
                 model = load_model(params.model, **params.model_arguments())
