@@ -64,6 +64,22 @@ def parse_slice_size(text: str) -> int | str | None:
     return int(text)
 
 
+def _number_in(name: str, value: Any, low: float, high: float, *, low_included: bool = True,
+               note: str = "") -> float:
+    """``value`` as a float within ``[low, high]`` (``(low, high]`` unless
+    ``low_included``); anything else — not a number, NaN, out of range — is a ConfigError
+    naming the parameter and its range (``note`` explains the range)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    above_low = low <= number if low_included else low < number
+    if not (above_low and number <= high):  # NaN fails both comparisons
+        raise ConfigError(f"{name} must be in {'[' if low_included else '('}{low:g}, "
+                          f"{high:g}]{note}, got {number:g}")
+    return number
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """How one :class:`InferenceParams` field is asked for, in the DAG's form and on the CLI.
@@ -226,34 +242,17 @@ class InferenceParams:
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {MATCH_METRICS}, "
                               f"got {self.match_metric!r}")
-        try:
-            sigma = float(self.soft_nms_sigma)
-        except (TypeError, ValueError):
-            raise ConfigError(f"soft_nms_sigma must be a number, got "
-                              f"{self.soft_nms_sigma!r}") from None
-        if not 0.0 < sigma <= 10.0:  # also refuses NaN
-            raise ConfigError(f"soft_nms_sigma must be in (0, 10], got {sigma:g}")
-        object.__setattr__(self, "soft_nms_sigma", sigma)
+        object.__setattr__(self, "soft_nms_sigma", _number_in(
+            "soft_nms_sigma", self.soft_nms_sigma, 0.0, 10.0, low_included=False))
         for name in ("match_threshold", "score_threshold", "min_success_ratio"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        try:
-            fps = float(self.video_fps)
-        except (TypeError, ValueError):
-            raise ConfigError(f"video_fps must be a number, got {self.video_fps!r}") from None
-        if not 0.0 < fps <= MAX_VIDEO_FPS:  # also refuses NaN
-            raise ConfigError(f"video_fps must be in (0, {MAX_VIDEO_FPS:g}], got {fps:g}")
-        object.__setattr__(self, "video_fps", fps)
-        try:
-            power = float(self.magnification or 0.0)
-        except (TypeError, ValueError):
-            raise ConfigError(f"magnification must be a number, got "
-                              f"{self.magnification!r}") from None
-        if not 0.0 <= power <= MAX_MAGNIFICATION:  # also refuses NaN
-            raise ConfigError(f"magnification must be in [0, {MAX_MAGNIFICATION:g}] "
-                              f"(0: full resolution), got {power:g}")
-        object.__setattr__(self, "magnification", power)
+        object.__setattr__(self, "video_fps", _number_in(
+            "video_fps", self.video_fps, 0.0, MAX_VIDEO_FPS, low_included=False))
+        object.__setattr__(self, "magnification", _number_in(
+            "magnification", self.magnification or 0.0, 0.0, MAX_MAGNIFICATION,
+            note=" (0: full resolution)"))
         if not 0.0 <= float(self.overlap) < 0.9:
             raise ConfigError(f"overlap must be in [0, 0.9), got {self.overlap}")
         if self.slice_size == "model":
@@ -270,14 +269,8 @@ class InferenceParams:
         if self.anonymize_mode not in ANONYMIZE_MODES:
             raise ConfigError(f"anonymize_mode must be one of {ANONYMIZE_MODES}, "
                               f"got {self.anonymize_mode!r}")
-        try:
-            margin = float(self.anonymize_margin)
-        except (TypeError, ValueError):
-            raise ConfigError(f"anonymize_margin must be a number, got "
-                              f"{self.anonymize_margin!r}") from None
-        if not 0.0 <= margin <= 4096:  # also refuses NaN
-            raise ConfigError(f"anonymize_margin must be in [0, 4096], got {margin:g}")
-        object.__setattr__(self, "anonymize_margin", margin)
+        object.__setattr__(self, "anonymize_margin", _number_in(
+            "anonymize_margin", self.anonymize_margin, 0.0, 4096.0))
         object.__setattr__(self, "anonymize", str(self.anonymize or "").strip())
         bands = self.band_list()
         if bands is not None and len(bands) not in (1, 3):
