@@ -7,6 +7,9 @@ DAG uses, with one progress bar; ``--out-dir`` gets ``<name>.json`` per image, `
 (all images) and ``summary.json``. ``tilescope evaluate PRED GT`` scores predictions
 against COCO ground truth (:mod:`tilescope.evaluation`); ``tilescope tune IMAGES GT`` searches
 slicing and merging settings on labelled images (:mod:`tilescope.tune`).
+``predict --catalog URL`` records each result's row in the DAG's SQL catalog and ``--reuse``
+writes an image's outputs from a stored result of the same bytes, model and parameters
+instead of analysing it again (:class:`CatalogRun`).
 
 Exit statuses: :data:`EXIT_STATUSES` (``tilescope --help`` lists them, so does the README).
 """
@@ -19,9 +22,11 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import Field
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import Field, dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tilescope import __version__
 from tilescope.archival import DEFAULT_SSIM, ArchivePolicy, archive_to, format_of
@@ -44,6 +49,9 @@ from tilescope.results import Result, merged_coco
 from tilescope.sources import is_plain_file
 from tilescope.storage import is_s3_uri, write_bytes
 from tilescope.tasks.video import video_container
+
+if TYPE_CHECKING:  # SQLAlchemy loads only when --catalog is given
+    from tilescope.outputs.reuse import StoredResult
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL = 0, 1, 2, 3
 #: what each exit status means: scripts and schedulers branch on these, so they are part of
@@ -324,6 +332,16 @@ def _add_predict_options(predict: argparse.ArgumentParser,
     predict.add_argument("--out-dir", metavar="DIR",
                          help="many images: DIR/<name>.json per image, DIR/coco.json, "
                               "DIR/summary.json (path or s3:// prefix)")
+    predict.add_argument("--catalog", metavar="URL",
+                         help="record each image's result row in this SQL catalog (an "
+                              "SQLAlchemy URL: sqlite:///catalog.db, postgresql://user@host/db; "
+                              "the DAG's table), pointing at the files written; needs --out "
+                              "(one image) or --out-dir")
+    predict.add_argument("--reuse", action="store_true",
+                         help="with --catalog: an image whose bytes, model weights and "
+                              "parameters match a stored complete result is not analysed "
+                              "again; its outputs are written from that result and its row "
+                              "is recorded as reused")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -359,14 +377,96 @@ def _archive_policy(args: argparse.Namespace) -> ArchivePolicy | None:
                          ssim=args.archive_ssim, max_side=args.archive_max_side)
 
 
+@dataclass(frozen=True)
+class CatalogRun:
+    """``--catalog`` (and ``--reuse``) for one ``predict``: where its rows go, whether stored
+    results stand in for the analysis. Rows are built by the functions the DAG's store uses
+    (:mod:`tilescope.outputs.reuse`); a local path is recorded absolute, so another working
+    directory (or a later run) still finds the file."""
+
+    url: str
+    params: InferenceParams
+    reuse: bool
+    #: ``cli__<UTC time>``: tells the command line's rows from a DAG run's
+    run_id: str
+
+    def stored(self, sha256s: Iterable[str]) -> dict[str, tuple[StoredResult, Result]]:
+        """sha256 → (stored row, its result read back) for the bytes that have a complete
+        result of this model and these parameters whose ``result.json`` is still readable
+        (nothing without ``--reuse``)."""
+        if not self.reuse:
+            return {}
+        from tilescope.outputs.reuse import ResultIndex, load_stored
+
+        found = ResultIndex(self.url, self.params, None, local=True).lookup(sha256s)
+        loaded = {sha: (stored, load_stored(stored)) for sha, stored in found.items()}
+        return {sha: (stored, result) for sha, (stored, result) in loaded.items()
+                if result is not None}
+
+    def record(self, computed: Sequence[tuple[Result, Mapping[str, str]]],
+               reused: Sequence[tuple[str, StoredResult]] = ()) -> None:
+        """The rows of computed results (with the keys of what was written) and of inputs
+        that reused a stored result (pointing at it, marked ``reused_from``)."""
+        from tilescope.outputs.reuse import record_computed, record_reused
+
+        if computed:
+            record_computed(self.url, [
+                (replace(result, image=replace(result.image, uri=_located(result.image.uri))),
+                 {role: _located(uri) for role, uri in keys.items()})
+                for result, keys in computed], self.params, run_id=self.run_id)
+        if reused:
+            record_reused(self.url, [(_located(uri), stored) for uri, stored in reused],
+                          run_id=self.run_id)
+
+
+def _located(uri: str) -> str:
+    """A path as the catalog keeps it (absolute); an ``s3://`` URI as it is."""
+    return uri if is_s3_uri(uri) else os.path.abspath(uri)
+
+
+def _catalog_run(args: argparse.Namespace, params: InferenceParams) -> CatalogRun | None:
+    """``--catalog``/``--reuse`` checked (and the catalog opened) before any image is read."""
+    if args.reuse and not args.catalog:
+        raise ConfigError("--reuse looks stored results up in a catalog: give --catalog URL")
+    if not args.catalog:
+        return None
+    from tilescope.outputs.reuse import check_catalog
+
+    check_catalog(args.catalog)
+    return CatalogRun(args.catalog, params, args.reuse,
+                      f"cli__{datetime.now(UTC).isoformat(timespec='seconds')}")
+
+
+def _as_input(result: Result, uri: str) -> Result:
+    """A stored result as this input's result: the same bytes, read from ``uri``; the
+    archival and anonymized copies made for the stored one are not this run's."""
+    return replace(result, image=replace(result.image, uri=uri), archive=None,
+                   anonymized=None)
+
+
+def _written_keys(written: Mapping[str, str], result: Result) -> dict[str, str]:
+    """A computed row's ``result_keys``: the files written, and the copies made (as the
+    DAG's store lists them)."""
+    keys = dict(written)
+    if result.archive:
+        keys["archive"] = result.archive["uri"]
+    if result.anonymized:
+        keys["anonymized"] = result.anonymized["uri"]
+    return keys
+
+
 def _predict(args: argparse.Namespace) -> int:
+    params = params_from_args(args)
+    catalog = _catalog_run(args, params)
     archive = _archive_policy(args)
     if len(args.inputs) > 1 or args.out_dir or not is_plain_file(args.inputs[0]):
         if archive:
             raise ConfigError("--archive copies one image: give exactly one image file")
-        return _predict_many(args, params_from_args(args))
+        return _predict_many(args, params, catalog)
+    if catalog and not args.out:
+        raise ConfigError("--catalog records where the result is: give --out PATH (with "
+                          "several inputs, --out-dir DIR)")
     args.image = args.inputs[0]
-    params = params_from_args(args)
     container = video_container(args.image)  # by signature, not by name
     if container and (args.geojson or args.geojson_native or args.stac):
         raise ConfigError(f"{args.image} is a video: it has no CRS, so no "
@@ -376,7 +476,7 @@ def _predict(args: argparse.Namespace) -> int:
     if container:
         if archive:
             raise ConfigError(f"{args.image} is a video: --archive copies images")
-        return _predict_video(args, params, container)
+        return _predict_video(args, params, container, catalog)
     if bool(params.anonymize) != bool(args.anonymized):
         raise ConfigError("--anonymize and --anonymized PATH go together (the classes to "
                           "hide, and where the copy goes)")
@@ -402,10 +502,16 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.image} has no CRS (a plain image: pixel boxes only); "
                           "--geojson/--geojson-native/--stac need a georeferenced image "
                           "such as a GeoTIFF/COG")
-    reader.validate()
-    progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
-    with reader, load_model(args.model, **options) as model:
-        result = run_image(reader, image, params, model, progress=progress)
+    hit = catalog.stored([image.sha256]).get(image.sha256) if catalog else None
+    if hit is None:
+        reader.validate()
+    progress = None if args.quiet or hit else ProgressBar(sys.stderr, "tilescope")
+    with reader, (nullcontext() if hit else load_model(args.model, **options)) as model:
+        if hit is not None:  # the stored result stands in for the analysis
+            result = _as_input(hit[1], args.image)
+        else:
+            assert model is not None  # loaded whenever nothing is reused
+            result = run_image(reader, image, params, model, progress=progress)
         if archive:
             result.archive = archive_to(reader, args.archive, archive, image.bytes).to_dict()
         if params.anonymize:
@@ -413,8 +519,12 @@ def _predict(args: argparse.Namespace) -> int:
 
             result.anonymized = anonymize_copy(reader, result, params, args.anonymized,
                                                extension_of(args.anonymized))
-        write_outputs(result, reader, targets)
-    print(_image_line(args.image, result))
+        written = write_outputs(result, reader, targets)
+    if catalog and hit:
+        catalog.record([], [(args.image, hit[0])])
+    elif catalog:
+        catalog.record([(result, _written_keys(written, result))])
+    print(_reused_line(args.image, result, hit[0]) if hit else _image_line(args.image, result))
     return EXIT_OK
 
 
@@ -439,11 +549,17 @@ def _video_result(uri: str, args: argparse.Namespace, params: InferenceParams,
     return result, sheet.chosen()
 
 
-def _predict_video(args: argparse.Namespace, params: InferenceParams, container: str) -> int:
-    """``predict`` on a video: sampled frames through the same stages, in this process."""
+def _predict_video(args: argparse.Namespace, params: InferenceParams, container: str,
+                   catalog: CatalogRun | None = None) -> int:
+    """``predict`` on a video: sampled frames through the same stages, in this process
+    (analysed every time, as in the DAG: ``--reuse`` does not apply; ``--catalog`` records
+    its row)."""
     progress = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
     result, cells = _video_result(args.image, args, params, container, progress)
-    write_video_outputs(result, cells, OutputTargets(args.out, args.coco, args.overlay))
+    written = write_video_outputs(result, cells, OutputTargets(args.out, args.coco,
+                                                               args.overlay))
+    if catalog:
+        catalog.record([(result, _written_keys(written, result))])
     print(_video_line(args.image, result))
     return EXIT_OK
 
@@ -454,6 +570,13 @@ def _video_line(uri: str, result: Result) -> str:
             f"{summary['frames']} frames × {result.plan['slices']} slices / "
             f"{result.plan['units']} units, {summary['total_seconds']:.2f}s "
             f"(model {summary['model_seconds']:.2f}s)")
+
+
+def _reused_line(uri: str, result: Result, stored: StoredResult) -> str:
+    summary = result.summary()
+    return (f"{uri}: {summary['detections']} detections ({summary['description']}), reused: "
+            f"the same bytes, model and parameters as {stored.row['image_uri']} (catalog row "
+            f"{stored.row_id}, {stored.keys['result']}); not analysed again")
 
 
 def _image_line(uri: str, result: Result) -> str:
@@ -482,9 +605,11 @@ def _anonymize_into(out_dir: str, name: str, result: Result, params: InferencePa
                               _join(out_dir, f"{name}.anonymized.{ext}"), ext)
 
 
-def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
+def _predict_many(args: argparse.Namespace, params: InferenceParams,
+                  catalog: CatalogRun | None = None) -> int:
     """``predict`` over many inputs (see the module docstring): one line per image, a
-    summary line; exit 2 if any input was bad."""
+    summary line; exit 2 if any input was bad. With ``--reuse``, images that have a stored
+    result are written from it and only the others are analysed."""
     from tilescope.outputs.writers import result_json
     from tilescope.predict import predict_many
     from tilescope.sources import expand_named
@@ -501,6 +626,9 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
             raise ConfigError("--anonymize with several inputs writes the copies into "
                               "--out-dir DIR")
         check_anonymize(params)
+    if catalog and not args.out_dir:
+        raise ConfigError("--catalog records where each result is: with several inputs, a "
+                          "folder, glob or prefix give --out-dir DIR")
     started = time.perf_counter()
     named = expand_named(args.inputs)
     names = {item.uri: item.name for item in named}
@@ -509,6 +637,9 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
     images = [item.uri for item in named if item.uri not in videos]
     options = params.model_arguments()
     outcomes: dict[str, Result | TilescopeError] = {}
+    written: dict[str, dict[str, str]] = {}  # uri → the files written for it
+    reused = _stored_for(images, catalog) if catalog else {}
+    images = [uri for uri in images if uri not in reused]
     bar = None if args.quiet else ProgressBar(sys.stderr, "tilescope")
 
     def record(uri: str, outcome: Result | TilescopeError) -> None:
@@ -518,15 +649,19 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
                 outcome.anonymized = _anonymize_into(args.out_dir, names[uri], outcome, params,
                                                      args.max_pixels)
             if args.out_dir:
-                write_bytes(_join(args.out_dir, names[uri] + ".json"), result_json(outcome),
-                            "application/json")
-            line = (_video_line if outcome.frames is not None else _image_line)(uri, outcome)
+                out = _join(args.out_dir, names[uri] + ".json")
+                write_bytes(out, result_json(outcome), "application/json")
+                written[uri] = {"result": out}
+            line = _reused_line(uri, outcome, reused[uri][0]) if uri in reused else \
+                (_video_line if outcome.frames is not None else _image_line)(uri, outcome)
         else:
             line = f"{uri}: error: {outcome}"
         if bar:
             bar.clear()  # the line goes where the bar was; the bar redraws below it
         print(line, flush=True)
 
+    for uri, (_, stored_result) in reused.items():
+        record(uri, _as_input(stored_result, uri))
     if images:
         with load_model(args.model, **options) as model:
             for uri, outcome in predict_many(images, params, model,
@@ -539,12 +674,16 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
             record(uri, exc)
         else:
             record(uri, result)
+    if catalog:
+        catalog.record([(o, _written_keys(written[uri], o)) for uri, o in outcomes.items()
+                        if isinstance(o, Result) and uri not in reused],
+                       [(uri, stored) for uri, (stored, _) in reused.items()])
     seconds = time.perf_counter() - started
     ordered = sorted(outcomes.items(), key=lambda pair: order[pair[0]])
     ok = [o for _, o in ordered if isinstance(o, Result)]
     failed = len(ordered) - len(ok)
     slices = sum(int(r.plan.get("slices", 0)) * (len(r.frames) if r.frames else 1)
-                 for r in ok)
+                 for uri, r in ordered if isinstance(r, Result) and uri not in reused)
     totals = {"images": len(ordered), "failed": failed, "slices": slices,
               "seconds": round(seconds, 3),
               "images_per_minute": round(60 * len(ordered) / seconds, 1) if seconds else None}
@@ -557,15 +696,38 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams) -> int:
             if isinstance(outcome, Result):
                 entry.update(status="ok", detections=len(outcome.detections),
                              counts=outcome.counts(), error=None)
+                if uri in reused:  # the catalog row whose result it is
+                    entry["reused_from"] = reused[uri][0].row_id
             else:
                 entry.update(status="bad", detections=None, counts=None, error=str(outcome))
             per_image.append(entry)
         write_bytes(_join(args.out_dir, "summary.json"),
                     json.dumps({"images": per_image, "totals": totals}, indent=1).encode(),
                     "application/json")
-    print(f"{totals['images']} images, {failed} failed, {slices} slices, "
-          f"{seconds:.2f}s ({totals['images_per_minute']} images/min)")
+    print(f"{totals['images']} images, {failed} failed, "
+          + (f"{len(reused)} reused, " if reused else "")
+          + f"{slices} slices, {seconds:.2f}s ({totals['images_per_minute']} images/min)")
     return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _stored_for(uris: Sequence[str],
+                catalog: CatalogRun) -> dict[str, tuple[StoredResult, Result]]:
+    """uri → the stored result its bytes reuse (``--reuse``), for those of ``uris`` that
+    have one: each hashed (streamed), one catalog lookup for all. An input that cannot be
+    read is left to the analysis, which reports it as a bad image."""
+    if not catalog.reuse or not uris:
+        return {}
+    from tilescope.storage import default_s3_client, sha256_hex
+
+    client = default_s3_client() if any(is_s3_uri(uri) for uri in uris) else None
+    hashes: dict[str, str] = {}
+    for uri in uris:
+        try:
+            hashes[uri] = sha256_hex(uri, client)
+        except BadImageError:
+            continue
+    found = catalog.stored(hashes.values())
+    return {uri: found[sha] for uri, sha in hashes.items() if sha in found}
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -9,6 +9,11 @@ row whose ``result.json`` is still there); :func:`record_reused` adds the new ar
 pointing at that result and marked with ``reused_from``. A partial or blocked result, a row
 stored before the model's weights were recorded, or a result whose objects are gone is
 analysed again.
+
+The command line reuses the same way (``tilescope predict --catalog URL --reuse``):
+:class:`ResultIndex` with ``local=True`` also accepts a result ``tilescope predict`` wrote to
+a local path, :func:`load_stored` reads the stored ``Result`` back, and
+:func:`record_computed` records a computed result's row exactly as the DAG's store does.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tilescope.errors import BadImageError
+from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.handoffs import StoreSummary
 from tilescope.models.fingerprint import model_fingerprint
-from tilescope.outputs.catalog import RESULTS, connect, upsert_rows
+from tilescope.outputs.catalog import RESULTS, connect, record_results, upsert_rows
 from tilescope.params import InferenceParams
-from tilescope.storage import S3Client, object_size
+from tilescope.results import Result
+from tilescope.storage import S3Client, default_s3_client, is_s3_uri, object_size, read_bytes
 
 #: only these results are reused (a partial one lost regions; a blocked one was never run)
 REUSABLE_STATUS = "complete"
@@ -68,13 +74,21 @@ class StoredResult:
 
 
 class ResultIndex:
-    """Finds stored results for one run's model and parameters, by image SHA-256."""
+    """Finds stored results for one run's model and parameters, by image SHA-256.
 
-    def __init__(self, catalog_url: str, params: InferenceParams, client: S3Client) -> None:
+    ``client`` reads ``s3://`` results (``None``: the environment's, made when a found
+    result is in S3). A result at a local path counts only with ``local`` — the command
+    line, which wrote it on this machine; a DAG's workers and the consumers of its events
+    read results from S3, so a row the CLI recorded with local paths is analysed again there.
+    """
+
+    def __init__(self, catalog_url: str, params: InferenceParams, client: S3Client | None,
+                 *, local: bool = False) -> None:
         self.catalog_url = catalog_url
         self.params_hash = params.digest()
         self.model_digest = model_fingerprint(params.model, params.model_options)
         self.client = client
+        self.local = local
 
     def find(self, sha256: str) -> StoredResult | None:
         """The stored result of these bytes, or ``None`` (analyse them)."""
@@ -101,17 +115,63 @@ class ResultIndex:
                         RESULTS.c.status == REUSABLE_STATUS)
                     for record in conn.execute(query):
                         row = _decoded(dict(record._mapping))
-                        found[row["image_sha256"]] = StoredResult(int(row.pop("id")), row)
+                        stored = StoredResult(int(row.pop("id")), row)
+                        if self.local or is_s3_uri(stored.keys.get("result", "")):
+                            found[row["image_sha256"]] = stored
         finally:
             engine.dispose()
+        client = self.client
+        if client is None and any(is_s3_uri(s.keys.get("result", "")) for s in found.values()):
+            client = default_s3_client()  # one for every HEAD, not one per object
         with ThreadPoolExecutor(_HEAD_THREADS, thread_name_prefix="reuse") as pool:
             present = dict(zip(found, pool.map(
-                lambda stored: _exists(stored.keys.get("result", ""), self.client),
+                lambda stored: _exists(stored.keys.get("result", ""), client),
                 found.values()), strict=True))
         return {sha: stored for sha, stored in found.items() if present[sha]}
 
 
-def _exists(uri: str, client: S3Client) -> bool:
+def load_stored(stored: StoredResult, client: S3Client | None = None) -> Result | None:
+    """The stored ``result.json`` as a :class:`Result`, or ``None`` when it went away after
+    the lookup found it (then the image is analysed again)."""
+    try:
+        data = read_bytes(stored.keys["result"], client)
+    except BadImageError:  # no such object or file
+        return None
+    return Result.from_dict(json.loads(data))
+
+
+def check_catalog(catalog_url: str) -> None:
+    """Connect to the catalog once (its tables created or migrated), so a bad URL or an
+    unreachable database fails before any model runs. Messages show the URL without its
+    password."""
+    try:
+        shown = sa.engine.make_url(catalog_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError("--catalog takes an SQLAlchemy URL, e.g. sqlite:///catalog.db or "
+                          "postgresql://user@host/db") from exc
+    try:
+        connect(catalog_url).dispose()
+    except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"--catalog {shown}: no database driver for it ({exc})") from exc
+    except sa.exc.SQLAlchemyError as exc:  # unreachable, refused: not the parameters' fault
+        raise StorageError(f"catalog {shown} cannot be opened: "
+                           f"{str(exc).splitlines()[0]}") from exc
+
+
+def record_computed(catalog_url: str, results: Iterable[tuple[Result, dict[str, str]]],
+                    params: InferenceParams, *, run_id: str | None) -> None:
+    """The computed rows of ``(result, its result keys)`` (one transaction), with the
+    parameters' digest and the model's fingerprint the DAG's store records: a later lookup
+    of the same bytes, model and parameters finds them."""
+    engine = connect(catalog_url)
+    try:
+        record_results(engine, [(result, params.digest(), keys) for result, keys in results],
+                       run_id, model_fingerprint(params.model, params.model_options))
+    finally:
+        engine.dispose()
+
+
+def _exists(uri: str, client: S3Client | None) -> bool:
     """Whether a stored result's object is still there (a retention rule may have gone
     through ``results/`` since the row was written)."""
     if not uri:
