@@ -194,8 +194,9 @@ def test_a_folder_reuses_per_image(tmp_path, capsys):
 def test_a_dag_stored_result_is_reused_by_the_cli(tmp_path, s3_client, capsys):
     """A result stored by the DAG's own steps (prepare → analyze → combine → store, catalog
     row and all) on S3 is reused by the CLI for the same bytes on disk; and a row the CLI
-    recorded with local paths is not one the DAG reuses. Seen red with ResultIndex's local
-    filter removed (the DAG's index then found the CLI's local row)."""
+    recorded with local paths is not one the DAG reuses, one it wrote to S3 is. Seen red with
+    ResultIndex's local filter removed (the DAG's index then found the CLI's local row) and
+    with it keeping only local results (the CLI's S3 row was then not found)."""
     from tilescope.outputs.reuse import ResultIndex
     from tilescope.params import InferenceParams
     from tilescope.tasks.image import analyze, combine, prepare, save_result, store
@@ -234,3 +235,9 @@ def test_a_dag_stored_result_is_reused_by_the_cli(tmp_path, s3_client, capsys):
     sha = reused["image_sha256"]
     assert ResultIndex(url, other, s3_client).find(sha) is None
     assert ResultIndex(url, other, s3_client, local=True).find(sha) is not None
+    # …but one whose result the CLI wrote to S3 is the DAG's to reuse too
+    assert main(["predict", str(copy), *RUN, "--overlap", "0.4", "--out",
+                 "s3://dag/cli/copy.json", "--catalog", url]) == 0
+    in_s3 = InferenceParams(model="counting-blobs", slice_size=256, overlap=0.4)
+    assert ResultIndex(url, in_s3, s3_client).find(sha).keys == {
+        "result": "s3://dag/cli/copy.json"}
