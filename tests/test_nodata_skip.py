@@ -111,13 +111,14 @@ def test_nothing_is_skipped_without_a_matching_nodata(tmp_path: Path, nodata):
     assert result.skipped_slices == skipped and len(model.seen) == len(slices) - skipped
 
 
-@pytest.mark.parametrize("how", ["uint16x4", "mask", "alpha"])
+@pytest.mark.parametrize("how", ["uint16x4", "mask", "alpha", "sidecar"])
 def test_a_collar_said_by_stretched_nodata_a_mask_or_alpha_is_skipped(tmp_path: Path,
                                                                       how: str):
     """The decision is made on the source's validity, not on the RGB the model sees: a
     16-bit 4-band scene is stretched (its nodata becomes black, like real black), and the
     collar of a masked or alpha scene holds photo pixels; each skips exactly the collar's
-    slices, with the detections of a run that skips nothing."""
+    slices, with the detections of a run that skips nothing. ``sidecar``: the mask is
+    GDAL's external ``<scene>.msk`` beside the scene, read like an internal one."""
     scene = collar_validity_scene(tmp_path, how)
     reader, image = open_image(str(scene))
     with reader:
@@ -135,7 +136,7 @@ def test_a_collar_said_by_stretched_nodata_a_mask_or_alpha_is_skipped(tmp_path: 
     assert boxes_of(result) == inside and inside
 
 
-@pytest.mark.parametrize("how", ["uint16x4", "mask"])
+@pytest.mark.parametrize("how", ["uint16x4", "mask", "sidecar"])
 def test_a_staged_scene_keeps_its_validity_as_alpha(tmp_path: Path, s3_client, how: str):
     """The DAG stages a stretched scene as 8-bit pixels (and would stage any converted
     scene): the staged TIFF carries the source's validity as alpha, so regions reading it

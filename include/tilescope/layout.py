@@ -36,6 +36,7 @@ import numpy as np
 
 from tilescope.readers import TiffReader
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.readers.masks import sidecar_opener
 from tilescope.settings import TMP
 from tilescope.slicing import Box
 from tilescope.storage import RangedS3File, S3Client, parse_s3_uri
@@ -236,13 +237,15 @@ def open_source(source_uri: str, client: S3Client, *, size: int | None = None,
                 bands: Sequence[int] | None = None,
                 magnification: float | None = None) -> TiffReader:
     """A reader over a TIFF in S3 (the staged pixels, or a tiled input) that fetches only the
-    tiles a read needs (``magnification``: of a whole-slide scan's pyramid level). ``size``
-    (if known) saves a HEAD request."""
+    tiles a read needs (``magnification``: of a whole-slide scan's pyramid level), and a
+    GeoTIFF's ``.msk`` mask sidecar beside it when it has one. ``size`` (if known) saves a
+    HEAD request."""
     # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
     return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
                                         buffer_size=64 << 10),
                       max_pixels=max_pixels, name=source_uri, bands=bands,
-                      magnification=magnification)
+                      magnification=magnification,
+                      mask_sidecar=sidecar_opener(source_uri, client))
 
 
 def delete_prefix(prefix_uri: str, client: S3Client) -> int:

@@ -149,9 +149,10 @@ def collar_validity_scene(tmp_path: Path, how: str) -> Path:
     added, values ×257) with nodata :data:`COLLAR_NODATA` in every band — stretched when
     read; ``"mask"`` 8-bit RGB with GDAL's internal per-dataset mask (0 on the collar) and
     no nodata value; ``"alpha"`` 8-bit RGBA whose alpha band (ExtraSamples: alpha) is 0 on
-    the collar. The collar's pixels keep a value that is not nodata in the mask and alpha
-    scenes (photo pixels), so only the mask or alpha says they are empty."""
-    import rasterio
+    the collar; ``"sidecar"`` the mask of ``"mask"`` written beside the file as
+    ``<file>.msk`` (``GDAL_TIFF_INTERNAL_MASK=NO``). The collar's pixels keep a value that
+    is not nodata in the mask, sidecar and alpha scenes (photo pixels), so only the mask or
+    alpha says they are empty."""
     from affine import Affine
 
     transform = Affine.translation(*UTM_ORIGIN) @ Affine.scale(PIXEL_METRES, -PIXEL_METRES)
@@ -170,14 +171,61 @@ def collar_validity_scene(tmp_path: Path, how: str) -> Path:
     profile = {"driver": "GTiff", "width": pixels.shape[1], "height": pixels.shape[0],
                "dtype": "uint8", "transform": transform, "crs": f"EPSG:{UTM_EPSG}",
                "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-    valid = np.where(collar, 0, 255).astype(np.uint8)
-    if how == "alpha":
-        with rasterio.open(path, "w", count=4, photometric="RGB", alpha="YES",
-                           **profile) as ds:
-            ds.write(np.concatenate([np.moveaxis(pixels, 2, 0), valid[None]]))
-        return path
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), \
-            rasterio.open(path, "w", count=3, photometric="RGB", **profile) as ds:
-        ds.write(np.moveaxis(pixels, 2, 0))
-        ds.write_mask(valid)
+    return write_validity(pixels, collar, path, how, profile)
+
+
+def write_validity(pixels: np.ndarray, hidden: np.ndarray, path: Path, how: str,
+                   profile: dict, overviews: tuple[int, ...] = ()) -> Path:
+    """``pixels`` (h, w, 3) written by GDAL (through rasterio) with ``hidden`` said to hold
+    no data by ``how``: ``"alpha"`` an alpha band (ExtraSamples: alpha, 0 where hidden),
+    ``"mask"`` GDAL's internal per-dataset mask, ``"sidecar"`` the same mask written beside
+    the file as ``<path>.msk`` (``GDAL_TIFF_INTERNAL_MASK=NO``). ``overviews``: factors of
+    the overviews built afterwards by GDAL (with the mask's own, which mirror them)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    top = np.iinfo(pixels.dtype).max
+    valid = np.where(hidden, 0, top).astype(pixels.dtype)
+    internal = how != "sidecar"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal):
+        if how == "alpha":
+            with rasterio.open(path, "w", count=4, photometric="RGB", alpha="YES",
+                               **profile) as ds:
+                ds.write(np.concatenate([np.moveaxis(pixels, 2, 0), valid[None]]))
+        else:
+            with rasterio.open(path, "w", count=3, photometric="RGB", **profile) as ds:
+                ds.write(np.moveaxis(pixels, 2, 0))
+                ds.write_mask(np.where(hidden, 0, 255).astype(np.uint8))
+        if overviews:
+            with rasterio.open(path, "r+") as ds:
+                ds.build_overviews(list(overviews), Resampling.nearest)
+    assert Path(str(path) + ".msk").exists() == (how == "sidecar")
     return path
+
+
+#: a 16-bit scene's collar fill (no nodata value says it: only its mask or alpha does)
+MASKED_FILL = 0
+
+
+def masked_16bit_scene(tmp_path: Path, how: str, *, width: int = 1024, height: int = 768,
+                       overviews: tuple[int, ...] = ()) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 16-bit 3-band scene of real-photo values in a 12-bit range with a dark offset,
+    as sensors record them (``photo·12 + 1000``: 1000–4060), whose collar — the left 40 %
+    of its columns — is :data:`MASKED_FILL`, said to hold no data only by ``how``
+    (:func:`write_validity`); no nodata value. Returns the path, the pixels (h, w, 3) and
+    the valid (not hidden) pixels' mask."""
+    from affine import Affine
+
+    photo = build_mosaic(max(width, height))[:height, :width].astype(np.uint16)
+    pixels = photo * 12 + 1000
+    hidden = np.zeros((height, width), bool)
+    hidden[:, : int(width * 0.4)] = True
+    pixels[hidden] = MASKED_FILL
+    profile = {"driver": "GTiff", "width": width, "height": height, "dtype": "uint16",
+               "transform": Affine.translation(*UTM_ORIGIN) @ Affine.scale(PIXEL_METRES,
+                                                                            -PIXEL_METRES),
+               "crs": f"EPSG:{UTM_EPSG}", "tiled": True, "blockxsize": 256,
+               "blockysize": 256, "compress": "deflate"}
+    path = write_validity(pixels, hidden, tmp_path / f"masked16-{how}.tif", how, profile,
+                          overviews)
+    return path, pixels, ~hidden

@@ -10,6 +10,7 @@ import io
 from collections.abc import Sequence
 
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageHeader, ImageReader
+from tilescope.readers.masks import MaskOpener, sidecar_opener
 from tilescope.readers.pillow import PillowReader
 from tilescope.readers.sniff import sniff_format
 from tilescope.readers.tiff import TiffReader
@@ -19,12 +20,14 @@ from tilescope.storage import S3Client, read_bytes
 
 def reader_for_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                      name: str = "image", bands: Sequence[int] | None = None,
-                     magnification: float | None = None) -> ImageReader:
+                     magnification: float | None = None,
+                     mask_sidecar: MaskOpener | None = None) -> ImageReader:
     """The right reader for an image held in memory (``bands``: a TIFF's bands to show;
-    ``magnification``: a whole-slide scan's pyramid level to read)."""
+    ``magnification``: a whole-slide scan's pyramid level to read; ``mask_sidecar``: opens
+    a GeoTIFF's ``.msk`` mask, :mod:`tilescope.readers.masks`)."""
     if sniff_format(data[:16]) == "TIFF":
         return TiffReader(io.BytesIO(data), max_pixels=max_pixels, name=name, bands=bands,
-                          magnification=magnification)
+                          magnification=magnification, mask_sidecar=mask_sidecar)
     if magnification:
         from tilescope.microscopy import not_a_slide
 
@@ -47,10 +50,12 @@ def image_info(reader: ImageReader, uri: str, sha256: str, size: int) -> ImageIn
 def open_image(uri: str, *, client: S3Client | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                bands: Sequence[int] | None = None,
                magnification: float | None = None) -> tuple[ImageReader, ImageInfo]:
-    """Read ``uri`` (path or ``s3://``), validate it, and return its reader and identity."""
+    """Read ``uri`` (path or ``s3://``), validate it, and return its reader and identity
+    (a GeoTIFF's ``<uri>.msk`` mask sidecar read beside it when it has one)."""
     data = read_bytes(uri, client=client)
     reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                              magnification=magnification)
+                              magnification=magnification,
+                              mask_sidecar=sidecar_opener(uri, client))
     return reader, image_info(reader, uri, hashlib.sha256(data).hexdigest(), len(data))
 
 
@@ -70,7 +75,8 @@ def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
                             f"now {now[:12]}…): not analysed")
     # the same bytes and bands give the same stretch as when it was planned
     reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                              magnification=magnification)
+                              magnification=magnification,
+                              mask_sidecar=sidecar_opener(uri, client))
     if decode:
         try:
             reader.validate()

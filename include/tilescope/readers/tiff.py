@@ -37,10 +37,12 @@ from tilescope.readers.base import (
     refuse_over_pixel_limit,
     to_rgb8,
 )
+from tilescope.readers.masks import GdalMask, MaskOpener, internal_mask, read_sidecar
 from tilescope.slicing import Box
 
 #: the per-scene stretch of a GeoTIFF's (or a chosen band's) values to 8 bits: these
-#: percentiles of its valid (not nodata) pixels become 0 and 255
+#: percentiles of its valid pixels (not nodata, not hidden by its alpha band or GDAL mask)
+#: become 0 and 255
 STRETCH_PERCENTILES = (2.0, 98.0)
 #: at most this many pixels are sampled (evenly, from the coarsest pyramid level that has
 #: them) to find the stretch: memory stays flat on any scene
@@ -53,12 +55,15 @@ class TiffReader(ImageReader):
 
     def __init__(self, handle: IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  name: str = "image", bands: Sequence[int] | None = None,
-                 magnification: float | None = None) -> None:
+                 magnification: float | None = None,
+                 mask_sidecar: MaskOpener | None = None) -> None:
         """``bands``: the 1-based bands shown as R, G, B (one band: grey); default the first
         three (or the one grey band). A GeoTIFF, or any TIFF read with chosen ``bands``, is
         stretched to 8 bits per band between :data:`STRETCH_PERCENTILES` of its values.
         ``magnification`` (a whole-slide scan's, e.g. 20 of a 40× scan): read the pyramid
-        level at that magnification instead of the full-resolution one."""
+        level at that magnification instead of the full-resolution one. ``mask_sidecar``
+        opens GDAL's external ``<image>.msk`` (:mod:`tilescope.readers.masks`), called only
+        for a GeoTIFF that says nothing of its validity itself."""
         import tifffile
 
         self._name = name
@@ -97,7 +102,12 @@ class TiffReader(ImageReader):
                                                   geokeys=page.geotiff_tags)
         self._bands = self._choose_bands(bands)
         self._alpha = self._alpha_band()
-        self._mask_page = self._gdal_mask_page() if page.is_geotiff and self._tiled else None
+        try:
+            self._mask = self._gdal_mask(mask_sidecar) if page.is_geotiff else None
+        except BaseException:  # a bad sidecar: the image is not analysed
+            self._tiff.close()
+            raise
+        self._mask_full: dict[int, np.ndarray] = {}  # a strip mask page, decoded whole
         #: validity of each read's box, made by :meth:`read` (on the band-reading thread)
         #: from the raw tiles it decodes anyway, collected once by :meth:`valid_mask`
         self._masks: dict[Box, np.ndarray] = {}
@@ -112,7 +122,10 @@ class TiffReader(ImageReader):
                 self.pixels["stretch"] = {
                     "method": "percentile", "percentiles": list(STRETCH_PERCENTILES),
                     "low": [float(v) for v in self._stretch[0]],
-                    "high": [float(v) for v in self._stretch[1]]}
+                    "high": [float(v) for v in self._stretch[1]],
+                    "excluded": self._excluded()}
+                if self._mask is not None and self._mask.uri:
+                    self.pixels["stretch"]["mask"] = self._mask.uri
 
     def _open_level(self, magnification: float | None) -> list[Any]:
         """A whole-slide scan's pyramid pages (``[]``: not a slide), its scale set as
@@ -160,19 +173,25 @@ class TiffReader(ImageReader):
                 return count - len(extras) + position
         return None
 
-    def _gdal_mask_page(self) -> Any:
-        """GDAL's internal per-dataset mask of the full-resolution page (a 1-bit TIFF page
-        with NewSubfileType "mask" of the same size, tiled alike), or ``None``."""
-        try:
-            for other in list(self._tiff.pages)[1:]:
-                other = cast(Any, other)
-                if int(getattr(other, "subfiletype", 0)) & 4 and other.is_tiled \
-                        and (int(other.imagewidth), int(other.imagelength)) == (
-                            self.width, self.height):
-                    return other
-        except Exception:  # an odd layout: then no mask is known
-            return None
-        return None
+    def _gdal_mask(self, sidecar: MaskOpener | None) -> GdalMask | None:
+        """GDAL's per-dataset mask: the internal one, else — only when the scene says
+        nothing of its validity (no nodata value, no alpha band) — its ``.msk`` sidecar,
+        looked for once (``sidecar``; ``None``: not looked for)."""
+        found = internal_mask(self._tiff, self.width, self.height)
+        nodata = self.georeference.nodata if self.georeference else None
+        if found is not None or sidecar is None or nodata is not None \
+                or self._alpha is not None:
+            return found
+        handle = sidecar()
+        return None if handle is None else read_sidecar(handle, self._name, self.width,
+                                                         self.height)
+
+    def _excluded(self) -> list[str]:
+        """What the stretch's percentiles leave out, as recorded in the result."""
+        nodata = self.georeference.nodata if self.georeference else None
+        return ([] if nodata is None else ["nodata"]) \
+            + ([] if self._alpha is None else ["alpha"]) \
+            + ([] if self._mask is None else [f"{self._mask.source}_mask"])
 
     @property
     def _has_validity(self) -> bool:
@@ -180,7 +199,7 @@ class TiffReader(ImageReader):
         not already tell from the RGB (a stretched scene's nodata, an alpha band, a mask)."""
         nodata = self.georeference.nodata if self.georeference else None
         return self.rgb_nodata is None and (nodata is not None or self._alpha is not None
-                                            or self._mask_page is not None)
+                                            or self._mask is not None)
 
     def _raw_valid(self, tile: np.ndarray) -> np.ndarray:
         """(h, w) mask of raw pixels with data: not nodata in every chosen band, alpha ≠ 0."""
@@ -190,9 +209,19 @@ class TiffReader(ImageReader):
             valid &= tile[:, :, self._alpha] != 0
         return valid
 
-    def _mask_region(self, box: Box) -> np.ndarray:
-        """GDAL's internal mask over ``box`` (clipped), True where it is not 0."""
-        page: Any = self._mask_page
+    def _mask_region(self, box: Box, page: Any = None) -> np.ndarray:
+        """GDAL's mask over ``box`` (clipped) of its level ``page`` (default: full
+        resolution), True where it is not 0; read tile by tile (a strip mask: whole, once)."""
+        page = page if page is not None else cast(GdalMask, self._mask).full
+        if not page.is_tiled:
+            key = id(page)
+            if key not in self._mask_full:
+                try:
+                    self._mask_full[key] = np.asarray(page.asarray()).reshape(
+                        int(page.imagelength), int(page.imagewidth)) != 0
+                except Exception as exc:
+                    raise BadImageError(f"{self._name}: its mask is corrupt: {exc}") from exc
+            return self._mask_full[key][box.y1:box.y2, box.x1:box.x2]
         tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
         across = math.ceil(int(page.imagewidth) / tile_w)
         out = np.zeros((box.height, box.width), bool)
@@ -215,6 +244,8 @@ class TiffReader(ImageReader):
         if not self._tiled:
             if self._full_valid is None:
                 self._full_valid = self._raw_valid(self._raw_full())
+                if self._mask is not None:
+                    self._full_valid &= self._mask_region(Box(0, 0, self.width, self.height))
             return self._full_valid[box.y1:box.y2, box.x1:box.x2]
         with self._masks_lock:
             mask = self._masks.pop(box, None)
@@ -232,20 +263,27 @@ class TiffReader(ImageReader):
         return ~np.all(tile[:, :, self._bands] == nodata, axis=2)
 
     def _find_stretch(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per chosen band, the :data:`STRETCH_PERCENTILES` of the scene's valid values,
-        sampled evenly from the coarsest level that still has :data:`STRETCH_SAMPLES`."""
-        page = self._thumbnail_level(int(math.sqrt(STRETCH_SAMPLES))) if self._tiled \
+        """Per chosen band, the :data:`STRETCH_PERCENTILES` of the scene's valid values —
+        not nodata, alpha ≠ 0, GDAL mask ≠ 0 (a masked collar's fill would drag the low
+        percentile down and flatten the scene) — sampled evenly from the coarsest level
+        that still has :data:`STRETCH_SAMPLES` (and, for a masked scene, its mask)."""
+        page = self._thumbnail_level(int(math.sqrt(STRETCH_SAMPLES)),
+                                     masked=self._mask is not None) if self._tiled \
             else self._page
+        mask = self._mask.level(page) if self._mask is not None else None
         step = max(1, math.ceil(math.sqrt(int(page.imagewidth) * int(page.imagelength)
                                           / STRETCH_SAMPLES)))
         samples = []
-        if self._tiled:
-            for index, encoded in self._all_tiles(page):
-                tile = self._as_bands(self._decode_tile(index, encoded, page)[0])
-                samples.append(tile[::step, ::step][self._valid(tile[::step, ::step])])
-        else:
-            tile = self._as_bands(self._raw_full())
-            samples.append(tile[::step, ::step][self._valid(tile[::step, ::step])])
+        pieces = (self._decode_tile(index, encoded, page)
+                  for index, encoded in self._all_tiles(page)) if self._tiled \
+            else iter([(self._raw_full(), 0, 0)])
+        for raw, x, y in pieces:
+            tile = self._as_bands(raw)[::step, ::step]
+            valid = self._raw_valid(tile)
+            if mask is not None:
+                box = Box(x, y, x + raw.shape[1], y + raw.shape[0])
+                valid &= self._mask_region(box, mask)[::step, ::step]
+            samples.append(tile[valid])
         values = np.concatenate(samples)[:, self._bands].astype(np.float64)
         if not len(values):  # nothing but nodata: any stretch will do
             return np.zeros(len(self._bands)), np.ones(len(self._bands))
@@ -275,7 +313,7 @@ class TiffReader(ImageReader):
         tiles stored back to back (one tile row, usually) is fetched with one read — one
         ranged GET over S3."""
         page = page or self._page
-        handle = self._tiff.filehandle
+        handle = page.parent.filehandle  # a mask sidecar's pages read from its own file
         offsets, counts = page.dataoffsets, page.databytecounts
         start = min(offsets[i] for i in indices)
         end = max(offsets[i] + counts[i] for i in indices)
@@ -336,7 +374,7 @@ class TiffReader(ImageReader):
         # whole slice at the image's bottom edge, where SAHI shifts the last slice back.
         self._recent = decoded
         if valid is not None:
-            if self._mask_page is not None:
+            if self._mask is not None:
                 valid &= self._mask_region(box)
             with self._masks_lock:
                 self._masks[box] = valid
@@ -387,14 +425,16 @@ class TiffReader(ImageReader):
             row = list(range(start, min(count, start + per_row)))
             yield from self._read_tiles(row, page).items()
 
-    def _thumbnail_level(self, side: int) -> Any:
+    def _thumbnail_level(self, side: int, *, masked: bool = False) -> Any:
         """The smallest tiled pyramid level no larger than the one read and still ≥ ``side``
-        px along the image's long side (the page read when there is no such level)."""
+        px along the image's long side (the page read when there is no such level);
+        ``masked``: only a level whose GDAL mask is there too."""
         best = self._page
         for page in self._pyramid_levels():
             long_side = max(int(page.imagewidth), int(page.imagelength))
             usable = (page.is_tiled and page.planarconfig == 1 and page.imagedepth == 1
-                      and page.samplesperpixel == self._page.samplesperpixel)
+                      and page.samplesperpixel == self._page.samplesperpixel
+                      and (not masked or cast(GdalMask, self._mask).level(page) is not None))
             if usable and side <= long_side < max(int(best.imagewidth), int(best.imagelength)):
                 best = page
         return best
@@ -415,4 +455,6 @@ class TiffReader(ImageReader):
             return []
 
     def close(self) -> None:
+        if self._mask is not None:
+            self._mask.close()
         self._tiff.close()

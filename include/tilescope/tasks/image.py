@@ -61,6 +61,7 @@ from tilescope.pipeline import (
 )
 from tilescope.readers import TiffReader, image_info, reader_for_bytes
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
+from tilescope.readers.masks import sidecar_opener
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import (
     ImageInfo,
@@ -195,7 +196,8 @@ def open_input(uri: str, head: bytes, *, client: S3Client, size: int, max_pixels
     data = read_bytes(uri, client)
     digest = hashlib.sha256(data).hexdigest()
     return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                             magnification=magnification),
+                             magnification=magnification,
+                             mask_sidecar=sidecar_opener(uri, client)),
             lambda: digest)
 
 
