@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 from support.blob_model import BrightBlobModel
-from support.geotiffs import BOXES, collar_scene, dark_photo_scene, needs_gdal_tools, write_cog
+from support.geotiffs import (
+    BOXES,
+    collar_scene,
+    collar_validity_scene,
+    dark_photo_scene,
+    needs_gdal_tools,
+    write_cog,
+)
 
 from tilescope.cli import main
 from tilescope.layout import GEO_ARTIFACTS
@@ -56,12 +63,20 @@ def test_a_cog_scene_end_to_end_stores_geojson_and_stac(dag, airflow_env, tmp_pa
     assert by_box(geojson) == by_box(cli)
 
 
-def test_the_dag_skips_the_nodata_slices_the_cli_skips(dag, airflow_env, tmp_path: Path):
+@pytest.mark.parametrize("said_by", ["nodata", "sidecar"])
+def test_the_dag_skips_the_nodata_slices_the_cli_skips(dag, airflow_env, tmp_path: Path,
+                                                       said_by: str):
     """A scene with a nodata collar, read in place by the DAG: its regions skip the same
-    slices as the CLI, the stored result counts them, and the detections are the CLI's."""
+    slices as the CLI, the stored result counts them, and the detections are the CLI's.
+    ``sidecar``: the collar holds photo pixels and only GDAL's ``<key>.msk`` beside the
+    scene in S3 says it is empty."""
     client = airflow_env["client"]
-    scene = collar_scene(tmp_path)
+    scene = collar_scene(tmp_path) if said_by == "nodata" else \
+        collar_validity_scene(tmp_path, "sidecar")
     client.put_object(Bucket=BUCKET, Key="incoming/collar.tif", Body=scene.read_bytes())
+    if said_by == "sidecar":
+        client.put_object(Bucket=BUCKET, Key="incoming/collar.tif.msk",
+                          Body=Path(f"{scene}.msk").read_bytes())
     run = dag.test(run_conf={"image_uri": f"s3://{BUCKET}/incoming/collar.tif",
                              "grid": "2x2", "model": "bright-blobs", "slice_size": "256"})
     assert str(run.state) == "success"
