@@ -12,7 +12,13 @@ process (``run_image``, what ``tilescope predict`` runs); the best of each is ke
 slices seen and skipped, model seconds (``seconds.model``) and wall seconds, and the
 collar scene's share of the full scene's.
 
+``--validity sidecar`` measures GDAL's external mask instead: one COG whose frame is 0
+(a fill, no nodata value) analysed with its mask beside it as ``<scene>.msk`` (written by
+GDAL, ``GDAL_TIFF_INTERNAL_MASK=NO``; the COG's bytes untouched) and without it — the
+same pixels, only the sidecar differs.
+
     python bench/nodata_bench.py [--size 4096] [--collar 0.4] [--repeat 2]
+                                 [--validity nodata|sidecar]
 """
 
 from __future__ import annotations
@@ -60,13 +66,37 @@ def write_cog(pixels: np.ndarray, path: Path, nodata: int | None) -> Path:
     return path
 
 
-def scenes(size: int, share: float, folder: Path) -> tuple[Path, Path, float]:
-    """(full scene, collar scene, the collar's measured share of the pixels)."""
+def write_sidecar(path: Path, valid: np.ndarray) -> Path:
+    """GDAL's external mask of ``path`` (0 where ``valid`` is False) as ``<path>.msk``,
+    written by GDAL itself (rasterio's ``write_mask`` with ``GDAL_TIFF_INTERNAL_MASK=NO``);
+    the COG's own bytes are not changed."""
+    import rasterio
+
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), \
+            rasterio.open(path, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as ds:
+        ds.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+    return Path(f"{path}.msk")
+
+
+def scenes(size: int, share: float, folder: Path,
+           validity: str = "nodata") -> tuple[Path, Path, float]:
+    """(scene without the collar said, scene with it, the collar's measured share of the
+    pixels): ``nodata`` the full photo and the collar as nodata; ``sidecar`` one COG with a
+    0-filled frame, once without and once with its ``.msk`` sidecar."""
     pixels = build_mosaic(size)
     pixels[pixels == 0] = 1  # 0 is the nodata: keep the photo's own black out of it
-    full = write_cog(pixels, folder / "full.tif", None)
     width = collar_width(size, share)
-    pixels[:width], pixels[-width:], pixels[:, :width], pixels[:, -width:] = 0, 0, 0, 0
+    valid = np.zeros(pixels.shape[:2], bool)
+    valid[width:size - width, width:size - width] = True
+    if validity == "sidecar":
+        pixels[~valid] = 0
+        without = write_cog(pixels, folder / "unmasked.tif", None)
+        masked = folder / "masked.tif"
+        shutil.copy(without, masked)
+        write_sidecar(masked, valid)
+        return without, masked, float(np.mean(~valid))
+    full = write_cog(pixels, folder / "full.tif", None)
+    pixels[~valid] = 0
     measured = float(np.mean(np.all(pixels == 0, axis=2)))
     collar = write_cog(pixels, folder / "collar.tif", 0)
     return full, collar, measured
@@ -93,18 +123,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--collar", type=float, default=0.4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--validity", choices=["nodata", "sidecar"], default="nodata",
+                        help="how the collar is said: a nodata value, or a .msk sidecar")
     args = parser.parse_args()
     from tilescope.models.registry import load_model
 
     with tempfile.TemporaryDirectory() as tmp, load_model("nanodet-coco") as model:
-        full, collar, share = scenes(args.size, args.collar, Path(tmp))
+        full, collar, share = scenes(args.size, args.collar, Path(tmp), args.validity)
         best: dict[str, dict] = {}
         for _ in range(args.repeat):
             for name, path in (("full", full), ("collar", collar)):
                 run = analyse(path, model)
                 if name not in best or run["wall_s"] < best[name]["wall_s"]:
                     best[name] = run
-    print(f"{args.size}² COG, nodata collar {share:.1%} of the pixels")
+    said = "nodata" if args.validity == "nodata" else "0-filled, .msk-masked"
+    print(f"{args.size}² COG, {said} collar {share:.1%} of the pixels "
+          f"('full' {'without the collar' if args.validity == 'nodata' else 'without the .msk'})")
     for name, run in best.items():
         print(f"  {name:6s}: {run['slices']} slices, {run['skipped']} skipped, "
               f"model {run['model_s']:.2f} s, wall {run['wall_s']:.2f} s, "
