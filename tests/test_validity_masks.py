@@ -43,19 +43,25 @@ def stretched(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarr
     return np.clip(np.rint((values.astype(np.float64) - low) * 255.0 / (high - low)), 0, 255)
 
 
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "strips"])
 @pytest.mark.parametrize("how", ["mask", "alpha", "sidecar"])
-def test_the_stretch_is_found_on_the_valid_pixels_alone(tmp_path: Path, how: str):
+def test_the_stretch_is_found_on_the_valid_pixels_alone(tmp_path: Path, how: str,
+                                                        tiled: bool):
     """A 40 % collar of fill 0 hidden by a mask, an alpha band or a sidecar: the
     percentiles are those of the valid pixels, so the valid area is stretched as if the
-    collar were not there — not flattened by a low percentile of 0."""
-    scene, pixels, valid = masked_16bit_scene(tmp_path, how)
+    collar were not there — not flattened by a low percentile of 0. Tiled (read tile by
+    tile) or in strips (decoded whole, its mask too)."""
+    scene, pixels, valid = masked_16bit_scene(tmp_path, how, tiled=tiled)
     low, high = np.percentile(pixels[valid].astype(float), [2, 98], axis=0)
     everything = np.percentile(pixels.reshape(-1, 3).astype(float), [2, 98], axis=0)
     assert (everything[0] == MASKED_FILL).all() and (low >= 1000).all()  # the collar drags
     reader, image = open_image(str(scene))
     with reader:
+        assert reader.header.tiled == tiled
         stretch = image.pixels["stretch"]
         out = reader.read_all()
+        assert np.array_equal(reader.valid_mask(Box(0, 0, reader.width, reader.height)),
+                              valid)
     assert np.allclose(stretch["low"], low) and np.allclose(stretch["high"], high)
     assert stretch["excluded"] == EXCLUDED[how]
     assert ("mask" in stretch) == (how == "sidecar")

@@ -208,12 +208,13 @@ MASKED_FILL = 0
 
 
 def masked_16bit_scene(tmp_path: Path, how: str, *, width: int = 1024, height: int = 768,
-                       overviews: tuple[int, ...] = ()) -> tuple[Path, np.ndarray, np.ndarray]:
+                       overviews: tuple[int, ...] = (),
+                       tiled: bool = True) -> tuple[Path, np.ndarray, np.ndarray]:
     """A 16-bit 3-band scene of real-photo values in a 12-bit range with a dark offset,
     as sensors record them (``photo·12 + 1000``: 1000–4060), whose collar — the left 40 %
     of its columns — is :data:`MASKED_FILL`, said to hold no data only by ``how``
     (:func:`write_validity`); no nodata value. Returns the path, the pixels (h, w, 3) and
-    the valid (not hidden) pixels' mask."""
+    the valid (not hidden) pixels' mask. ``tiled=False``: in strips (the mask too)."""
     from affine import Affine
 
     photo = build_mosaic(max(width, height))[:height, :width].astype(np.uint16)
@@ -224,8 +225,8 @@ def masked_16bit_scene(tmp_path: Path, how: str, *, width: int = 1024, height: i
     profile = {"driver": "GTiff", "width": width, "height": height, "dtype": "uint16",
                "transform": Affine.translation(*UTM_ORIGIN) @ Affine.scale(PIXEL_METRES,
                                                                             -PIXEL_METRES),
-               "crs": f"EPSG:{UTM_EPSG}", "tiled": True, "blockxsize": 256,
-               "blockysize": 256, "compress": "deflate"}
-    path = write_validity(pixels, hidden, tmp_path / f"masked16-{how}.tif", how, profile,
-                          overviews)
+               "crs": f"EPSG:{UTM_EPSG}", "compress": "deflate",
+               **({"tiled": True, "blockxsize": 256, "blockysize": 256} if tiled else {})}
+    name = f"masked16-{how}{'' if tiled else '-strips'}.tif"
+    path = write_validity(pixels, hidden, tmp_path / name, how, profile, overviews)
     return path, pixels, ~hidden
