@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -176,6 +177,11 @@ class AnonymizedReader(ImageReader):
             if mode == "blur" else 0
         self._means = [self._block_means(m) for m in self.marks] if mode == "pixelate" else []
 
+    @property
+    def regions(self) -> list[Box]:
+        """The anonymized boxes (what an archival copy's SSIM leaves out)."""
+        return [m.box for m in self.marks]
+
     def _block_means(self, mark: Mark) -> np.ndarray:
         """The mark's block averages (rounded), read ``CHUNK``-sized pieces at a time."""
         block = int(mark.strength)
@@ -272,6 +278,15 @@ def anonymized_reader(reader: ImageReader, boxes: np.ndarray, params: InferenceP
                             params.anonymize_mode)
 
 
+def replayed_reader(reader: ImageReader, record: dict[str, Any]) -> AnonymizedReader:
+    """``reader`` anonymized exactly as a stored copy was (``record``: ``Result.anonymized``,
+    with the ``regions`` it blurred or pixelated): a second copy of the same pixels — the
+    archival one — without running the face detector again or decoding the first copy."""
+    regions = np.asarray(record.get("regions", []), np.int64).reshape(-1, 4)
+    return AnonymizedReader(reader, plan_marks(regions, str(record["mode"])),
+                            str(record["mode"]))
+
+
 def boxes_to_anonymize(reader: ImageReader, image: ImageInfo, detections: Detections,
                        category_names: Sequence[str], params: InferenceParams
                        ) -> tuple[np.ndarray, dict[str, int]]:
@@ -305,4 +320,4 @@ def check_anonymize(params: InferenceParams) -> AnonymizeTargets | None:
 
 __all__ = ["FACE", "FACE_MODEL", "AnonymizeTargets", "AnonymizedReader", "Mark",
            "anonymized_reader", "boxes_to_anonymize", "check_anonymize", "class_boxes",
-           "find_faces", "margin_boxes", "parse_targets", "plan_marks"]
+           "find_faces", "margin_boxes", "parse_targets", "plan_marks", "replayed_reader"]

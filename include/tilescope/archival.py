@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,8 @@ class ArchivePolicy:
                               f"got {self.keep_original!r}")
         if self.keep_original != "keep" and not fmt:
             raise ConfigError(f"keep_original={self.keep_original!r} needs an archival copy "
-                              "(archive_format) to stand in for the original")
+                              "(archive_format) to stand in for the original (with "
+                              "anonymize, it is made from the anonymized pixels)")
         if not 0 <= int(self.quality) <= 100:
             raise ConfigError(f"archive_quality must be in [0, 100], got {self.quality}")
         if not 0.0 < float(self.ssim) <= 1.0:
@@ -231,11 +232,13 @@ def decode(data: bytes, fmt: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def ssim(source: np.ndarray, copy: np.ndarray, band_rows: int = SSIM_BAND_ROWS) -> float:
+def ssim(source: np.ndarray, copy: np.ndarray, band_rows: int = SSIM_BAND_ROWS,
+         unscored: Sequence[Box] = ()) -> float:
     """Mean SSIM of two RGB images (scikit-image, 7×7 window, per channel), computed in
     bands of ``band_rows`` rows with a 3-row halo so memory stays bounded: equal to one
     ``structural_similarity`` call over the whole image (whose mean also leaves out the
-    3-pixel border)."""
+    3-pixel border). Pixels inside ``unscored`` boxes (anonymized regions: no detail left to
+    keep) are left out of the mean — 1.0 when nothing is left."""
     from skimage.metrics import structural_similarity
 
     if source.shape != copy.shape:
@@ -254,9 +257,19 @@ def ssim(source: np.ndarray, copy: np.ndarray, band_rows: int = SSIM_BAND_ROWS) 
         if keep1 <= keep0:
             continue
         rows = full[keep0 - s0:keep1 - s0, pad:width - pad]
-        total += float(rows.sum(dtype=np.float64))
-        count += rows.size
-    return total / count
+        scored = _scored_mask(unscored, keep0, keep1, pad, width - pad)
+        total += float(rows[scored].sum(dtype=np.float64))
+        count += int(scored.sum()) * rows.shape[2]  # SSIM per channel
+    return total / count if count else 1.0
+
+
+def _scored_mask(unscored: Sequence[Box], y1: int, y2: int, x1: int, x2: int) -> np.ndarray:
+    """True for the pixels of rows ``y1:y2``, columns ``x1:x2`` outside every box."""
+    mask = np.ones((y2 - y1, x2 - x1), bool)
+    for box in unscored:
+        mask[max(0, box.y1 - y1):max(0, box.y2 - y1), max(0, box.x1 - x1):max(0, box.x2 - x1)] \
+            = False
+    return mask
 
 
 def lowest_quality(pixels: np.ndarray, fmt: str, target: float,
@@ -295,9 +308,11 @@ def archived_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def archive_pixels(pixels: np.ndarray, policy: ArchivePolicy,
-                   original_bytes: int) -> tuple[bytes, ArchiveOutcome]:
-    """Encode in-memory RGB pixels as ``policy`` asks → (encoded bytes, outcome)."""
+def archive_pixels(pixels: np.ndarray, policy: ArchivePolicy, original_bytes: int,
+                   unscored: Sequence[Box] = ()) -> tuple[bytes, ArchiveOutcome]:
+    """Encode in-memory RGB pixels as ``policy`` asks → (encoded bytes, outcome); SSIM is
+    measured outside ``unscored`` (anonymized regions: their blur compresses almost
+    losslessly and would lift a whole-image SSIM over what the rest of the image keeps)."""
     height, width = pixels.shape[:2]
     if policy.format == "webp" and max(width, height) > WEBP_MAX_SIDE:
         raise ConfigError(f"WebP holds at most {WEBP_MAX_SIDE} pixels a side, the image is "
@@ -310,11 +325,13 @@ def archive_pixels(pixels: np.ndarray, policy: ArchivePolicy,
         quality = max(QUALITY_RANGE[policy.format][0],
                       min(int(policy.quality), QUALITY_RANGE[policy.format][1]))
         data = encode(pixels, policy.format, quality)
-        reached, target = ssim(pixels, decode(data, policy.format)), None
-        met = True
+        reached = ssim(pixels, decode(data, policy.format), unscored=unscored)
+        met, target = True, None
     else:
         target = float(policy.ssim)
-        quality, data, reached, met = lowest_quality(pixels, policy.format, target)
+        quality, data, reached, met = lowest_quality(
+            pixels, policy.format, target,
+            lambda source, copy: ssim(source, copy, unscored=unscored))
     return data, ArchiveOutcome(format=policy.format, width=width, height=height,
                                 bytes=len(data), original_bytes=original_bytes,
                                 quality=quality, ssim=reached, target_ssim=target,
@@ -341,8 +358,9 @@ def _write_tiff(target: Any, data: Any, width: int, height: int) -> None:
 
 
 def archive_reader(reader: ImageReader, policy: ArchivePolicy, path: str,
-                   original_bytes: int) -> ArchiveOutcome:
-    """Write ``reader``'s image to the local file ``path`` as ``policy`` asks.
+                   original_bytes: int, unscored: Sequence[Box] = ()) -> ArchiveOutcome:
+    """Write ``reader``'s image to the local file ``path`` as ``policy`` asks (SSIM measured
+    outside the ``unscored`` boxes, in the reader's coordinates).
 
     A full-size TIFF is streamed from the reader tile by tile (memory flat); any other copy
     is made from the image held whole (downscaled first when ``max_side`` asks, from the
@@ -360,14 +378,24 @@ def archive_reader(reader: ImageReader, policy: ArchivePolicy, path: str,
         pixels = reader.read(Box(0, 0, reader.width, reader.height))
     else:
         pixels = reader.thumbnail(max(width, height))
-    data, outcome = archive_pixels(np.ascontiguousarray(pixels), policy, original_bytes)
+    data, outcome = archive_pixels(np.ascontiguousarray(pixels), policy, original_bytes,
+                                   scaled_boxes(unscored, width / reader.width,
+                                                height / reader.height))
     Path(path).write_bytes(data)
     return outcome
 
 
 
+def scaled_boxes(boxes: Sequence[Box], sx: float, sy: float) -> list[Box]:
+    """``boxes`` at a downscaled size, grown outward to whole pixels."""
+    import math
+
+    return [Box(math.floor(b.x1 * sx), math.floor(b.y1 * sy), math.ceil(b.x2 * sx),
+                math.ceil(b.y2 * sy)) for b in boxes]
+
+
 def archive_to(reader: ImageReader, target: str, policy: ArchivePolicy,
-               original_bytes: int) -> ArchiveOutcome:
+               original_bytes: int, unscored: Sequence[Box] = ()) -> ArchiveOutcome:
     """:func:`archive_reader` to a local path or an ``s3://`` URI (staged in a temporary
     file, uploaded with a managed transfer) → the outcome with ``uri`` set."""
     import tempfile
@@ -376,11 +404,11 @@ def archive_to(reader: ImageReader, target: str, policy: ArchivePolicy,
     from tilescope.storage import default_s3_client, is_s3_uri, parse_s3_uri
 
     if not is_s3_uri(target):
-        outcome = archive_reader(reader, policy, target, original_bytes)
+        outcome = archive_reader(reader, policy, target, original_bytes, unscored)
         return ArchiveOutcome.from_dict({**outcome.to_dict(), "uri": target})
     with tempfile.TemporaryDirectory(dir=TMP.get()) as folder:
         path = os.path.join(folder, f"archive{policy.extension}")
-        outcome = archive_reader(reader, policy, path, original_bytes)
+        outcome = archive_reader(reader, policy, path, original_bytes, unscored)
         loc = parse_s3_uri(target)
         default_s3_client().upload_file(path, loc.bucket, loc.key,
                                         ExtraArgs={"ContentType": policy.media_type})

@@ -486,9 +486,6 @@ def _predict(args: argparse.Namespace) -> int:
 
         check_anonymize(params)
         extension_of(args.anonymized)
-        if archive:  # the copy would keep the original pixels (docs/archive.md)
-            raise ConfigError("--anonymize with --archive is not supported yet: the archival "
-                              "copy would keep the original pixels")
     options = params.model_arguments()
     targets = OutputTargets(args.out, args.coco, args.overlay, args.geojson,
                             args.geojson_native, args.stac)
@@ -512,13 +509,17 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             assert model is not None  # loaded whenever nothing is reused
             result = run_image(reader, image, params, model, progress=progress)
-        if archive:
-            result.archive = archive_to(reader, args.archive, archive, image.bytes).to_dict()
         if params.anonymize:
             from tilescope.outputs.anonymized import anonymize_copy
 
             result.anonymized = anonymize_copy(reader, result, params, args.anonymized,
                                                extension_of(args.anonymized))
+        if archive:  # of the anonymized pixels when anonymizing (docs/archive.md)
+            from tilescope.anonymize import replayed_reader
+
+            kept = replayed_reader(reader, result.anonymized) if result.anonymized else None
+            result.archive = archive_to(kept or reader, args.archive, archive, image.bytes,
+                                        kept.regions if kept else ()).to_dict()
         written = write_outputs(result, reader, targets)
     if catalog and hit:
         catalog.record([], [(args.image, hit[0])])

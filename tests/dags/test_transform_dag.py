@@ -84,3 +84,35 @@ def test_unknown_class_fails_preprocess_naming_it(dag, airflow_env, sample):
             TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run.run_id)}
     assert states["preprocess"] == "failed" and states["store"] == "upstream_failed"
     assert keys_under(client, "results/") == [] and keys_under(client, "scratch/") == []
+
+
+def test_anonymize_with_an_archive_replaces_the_original_by_anonymized_pixels(
+        dag, airflow_env, sample):
+    """anonymize + archive_format + keep_original=replace through the DAG: the WebP copy
+    standing in processed/ is of the anonymized pixels (every region's detail gone, decoded
+    by OpenCV) and the original is gone only after it. Seen red with store_archive encoding
+    the plain staged source (the regions kept their detail)."""
+    client = airflow_env["client"]
+    data = Path(sample("astronaut")).read_bytes()
+    client.put_object(Bucket=BUCKET, Key="incoming/astronaut.png", Body=data)
+    conf = {"image_uri": f"s3://{BUCKET}/incoming/astronaut.png", "grid": "auto",
+            "anonymize": "person", "anonymize_margin": 4, "archive_format": "webp",
+            "keep_original": "replace"}
+    run = dag.test(run_conf=conf)
+    assert str(run.state) == "success"
+
+    assert keys_under(client, "incoming/") == [] and keys_under(client, "scratch/") == []
+    copy = cv2.imdecode(np.frombuffer(client.get_object(
+        Bucket=BUCKET, Key="processed/astronaut.webp")["Body"].read(), np.uint8),
+        cv2.IMREAD_COLOR)
+    original = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    [row] = find_results(connect(airflow_env["catalog"]), hashlib.sha256(data).hexdigest())
+    assert row["archive_uri"] == f"s3://{BUCKET}/processed/astronaut.webp"
+    doc = json.loads(client.get_object(Bucket=BUCKET, Key=row["result_keys"]["result"].split(
+        f"s3://{BUCKET}/", 1)[1])["Body"].read())
+    assert doc["archive"]["keep_original"] == "replace" and doc["archive"]["target_met"]
+    assert doc["anonymized"]["regions"]
+    for x1, y1, x2, y2 in doc["anonymized"]["regions"]:
+        before, after = (cv2.Laplacian(cv2.cvtColor(p[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY),
+                                       cv2.CV_64F).var() for p in (original, copy))
+        assert after < 0.1 * before, ((x1, y1, x2, y2), before, after)

@@ -37,6 +37,7 @@ from tilescope.handoffs import Prepared
 from tilescope.params import InferenceParams
 from tilescope.storage import default_s3_client
 from tilescope.tasks.image import store
+from tilescope.tasks.transform import transform
 """ + REGISTER_IN_CHILD + """
 
 args = json.loads(sys.argv[1])
@@ -66,21 +67,25 @@ elif args["crash"] == "after the copy is written":
                                 lambda **_: after_put({"Key": args["key"]}))
 else:
     client.meta.events.register("before-parameter-build.s3.DeleteObject", before_delete)
-store(args["result_uri"], Prepared.from_dict(args["prepared"]),
-      InferenceParams.from_dict(args["params"]), client=client, catalog_url=args["catalog"],
+params = InferenceParams.from_dict(args["params"])
+prepared = Prepared.from_dict(args["prepared"])
+transform(args["result_uri"], prepared, params, client=client)  # as the DAG's store does
+store(args["result_uri"], prepared, params, client=client, catalog_url=args["catalog"],
       run_id="crashing", archive=ArchivePolicy(**args["archive"]))
 """
 
 
 @pytest.fixture
-def staged(s3_client, tmp_path) -> dict[str, Any]:
+def staged(s3_client, tmp_path, request) -> dict[str, Any]:
     """A real photo (PNG, as cameras rarely send it: its WebP copy is far smaller) run up to
-    ``synthesize``, its result parked in scratch for ``store``."""
+    ``synthesize``, its result parked in scratch for ``store`` (run parameters added by an
+    indirect parameter, e.g. ``anonymize``)."""
     s3_client.create_bucket(Bucket=BUCKET)
     out = io.BytesIO()
     Image.fromarray(sample_array("astronaut")).save(out, format="PNG")
     s3_client.put_object(Bucket=BUCKET, Key=ORIGINAL, Body=out.getvalue())
-    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1")
+    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1",
+                             **getattr(request, "param", {}))
     regions, prepared = prepare(f"s3://{BUCKET}/{ORIGINAL}", params, client=s3_client,
                                 run="manual__archive", model_slice_size=256)
     finding = analyze(regions[0], prepared.source_uri, params, BrightBlobModel(),
@@ -145,6 +150,60 @@ def test_a_crash_between_copy_and_original_loses_nothing_and_the_retry_completes
     assert row["archive_quality"] == 80
 
 
+def has_the_anonymized_pixels(copy: np.ndarray, original: np.ndarray,
+                              anonymized: np.ndarray, regions: list) -> None:
+    """Inside every anonymized region the (lossy) copy has the anonymized pixels, not the
+    original's: it is far nearer the first. (The detail test on people is
+    tests/test_cli_archive.py's, with a real detector.)"""
+    assert regions
+    for x1, y1, x2, y2 in regions:
+        near, far = (np.abs(copy[y1:y2, x1:x2].astype(int) - p[y1:y2, x1:x2]).mean()
+                     for p in (anonymized, original))
+        assert near < 0.5 * far, ((x1, y1, x2, y2), near, far)
+
+
+@pytest.mark.parametrize("staged", [{"anonymize": "white", "anonymize_margin": 4}],
+                         indirect=True)
+@pytest.mark.parametrize("crash", ["after the copy is written", "before the original goes"])
+@pytest.mark.parametrize("policy", ["replace", "delete"])
+def test_an_anonymized_archive_stands_in_for_the_original_and_a_crash_loses_nothing(
+        staged, policy, crash):
+    """transform then store, as the DAG's store task runs them: the archival copy is of the
+    anonymized pixels, and a crash between writing it and removing the original leaves the
+    original; the retry completes with only anonymized pixels kept. Seen red with
+    store_archive encoding the plain source (the detail inside the regions survived)."""
+    import cv2
+
+    from tilescope.tasks.transform import transform
+
+    client, prepared, params = staged["client"], staged["prepared"], staged["params"]
+    archive = {"format": "webp", "quality": 80, "keep_original": policy}
+    args = {"crash": crash, "result_uri": staged["result_uri"], "original": ORIGINAL,
+            "prepared": prepared.to_dict(), "params": params.to_dict(),
+            "catalog": staged["catalog"], "archive": archive}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
+                             capture_output=True, text=True, timeout=300, env=child_env())
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert body(client, ORIGINAL) == staged["original"]  # nothing lost
+
+    transform(staged["result_uri"], prepared, params, client=client)  # Airflow's retry
+    store(staged["result_uri"], prepared, params, client=client,
+          catalog_url=staged["catalog"], run_id="retry", archive=ArchivePolicy(**archive))
+    assert body(client, ORIGINAL) is None
+    copy_key = COPY_AT[policy].lstrip("/") if COPY_AT[policy].startswith("/") \
+        else staged["results"] + COPY_AT[policy]
+    copy = cv2.cvtColor(cv2.imdecode(np.frombuffer(body(client, copy_key) or b"", np.uint8),
+                                     cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    doc = json.loads(body(client, staged["results"] + "result.json") or b"{}")
+    original = np.asarray(Image.open(io.BytesIO(staged["original"])).convert("RGB"))
+    anonymized = np.asarray(Image.open(io.BytesIO(body(client, parse_s3_uri(
+        doc["anonymized"]["uri"]).key) or b"")).convert("RGB"))  # lossless: PNG
+    has_the_anonymized_pixels(copy, original, anonymized, doc["anonymized"]["regions"])
+    assert doc["archive"]["uri"] == f"s3://{BUCKET}/{copy_key}"
+    [row] = find_results(connect(staged["catalog"]))
+    assert row["result_keys"]["anonymized"] == doc["anonymized"]["uri"]
+
+
 @pytest.mark.parametrize("policy", ["replace", "delete"])
 def test_a_copy_that_does_not_read_back_leaves_the_original_and_stores_nothing(staged,
                                                                                 policy):
@@ -186,18 +245,26 @@ def test_the_original_is_deleted_only_while_it_is_the_analysed_bytes(staged):
     assert body(client, ORIGINAL) == out.getvalue()  # a new arrival: left alone
 
 
+@pytest.mark.parametrize("anonymize", ["", "white"])
 def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_client,
-                                                                          tmp_path):
+                                                                          tmp_path, anonymize):
     """A tiled TIFF is the run's source itself: once ``delete`` has removed it, a retry of
-    ``store`` cannot encode it again and completes from the copy already verified."""
+    ``store`` cannot encode it again and completes from the copy already verified — and,
+    anonymizing, transform's retry keeps the anonymized copy already stored. (The anonymized
+    case seen red without transform's earlier_record: the retry failed on the gone source.)"""
     import tifffile
+
+    from tilescope.anonymize import replayed_reader
+    from tilescope.readers.array import ArrayReader
+    from tilescope.tasks.transform import transform
 
     s3_client.create_bucket(Bucket=BUCKET)
     path = tmp_path / "scene.tif"
     tifffile.imwrite(path, sample_array("astronaut"), tile=(256, 256), photometric="rgb")
     key = "incoming/scene.tif"
     s3_client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
-    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1")
+    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1",
+                             anonymize=anonymize)
     regions, prepared = prepare(f"s3://{BUCKET}/{key}", params, client=s3_client,
                                 run="manual__tiled", model_slice_size=256)
     assert prepared.source_uri == f"s3://{BUCKET}/{key}"  # read in place
@@ -213,8 +280,16 @@ def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_cli
                              capture_output=True, text=True, timeout=300, env=child_env())
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert body(s3_client, key) is None  # deleted: its verified copy stands in for it
+    transform(args["result_uri"], prepared, params, client=s3_client)
     summary = store(args["result_uri"], prepared, params, client=s3_client,
                     catalog_url=args["catalog"], archive=ArchivePolicy(**archive))
     copy = body(s3_client, parse_s3_uri(summary.keys["archive"]).key)
-    assert np.array_equal(tifffile.imread(io.BytesIO(copy)), sample_array("astronaut"))
+    expected = sample_array("astronaut")
+    if anonymize:  # the lossless copy is the anonymized pixels, exactly
+        record = json.loads(body(s3_client, parse_s3_uri(summary.keys["result"]).key)
+                            or b"{}")["anonymized"]
+        assert record["regions"] and summary.keys["anonymized"] == record["uri"]
+        expected = replayed_reader(ArrayReader(expected), record).read_all()
+        assert not np.array_equal(expected, sample_array("astronaut"))
+    assert np.array_equal(tifffile.imread(io.BytesIO(copy)), expected)
     assert summary.scratch_objects_deleted > 0

@@ -83,11 +83,14 @@ def anonymize_copy(reader: ImageReader, result: Result, params: InferenceParams,
                    ext: str, client: S3Client | None = None) -> dict[str, Any]:
     """Write the anonymized copy of the image ``reader`` reads (full resolution) to ``uri``:
     the boxes of ``params.anonymize``'s classes among ``result``'s detections, and faces
-    when asked. Returns the record kept in the result (``Result.anonymized``)."""
+    when asked. Returns the record kept in the result (``Result.anonymized``); its
+    ``regions`` (the boxes with their margin) let an archival copy replay the very same
+    anonymization (:func:`~tilescope.anonymize.replayed_reader`)."""
     boxes, per_target = boxes_to_anonymize(reader, result.image, result.detections,
                                            result.category_names, params)
     anonymized = anonymized_reader(reader, boxes, params)
     write_anonymized(anonymized, uri, ext, client)
     return {"uri": uri, "format": ext, "mode": params.anonymize_mode,
             "margin": params.anonymize_margin, "boxes": len(anonymized.marks),
-            "targets": per_target}
+            "targets": per_target,
+            "regions": [[m.x1, m.y1, m.x2, m.y2] for m in anonymized.marks]}

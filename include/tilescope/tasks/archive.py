@@ -9,6 +9,11 @@ Verification reads the object back from S3: its bytes must be those uploaded, an
 decode — a raster copy whole, to its size; a TIFF tile band by tile band, equal to the source
 pixels (it is lossless), so memory stays bounded. Only then may the keep policy touch the
 original (:func:`tilescope.intake.keep.settle_original`).
+
+With an anonymized run the copy is encoded from the anonymized pixels (the staged source
+read through the transform's regions), never from the lossy anonymized file, and verified
+against them: the original is then replaced by, or deleted for, a copy without the hidden
+detail.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import hashlib
 import json
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 
+from tilescope.anonymize import replayed_reader
 from tilescope.archival import ArchiveOutcome, ArchivePolicy, archive_reader, decode
 from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.intake.keep import replacement_key
@@ -65,35 +72,51 @@ def _exists(uri: str, client: S3Client) -> bool:
     return True
 
 
-def earlier_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
-                    client: S3Client) -> ArchiveOutcome | None:
+def earlier_record(source_uri: str, image: ImageInfo, layout: ResultsLayout, field: str,
+                   client: S3Client) -> dict[str, Any] | None:
     """On a retry of ``store`` after the original was removed — when the original was also
-    the source (a tiled TIFF read in place) it cannot be encoded again — the copy an earlier
-    attempt stored and verified (the original goes only after that), from its ``result.json``."""
+    the source (a tiled TIFF read in place) it cannot be read again — what an earlier attempt
+    stored and verified (the original goes only after that): ``result.json``'s ``field``
+    (``archive``, ``anonymized``) whose copy still exists, else ``None``."""
     if source_uri != image.uri or _exists(source_uri, client):
         return None
     result_uri = layout.uri(ARTIFACTS["result"])
     if not _exists(result_uri, client):
         return None
-    facts = json.loads(read_bytes(result_uri, client)).get("archive")
+    facts = json.loads(read_bytes(result_uri, client)).get(field)
     if facts and _exists(str(facts.get("uri", "")), client):
-        return ArchiveOutcome.from_dict(facts)
+        return dict(facts)
     return None
 
 
+def earlier_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
+                    client: S3Client) -> ArchiveOutcome | None:
+    """The archival copy an earlier attempt stored, when the source is gone
+    (:func:`earlier_record`)."""
+    facts = earlier_record(source_uri, image, layout, "archive", client)
+    return ArchiveOutcome.from_dict(facts) if facts else None
+
+
 def store_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
-                  policy: ArchivePolicy, client: S3Client) -> ArchiveOutcome:
-    """Encode, upload and verify the archival copy → its outcome (with ``uri``)."""
+                  policy: ArchivePolicy, client: S3Client,
+                  anonymized: dict[str, Any] | None = None) -> ArchiveOutcome:
+    """Encode, upload and verify the archival copy → its outcome (with ``uri``). With
+    ``anonymized`` (the transform's record) the copy is of the anonymized pixels: the staged
+    source replayed through the same regions, so ``replace``/``delete`` keep nothing of what
+    was hidden."""
     refuse_lossy_stand_in(image, policy)
     earlier = earlier_archive(source_uri, image, layout, client)
     if earlier is not None:
         return earlier
     uri = archive_uri(image, layout, policy)
     loc = parse_s3_uri(uri)
-    with open_source(source_uri, client) as reader, tempfile.TemporaryDirectory(
+    with open_source(source_uri, client) as source, tempfile.TemporaryDirectory(
             dir=TMP.get()) as folder:
+        replayed = replayed_reader(source, anonymized) if anonymized else None
+        reader = replayed or source
         path = os.path.join(folder, f"{ARCHIVE_NAME}{policy.extension}")
-        outcome = archive_reader(reader, policy, path, image.bytes)
+        outcome = archive_reader(reader, policy, path, image.bytes,
+                                 replayed.regions if replayed else ())
         with open(path, "rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()
         client.upload_file(path, loc.bucket, loc.key,

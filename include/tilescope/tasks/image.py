@@ -407,7 +407,7 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
             raise ConfigError("an archival copy is made of images, not videos")
         outcome = store_archive(prepared.source_uri, result.image,
                                 results_layout(bucket, result.image.image_id, params),
-                                archive, client)
+                                archive, client, anonymized=result.anonymized)
         result.archive, keys["archive"] = outcome.to_dict(), outcome.uri
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
     keys = {"result": targets.result, **keys}

@@ -5,7 +5,8 @@ It runs between synthesize and store: the staged full-resolution pixels are stil
 so the copy is read from them region by region (the face detector too, when asked), written
 beside the result under ``results/<image-id>/<digest>/anonymized.<ext>``, and recorded in the
 parked result, which store then keeps (and lists in the catalog row's keys). The original is
-not touched here.
+not touched here: an archival copy, when asked, is encoded by store from the same regions
+(the record's ``regions``), and only after it is read back does the keep policy apply.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from tilescope.outputs.writers import result_json
 from tilescope.params import InferenceParams
 from tilescope.results import Result
 from tilescope.storage import S3Client, parse_s3_uri, read_bytes, write_bytes
+from tilescope.tasks.archive import earlier_record
 
 
 def check_transform(params: InferenceParams, *, batch: bool, archive: bool = False) -> None:
-    """What preprocess refuses up front: classes the model does not have, anonymization of
-    a batch (one image per run), and anonymization with an archival copy (the copy would be
-    made from the original pixels, and ``keep_original=replace`` would keep them: refused
-    until the archive is encoded from the anonymized pixels)."""
+    """What preprocess refuses up front: classes the model does not have, and anonymization
+    of a batch (one image per run). Anonymize with an archival copy is
+    fine: the copy is encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`)."""
     if params.anonymize and batch:
         raise ConfigError("anonymize works on one image per run, not on a batch")
-    if params.anonymize and archive:
-        raise ConfigError("anonymize and archive_format together are not supported yet: "
-                          "the archival copy would keep the original pixels")
     check_anonymize(params)
 
 
@@ -49,9 +47,14 @@ def transform(result_uri: str, prepared: Prepared | BatchPrepared, params: Infer
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
     layout = ResultsLayout(parse_s3_uri(result.image.uri).bucket, result.image.image_id,
                            params.digest())
-    with open_source(prepared.source_uri, client) as reader:
-        ext = copy_extension(result.image.format, reader.width, reader.height)
-        result.anonymized = anonymize_copy(reader, result, params,
-                                           layout.uri(f"{ANONYMIZED}.{ext}"), ext, client)
+    # a retry after keep_original removed an original that was the source itself (a tiled
+    # TIFF read in place): the copy the earlier attempt stored stands, regions and all
+    result.anonymized = earlier_record(prepared.source_uri, result.image, layout, "anonymized",
+                                       client)
+    if result.anonymized is None:
+        with open_source(prepared.source_uri, client) as reader:
+            ext = copy_extension(result.image.format, reader.width, reader.height)
+            result.anonymized = anonymize_copy(reader, result, params,
+                                               layout.uri(f"{ANONYMIZED}.{ext}"), ext, client)
     write_bytes(result_uri, result_json(result), "application/json", client)
     return result_uri
