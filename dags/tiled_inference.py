@@ -192,7 +192,8 @@ def tiled_inference() -> None:
         # fails, synthesize (all_done) still renders its argument and fails at once, instead
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
-        # e.g. anonymize naming a class the model does not have, or bad archive options
+        # e.g. anonymize naming a class the model does not have, bad archive options, or
+        # either on a batch
         with task_outcome():
             check_transform(_params(), batch=is_batch(context["params"]),
                             archive=_archive().active)
@@ -201,10 +202,6 @@ def tiled_inference() -> None:
 
             with task_outcome():
                 params, client = _params(), s3_client()
-                if _archive().active:
-                    from tilescope.errors import ConfigError
-
-                    raise ConfigError("archive_format applies to one-image runs, not batches")
                 units, prepared = prepare_batch(
                     batch_entries(context["params"], client=client), params, client=client,
                     run=context["run_id"],

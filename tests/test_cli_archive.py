@@ -70,8 +70,8 @@ def test_an_archive_of_an_anonymized_run_has_only_the_anonymized_pixels(name, sa
 
 
 def test_the_dag_takes_anonymize_with_an_archive_and_refuses_batches():
-    """What tiled_inference's preprocess checks first. Seen red with check_transform's
-    batch check removed."""
+    """What tiled_inference's preprocess checks first (the DAG file no longer checks the
+    batch archive itself). Seen red with check_transform's archive-on-a-batch check removed."""
     from tilescope.errors import ConfigError
     from tilescope.params import InferenceParams
     from tilescope.tasks.transform import check_transform
@@ -81,4 +81,6 @@ def test_the_dag_takes_anonymize_with_an_archive_and_refuses_batches():
     check_transform(params, batch=False, archive=True)  # the copy of the anonymized pixels
     with pytest.raises(ConfigError, match="not on a batch"):
         check_transform(params, batch=True)
-    check_transform(InferenceParams(), batch=True, archive=False)
+    with pytest.raises(ConfigError, match="one-image runs, not batches"):
+        check_transform(InferenceParams(), batch=True, archive=True)
+    check_transform(InferenceParams(), batch=True)

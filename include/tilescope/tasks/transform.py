@@ -27,10 +27,12 @@ from tilescope.tasks.archive import earlier_record
 
 def check_transform(params: InferenceParams, *, batch: bool, archive: bool = False) -> None:
     """What preprocess refuses up front: classes the model does not have, and anonymization
-    of a batch (one image per run). Anonymize with an archival copy is
+    or an archival copy of a batch (one image per run). Anonymize with an archival copy is
     fine: the copy is encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`)."""
     if params.anonymize and batch:
         raise ConfigError("anonymize works on one image per run, not on a batch")
+    if archive and batch:
+        raise ConfigError("archive_format applies to one-image runs, not batches")
     check_anonymize(params)
 
 
