@@ -193,7 +193,7 @@ def tiled_inference() -> None:
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
         # e.g. anonymize naming a class the model does not have, bad archive options, or
-        # either on a batch
+        # an archive of a batch
         with task_outcome():
             check_transform(_params(), batch=is_batch(context["params"]),
                             archive=_archive().active)

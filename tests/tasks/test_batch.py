@@ -243,3 +243,63 @@ def test_the_run_limits_byte_budget_refuses_an_image_of_the_batch(s3_client):
     items = load_items(prepared, s3_client)
     assert not items[0].bad
     assert f"{len(big):,} bytes, over the limit of {len(small):,}" in items[1].bad
+
+
+def test_anonymize_on_a_batch_copies_each_image_in_store(s3_client, tmp_path):
+    """``anonymize`` on a batch: store writes each image's anonymized copy beside its result
+    — a small photo's from the original read again, a tiled TIFF's from its pixels read in
+    place — with every region's detail gone (Laplacian variance down > 90 %), listed in its
+    keys and result; a video in the batch is refused before anything is analysed. (Seen red
+    with store_batch's anonymize step removed: no copy, no record; and with the video
+    check removed: the batch was planned.)"""
+    import cv2
+    import numpy as np
+    import tifffile
+    from support.video_samples import moving_blobs, write_video
+
+    from tilescope.models.nanodet import NanoDetModel
+    from tilescope.samples import sample_array, sample_path
+
+    params = InferenceParams(model="nanodet-coco", anonymize="person,horse")
+    s3_client.create_bucket(Bucket=BUCKET)
+    with open(sample_path("person"), "rb") as photo:
+        s3_client.put_object(Bucket=BUCKET, Key="in/person.jpg", Body=photo.read())
+    tifffile.imwrite(tmp_path / "horses.tif", sample_array("horses"), tile=(256, 256),
+                     photometric="rgb")
+    s3_client.put_object(Bucket=BUCKET, Key="in/horses.tif",
+                         Body=(tmp_path / "horses.tif").read_bytes())
+    entries = [{"uri": f"s3://{BUCKET}/in/person.jpg"}, {"uri": f"s3://{BUCKET}/in/horses.tif"}]
+    mapped, prepared = prepare_batch(entries, params, client=s3_client, run="r-anon",
+                                     model_slice_size=416)
+    assert [i.whole for i in load_items(prepared, s3_client)] == [True, False]
+    with NanoDetModel() as model:
+        findings = [analyze_unit(m, prepared, params, model, client=s3_client, budget=48_000)
+                    for m in mapped]
+    results = combine_batch(prepared, findings, params, "nanodet-coco", client=s3_client)
+    _, outcomes = store_batch(results, prepared, params, client=s3_client, catalog_url=None)
+    originals = {"person": cv2.cvtColor(cv2.imread(str(sample_path("person"))),
+                                        cv2.COLOR_BGR2RGB), "horses": sample_array("horses")}
+    for outcome, name, ext in zip(outcomes, originals, ("jpg", "tif"), strict=True):
+        doc = json.loads(read_bytes(outcome.keys["result"], s3_client))
+        record = doc["anonymized"]
+        assert outcome.keys["anonymized"] == record["uri"] and record["uri"].endswith(ext)
+        data = read_bytes(record["uri"], s3_client)
+        copy = tifffile.imread(io.BytesIO(data)) if ext == "tif" else cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert record["regions"] and copy.shape == originals[name].shape
+        for x1, y1, x2, y2 in record["regions"]:
+            before, after = (cv2.Laplacian(cv2.cvtColor(p[y1:y2, x1:x2], cv2.COLOR_RGB2GRAY),
+                                           cv2.CV_64F).var() for p in (originals[name], copy))
+            assert after < 0.1 * before, (name, (x1, y1, x2, y2), before, after)
+        if ext == "tif":  # lossless: not one pixel outside the regions changed
+            inside = np.zeros(copy.shape[:2], bool)
+            for x1, y1, x2, y2 in record["regions"]:
+                inside[y1:y2, x1:x2] = True
+            assert np.array_equal(copy[~inside], originals[name][~inside])
+
+    write_video(tmp_path / "clip.mp4", moving_blobs(3)[0])
+    s3_client.put_object(Bucket=BUCKET, Key="in/clip.mp4",
+                         Body=(tmp_path / "clip.mp4").read_bytes())
+    with pytest.raises(ConfigError, match="is a video: anonymize works on images"):
+        prepare_batch([*entries, {"uri": f"s3://{BUCKET}/in/clip.mp4"}], params,
+                      client=s3_client, run="r-anon-video", model_slice_size=416)

@@ -322,6 +322,8 @@ def prepare_batch(entries: Sequence[Mapping[str, Any]], params: InferenceParams,
         from tilescope.tasks.reuse import mark_reused
 
         mark_reused(items, reuse)
+    if params.anonymize:
+        _refuse_anonymized_videos(items)
     sources: list[SourcePlan] = []
     next_frame = len(items)  # a video's frames are numbered after every image
     for item in items:
@@ -375,6 +377,16 @@ class _SourceTable:
             return item.name
         index = int(item.prepared.video_frames[position][0]) if item.prepared else 0
         return f"{item.name} f{index}"
+
+
+def _refuse_anonymized_videos(items: Sequence[BatchItem]) -> None:
+    """``anonymize`` copies images: a batch with a video is refused before anything is
+    analysed (re-encoding a video is out of scope; a single-image run refuses it too)."""
+    videos = [item.uri for item in items if item.video and not item.reused]
+    if videos:
+        more = f" (and {len(videos) - 1} more videos)" if len(videos) > 1 else ""
+        raise ConfigError(f"{videos[0]}{more} is a video: anonymize works on images "
+                          "(re-encoding a video is out of scope)")
 
 
 def _unit_label(unit: WorkUnit, table: _SourceTable) -> str:
@@ -587,6 +599,8 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
                 setattr(outcome, name, value)
             return outcome, None
         result = Result.from_dict(entry["result"])
+        if params.anonymize:  # before its result.json, as a single-image run's transform
+            result.anonymized = _anonymize(item, result, params, client)
         outcome.keys = _write_outputs(item, result, params, client)
         outcome.detections, outcome.counts = len(result.detections), result.counts()
         outcome.result_status = result.status
@@ -618,6 +632,24 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
                              detections=sum(o.detections or 0 for o in stored)), outcomes
 
 
+def _anonymize(item: BatchItem, result: Result, params: InferenceParams,
+               client: S3Client) -> dict[str, Any]:
+    """One image's anonymized copy beside its result: a small image's from the original
+    (read again, its SHA-256 checked: the bytes that were analysed), a big one's from its
+    staged pixels (still in scratch: store_result removes them after)."""
+    from tilescope.layout import open_source
+    from tilescope.readers import reopen_planned
+    from tilescope.tasks.transform import anonymize_beside
+
+    if item.whole:
+        reader = reopen_planned(item.uri, result.image.sha256, client=client,
+                                max_pixels=RunLimits().max_pixels)
+    else:
+        reader = open_source(item.staged.source_uri, client)
+    with reader:
+        return anonymize_beside(result, reader, params, client)
+
+
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                    client: S3Client) -> dict[str, str]:
     """One image's outputs: a big image's as a run of its own stores them (its scratch
@@ -630,7 +662,10 @@ def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                             catalog_url=None).keys
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
     write_bytes(targets.result, result_json(result), "application/json", client)
-    return {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    if result.anonymized:
+        keys["anonymized"] = result.anonymized["uri"]
+    return keys
 
 
 def batch_event(prepared: BatchPrepared, summary: BatchStoreSummary) -> dict[str, Any]:

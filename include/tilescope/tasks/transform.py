@@ -12,6 +12,7 @@ not touched here: an archival copy, when asked, is encoded by store from the sam
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tilescope.anonymize import check_anonymize
 from tilescope.errors import ConfigError
@@ -20,20 +21,31 @@ from tilescope.layout import ANONYMIZED, ResultsLayout, open_source
 from tilescope.outputs.anonymized import anonymize_copy, copy_extension
 from tilescope.outputs.writers import result_json
 from tilescope.params import InferenceParams
+from tilescope.readers.base import ImageReader
 from tilescope.results import Result
 from tilescope.storage import S3Client, parse_s3_uri, read_bytes, write_bytes
 from tilescope.tasks.archive import earlier_record
 
 
 def check_transform(params: InferenceParams, *, batch: bool, archive: bool = False) -> None:
-    """What preprocess refuses up front: classes the model does not have, and anonymization
-    or an archival copy of a batch (one image per run). Anonymize with an archival copy is
-    fine: the copy is encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`)."""
-    if params.anonymize and batch:
-        raise ConfigError("anonymize works on one image per run, not on a batch")
+    """What preprocess refuses up front: classes the model does not have, and an archival
+    copy of a batch (one-image runs). Anonymize with an archival copy is fine: the copy is
+    encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`); a batch anonymizes
+    each image in its store step (:func:`tilescope.tasks.batch.store_batch`)."""
     if archive and batch:
         raise ConfigError("archive_format applies to one-image runs, not batches")
     check_anonymize(params)
+
+
+def anonymize_beside(result: Result, reader: ImageReader, params: InferenceParams,
+                     client: S3Client) -> dict[str, Any]:
+    """Write the anonymized copy of ``result``'s image (read by ``reader``, full resolution)
+    beside its result, ``results/<image-id>/<digest>/anonymized.<ext>`` → the record."""
+    layout = ResultsLayout(parse_s3_uri(result.image.uri).bucket, result.image.image_id,
+                           params.digest())
+    ext = copy_extension(result.image.format, reader.width, reader.height)
+    return anonymize_copy(reader, result, params, layout.uri(f"{ANONYMIZED}.{ext}"), ext,
+                          client)
 
 
 def transform(result_uri: str, prepared: Prepared | BatchPrepared, params: InferenceParams,
@@ -43,7 +55,8 @@ def transform(result_uri: str, prepared: Prepared | BatchPrepared, params: Infer
     if not params.anonymize:
         return result_uri
     if isinstance(prepared, BatchPrepared):
-        raise ConfigError("anonymize works on one image per run, not on a batch")
+        raise ConfigError("a batch anonymizes each image in its own store step "
+                          "(tilescope.tasks.batch.store_batch), not here")
     if prepared.video:
         raise ConfigError(f"{prepared.image.uri} is a video: anonymize works on images")
     result = Result.from_dict(json.loads(read_bytes(result_uri, client)))
@@ -55,8 +68,6 @@ def transform(result_uri: str, prepared: Prepared | BatchPrepared, params: Infer
                                        client)
     if result.anonymized is None:
         with open_source(prepared.source_uri, client) as reader:
-            ext = copy_extension(result.image.format, reader.width, reader.height)
-            result.anonymized = anonymize_copy(reader, result, params,
-                                               layout.uri(f"{ANONYMIZED}.{ext}"), ext, client)
+            result.anonymized = anonymize_beside(result, reader, params, client)
     write_bytes(result_uri, result_json(result), "application/json", client)
     return result_uri
