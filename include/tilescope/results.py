@@ -15,6 +15,7 @@ import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.georef import Georeference
+from tilescope.masks import Mask
 from tilescope.microscopy import SlideScale
 
 RESULT_SCHEMA = "tilescope.result/1"
@@ -98,13 +99,14 @@ def quantize(dets: Detections) -> Detections:
     """
     return Detections(np.round(dets.boxes.astype(np.float64), BOX_DECIMALS),
                       np.round(dets.scores.astype(np.float64), SCORE_DECIMALS),
-                      dets.category_ids, dets.slices)
+                      dets.category_ids, dets.slices, dets.masks)
 
 
 def detections_to_compact(dets: Detections) -> dict[str, list]:
     """Columnar lists rounded as :func:`quantize` does: small and JSON-able. Raw detections'
     slices travel as the distinct slice boxes (``slice_boxes``) and an index per detection
-    (``slice_of``): a region has a few hundred slices and thousands of detections."""
+    (``slice_of``): a region has a few hundred slices and thousands of detections. Masks
+    travel as their box-local RLE windows (``masks``, :meth:`tilescope.masks.Mask.to_list`)."""
     data = {"boxes": np.round(dets.boxes.astype(np.float64), BOX_DECIMALS).tolist(),
             "scores": np.round(dets.scores.astype(np.float64), SCORE_DECIMALS).tolist(),
             "category_ids": dets.category_ids.tolist()}
@@ -112,6 +114,8 @@ def detections_to_compact(dets: Detections) -> dict[str, list]:
         boxes, index = np.unique(dets.slices, axis=0, return_inverse=True)
         data["slice_boxes"] = boxes.tolist()
         data["slice_of"] = index.reshape(-1).tolist()
+    if dets.masks is not None and len(dets):
+        data["masks"] = [m.to_list() for m in dets.masks]
     return data
 
 
@@ -122,8 +126,10 @@ def detections_from_compact(data: dict[str, list]) -> Detections:
     if data.get("slice_boxes") is not None:
         slices = np.asarray(data["slice_boxes"], np.int32).reshape(-1, 4)[
             np.asarray(data["slice_of"], np.int64)]
+    masks = None if data.get("masks") is None else \
+        tuple(Mask.from_list(m) for m in data["masks"])
     return Detections(np.asarray(data["boxes"], np.float32), np.asarray(data["scores"]),
-                      np.asarray(data["category_ids"]), slices)
+                      np.asarray(data["category_ids"]), slices, masks)
 
 
 @dataclass

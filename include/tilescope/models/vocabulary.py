@@ -59,7 +59,7 @@ def remap(dets: Detections, names: Sequence[str], target: Vocabulary) -> Detecti
     table = np.full(len(names), -1, np.int32)
     for index in np.unique(ids):
         table[index] = target.id_of(str(names[index]))
-    return Detections(dets.boxes, dets.scores, table[ids], dets.slices)
+    return Detections(dets.boxes, dets.scores, table[ids], dets.slices, dets.masks)
 
 
 def reconcile(fixed_names: Sequence[str],

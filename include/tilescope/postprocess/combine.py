@@ -68,12 +68,13 @@ Intentional differences from SAHI:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal, cast
 
 import numpy as np
 
 from tilescope.detections import Detections
+from tilescope.masks import Mask
 
 Strategy = Literal["nms", "nmm", "greedynmm", "softnms", "softnms-linear", "wbf"]
 MatchMetric = Literal["iou", "ios"]
@@ -160,6 +161,10 @@ def merge(
     from different slices, their intersection inside those slices' overlap
     (:func:`seam_pairs`); ``dets`` must carry ``slices``. Two overlapping objects that one
     slice saw apart are then never merged, whatever the threshold.
+
+    Masks (``dets.masks``): a merged detection's mask is the union of the masks of the
+    members that merged into it, as SAHI merges ``ObjectPrediction`` masks; NMS and Soft-NMS
+    keep the kept box's mask; WBF's fused boxes carry none. Matching stays on the boxes.
     """
     strategy = _check_strategy(strategy)
     metric = _check_metric(metric)
@@ -192,8 +197,22 @@ def merge(
             owner, member_key = _nmm_groups(n, src, dst, ctx)
     keep = np.flatnonzero(owner == np.arange(n))
     keep = keep[_output_order(ctx, keep, by_score=False)]
-    boxes, scores, cats = _apply_merge(ctx, owner, member_key, keep, metric, threshold)
-    return Detections(boxes, scores, cats)
+    into = None if dets.masks is None else np.full(n, -1, np.int64)
+    boxes, scores, cats = _apply_merge(ctx, owner, member_key, keep, metric, threshold, into)
+    if dets.masks is None or into is None:
+        return Detections(boxes, scores, cats)
+    into[keep] = np.arange(len(keep))
+    return Detections(boxes, scores, cats, masks=_united_masks(dets.masks, into, len(keep)))
+
+
+def _united_masks(masks: Sequence[Mask], into: np.ndarray, groups: int) -> tuple[Mask, ...]:
+    """Per merged detection, the union of the masks of the inputs that went into it
+    (``into[i]``: its output index, -1 for an input dropped by the merge)."""
+    taken = np.flatnonzero(into >= 0)
+    taken = taken[np.argsort(into[taken], kind="stable")]
+    bounds = np.searchsorted(into[taken], np.arange(groups + 1))
+    return tuple(Mask.union(masks[i] for i in taken[bounds[g]:bounds[g + 1]].tolist())
+                 for g in range(groups))
 
 
 # ---------------------------------------------------------------------------
@@ -594,11 +613,13 @@ def _apply_merge(
     keep: np.ndarray,
     metric: str,
     threshold: float,
+    into: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merged box, score and category of every keeper in ``keep`` (SAHI's ``_apply_merge``).
 
     Each keeper takes its members in ``member_key`` order, merging a member only if it still
     matches the merged box so far (float64, ``>=``); members that fail are dropped.
+    ``into`` (when given): set to the output index of each member that merged (for masks).
     """
     n = ctx.n
     gbox = np.stack([ctx.x1[keep], ctx.y1[keep], ctx.x2[keep], ctx.y2[keep]], axis=1).astype(
@@ -648,6 +669,7 @@ def _apply_merge(
                 na,
                 is_iou,
                 threshold,
+                None if into is None else (into, members, gorder),
             )
             break
         i = starts[:na] + t
@@ -666,6 +688,8 @@ def _apply_merge(
             continue
         j = np.flatnonzero(ok)
         k = i[j]
+        if into is not None:
+            into[members[k]] = gorder[j]
         # Category of the higher score; SAHI's strict ">" hands ties to the member.
         take_cat = ~(bs[j] > ms[k])
         bc[j[take_cat]] = mc[k[take_cat]]
@@ -693,15 +717,18 @@ def _merge_scalar(
     na: int,
     is_iou: bool,
     threshold: float,
+    record: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Finish the merge of the first ``na`` groups from position ``t0`` with Python floats.
 
     Only avoids numpy's per-call overhead for the long tail of a few very large groups.
+    ``record`` (``into``, members, group order): note where each merged member went.
     """
     bx1, by1, bx2, by2, bs, bc = state
     for g in range(na):
         lo, hi = int(starts[g]) + t0, int(starts[g] + lens[g])
         cols = [a[lo:hi].tolist() for a in member]
+        merged: list[int] | None = None if record is None else []
         out = _merge_group(
             [float(bx1[g]), float(by1[g]), float(bx2[g]), float(by2[g])],
             float(bs[g]),
@@ -709,8 +736,12 @@ def _merge_scalar(
             zip(*cols, strict=True),
             is_iou,
             threshold,
+            merged,
         )
         (bx1[g], by1[g], bx2[g], by2[g]), bs[g], bc[g] = out
+        if record is not None and merged:
+            into, members, gorder = record
+            into[members[lo + np.asarray(merged)]] = gorder[g]
 
 
 def _merge_group(
@@ -720,14 +751,16 @@ def _merge_group(
     members: Iterable[tuple[float, float, float, float, float, int]],
     is_iou: bool,
     threshold: float,
+    merged: list[int] | None = None,
 ) -> tuple[list[float], float, int]:
     """SAHI's ``_apply_merge`` for one keeper, in Python floats (IEEE double = numpy float64).
 
     Each member ``(x1, y1, x2, y2, score, category)`` is merged only if it still matches the
-    merged box so far; a zero denominator is SAHI's 0/0 = nan, i.e. no match.
+    merged box so far; a zero denominator is SAHI's 0/0 = nan, i.e. no match. ``merged``
+    (when given) collects the positions of the members that merged.
     """
     c1, d1, c2, d2 = box
-    for p1, q1, p2, q2, ms, mc in members:
+    for t, (p1, q1, p2, q2, ms, mc) in enumerate(members):
         inter = max(min(c2, p2) - max(c1, p1), 0.0) * max(min(d2, q2) - max(d1, q1), 0.0)
         area_c = (c2 - c1) * (d2 - d1)
         area_p = (p2 - p1) * (q2 - q1)
@@ -738,6 +771,8 @@ def _merge_group(
             cat = mc
         score = max(score, ms)
         c1, d1, c2, d2 = min(c1, p1), min(d1, q1), max(c2, p2), max(d2, q2)
+        if merged is not None:
+            merged.append(t)
     return [c1, d1, c2, d2], score, cat
 
 
@@ -831,16 +866,23 @@ def _small(
     cols = [col.tolist() for col in (b[:, 0], b[:, 1], b[:, 2], b[:, 3], s)]
     bx1, by1, bx2, by2, sc = cols
     out_boxes, out_scores, out_cats = [], [], []
+    out_masks: list[Mask] | None = None if dets.masks is None else []
     is_iou = metric == "iou"
     for k in keepers:
         members = ((bx1[j], by1[j], bx2[j], by2[j], sc[j], cats[j]) for j in groups[k])
+        merged: list[int] | None = None if out_masks is None else []
         box, score, cat = _merge_group(
-            [bx1[k], by1[k], bx2[k], by2[k]], sc[k], cats[k], members, is_iou, threshold
+            [bx1[k], by1[k], bx2[k], by2[k]], sc[k], cats[k], members, is_iou, threshold,
+            merged
         )
         out_boxes.append(box)
         out_scores.append(score)
         out_cats.append(cat)
-    return Detections(np.array(out_boxes), np.array(out_scores), np.array(out_cats))
+        if out_masks is not None and dets.masks is not None and merged is not None:
+            taken = [k] + [groups[k][t] for t in merged]
+            out_masks.append(Mask.union(dets.masks[int(order[i])] for i in taken))
+    return Detections(np.array(out_boxes), np.array(out_scores), np.array(out_cats),
+                      masks=None if out_masks is None else tuple(out_masks))
 
 
 def _bits(mask: int) -> list[int]:
@@ -956,7 +998,9 @@ def soft_nms(
     keep = np.asarray(selected, dtype=np.int64)
     return Detections(np.asarray(dets.boxes, dtype=np.float32)[keep],
                       score[keep].astype(np.float32),
-                      np.asarray(dets.category_ids)[keep])
+                      np.asarray(dets.category_ids)[keep],
+                      masks=None if dets.masks is None else
+                      tuple(dets.masks[i] for i in keep.tolist()))
 
 
 def weighted_boxes_fusion(
