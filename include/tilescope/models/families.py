@@ -11,6 +11,11 @@ comes back in the slice's own pixels. Layouts, per image:
 
 * ``yolov5``: (anchors, 5 + C) = cx, cy, w, h, objectness, C class scores (score = obj × cls)
 * ``yolov8`` (also YOLOv11): (4 + C, anchors) = cx, cy, w, h, C class scores
+* ``yolov8-seg`` (also YOLOv11-seg): (4 + C + M, anchors) = the above plus M mask
+  coefficients, and prototypes (M, H/4, W/4). A detection's mask is ``sigmoid(coefficients
+  @ prototypes) > 0.5``, upsampled bilinearly to the input (as PyTorch's
+  ``interpolate(align_corners=False)``) and cropped to the box: only the box's window is
+  computed, and it is kept as a box-local :class:`~tilescope.masks.Mask`
 * ``yolo-end2end`` (NMS in the graph, YOLOv10, ``nms=True`` exports): (K, 6) = x1, y1, x2, y2,
   score, class
 * ``yolox``: (anchors, 5 + C) raw grid offsets, decoded over strides 8/16/32 as YOLOX's demo
@@ -37,6 +42,7 @@ import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.errors import BadModelError
+from tilescope.masks import Mask
 
 __all__ = ["FAMILIES", "Family", "Placement", "Preprocessing", "decode", "detr_boxes_index",
            "place", "recognise", "to_slice"]
@@ -111,11 +117,16 @@ def place(image: np.ndarray, height: int, width: int, pre: Preprocessing
 
 
 def to_slice(dets: Detections, placement: Placement, width: int, height: int) -> Detections:
-    """Canvas-pixel detections → the slice's pixels, clipped to it."""
+    """Canvas-pixel detections → the slice's pixels, clipped to it (masks too: a shift
+    when the slice went on the canvas at its own size, else nearest-neighbour resampling)."""
     offset = np.array([placement.left, placement.top] * 2, np.float32)
     factor = np.array([placement.factor_x, placement.factor_y] * 2, np.float32)
+    masks = None if dets.masks is None else tuple(
+        m.transformed(1 / placement.factor_x, 1 / placement.factor_y,
+                      -placement.left / placement.factor_x, -placement.top / placement.factor_y)
+        for m in dets.masks)
     return Detections((dets.boxes - offset) / factor, dets.scores,
-                      dets.category_ids).clipped(width, height)
+                      dets.category_ids, masks=masks).clipped(width, height)
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ _ULTRALYTICS: Final = Preprocessing("letterbox")
 FAMILIES: Final = {
     "yolov5": Family("yolov5", _ULTRALYTICS, 0.45),
     "yolov8": Family("yolov8", _ULTRALYTICS, 0.7),
+    "yolov8-seg": Family("yolov8-seg", _ULTRALYTICS, 0.7, outputs=2),
     "yolo-end2end": Family("yolo-end2end", _ULTRALYTICS, None),
     "yolox": Family("yolox", Preprocessing("topleft", scale=1.0, bgr=True), 0.45),
     "rtdetr": Family("rtdetr", Preprocessing("resize"), None),
@@ -166,6 +178,12 @@ def recognise(output_shapes: Sequence[tuple[int, ...]], output_names: Sequence[s
     named = " ".join(output_names).lower()
     if ranks == [1, 2, 2, 3] or ("boxes" in named and "num" in named and len(ranks) == 4):
         return "ssd"
+    if len(output_shapes) == 2 and ranks == [3, 4]:
+        pred = next(s for s in output_shapes if len(s) == 3)
+        protos = next(s for s in output_shapes if len(s) == 4)
+        grids = {_cells(height, width, STRIDES), _cells(height, width, STRIDES_P6)}
+        if pred[2] in grids and pred[1] > 4 + protos[1]:
+            return "yolov8-seg"
     if len(output_shapes) == 2 and ranks == [3, 3]:
         first, second = output_shapes
         if first[1] == second[1] and 4 in (first[2], second[2]):
@@ -223,6 +241,54 @@ def _yolov8(outputs: Sequence[np.ndarray], threshold: float, **_: object) -> Det
     scores = pred[4:]
     hits = np.flatnonzero(scores.max(axis=0) >= threshold)
     return _best_class(_xywh_to_xyxy(pred[:4, hits].T), scores[:, hits].T, threshold)
+
+
+def _yolov8_seg(outputs: Sequence[np.ndarray], threshold: float, *, height: int,
+                width: int, **_: object) -> Detections:
+    protos = next(o for o in outputs if o.ndim == 3)
+    pred = next(o for o in outputs if o.ndim == 2)
+    coefficients = len(protos)
+    scores = pred[4:len(pred) - coefficients]
+    hits = np.flatnonzero(scores.max(axis=0) >= threshold)
+    classes = scores[:, hits].argmax(axis=0)
+    best = scores[classes, hits]  # the row's maximum: at or above the threshold
+    boxes = _xywh_to_xyxy(pred[:4, hits].T)
+    masks = tuple(_instance_mask(box, pred[len(pred) - coefficients:, hit], protos, height,
+                                 width) for box, hit in zip(boxes, hits.tolist(), strict=True))
+    return Detections(boxes, best, classes, masks=masks)
+
+
+def _upsampling(first: int, count: int, scale: float, cells: int) -> tuple[np.ndarray, int]:
+    """Bilinear weights (count, used cells) taking prototype cells to output pixels
+    ``first … first + count - 1`` (PyTorch's ``align_corners=False``: source = (pixel + ½)
+    × scale − ½, clamped at the edges), and the first prototype cell they use."""
+    source = np.clip((np.arange(first, first + count) + 0.5) * scale - 0.5, 0, cells - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, cells - 1)
+    start = int(low.min())
+    weights = np.zeros((count, int(high.max()) - start + 1), np.float32)
+    rows = np.arange(count)
+    np.add.at(weights, (rows, low - start), 1 - (source - low))
+    np.add.at(weights, (rows, high - start), source - low)
+    return weights, start
+
+
+def _instance_mask(box: np.ndarray, coefficients: np.ndarray, protos: np.ndarray,
+                   height: int, width: int) -> Mask:
+    """One detection's mask in canvas pixels: the pixels whose centres lie in ``box``
+    where the upsampled ``coefficients @ protos`` is positive (sigmoid above ½)."""
+    left = max(0, int(np.ceil(box[0] - 0.5)))
+    top = max(0, int(np.ceil(box[1] - 0.5)))
+    right = min(width, int(np.ceil(box[2] - 0.5)))
+    bottom = min(height, int(np.ceil(box[3] - 0.5)))
+    if right <= left or bottom <= top:
+        return Mask(0, 0, 0, 0, "")
+    _, cells_y, cells_x = protos.shape
+    wy, y0 = _upsampling(top, bottom - top, cells_y / height, cells_y)
+    wx, x0 = _upsampling(left, right - left, cells_x / width, cells_x)
+    crop = protos[:, y0:y0 + wy.shape[1], x0:x0 + wx.shape[1]]
+    logits = np.tensordot(coefficients, crop, axes=1)
+    return Mask.from_array(wy @ logits @ wx.T > 0, left, top)
 
 
 def _end2end(outputs: Sequence[np.ndarray], threshold: float, **_: object) -> Detections:
@@ -295,7 +361,8 @@ def _ssd(outputs: Sequence[np.ndarray], threshold: float, *, height: int, width:
 
 
 _DECODERS: Final[dict[str, Callable[..., Detections]]] = {
-    "yolov5": _yolov5, "yolov8": _yolov8, "yolo-end2end": _end2end, "yolox": _yolox,
+    "yolov5": _yolov5, "yolov8": _yolov8, "yolov8-seg": _yolov8_seg, "yolo-end2end": _end2end,
+    "yolox": _yolox,
     "rtdetr": _rtdetr, "detr": _detr, "ssd": _ssd,
 }
 

@@ -237,7 +237,9 @@ class OnnxDetector(DetectionModel):
 
     def _check_classes(self, shapes: Sequence[tuple[int, ...]]) -> None:
         scored = {"yolov5": lambda s: s[0][2] - 5, "yolox": lambda s: s[0][2] - 5,
-                  "yolov8": lambda s: s[0][1] - 4, "rtdetr": lambda s: s[0][2] - 4}
+                  "yolov8": lambda s: s[0][1] - 4, "rtdetr": lambda s: s[0][2] - 4,
+                  "yolov8-seg": lambda s: next(p for p in s if len(p) == 3)[1] - 4
+                  - next(p for p in s if len(p) == 4)[1]}
         if self.family in scored:
             classes = scored[self.family](shapes)
         elif self.family == "detr":
