@@ -83,3 +83,14 @@ def test_masks_travel_with_detections_and_through_json() -> None:
     assert back.masks == moved.masks
     assert Detections.concat([dets, Detections([[0, 0, 1, 1]], [0.5], [0])]).masks is None
     assert "masks" not in detections_to_compact(dets.with_masks(None))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_from_coco_inverts_to_coco(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    binary = rng.random((int(rng.integers(1, 20)), int(rng.integers(1, 20)))) < 0.4
+    binary[0, 0] = True
+    mask = Mask.from_array(binary, int(rng.integers(0, 30)), int(rng.integers(0, 30)))
+    assert Mask.from_coco(mask.to_coco(60, 50)) == mask
+    empty = {"size": [4, 4], "counts": counts_to_string([16])}
+    assert Mask.from_coco(empty) == Mask(0, 0, 0, 0, "")

@@ -194,6 +194,29 @@ class Mask:
         runs = _runs(inside.array(), inside.x, inside.y, height, width)
         return {"size": [height, width], "counts": counts_to_string(runs)}
 
+    @classmethod
+    def from_coco(cls, segmentation: dict[str, Any]) -> Mask:
+        """The box-local mask of a COCO compressed-RLE ``segmentation`` (inverse of
+        :meth:`to_coco`), built from its runs: work and memory grow with the set pixels, not
+        with the image."""
+        height, width = (int(v) for v in segmentation["size"])
+        counts = segmentation["counts"]
+        runs = np.asarray(string_to_counts(counts.decode() if isinstance(counts, bytes)
+                                           else str(counts)), np.int64)
+        if int(runs.sum()) != height * width:
+            raise ValueError(f"RLE covers {int(runs.sum())} pixels, not {height}×{width}")
+        ends = np.cumsum(runs)
+        starts, lengths = (ends - runs)[1::2], runs[1::2]
+        if not lengths.sum():
+            return cls(0, 0, 0, 0, "")
+        first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        flat = first + np.arange(int(lengths.sum()))  # every set pixel, column-major
+        cols, rows = np.divmod(flat, height)
+        left, top = int(cols.min()), int(rows.min())
+        window = np.zeros((int(rows.max()) - top + 1, int(cols.max()) - left + 1), bool)
+        window[rows - top, cols - left] = True
+        return cls.from_array(window, left, top)
+
     def to_list(self) -> list[Any]:
         """``[x, y, width, height, counts]``: the JSON form findings and results carry."""
         return [self.x, self.y, self.width, self.height, self.counts]

@@ -278,7 +278,9 @@ class Result:
                 **({"skipped_slices": self.skipped_slices} if self.skipped_slices else {})}
 
     def detection_records(self) -> list[dict[str, Any]]:
-        """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``."""
+        """Detections as ``{bbox: [x, y, w, h], score, category_id, category_name}``, plus
+        ``segmentation`` (COCO compressed RLE of the image's size) and its pixel ``area``
+        when the model gave masks."""
         boxes = self.detections.boxes.astype(np.float64)
         xywh = np.round(np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]),
                         BOX_DECIMALS)
@@ -289,6 +291,9 @@ class Result:
         if self.frames is not None:  # a video: say which frame each box is on
             for record, position in zip(records, self._detection_frames(), strict=True):
                 record.update(self.frames[position].to_dict())
+        for record, mask in zip(records, self.detections.masks or (), strict=False):
+            record["segmentation"] = mask.to_coco(self.image.height, self.image.width)
+            record["area"] = mask.area
         return records
 
     def _detection_frames(self) -> np.ndarray:
@@ -352,8 +357,10 @@ class Result:
             names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
         boxes = np.array([r["bbox"] for r in records], np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
+        masks = tuple(Mask.from_coco(r["segmentation"]) for r in records) \
+            if records and all("segmentation" in r for r in records) else None
         dets = Detections(boxes, np.array([r["score"] for r in records]),
-                          np.array([r["category_id"] for r in records]))
+                          np.array([r["category_id"] for r in records]), masks=masks)
         frames = ([VideoFrame(int(f["frame_index"]), float(f["timestamp_ms"]))
                    for f in doc["frames"]] if doc.get("frames") is not None else None)
         positions = None
@@ -396,7 +403,10 @@ class Result:
             x, y, w, h = record["bbox"]
             annotations.append({"id": number, "image_id": int(image_ids[number - 1]),
                                 "category_id": ids[record["category_id"]], "bbox": [x, y, w, h],
-                                "area": round(w * h, 2), "iscrowd": 0, "score": record["score"]})
+                                "area": record.get("area", round(w * h, 2)), "iscrowd": 0,
+                                "score": record["score"],
+                                **({"segmentation": record["segmentation"]}
+                                   if "segmentation" in record else {})})
         return {
             "info": {"description": f"tilescope {self.model} on {self.image.uri}"},
             "images": images,

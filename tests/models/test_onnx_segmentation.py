@@ -12,13 +12,22 @@ rounds each corner off by one pixel.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
 from support.onnx_graphs import detector, names_metadata, write
 
+from tilescope.cli import main
 from tilescope.masks import Mask
 from tilescope.models.onnx_detector import OnnxDetector
+from tilescope.results import Result
+
+#: pycocotools' decode under numpy 2 warns about ``__array__``; harmless here
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 NAMES = ["person", "kite", "dog"]
 SIDE = 64          # network input 64×64: anchors 8² + 4² + 2² = 84
@@ -69,3 +78,29 @@ def test_yolov8_seg_mask_resampled_into_a_larger_slice(tmp_path: Path) -> None:
     doubled = np.repeat(np.repeat(expected_canvas_mask(), 2, axis=0), 2, axis=1)
     np.testing.assert_allclose(dets.boxes, [[20, 40, 80, 120]])
     assert dets.masks == (Mask.from_array(doubled),)
+
+
+def test_cli_predict_writes_segmentation(tmp_path: Path) -> None:
+    """``tilescope predict --model onnx`` on a 128×64 image in two 64² slices: each slice
+    finds the object, and coco.json (and result.json) hold each one's mask as an RLE of the
+    whole image that pycocotools decodes to the hand-worked pixels, moved by its slice."""
+    image = tmp_path / "two.png"
+    Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(image)
+    coco, out = tmp_path / "coco.json", tmp_path / "result.json"
+    assert main(["predict", str(image), "--model", "onnx", "--model-option",
+                 f"path={seg_graph(tmp_path)}", "--slice", "64", "--overlap", "0",
+                 "--coco", str(coco), "--out", str(out), "--quiet"]) == 0
+    annotations = sorted(json.loads(coco.read_text())["annotations"],
+                         key=lambda a: a["bbox"][0])
+    assert [a["bbox"] for a in annotations] == [[10, 20, 30, 40], [74, 20, 30, 40]]
+    for annotation, left in zip(annotations, (0, 64), strict=True):
+        expected = np.zeros((64, 128), bool)
+        expected[:, left:left + SIDE] = expected_canvas_mask()
+        segmentation = annotation["segmentation"]
+        assert segmentation["size"] == [64, 128]
+        decoded = coco_mask.decode({"size": segmentation["size"],
+                                    "counts": segmentation["counts"].encode()})
+        np.testing.assert_array_equal(decoded, expected)
+        assert annotation["area"] == int(expected.sum()) == 238
+    result = Result.from_dict(json.loads(out.read_text()))
+    assert result.to_coco()["annotations"] == json.loads(coco.read_text())["annotations"]

@@ -34,7 +34,8 @@ def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
 
     ``thumbnail`` is the whole image downscaled; detections are in full-image pixels. Every
     box is drawn; the ``max_labels`` highest-scoring ones also get their label (the results
-    JSON, COCO file and viewer hold every detection's class and score).
+    JSON, COCO file and viewer hold every detection's class and score). Instance masks,
+    when the detections have them, are filled translucent in their category's colour.
     ``regions`` are region boxes [x1, y1, x2, y2]; those whose position is in ``failed`` are
     hatched red so a partial result is visible at a glance.
     """
@@ -52,6 +53,9 @@ def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
     width = max(1, canvas.width // 600)
     boxes = detections.boxes.astype(np.float64) * [scale_x, scale_y, scale_x, scale_y]
     colours = {int(c): category_colour(int(c)) for c in np.unique(detections.category_ids)}
+    if detections.masks is not None:
+        canvas = _masks_filled(canvas, detections, colours, scale_x, scale_y)
+        draw = ImageDraw.Draw(canvas, "RGBA")
     for (x1, y1, x2, y2), category in zip(boxes.tolist(), detections.category_ids.tolist(),
                                           strict=True):
         draw.rectangle([x1, y1, x2, y2], outline=colours[category], width=width)
@@ -70,3 +74,19 @@ def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
     out = io.BytesIO()
     canvas.save(out, format="PNG", compress_level=1)  # ~4× faster than level 6 at 2048²
     return out.getvalue()
+
+
+def _masks_filled(canvas: Image.Image, detections: Detections,
+                  colours: dict[int, tuple[int, int, int]], scale_x: float,
+                  scale_y: float) -> Image.Image:
+    """``canvas`` with every mask (scaled to it) filled at 40 % opacity: one layer, one
+    composite, so thousands of masks cost one pass over the picture."""
+    layer = np.zeros((canvas.height, canvas.width, 4), np.uint8)
+    for mask, category in zip(detections.masks or (), detections.category_ids.tolist(),
+                              strict=True):
+        small = mask.transformed(scale_x, scale_y).clipped(canvas.width, canvas.height)
+        if small.width:
+            window = layer[small.y:small.y + small.height, small.x:small.x + small.width]
+            window[small.array()] = (*colours[category], 100)
+    return Image.alpha_composite(canvas.convert("RGBA"), Image.fromarray(layer, "RGBA")
+                                 ).convert("RGB")
