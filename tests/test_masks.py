@@ -4,13 +4,15 @@ scaled, clipped, united and written as image-sized COCO segmentations."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
 from tilescope.detections import Detections
 from tilescope.masks import Mask, counts_to_string, decode_rle, encode_rle, string_to_counts
-from tilescope.results import detections_from_compact, detections_to_compact
+from tilescope.results import RegionFinding, detections_from_compact, detections_to_compact
 
 
 def reference(binary: np.ndarray) -> str:
@@ -94,3 +96,13 @@ def test_from_coco_inverts_to_coco(seed: int) -> None:
     assert Mask.from_coco(mask.to_coco(60, 50)) == mask
     empty = {"size": [4, 4], "counts": counts_to_string([16])}
     assert Mask.from_coco(empty) == Mask(0, 0, 0, 0, "")
+
+
+def test_region_finding_carries_masks_through_json() -> None:
+    """What crosses XCom: a region finding as JSON text, masks and all."""
+    mask = Mask.from_array(np.tri(5, dtype=bool), 40, 60)
+    dets = Detections([[40, 60, 45, 65]], [0.7], [2], masks=(mask,)).from_slice(0, 0, 64, 64)
+    finding = RegionFinding(index=0, name="r0c0", row=0, col=0, box=[0, 0, 64, 64],
+                            slice_count=1, detections=dets)
+    back = RegionFinding.from_dict(json.loads(json.dumps(finding.to_dict())))
+    assert back.detections.masks == (mask,)

@@ -22,6 +22,7 @@ from pycocotools import mask as coco_mask
 from support.onnx_graphs import detector, names_metadata, write
 
 from tilescope.cli import main
+from tilescope.errors import BadModelError
 from tilescope.masks import Mask
 from tilescope.models.onnx_detector import OnnxDetector
 from tilescope.results import Result
@@ -104,3 +105,11 @@ def test_cli_predict_writes_segmentation(tmp_path: Path) -> None:
         assert annotation["area"] == int(expected.sum()) == 238
     result = Result.from_dict(json.loads(out.read_text()))
     assert result.to_coco()["annotations"] == json.loads(coco.read_text())["annotations"]
+
+
+def test_yolov8_seg_named_on_a_detector_without_prototypes(tmp_path: Path) -> None:
+    path = write(tmp_path / "v8.onnx", detector(
+        {"output0": np.zeros((4 + len(NAMES), ANCHORS), np.float32)},
+        input_shape=("N", 3, SIDE, SIDE), metadata=names_metadata(NAMES)))
+    with pytest.raises(BadModelError, match="not a yolov8-seg model: its outputs"):
+        OnnxDetector(path, family="yolov8-seg")

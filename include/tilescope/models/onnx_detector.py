@@ -236,6 +236,11 @@ class OnnxDetector(DetectionModel):
         return [tuple(np.shape(o)) for o in outputs], names
 
     def _check_classes(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        if self.family == "yolov8-seg" and sorted(len(s) for s in shapes) != [3, 4]:
+            raise BadModelError(f"{self.label} is not a yolov8-seg model: its outputs "
+                                f"{', '.join(str(s) for s in shapes)} lack the pair of "
+                                "predictions (batch, 4 + C + M, anchors) and prototypes "
+                                "(batch, M, H/4, W/4)")
         scored = {"yolov5": lambda s: s[0][2] - 5, "yolox": lambda s: s[0][2] - 5,
                   "yolov8": lambda s: s[0][1] - 4, "rtdetr": lambda s: s[0][2] - 4,
                   "yolov8-seg": lambda s: next(p for p in s if len(p) == 3)[1] - 4
