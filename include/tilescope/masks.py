@@ -24,38 +24,41 @@ __all__ = ["Mask", "counts_to_string", "decode_rle", "encode_rle", "string_to_co
 
 def counts_to_string(counts: Sequence[int]) -> str:
     """COCO's compressed form of run lengths: each run (minus the one two before it, from
-    the fourth on) in 5-bit groups, 0x20 marking "more follows", offset by 48."""
-    out: list[str] = []
-    for i, run in enumerate(counts):
-        x = int(run) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            out.append(chr((c | 0x20 if more else c) + 48))
-    return "".join(out)
+    the fourth on) in 5-bit groups, low first, 0x20 marking "more follows", offset by 48.
+    All runs at once in numpy (a mask has hundreds of runs; a Python loop cost 0.5 ms)."""
+    values = np.asarray(counts, np.int64)
+    if not len(values):
+        return ""
+    values = values.copy()
+    values[3:] -= np.asarray(counts, np.int64)[1:-2]
+    groups, emitting = [], np.ones(len(values), bool)
+    while emitting.any():
+        low = values & 0x1F
+        values = values >> 5
+        more = np.where(low & 0x10, values != -1, values != 0)
+        groups.append((np.where(more, low | 0x20, low) + 48, emitting))
+        emitting = emitting & more
+    chars = np.stack([g for g, _ in groups], axis=1)
+    valid = np.stack([e for _, e in groups], axis=1)
+    return chars[valid].astype(np.uint8).tobytes().decode("ascii")
 
 
 def string_to_counts(text: str) -> list[int]:
     """Run lengths back from COCO's compressed string (inverse of :func:`counts_to_string`)."""
-    counts: list[int] = []
-    p, n = 0, len(text)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            c = ord(text[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    if not text:
+        return []
+    chars = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
+    last = (chars & 0x20) == 0  # the last group of a value
+    value_of = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    shift = 5 * (np.arange(len(chars)) - starts[value_of])
+    values = np.zeros(int(last.sum()), np.int64)
+    np.add.at(values, value_of, (chars & 0x1F) << shift)
+    negative = (chars[last] & 0x10) != 0  # sign-extend from the last group's top bit
+    values[negative] -= np.int64(1) << (shift[last][negative] + 5)
+    values[3::2] = np.cumsum(values[1::2])[1:]
+    values[4::2] = np.cumsum(values[2::2])[1:]
+    return values.tolist()
 
 
 def _runs(binary: np.ndarray, x: int, y: int, height: int, width: int) -> list[int]:
@@ -81,8 +84,12 @@ def _runs(binary: np.ndarray, x: int, y: int, height: int, width: int) -> list[i
 
 def encode_rle(binary: np.ndarray) -> str:
     """COCO compressed RLE string of a 2-D binary array."""
-    h, w = binary.shape
-    return counts_to_string(_runs(binary.astype(bool), 0, 0, h, w))
+    flat = np.ascontiguousarray(binary.T).reshape(-1).astype(bool)  # column-major
+    if not len(flat):
+        return ""
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], changes, [len(flat)]]))
+    return counts_to_string(np.concatenate([[0], runs]) if flat[0] else runs)
 
 
 def decode_rle(text: str, height: int, width: int) -> np.ndarray:

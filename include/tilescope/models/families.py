@@ -258,25 +258,24 @@ def _yolov8_seg(outputs: Sequence[np.ndarray], threshold: float, *, height: int,
     return Detections(boxes, best, classes, masks=masks)
 
 
-def _upsampling(first: int, count: int, scale: float, cells: int) -> tuple[np.ndarray, int]:
-    """Bilinear weights (count, used cells) taking prototype cells to output pixels
-    ``first … first + count - 1`` (PyTorch's ``align_corners=False``: source = (pixel + ½)
-    × scale − ½, clamped at the edges), and the first prototype cell they use."""
+def _upsampling(first: int, count: int, scale: float, cells: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For output pixels ``first … first + count - 1``, the two prototype cells each reads
+    and the weight of the second (PyTorch's bilinear ``align_corners=False``: source =
+    (pixel + ½) × scale − ½, clamped at the edges)."""
     source = np.clip((np.arange(first, first + count) + 0.5) * scale - 0.5, 0, cells - 1)
     low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, cells - 1)
-    start = int(low.min())
-    weights = np.zeros((count, int(high.max()) - start + 1), np.float32)
-    rows = np.arange(count)
-    np.add.at(weights, (rows, low - start), 1 - (source - low))
-    np.add.at(weights, (rows, high - start), source - low)
-    return weights, start
+    return low, np.minimum(low + 1, cells - 1), (source - low).astype(np.float32)
 
 
 def _instance_mask(box: np.ndarray, coefficients: np.ndarray, protos: np.ndarray,
                    height: int, width: int) -> Mask:
     """One detection's mask in canvas pixels: the pixels whose centres lie in ``box``
-    where the upsampled ``coefficients @ protos`` is positive (sigmoid above ½)."""
+    where the upsampled ``coefficients @ protos`` is positive (sigmoid above ½).
+
+    Only the prototype cells under the box are combined, and the upsampling is two
+    gathers (rows, then columns): elementwise numpy, not BLAS, whose threads cost more to
+    wake for these small products than the products themselves on a busy worker."""
     left = max(0, int(np.ceil(box[0] - 0.5)))
     top = max(0, int(np.ceil(box[1] - 0.5)))
     right = min(width, int(np.ceil(box[2] - 0.5)))
@@ -284,11 +283,14 @@ def _instance_mask(box: np.ndarray, coefficients: np.ndarray, protos: np.ndarray
     if right <= left or bottom <= top:
         return Mask(0, 0, 0, 0, "")
     _, cells_y, cells_x = protos.shape
-    wy, y0 = _upsampling(top, bottom - top, cells_y / height, cells_y)
-    wx, x0 = _upsampling(left, right - left, cells_x / width, cells_x)
-    crop = protos[:, y0:y0 + wy.shape[1], x0:x0 + wx.shape[1]]
-    logits = np.tensordot(coefficients, crop, axes=1)
-    return Mask.from_array(wy @ logits @ wx.T > 0, left, top)
+    y_low, y_high, y_weight = _upsampling(top, bottom - top, cells_y / height, cells_y)
+    x_low, x_high, x_weight = _upsampling(left, right - left, cells_x / width, cells_x)
+    y0, x0 = int(y_low[0]), int(x_low[0])
+    crop = protos[:, y0:int(y_high[-1]) + 1, x0:int(x_high[-1]) + 1]
+    logits = np.einsum("c,chw->hw", coefficients, crop)
+    rows = logits[y_low - y0] + (logits[y_high - y0] - logits[y_low - y0]) * y_weight[:, None]
+    values = rows[:, x_low - x0] + (rows[:, x_high - x0] - rows[:, x_low - x0]) * x_weight
+    return Mask.from_array(values > 0, left, top)
 
 
 def _end2end(outputs: Sequence[np.ndarray], threshold: float, **_: object) -> Detections:
