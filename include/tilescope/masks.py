@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["Mask", "counts_to_string", "decode_rle", "encode_rle", "string_to_counts"]
 
 
-def counts_to_string(counts: Sequence[int]) -> str:
+def counts_to_string(counts: Sequence[int] | np.ndarray) -> str:
     """COCO's compressed form of run lengths: each run (minus the one two before it, from
     the fourth on) in 5-bit groups, low first, 0x20 marking "more follows", offset by 48.
     All runs at once in numpy (a mask has hundreds of runs; a Python loop cost 0.5 ms)."""
