@@ -24,6 +24,7 @@ from support.onnx_graphs import detector, names_metadata, write
 from tilescope.cli import main
 from tilescope.errors import BadModelError
 from tilescope.masks import Mask
+from tilescope.models import families
 from tilescope.models.onnx_detector import OnnxDetector
 from tilescope.results import Result
 
@@ -113,3 +114,30 @@ def test_yolov8_seg_named_on_a_detector_without_prototypes(tmp_path: Path) -> No
         input_shape=("N", 3, SIDE, SIDE), metadata=names_metadata(NAMES)))
     with pytest.raises(BadModelError, match="not a yolov8-seg model: its outputs"):
         OnnxDetector(path, family="yolov8-seg")
+
+
+def test_masks_are_made_for_boxes_kept_by_nms_only(tmp_path: Path, monkeypatch) -> None:
+    """Three candidates, two of them the same kite (IoU 0.9): NMS runs before the masks, as
+    Ultralytics does, so two masks are made, not three (counted with a spy)."""
+    pred = np.zeros((4 + len(NAMES) + COEFFICIENTS, ANCHORS), np.float32)
+    pred[:4, 7] = [25, 40, 30, 40]
+    pred[:4, 8] = [25, 41, 30, 38]        # inside the first: IoU 38/40 = 0.95
+    pred[:4, 9] = [52, 10, 10, 10]        # elsewhere
+    pred[4 + 1, [7, 8, 9]] = [0.9, 0.8, 0.7]
+    pred[4 + len(NAMES), [7, 8, 9]] = 1.0
+    protos = np.full((COEFFICIENTS, SIDE // 4, SIDE // 4), -10, np.float32)
+    protos[0, 2:8, 3:8] = 10
+    protos[1:] = 0
+    path = write(tmp_path / "three.onnx", detector(
+        {"output0": pred, "output1": protos}, input_shape=("N", 3, SIDE, SIDE),
+        metadata=names_metadata(NAMES)))
+    made = []
+    real = families._instance_mask
+    monkeypatch.setattr(families, "_instance_mask",
+                        lambda box, *rest: made.append(box.tolist()) or real(box, *rest))
+    with OnnxDetector(path) as model:
+        made.clear()  # the probe's blank run
+        (dets,) = model.predict([np.zeros((SIDE, SIDE, 3), np.uint8)])
+    assert dets.scores.tolist() == pytest.approx([0.9, 0.7])
+    assert made == [[10, 20, 40, 60], [47, 5, 57, 15]]
+    assert dets.masks is not None and dets.masks[0] == Mask.from_array(expected_canvas_mask())

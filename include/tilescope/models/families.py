@@ -15,7 +15,8 @@ comes back in the slice's own pixels. Layouts, per image:
   coefficients, and prototypes (M, H/4, W/4). A detection's mask is ``sigmoid(coefficients
   @ prototypes) > 0.5``, upsampled bilinearly to the input (as PyTorch's
   ``interpolate(align_corners=False)``) and cropped to the box: only the box's window is
-  computed, and it is kept as a box-local :class:`~tilescope.masks.Mask`
+  computed (after the NMS, for kept boxes only), and it is kept as a box-local
+  :class:`~tilescope.masks.Mask`
 * ``yolo-end2end`` (NMS in the graph, YOLOv10, ``nms=True`` exports): (K, 6) = x1, y1, x2, y2,
   score, class
 * ``yolox``: (anchors, 5 + C) raw grid offsets, decoded over strides 8/16/32 as YOLOX's demo
@@ -43,6 +44,7 @@ import numpy as np
 from tilescope.detections import Detections
 from tilescope.errors import BadModelError
 from tilescope.masks import Mask
+from tilescope.postprocess.combine import nms_index
 
 __all__ = ["FAMILIES", "Family", "Placement", "Preprocessing", "decode", "detr_boxes_index",
            "place", "recognise", "to_slice"]
@@ -244,7 +246,9 @@ def _yolov8(outputs: Sequence[np.ndarray], threshold: float, **_: object) -> Det
 
 
 def _yolov8_seg(outputs: Sequence[np.ndarray], threshold: float, *, height: int,
-                width: int, **_: object) -> Detections:
+                width: int, nms_threshold: float | None = None, **_: object) -> Detections:
+    """YOLOv8-seg: boxes as ``yolov8``; with ``nms_threshold``, suppressed (class-aware
+    IoU, as the detector does per slice) before any mask is made, as Ultralytics does."""
     protos = next(o for o in outputs if o.ndim == 3)
     pred = next(o for o in outputs if o.ndim == 2)
     coefficients = len(protos)
@@ -252,10 +256,14 @@ def _yolov8_seg(outputs: Sequence[np.ndarray], threshold: float, *, height: int,
     hits = np.flatnonzero(scores.max(axis=0) >= threshold)
     classes = scores[:, hits].argmax(axis=0)
     best = scores[classes, hits]  # the row's maximum: at or above the threshold
-    boxes = _xywh_to_xyxy(pred[:4, hits].T)
+    dets = Detections(_xywh_to_xyxy(pred[:4, hits].T), best, classes)
+    if len(dets) and nms_threshold is not None:
+        kept = nms_index(dets, nms_threshold, "iou", class_agnostic=False)
+        dets, hits = dets.select(kept), hits[kept]
     masks = tuple(_instance_mask(box, pred[len(pred) - coefficients:, hit], protos, height,
-                                 width) for box, hit in zip(boxes, hits.tolist(), strict=True))
-    return Detections(boxes, best, classes, masks=masks)
+                                 width) for box, hit in zip(dets.boxes, hits.tolist(),
+                                                            strict=True))
+    return dets.with_masks(masks)
 
 
 def _upsampling(first: int, count: int, scale: float, cells: int
@@ -371,8 +379,11 @@ _DECODERS: Final[dict[str, Callable[..., Detections]]] = {
 
 def decode(family: str, outputs: Sequence[np.ndarray], threshold: float, *, height: int,
            width: int, classes: int | None = None, output_names: Sequence[str] = (),
-           class_offset: int = 0) -> Detections:
+           class_offset: int = 0, nms_threshold: float | None = None) -> Detections:
     """One image's detections in canvas pixels (``height`` × ``width``, the network input)
-    from its outputs (batch axis removed, float32), scores at or above ``threshold``."""
+    from its outputs (batch axis removed, float32), scores at or above ``threshold``.
+    ``nms_threshold``: the NMS the caller applies next, which a family that makes costly
+    per-box outputs (masks) applies first, so it makes them for kept boxes only."""
     return _DECODERS[family](outputs, threshold, height=height, width=width, classes=classes,
-                             names=output_names, offset=class_offset)
+                             names=output_names, offset=class_offset,
+                             nms_threshold=nms_threshold)

@@ -326,7 +326,8 @@ class OnnxDetector(DetectionModel):
         for slot, index in enumerate(live):
             dets = decode(self.family, [o[slot] for o in outputs], self.score_threshold,
                           height=self.height, width=self.width, classes=len(self._names),
-                          output_names=self._output_names, class_offset=self.class_offset)
+                          output_names=self._output_names, class_offset=self.class_offset,
+                          nms_threshold=self.nms_threshold)
             height, width = images[index].shape[:2]
             dets = to_slice(dets, placements[slot], width, height)
             if len(dets) and self.nms_threshold is not None:

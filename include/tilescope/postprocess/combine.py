@@ -117,14 +117,28 @@ def nms(
     upper-case spelling. Cheap for the ~10-100 boxes of one slice as well as for whole images.
     ``seams``: only pairs that meet across a slice overlap match (:func:`seam_pairs`).
     """
+    index = nms_index(dets, threshold, metric, class_agnostic, seams=seams)
+    return dets.select(index) if len(dets) else Detections.empty()
+
+
+def nms_index(
+    dets: Detections,
+    threshold: float = 0.5,
+    metric: MatchMetric = "iou",
+    class_agnostic: bool = False,
+    *,
+    seams: bool = False,
+) -> np.ndarray:
+    """The indices of the boxes :func:`nms` keeps, in its output order: for work that only
+    the kept boxes need (e.g. an instance mask each, made after suppression)."""
     metric = _check_metric(metric)
     threshold = _check_threshold(threshold)
     _check_seams(dets, seams, threshold)
     n = len(dets)
     if n == 0:
-        return Detections.empty()
+        return np.zeros(0, np.int64)
     if n <= _SMALL_MAX and threshold > 0 and not seams:
-        return _small(dets, "nms", metric, threshold, class_agnostic)
+        return _small_nms_index(dets, metric, threshold, class_agnostic)
     ctx = _Context(dets, class_agnostic, seams)
     if threshold <= 0:
         kept = _match_all_tops(ctx)
@@ -132,7 +146,7 @@ def nms(
         src, dst = _match_edges(ctx, metric, threshold)
         kept = _nms_keep(n, src, dst, ctx.rank, ctx.order)
     keep = np.flatnonzero(kept)
-    return dets.select(keep[_output_order(ctx, keep, by_score=not class_agnostic)])
+    return keep[_output_order(ctx, keep, by_score=not class_agnostic)]
 
 
 def merge(
@@ -790,6 +804,34 @@ def _small(
     rank order, and each row of the match matrix, restricted to later-ranked boxes, is a Python
     int bitset, so suppressing or claiming a whole row is a single ``|`` / ``& ~``.
     """
+    if strategy == "nms":
+        return dets.select(_small_nms_index(dets, metric, threshold, class_agnostic))
+    order, b, s, rows, cats = _small_matches(dets, strategy, metric, threshold, class_agnostic)
+    return _small_merge(dets, strategy, metric, threshold, class_agnostic,
+                        (order, b, s, rows, cats))
+
+
+def _small_nms_index(dets: Detections, metric: str, threshold: float,
+                     class_agnostic: bool) -> np.ndarray:
+    """:func:`_small`'s NMS: the kept boxes' indices in NMS's output order."""
+    order, _, s, rows, cats = _small_matches(dets, "nms", metric, threshold, class_agnostic)
+    keep: list[int] = []
+    done = 0
+    for i in range(len(dets)):
+        if not (done >> i) & 1:
+            keep.append(i)
+            done |= rows[i]
+    if not class_agnostic:
+        scores = s.tolist()
+        keep.sort(key=lambda i: (-scores[i], cats[i], i))
+    return order[np.array(keep, dtype=np.int64)]
+
+
+def _small_matches(
+    dets: Detections, strategy: str, metric: str, threshold: float, class_agnostic: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]]:
+    """Rank order, ranked boxes and scores, each ranked box's matches among the later
+    ranked ones as a Python int bitset, and the ranked categories."""
     n = len(dets)
     boxes = dets.boxes
     order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -dets.scores))
@@ -823,20 +865,16 @@ def _small(
         int.from_bytes(raw[i * width : (i + 1) * width], "little") >> (i + 1) << (i + 1)
         for i in range(n)
     ]
-    cats = c.tolist()
+    return order, b, s, rows, c.tolist()
 
-    if strategy == "nms":
-        keep: list[int] = []
-        done = 0
-        for i in range(n):
-            if not (done >> i) & 1:
-                keep.append(i)
-                done |= rows[i]
-        if not class_agnostic:
-            scores = s.tolist()
-            keep.sort(key=lambda i: (-scores[i], cats[i], i))
-        return dets.select(order[np.array(keep, dtype=np.int64)])
 
+def _small_merge(
+    dets: Detections, strategy: str, metric: str, threshold: float, class_agnostic: bool,
+    matches: tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]],
+) -> Detections:
+    """:func:`_small`'s greedy NMM and NMM over :func:`_small_matches`."""
+    order, b, s, rows, cats = matches
+    n = len(dets)
     groups: dict[int, list[int]] = {}
     done = 0
     if strategy == "greedynmm":
