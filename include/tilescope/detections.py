@@ -9,9 +9,9 @@ came from (``slices``, the slice's box in the same frame): the seam-aware merge
 (``merge_scope="seams"``, :mod:`tilescope.postprocess.combine`) only merges boxes from
 different slices that meet in those slices' overlap. Merged detections have no one slice.
 
-Instance-segmentation models add ``masks``: one box-local :class:`~tilescope.masks.Mask` per
-detection, in the same frame, moved, scaled, clipped and selected with the boxes. Detections
-without masks (``masks is None``) pay nothing for them.
+Instance-segmentation models add ``masks``: one box-local
+:class:`~tilescope.instance_masks.Mask` per detection, in the same frame, moved, scaled, clipped
+and selected with the boxes. Detections without masks (``masks is None``) pay nothing for them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 
 
 @dataclass(frozen=True)

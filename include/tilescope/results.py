@@ -15,7 +15,7 @@ import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.georef import Georeference
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.microscopy import SlideScale
 
 RESULT_SCHEMA = "tilescope.result/1"
@@ -106,7 +106,8 @@ def detections_to_compact(dets: Detections) -> dict[str, list]:
     """Columnar lists rounded as :func:`quantize` does: small and JSON-able. Raw detections'
     slices travel as the distinct slice boxes (``slice_boxes``) and an index per detection
     (``slice_of``): a region has a few hundred slices and thousands of detections. Masks
-    travel as their box-local RLE windows (``masks``, :meth:`tilescope.masks.Mask.to_list`)."""
+    travel as their box-local RLE windows
+    (``masks``, :meth:`tilescope.instance_masks.Mask.to_list`)."""
     data = {"boxes": np.round(dets.boxes.astype(np.float64), BOX_DECIMALS).tolist(),
             "scores": np.round(dets.scores.astype(np.float64), SCORE_DECIMALS).tolist(),
             "category_ids": dets.category_ids.tolist()}

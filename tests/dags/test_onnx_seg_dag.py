@@ -14,7 +14,7 @@ from support.airflow_support import detection_keys
 from support.onnx_graphs import detector, names_metadata
 
 from tilescope.cli import main
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.outputs.catalog import connect, find_results
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from support.onnx_graphs import detector, names_metadata, write
 
 from tilescope.cli import main
 from tilescope.errors import BadModelError
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.models import families
 from tilescope.models.onnx_detector import OnnxDetector
 from tilescope.results import Result

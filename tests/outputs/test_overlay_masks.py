@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from tilescope.detections import Detections
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.outputs.overlay import category_colour, render_overlay
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tilescope.detections import Detections
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.postprocess import merge
 
 SLICES = ((0, 60), (40, 100))  # two slices in x, overlapping over [40, 60)

@@ -16,7 +16,7 @@ comes back in the slice's own pixels. Layouts, per image:
   @ prototypes) > 0.5``, upsampled bilinearly to the input (as PyTorch's
   ``interpolate(align_corners=False)``) and cropped to the box: only the box's window is
   computed (after the NMS, for kept boxes only), and it is kept as a box-local
-  :class:`~tilescope.masks.Mask`
+  :class:`~tilescope.instance_masks.Mask`
 * ``yolo-end2end`` (NMS in the graph, YOLOv10, ``nms=True`` exports): (K, 6) = x1, y1, x2, y2,
   score, class
 * ``yolox``: (anchors, 5 + C) raw grid offsets, decoded over strides 8/16/32 as YOLOX's demo
@@ -43,7 +43,7 @@ import numpy as np
 
 from tilescope.detections import Detections
 from tilescope.errors import BadModelError
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 from tilescope.postprocess.combine import nms_index
 
 __all__ = ["FAMILIES", "Family", "Placement", "Preprocessing", "decode", "detr_boxes_index",

@@ -74,7 +74,7 @@ from typing import Literal, cast
 import numpy as np
 
 from tilescope.detections import Detections
-from tilescope.masks import Mask
+from tilescope.instance_masks import Mask
 
 Strategy = Literal["nms", "nmm", "greedynmm", "softnms", "softnms-linear", "wbf"]
 MatchMetric = Literal["iou", "ios"]

@@ -1,5 +1,5 @@
-"""Instance masks (:mod:`tilescope.masks`): COCO's compressed RLE written and read by our own
-codec, checked on a hand-worked example and against pycocotools; box-local windows moved,
+"""Instance masks (:mod:`tilescope.instance_masks`): COCO's compressed RLE written and read
+by our own codec, checked on a hand-worked example and against pycocotools; box-local windows moved,
 scaled, clipped, united and written as image-sized COCO segmentations."""
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from tilescope.detections import Detections
-from tilescope.masks import Mask, counts_to_string, decode_rle, encode_rle, string_to_counts
+from tilescope.instance_masks import (
+    Mask,
+    counts_to_string,
+    decode_rle,
+    encode_rle,
+    string_to_counts,
+)
 from tilescope.results import RegionFinding, detections_from_compact, detections_to_compact
 
 
