@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
+from support.peaks import step_peak
 
 from tilescope.samples import build_mosaic
 
@@ -76,14 +74,6 @@ _, out = prepare(f"s3://{spec['bucket']}/{spec['key']}", InferenceParams(), clie
 print(json.dumps({"before_mb": before, "rss_mb": peak_rss_mb(),
                   "source_uri": out.source_uri, "width": out.image.width}))
 """
-
-
-def step_peak(script: str, spec: dict) -> dict:
-    """Run ``script`` in a fresh interpreter (as a task runs) and return its JSON line."""
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def analyze_peak_mb(endpoint: str, uri: str, region: dict) -> dict:

@@ -39,7 +39,7 @@ from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.readers.masks import sidecar_opener
 from tilescope.settings import TMP
 from tilescope.slicing import Box
-from tilescope.storage import RangedS3File, S3Client, parse_s3_uri
+from tilescope.storage import S3Client, open_in_place, parse_s3_uri
 
 #: a stored result's files by role, as the store summary and the viewer name them
 ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
@@ -240,9 +240,7 @@ def open_source(source_uri: str, client: S3Client, *, size: int | None = None,
     tiles a read needs (``magnification``: of a whole-slide scan's pyramid level), and a
     GeoTIFF's ``.msk`` mask sidecar beside it when it has one. ``size`` (if known) saves a
     HEAD request."""
-    # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
-    return TiffReader(io.BufferedReader(RangedS3File(source_uri, client, size=size),
-                                        buffer_size=64 << 10),
+    return TiffReader(open_in_place(source_uri, client, size=size),
                       max_pixels=max_pixels, name=source_uri, bands=bands,
                       magnification=magnification,
                       mask_sidecar=sidecar_opener(source_uri, client))

@@ -323,3 +323,14 @@ class RangedS3File(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
+
+
+def open_in_place(uri: str, client: S3Client | None = None,
+                  size: int | None = None) -> io.BufferedReader:
+    """A seekable, buffered read handle on a file or an ``s3://`` object (ranged GETs), so a
+    tiled TIFF is read tile by tile where it lies instead of whole into memory. ``size`` (if
+    known) saves an object's HEAD request; a missing file is a :class:`BadImageError`."""
+    if not is_s3_uri(uri):
+        return _local_file(uri).open("rb")
+    # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
+    return io.BufferedReader(RangedS3File(uri, client, size=size), buffer_size=64 << 10)

@@ -1,21 +1,33 @@
 """Image readers: validate an image and serve the pixels of any box of it.
 
-:func:`open_image` picks the reader from the bytes' signature (never from the name).
+:func:`open_image` picks the reader from the bytes' signature (never from the name); a tiled
+TIFF is read where it lies, tile by tile (:func:`open_input`), anything else whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageHeader, ImageReader
 from tilescope.readers.masks import MaskOpener, sidecar_opener
 from tilescope.readers.pillow import PillowReader
-from tilescope.readers.sniff import sniff_format
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_format
 from tilescope.readers.tiff import TiffReader
 from tilescope.results import ImageInfo
-from tilescope.storage import S3Client, read_bytes
+from tilescope.storage import (
+    S3Client,
+    default_s3_client,
+    is_s3_uri,
+    open_in_place,
+    read_bytes,
+    read_start,
+    sha256_hex,
+)
+
+#: what opening an image reads first (one ranged GET over S3): a small image comes back whole
+FIRST_READ_BYTES = 1 << 20
 
 
 def reader_for_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -47,16 +59,61 @@ def image_info(reader: ImageReader, uri: str, sha256: str, size: int) -> ImageIn
                      microscopy=reader.microscopy)
 
 
+def open_input(uri: str, head: bytes, *, size: int, client: S3Client | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, bands: Sequence[int] | None = None,
+               magnification: float | None = None) -> tuple[ImageReader, Callable[[], str]]:
+    """A reader for the image at ``uri`` (``head``: its first bytes, ``size``: all of them)
+    and a function giving its SHA-256, to call once the plan has passed its budget checks,
+    so an over-budget image is refused before it is read.
+
+    A *tiled* TIFF — a whole-slide scan, a COG, any tiled TIFF — is read where it lies (a
+    local file through its handle, an object by ranged GETs): tifffile parses only its
+    header here, each read fetches and decodes only the tiles it touches and the hash is a
+    stream, so memory grows with the tiles in flight, not with the file. Anything else is
+    read whole and decoded once — from ``head`` when that is already all of it — its pixel
+    limit checked on the header before the decode. A GeoTIFF's ``<uri>.msk`` mask sidecar
+    is read beside it when it has one (:mod:`tilescope.readers.masks`)."""
+    mask_sidecar = sidecar_opener(uri, client)
+    if sniff_format(head[:SNIFF_BYTES]) == "TIFF":
+        handle = open_in_place(uri, client, size=size)
+        try:
+            reader = TiffReader(handle, max_pixels=max_pixels, name=uri, bands=bands,
+                                magnification=magnification, mask_sidecar=mask_sidecar)
+        except BaseException:
+            handle.close()
+            raise
+        if reader.header.tiled:
+            return reader, lambda: sha256_hex(uri, client)
+        reader.close()  # strips: decoded whole anyway, from one read
+    data = head if len(head) >= size else read_bytes(uri, client=client)
+    digest = hashlib.sha256(data).hexdigest()
+    return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
+                             magnification=magnification, mask_sidecar=mask_sidecar),
+            lambda: digest)
+
+
+def _client_for(uri: str, client: S3Client | None) -> S3Client | None:
+    """One client for every request an ``s3://`` image's opening makes."""
+    return client or (default_s3_client() if is_s3_uri(uri) else None)
+
+
 def open_image(uri: str, *, client: S3Client | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                bands: Sequence[int] | None = None,
                magnification: float | None = None) -> tuple[ImageReader, ImageInfo]:
-    """Read ``uri`` (path or ``s3://``), validate it, and return its reader and identity
-    (a GeoTIFF's ``<uri>.msk`` mask sidecar read beside it when it has one)."""
-    data = read_bytes(uri, client=client)
-    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                              magnification=magnification,
-                              mask_sidecar=sidecar_opener(uri, client))
-    return reader, image_info(reader, uri, hashlib.sha256(data).hexdigest(), len(data))
+    """Open ``uri`` (path or ``s3://``; a tiled TIFF in place, see :func:`open_input`),
+    validate its header, and return its reader and identity (a GeoTIFF's ``<uri>.msk``
+    mask sidecar read beside it when it has one)."""
+    client = _client_for(uri, client)
+    # One read (one ranged GET over S3): a small image comes back whole, a TIFF's signature
+    # says to read it in place.
+    head, size = read_start(uri, FIRST_READ_BYTES, client)
+    reader, sha256 = open_input(uri, head, size=size, client=client, max_pixels=max_pixels,
+                                bands=bands, magnification=magnification)
+    try:
+        return reader, image_info(reader, uri, sha256(), size)
+    except BaseException:
+        reader.close()
+        raise
 
 
 def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
@@ -68,23 +125,34 @@ def reopen_planned(uri: str, sha256: str, *, client: S3Client | None = None,
     ``decode`` — decoded now, so bad pixels are found here, on whichever thread opens it."""
     from tilescope.errors import BadImageError
 
-    data = read_bytes(uri, client=client)
-    now = hashlib.sha256(data).hexdigest()
-    if now != sha256:
-        raise BadImageError(f"{uri} changed since it was planned (sha256 {sha256[:12]}… "
-                            f"now {now[:12]}…): not analysed")
-    # the same bytes and bands give the same stretch as when it was planned
-    reader = reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                              magnification=magnification,
-                              mask_sidecar=sidecar_opener(uri, client))
-    if decode:
-        try:
+    client = _client_for(uri, client)
+
+    def changed(now: str) -> BadImageError:
+        return BadImageError(f"{uri} changed since it was planned (sha256 {sha256[:12]}… "
+                             f"now {now[:12]}…): not analysed")
+
+    head, size = read_start(uri, FIRST_READ_BYTES, client)
+    try:
+        # the same bytes and bands give the same stretch as when it was planned
+        reader, digest = open_input(uri, head, size=size, client=client,
+                                    max_pixels=max_pixels, bands=bands,
+                                    magnification=magnification)
+    except BadImageError as exc:  # what no longer parses was replaced, most likely: say so
+        now = sha256_hex(uri, client)
+        if now != sha256:
+            raise changed(now) from exc
+        raise
+    try:
+        now = digest()
+        if now != sha256:
+            raise changed(now)
+        if decode:
             reader.validate()
-        except BaseException:
-            reader.close()
-            raise
+    except BaseException:
+        reader.close()
+        raise
     return reader
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageHeader", "ImageReader", "PillowReader", "TiffReader",
-           "image_info", "open_image", "reader_for_bytes", "reopen_planned"]
+           "image_info", "open_image", "open_input", "reader_for_bytes", "reopen_planned"]

@@ -67,6 +67,7 @@ class TiffReader(ImageReader):
         import tifffile
 
         self._name = name
+        self._handle = handle  # the reader's own from here: closed with it
         try:
             self._tiff = tifffile.TiffFile(handle)
             page = self._tiff.pages.first
@@ -457,4 +458,5 @@ class TiffReader(ImageReader):
     def close(self) -> None:
         if self._mask is not None:
             self._mask.close()
-        self._tiff.close()
+        self._tiff.close()  # tifffile leaves a handle it was given open
+        self._handle.close()

@@ -10,7 +10,6 @@ step is unit-testable against any S3 server, and the XComs stay small by constru
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -59,10 +58,9 @@ from tilescope.pipeline import (
     plan_image,
     synthesize,
 )
-from tilescope.readers import TiffReader, image_info, reader_for_bytes
-from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
-from tilescope.readers.masks import sidecar_opener
-from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
+from tilescope.readers import TiffReader, image_info, open_input
+from tilescope.readers.base import DEFAULT_MAX_PIXELS
+from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
 from tilescope.results import (
     ImageInfo,
     RegionFinding,
@@ -77,7 +75,6 @@ from tilescope.storage import (
     parse_s3_uri,
     read_bytes,
     read_head,
-    sha256_hex,
     write_bytes,
 )
 from tilescope.units import (
@@ -175,30 +172,6 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
         full_image_names=open_names(full_image_model) if full_image_model else None,
         moderation=verdict, scratch_prefix=f"s3://{scratch.bucket}/{scratch.prefix}",
         ready_at=time.time())  # regions may run from now: their queue wait starts
-
-
-def open_input(uri: str, head: bytes, *, client: S3Client, size: int, max_pixels: int,
-               bands: list[int] | None = None,
-               magnification: float | None = None) -> tuple[ImageReader, Callable[[], str]]:
-    """A reader for the input image and a function giving its SHA-256 (called after the plan
-    has passed its budget checks, so an over-budget image is refused before it is read).
-
-    A *tiled* TIFF — a whole-slide scan, a COG-style satellite capture — is opened over ranged
-    GETs: tifffile parses only its header here, the thumbnail is built tile row by tile row,
-    and the hash is computed on a stream, so preprocess memory does not grow with the image.
-    Anything else is downloaded and decoded once (the pixel limit guards the decode)."""
-    if sniff_format(head) == "TIFF":
-        reader = open_source(uri, client, size=size, max_pixels=max_pixels, bands=bands,
-                             magnification=magnification)
-        if reader.header.tiled:
-            return reader, lambda: sha256_hex(uri, client)
-        reader.close()  # strips: decoded whole, from one download
-    data = read_bytes(uri, client)
-    digest = hashlib.sha256(data).hexdigest()
-    return (reader_for_bytes(data, max_pixels=max_pixels, name=uri, bands=bands,
-                             magnification=magnification,
-                             mask_sidecar=sidecar_opener(uri, client)),
-            lambda: digest)
 
 
 def record_blocked(error: ImageBlockedError, params: InferenceParams, *, client: S3Client,
