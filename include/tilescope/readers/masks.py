@@ -16,7 +16,6 @@ another size than the image is a bad input (GDAL fails reading it too).
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +24,11 @@ from typing import IO, Any
 
 from tilescope.errors import BadImageError
 from tilescope.storage import (
-    RangedS3File,
     S3Client,
     StorageError,
     default_s3_client,
     is_s3_uri,
+    open_in_place,
     parse_s3_uri,
 )
 
@@ -110,9 +109,7 @@ def open_sidecar(uri: str, client: S3Client | None = None) -> IO[bytes] | None:
         if code in _ABSENT_CODES:
             return None
         raise StorageError(f"looking for the mask sidecar {mask_uri} failed: {exc}") from exc
-    # Buffered: tifffile parses the header with many small reads, each a GET unbuffered.
-    return io.BufferedReader(RangedS3File(mask_uri, client, size=size),
-                             buffer_size=64 << 10)
+    return open_in_place(mask_uri, client, size=size)
 
 
 def read_sidecar(handle: IO[bytes], name: str, width: int, height: int) -> GdalMask:
