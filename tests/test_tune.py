@@ -12,14 +12,16 @@ import pytest
 from PIL import Image
 from support.blob_model import BrightBlobModel, blob_image
 from support.pasted_objects import big_and_small
+from support.seam_objects import GRID, OVERLAP, OVERLAPPING, PLACED, build_scene
 
 from tilescope.cli import main
 from tilescope.evaluation import evaluate
 from tilescope.models import register_model
+from tilescope.models.coco import COCO_NAMES
 from tilescope.models.nanodet import NanoDetModel
 from tilescope.params import InferenceParams
 from tilescope.readers import open_image
-from tilescope.tune import refined_sizes, tune
+from tilescope.tune import Merging, SearchSpace, merge_grid, params_json, refined_sizes, tune
 
 register_model("bright-blobs", BrightBlobModel)
 
@@ -74,6 +76,91 @@ def test_tune_finds_the_known_best_setting_and_its_params_run_as_scored(scene, t
     assert run["params"] == params.to_dict()
     scored = evaluate(run, json.loads(truth.read_text()))
     assert scored.AP50 is not None and abs(scored.AP50 - best["AP50"]) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def overlapping_scene(tmp_path_factory) -> tuple[Path, Path]:
+    """tests/support/seam_objects.py's scene: real objects on slice overlaps and region
+    borders, plus two people overlapping inside one slice (NanoDet boxes them at IoS 0.36):
+    (image, its COCO ground truth)."""
+    folder = tmp_path_factory.mktemp("seams")
+    pixels, placed = build_scene(PLACED + OVERLAPPING)
+    names = sorted({COCO_NAMES[obj.category_id] for obj in placed})
+    gt = {"images": [{"id": 1, "file_name": "seams.png", "width": pixels.shape[1],
+                      "height": pixels.shape[0]}],
+          "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+          "annotations": [{"id": i + 1, "image_id": 1,
+                           "category_id": names.index(COCO_NAMES[obj.category_id]) + 1,
+                           "bbox": [obj.box[0], obj.box[1], obj.box[2] - obj.box[0],
+                                    obj.box[3] - obj.box[1]]}
+                          for i, obj in enumerate(placed)]}
+    image, truth = folder / "seams.png", folder / "gt.json"
+    Image.fromarray(pixels).save(image)
+    truth.write_text(json.dumps(gt))
+    return image, truth
+
+
+def test_tune_chooses_the_seam_aware_merge_where_the_default_fuses_two_objects(
+        overlapping_scene, tmp_path):
+    """Matching at IoS 0.3 fuses the two overlapping people into one box (one person
+    missed: AP50 0.94 under every IoS merge); the seam-aware merge keeps them apart and
+    still finds every object on a seam once (AP50 1), so tune — re-merging the one model
+    pass — chooses ``merge_scope=seams``, shows it in its table, and ``predict --params`` on
+    its file scores what it reported. (Under IoU at 0.3 the pair, IoU 0.24, stays apart in
+    either scope, so the search is held to IoS to make seams strictly the best.) Seen red
+    with the scopes left out of the search (best: the default merge, the file without
+    ``merge_scope``)."""
+    image, truth = overlapping_scene
+    gt = json.loads(truth.read_text())
+    base = InferenceParams(model="nanodet-coco", overlap=OVERLAP, grid=GRID,
+                           score_threshold=0.4, match_threshold=0.3)
+    space = SearchSpace(slice_sizes=(None,), overlaps=(OVERLAP,), match_metrics=("ios",),
+                        thresholds=(0.3,), full_image_pass=False, refine_sizes=False)
+    reader, info = open_image(str(image))
+    with reader, NanoDetModel(score_threshold=base.score_threshold) as model:
+        report = tune([(reader, info)], gt, model, base, budget=300, space=space)
+
+    first, best = report.trials[0], report.best
+    assert first.params == base
+    assert best.params.merge_scope == "seams" and best.merging.label().endswith(" seams")
+    assert best.score == 1.0 > first.score
+    assert all(t.score < best.score for t in report.trials if t.merging.merge_scope == "all")
+    assert f"* {best.slicing.label()}" in report.table()
+    assert best.merging.label() in report.table()
+    assert len(report.trials) > 6 and len({t.slicing for t in report.trials}) == 1
+
+    out = tmp_path / "best.json"
+    out.write_bytes(params_json(best.params))
+    assert json.loads(out.read_text())["merge_scope"] == "seams"
+    result = tmp_path / "result.json"
+    assert main(["predict", str(image), "--params", str(out), "--out", str(result),
+                 "--quiet"]) == 0
+    run = json.loads(result.read_text())
+    assert run["params"]["merge_scope"] == "seams" and run["params"] == best.params.to_dict()
+    scored = evaluate(run, gt)
+    assert scored.AP50 is not None and abs(scored.AP50 - best.score) < 1e-9
+
+
+def test_the_params_file_leaves_the_default_merge_scope_out():
+    """A file choosing the default merge reads as before the scope existed. Seen red with
+    ``tuned_conf`` keeping every key."""
+    assert "merge_scope" not in json.loads(params_json(InferenceParams()))
+    seams = json.loads(params_json(InferenceParams(merge_scope="seams")))
+    assert seams["merge_scope"] == "seams"
+    assert InferenceParams.from_dict(seams) == InferenceParams(merge_scope="seams")
+
+
+def test_the_merge_grid_tries_seams_only_where_a_run_accepts_it():
+    """Seen red with ``Merging.valid`` dropped (wbf/softnms with seams: ConfigError)."""
+    grid = merge_grid(SearchSpace(thresholds=(0.0, 0.5)), True, Merging("greedynmm", "ios", 0.5))
+    seams = {(m.postprocess, m.match_threshold) for m in grid if m.merge_scope == "seams"}
+    assert {p for p, _ in seams} == {"greedynmm", "nmm", "nms"}
+    assert all(t > 0 for _, t in seams)
+    assert Merging("nms", "iou", 0.5, "seams") in grid and Merging("nms", "iou", 0.5) in grid
+    for merging in grid:  # every setting is a valid run
+        InferenceParams(postprocess=merging.postprocess, match_metric=merging.match_metric,
+                        match_threshold=merging.match_threshold,
+                        merge_scope=merging.merge_scope)
 
 
 def test_a_tiny_budget_tries_only_the_starting_parameters(scene):

@@ -6,18 +6,20 @@
 affordable: the model's detections on a slice grid do not depend on how they are merged, so
 the model runs **once per slicing** — (slice size, overlap), plus one whole-image call per
 image shared by every setting with the full-image pass — and every merge setting
-(postprocess, match metric, match threshold) is a re-merge of the same per-slice detections
-(:func:`tilescope.pipeline.region_finding` then :func:`tilescope.pipeline.synthesize`, as
-:func:`~tilescope.pipeline.run_image` does, so a trial's result is the run's result).
+(postprocess, match metric, match threshold, merge scope) is a re-merge of the same
+per-slice detections (:func:`tilescope.pipeline.region_finding` then
+:func:`tilescope.pipeline.synthesize`, as :func:`~tilescope.pipeline.run_image` does, so a
+trial's result is the run's result).
 
 Search order, so a small budget still gives a sensible answer:
 
 1. the starting parameters as given (the defaults, unless changed);
 2. coarse slice sizes at the starting overlap, merged the starting way;
-3. every merge strategy with either metric, on the best slicing so far;
+3. every merge strategy with either metric (and the seam-aware scope where the strategy has
+   one), on the best slicing so far;
 4. refinement around the best: neighbouring slice sizes, the other overlaps, the full-image
    pass — each with the best merge so far;
-5. the fine merge grid (strategies × metrics × thresholds) on the best slicing, then on the
+5. the fine merge grid (strategies × metrics × thresholds × scopes) on the best slicing, then on the
    next best ones while time remains.
 
 A model pass is started only if its expected cost (its slices × the seconds per slice
@@ -41,7 +43,13 @@ from tilescope.detections import Detections
 from tilescope.errors import ConfigError
 from tilescope.evaluation import METRICS, evaluate
 from tilescope.models.base import DetectionModel
-from tilescope.params import MATCH_METRICS, POSTPROCESS_TYPES, InferenceParams
+from tilescope.params import (
+    MATCH_METRICS,
+    MERGE_SCOPES,
+    POSTPROCESS_TYPES,
+    SEAM_POSTPROCESS,
+    InferenceParams,
+)
 from tilescope.pipeline import (
     full_image_detections,
     open_names,
@@ -86,9 +94,18 @@ class Merging:
     postprocess: str
     match_metric: str
     match_threshold: float
+    #: ``"seams"``: only boxes of different slices meeting in their overlap are merged
+    merge_scope: str = "all"
 
     def label(self) -> str:
-        return f"{self.postprocess} {self.match_metric} {self.match_threshold:g}"
+        scope = "" if self.merge_scope == "all" else f" {self.merge_scope}"
+        return f"{self.postprocess} {self.match_metric} {self.match_threshold:g}{scope}"
+
+    def valid(self) -> bool:
+        """Whether a run accepts it: the seam-aware scope needs a strategy that has it and a
+        threshold above 0 (the rules of :class:`~tilescope.params.InferenceParams`)."""
+        return self.merge_scope == "all" or (self.postprocess in SEAM_POSTPROCESS
+                                              and self.match_threshold > 0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,8 @@ class SearchSpace:
     postprocesses: tuple[str, ...] = POSTPROCESS_TYPES
     match_metrics: tuple[str, ...] = MATCH_METRICS
     thresholds: tuple[float, ...] = THRESHOLDS
+    #: merge scopes tried with each strategy that has them (seams: greedynmm, nmm, nms)
+    merge_scopes: tuple[str, ...] = MERGE_SCOPES
     full_image_pass: bool = True
     #: refine slice sizes between the coarse ones around the best
     refine_sizes: bool = True
@@ -160,12 +179,12 @@ class TuneReport:
     def table(self) -> str:
         """The Pareto front as a table, the chosen setting marked ``*``."""
         best = self.best
-        rows = [f"  {'slicing':<16} {'merging':<22} {self.metric:>7} {'AP50':>6} {'rec50':>6} "
+        rows = [f"  {'slicing':<16} {'merging':<28} {self.metric:>7} {'AP50':>6} {'rec50':>6} "
                 f"{'dup':>6} {'slices':>6} {'s/image':>8}"]
         front = self.pareto()
         for t in front + ([best] if best not in front else []):
             rows.append(f"{'*' if t is best else ' '} {t.slicing.label():<16} "
-                        f"{t.merging.label():<22} {t.score:7.3f} {_cell(t.figures['AP50'])} "
+                        f"{t.merging.label():<28} {t.score:7.3f} {_cell(t.figures['AP50'])} "
                         f"{_cell(t.figures['recall50'])} {_cell(t.figures['dup_rate'])} "
                         f"{t.slices:>6} {t.seconds / max(self.images, 1):8.3f}")
         if best not in front:
@@ -179,7 +198,7 @@ class TuneReport:
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "budget": self.budget, "spent": round(self.spent, 3),
                 "images": self.images, "best": self.best.to_dict(),
-                "params": self.best.params.to_conf(),
+                "params": tuned_conf(self.best.params),
                 "pareto": [t.to_dict() for t in self.pareto()],
                 "trials": [t.to_dict() for t in self.trials], "skipped": list(self.skipped)}
 
@@ -230,13 +249,14 @@ class _Search:
 
     def _base_merging(self) -> Merging:
         return Merging(self.base.postprocess, self.base.match_metric,
-                       self.base.match_threshold)
+                       self.base.match_threshold, self.base.merge_scope)
 
     def _params(self, slicing: Slicing, merging: Merging) -> InferenceParams:
         return replace(self.base, slice_size=slicing.slice_size, overlap=slicing.overlap,
                        full_image_pass=slicing.full_image_pass,
                        postprocess=merging.postprocess, match_metric=merging.match_metric,
-                       match_threshold=merging.match_threshold)
+                       match_threshold=merging.match_threshold,
+                       merge_scope=merging.merge_scope)
 
     def affordable(self, slicing: Slicing) -> bool:
         """Whether this slicing's model pass is done, or expected to fit what is left."""
@@ -325,7 +345,9 @@ class _Search:
 
 def merge_grid(space: SearchSpace, fine: bool, base: Merging) -> list[Merging]:
     """The merge settings to try: each strategy with either metric at the starting threshold
-    (coarse), or at every threshold too (fine). Gaussian Soft-NMS ignores the threshold."""
+    (coarse), or at every threshold too (fine), in each merge scope the strategy has.
+    Gaussian Soft-NMS ignores the threshold. Scopes cost no model call (a re-merge), so
+    they are tried wherever a strategy is."""
     thresholds = space.thresholds if fine else (base.match_threshold,)
     grid = [base]
     for strategy in space.postprocesses:
@@ -333,9 +355,10 @@ def merge_grid(space: SearchSpace, fine: bool, base: Merging) -> list[Merging]:
             for threshold in thresholds:
                 if strategy == "softnms":
                     threshold = base.match_threshold
-                setting = Merging(strategy, metric, threshold)
-                if setting not in grid:
-                    grid.append(setting)
+                for scope in space.merge_scopes:
+                    setting = Merging(strategy, metric, threshold, scope)
+                    if setting.valid() and setting not in grid:
+                        grid.append(setting)
     return grid
 
 
@@ -426,8 +449,19 @@ def tune(images: Sequence[tuple[ImageReader, ImageInfo]], gt: Mapping[str, Any],
     return search.report
 
 
+def tuned_conf(params: InferenceParams) -> dict[str, Any]:
+    """The chosen settings as a DAG run's ``conf``
+    (:meth:`~tilescope.params.InferenceParams.to_conf`), ``merge_scope`` only when it is not
+    the default: a file choosing the default merge then reads as before the scope existed,
+    and a DAG or CLI without the parameter still takes it."""
+    conf = params.to_conf()
+    if conf.get("merge_scope") == "all":
+        del conf["merge_scope"]
+    return conf
+
+
 def params_json(params: InferenceParams) -> bytes:
     """The chosen settings as the Params JSON ``tilescope predict --params`` and the DAG's
-    ``conf`` take (:meth:`~tilescope.params.InferenceParams.to_conf`)."""
-    return (json.dumps(params.to_conf(), indent=1, sort_keys=False) + "\n").encode()
+    ``conf`` take (:func:`tuned_conf`)."""
+    return (json.dumps(tuned_conf(params), indent=1, sort_keys=False) + "\n").encode()
 

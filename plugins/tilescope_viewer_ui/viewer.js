@@ -23,7 +23,7 @@
     classCounts: {}, findings: 0, polls: 0, errors: [], selected: null, draws: 0,
     lastDrawMs: null, lastPollMs: null,
     batch: false, images: 0, imagesFinal: false, units: 0, unitStateCounts: {},
-    selectedImage: null, pointer: null,
+    selectedImage: null, pointer: null, evaluation: null,
   });
   const $ = (id) => document.getElementById(id);
   const canvas = $("view");
@@ -38,6 +38,7 @@
   const regionBoxes = new Map(); // map index → {boxes, scores, classes}
   const regionInfo = new Map(); // map index → finding summary (attempts, seconds, count)
   let final = null; // merged result once stored
+  let finalAtEnd = false; // read after the run ended (so with evaluate's output, if any)
   const hidden = new Set(); // class ids switched off
   let minScore = 0;
   let scale = 1;
@@ -410,6 +411,38 @@
     $("artifacts").hidden = !artifacts;
   }
 
+  // evaluation.json's figures as the page lists them (what the file holds, this order)
+  const EVALUATION_FIGURES = [["AP50", "AP50"], ["recall50", "recall @ IoU 0.5"],
+    ["precision50", "precision @ IoU 0.5"], ["AP", "AP 0.5:0.95"], ["AP75", "AP75"],
+    ["APs", "AP small"], ["APm", "AP medium"], ["APl", "AP large"],
+    ["dup_rate", "duplicates"]];
+
+  function renderEvaluation(ev) {
+    // A run the evaluate step scored (ground truth given or beside the image): its figures
+    // and PR plot; anything else shows nothing.
+    S.evaluation = ev ? ev.figures : null;
+    $("evaluation").hidden = !ev;
+    const plot = $("evaluation-plot");
+    if (!ev) { plot.hidden = true; plot.removeAttribute("src"); return; }
+    const shown = EVALUATION_FIGURES.filter(([name]) => name in ev.figures);
+    $("evaluation-figures").replaceChildren(...shown.flatMap(([name, label]) => {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      const value = ev.figures[name];
+      dt.textContent = label;
+      dd.textContent = value === null ? "–" : value.toFixed(3);
+      dd.dataset.figure = name;
+      return [dt, dd];
+    }));
+    const counts = ev.counts || {};
+    $("evaluation-counts").textContent = "objects" in counts
+      ? `${counts.objects} objects · ${counts.detections} detections` : "";
+    $("evaluation-truth").textContent = ev.ground_truth ? `ground truth: ${ev.ground_truth}` : "";
+    plot.hidden = !ev.pr_plot;
+    plot.onerror = () => { plot.hidden = true; }; // figures stay; the plot is optional
+    if (ev.pr_plot) plot.src = `${cfg.api}/object?key=${encodeURIComponent(ev.pr_plot)}`;
+  }
+
   // ---- batch runs ---------------------------------------------------------------------
   function renderUnits() {
     const units = (batchPlan && batchPlan.units) || [];
@@ -493,6 +526,7 @@
       $("summary").textContent = `${doc.image && doc.image.uri ? doc.image.uri + " · " : ""}` +
         `${doc.status}: ${doc.description || ""}`;
       renderArtifacts(doc.artifacts);
+      renderEvaluation(doc.evaluation);
       renderLegend(); renderClasses(); redraw();
       say("");
     } catch (err) {
@@ -571,12 +605,16 @@
         S.findings = regionBoxes.size;
         if (regionBoxes.size) S.mode = "live";
       }
-      if (st.result_ready && !final) {
+      // evaluate runs after store: a result read while the run was live is read once
+      // more at its end, for the evaluation written meanwhile
+      if (st.result_ready && (!final || (st.terminal && !finalAtEnd))) {
+        finalAtEnd = st.terminal;
         final = await getJSON("/result");
         S.mode = "final";
         $("summary").textContent = `${final.status}: ${final.description || ""}` +
           (final.total_seconds ? ` · ${final.total_seconds}s (model ${final.model_seconds}s)` : "");
         renderArtifacts(final.artifacts);
+        renderEvaluation(final.evaluation);
       }
       renderLegend();
       renderClasses();

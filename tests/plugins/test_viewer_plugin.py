@@ -2,7 +2,8 @@
 headless Chromium drawing the grid and boxes of a finished ``tiled_inference`` run.
 
 Two finished runs for the whole module, made cheaply: ``airflow dags test`` against the
-installation's metadata DB (real task execution, real S3 on moto) — one image, and a batch
+installation's metadata DB (real task execution, real S3 on moto) — one image, evaluated
+against a ``ground_truth`` (so its ``evaluate`` step writes ``evaluation.json``), and a batch
 of three (two photos and a non-image, so that run fails in finalize naming it) — then only
 the api-server is started on that DB — no scheduler needed to look at a finished run.
 """
@@ -30,6 +31,15 @@ GRID = (2, 3)
 #: the batch run's images: object key → how to make it from the kite photo (None: not one)
 BATCH = {"incoming/batch/mirrored.jpg": "mirror", "incoming/batch/notes.jpg": None,
          "incoming/batch/crop.jpg": "crop"}
+#: the one-image run's ground truth: two people and a kite of kite.jpg (boxes where the
+#: default model finds them, so the figures are not all zero) and a kite nobody finds
+GROUND_TRUTH_KEY = "labels/kite.gt.json"
+GROUND_TRUTH = {"images": [{"id": 1, "file_name": "kite.jpg", "width": 1352, "height": 900}],
+                "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "kite"}],
+                "annotations": [{"id": n, "image_id": 1, "category_id": cat, "bbox": box}
+                                for n, (cat, box) in enumerate(
+                                    [(1, [114, 611, 50, 151]), (1, [217, 699, 52, 156]),
+                                     (2, [595, 80, 74, 74]), (2, [1300, 20, 30, 30])], 1)]}
 CHROMIUM = os.environ.get("TILESCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TILESCOPE_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -67,8 +77,10 @@ def viewer_stack(tmp_path_factory, s3_server, sample):
     (port,) = free_ports(1)
     airflow = AirflowStack(home=tmp / "airflow", dags_folder=REPO / "dags", port=port,
                            plugins_folder=REPO / "plugins", components=("api-server",))
+    client.put_object(Bucket=BUCKET, Key=GROUND_TRUTH_KEY, Body=json.dumps(GROUND_TRUTH))
     conf = {"image_uri": f"s3://{BUCKET}/incoming/viewer/kite.jpg",
-            "grid": f"{GRID[0]}x{GRID[1]}"}
+            "grid": f"{GRID[0]}x{GRID[1]}",
+            "ground_truth": f"s3://{BUCKET}/{GROUND_TRUTH_KEY}"}
     try:
         started = time.monotonic()
         airflow.migrate()
@@ -188,6 +200,51 @@ def test_authenticated_json_describes_the_finished_run(viewer_stack):
     status, _, body = _get(urls["object"].replace("x.json", urllib.parse.quote(coco_key)),
                            token=token)
     assert status == 200 and json.loads(body)["annotations"]
+
+
+def test_an_evaluated_run_shows_its_figures_and_pr_plot_and_nothing_without(viewer_stack):
+    """The result JSON carries what the run's ``evaluation.json`` holds (equal to the file),
+    the PR plot is served as a PNG, the page has the panel; with the file gone the result
+    is still served, with ``evaluation`` null; a batch image has none. Seen red with
+    ``_evaluation`` in app.py returning ``None`` (and with the plot key left out of the
+    artefacts the object route allows: 400)."""
+    token, client = viewer_stack["airflow"].token(), viewer_stack["client"]
+    urls = _run_urls(viewer_stack)
+    result = _json(urls["result"], token)
+    key = result["artifacts"]["evaluation.json"]
+    stored = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    evaluation = result["evaluation"]
+    assert stored["ground_truth"] == evaluation["ground_truth"] == (
+        f"s3://{BUCKET}/{GROUND_TRUTH_KEY}")
+    for name in ("AP", "AP50", "AP75", "recall50", "dup_rate"):
+        assert evaluation["figures"][name] == stored[name], name
+    counts = [c["counts"] for c in stored["per_class"].values()]
+    detections = sum(c["detections"] for c in counts)
+    assert detections > 0 and evaluation["figures"]["precision50"] == (
+        sum(c["matched"] for c in counts) / detections)
+    assert evaluation["counts"] == stored["counts"] and stored["counts"]["objects"] == 4
+    assert 0 < stored["recall50"] < 1  # the people and a kite found, the other kite not
+    assert set(evaluation["per_class"]) == {"person", "kite"}
+    plot = evaluation["pr_plot"]
+    assert plot == result["artifacts"]["evaluation-pr.png"] and plot.startswith(
+        key.rsplit("/", 1)[0])
+    status, headers, body = _get(urls["object"].replace("x.json", urllib.parse.quote(plot)),
+                                 token=token)
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert body.startswith(b"\x89PNG")
+    status, _, page = _get(urls["page"], token=token)
+    assert status == 200 and b'id="evaluation"' in page and b"renderEvaluation" in page
+
+    body_of = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    client.delete_object(Bucket=BUCKET, Key=key)
+    try:  # not evaluated (or the file gone): the result alone, no error
+        bare = _json(urls["result"], token)
+        assert bare["evaluation"] is None and "evaluation.json" not in bare["artifacts"]
+        assert bare["boxes"] == result["boxes"]
+    finally:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body_of)
+    batch_image = _json(f"{_batch_urls(viewer_stack)['api']}/result?image=0", token)
+    assert batch_image.get("evaluation") is None
 
 
 @pytest.mark.parametrize("key", ["incoming/viewer/kite.jpg", "results/../incoming/x.json",

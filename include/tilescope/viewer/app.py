@@ -15,7 +15,9 @@ Routes (``{run}`` = ``dags/{dag_id}/runs/{run_id}``):
 * ``GET /api/{run}/states?regions=N`` — the live state and try of each of the N ``analyze``
   instances (by map index) in one DB query;
 * ``GET /api/{run}/findings?since=ISO`` — region boxes written since a cursor;
-* ``GET /api/{run}/result[?image=I]`` — the merged detections from ``result.json``;
+* ``GET /api/{run}/result[?image=I]`` — the merged detections from ``result.json``; for a
+  one-image run also its ``evaluation`` (``evaluation.json`` and the PR plot beside the
+  result, when the DAG's ``evaluate`` step wrote them; else ``null``);
 * ``GET /api/{run}/image?side=N[&image=I]`` — the thumbnail, downscaled, as JPEG;
 * ``GET /api/{run}/object?key=K`` — one of the run's own result/scratch objects;
 * ``GET /api/{run}/images`` — a batch run's images (name, status, detections, error).
@@ -47,7 +49,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilescope.errors import BadImageError, StorageError
-from tilescope.layout import ARTIFACTS, GEO_ARTIFACTS, THUMBNAIL
+from tilescope.layout import ARTIFACTS, EVALUATION_ARTIFACTS, GEO_ARTIFACTS, THUMBNAIL
 from tilescope.storage import S3Client, S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
@@ -70,6 +72,7 @@ from tilescope.viewer.shaping import (
     batch_image_payload,
     batch_images_payload,
     batch_plan_payload,
+    evaluation_payload,
     findings_payload,
     has_crs,
     level0_factors,
@@ -165,6 +168,20 @@ def _batch_prefixes(session: Any, run: metadata.RunInfo
         raise HTTPException(404, "the batch has not been planned yet")
     doc = _outcomes(batch)
     return batch_prefixes(batch, doc), doc
+
+
+def _evaluation(prefixes: RunPrefixes) -> dict[str, Any] | None:
+    """The stored evaluation beside a one-image run's result, or ``None``: not evaluated
+    (no ground truth, the step not run yet) or not readable as one — a missing evaluation
+    never fails the result it sits next to."""
+    location = prefixes.object(EVALUATION_ARTIFACTS["evaluation"], where="results")
+    if location is None:
+        return None
+    try:
+        doc = _json_or_none(location)
+    except (HTTPException, ValueError):
+        return None
+    return evaluation_payload(doc, f"{prefixes.results}{EVALUATION_ARTIFACTS['pr_plot']}")
 
 
 def _stored_image(session: Any, run: metadata.RunInfo, image: str | None
@@ -329,7 +346,9 @@ def create_app(static_dir: Path) -> FastAPI:
         if prefixes is None or location is None:
             raise HTTPException(404, "no result stored for this run yet")
         payload = result_payload(json.loads(_read(location)))
-        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if has_crs(payload) else ())]
+        payload["evaluation"] = _evaluation(prefixes)
+        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if has_crs(payload) else ()),
+                 *(EVALUATION_ARTIFACTS.values() if payload["evaluation"] else ())]
         payload["artifacts"] = {name: f"{prefixes.results}{name}" for name in names}
         return payload
 

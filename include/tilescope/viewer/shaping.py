@@ -13,12 +13,14 @@ into one finding per region, so boxes still arrive under their region's index.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tilescope.evaluation import METRICS
 from tilescope.georef import Georeference, GeoreferenceError, lonlat_grid
 from tilescope.microscopy import SlideScale
 from tilescope.slicing import SlicePlan
@@ -252,6 +254,65 @@ def result_payload(doc: dict[str, Any]) -> dict[str, Any]:
             "category_names": names, "boxes": boxes, "scores": scores, "classes": classes,
             "georef": georef_payload(doc.get("image") or {}),
             "microscopy": microscopy_payload(doc.get("image") or {})}
+
+
+def _figure(value: Any) -> float | None:
+    """A figure of ``evaluation.json``: a number, or ``None`` (nothing to count, or not one;
+    a NaN, which Python's JSON reader accepts, would break the page's JSON)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def precision50(per_class: Mapping[str, Any]) -> float | None:
+    """Detections matched to an object at IoU 0.5 ÷ detections, over the ground truth's
+    classes (``per_class`` counts of ``evaluation.json``): recall50's counterpart, which
+    the file does not hold as a figure of its own. ``None`` without detections."""
+    matched = detections = 0
+    for figures in per_class.values():
+        counts = figures.get("counts") if isinstance(figures, Mapping) else None
+        if isinstance(counts, Mapping):
+            matched += _count(counts.get("matched"))
+            detections += _count(counts.get("detections"))
+    return matched / detections if detections else None
+
+
+def evaluation_payload(doc: Any, plot_key: str | None = None) -> dict[str, Any] | None:
+    """A run's stored evaluation (``evaluation.json``, written by the DAG's ``evaluate``
+    step) for the page: the figures it holds (``AP50``, ``recall50``, … as
+    :data:`~tilescope.evaluation.METRICS`; ``null`` where nothing was counted) with
+    ``precision50`` derived from its per-class counts, its counts, a short per-class table,
+    the ground truth used and the PR plot's key. ``None`` when there is no evaluation (or
+    the document is not one), so the page shows nothing."""
+    if not isinstance(doc, Mapping):
+        return None
+    per_class = _mapping(doc.get("per_class"))
+    figures = {name: _figure(doc[name]) for name in METRICS if name in doc}
+    if not figures:
+        return None
+    figures["precision50"] = precision50(per_class)
+    classes = {}
+    for name, row in per_class.items():
+        if isinstance(row, Mapping):
+            counts = _mapping(row.get("counts"))
+            classes[str(name)] = {"AP50": _figure(row.get("AP50")),
+                                  "recall50": _figure(row.get("recall50")),
+                                  "objects": _count(counts.get("objects")),
+                                  "detections": _count(counts.get("detections"))}
+    counts = _mapping(doc.get("counts"))
+    ground_truth = doc.get("ground_truth")
+    return {"figures": figures, "counts": {k: _count(v) for k, v in counts.items()},
+            "per_class": classes,
+            "ground_truth": ground_truth if isinstance(ground_truth, str) else None,
+            "pr_plot": plot_key}
 
 
 def microscopy_payload(image: Mapping[str, Any]) -> dict[str, Any] | None:
