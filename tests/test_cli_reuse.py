@@ -241,3 +241,40 @@ def test_a_dag_stored_result_is_reused_by_the_cli(tmp_path, s3_client, capsys):
     in_s3 = InferenceParams(model="counting-blobs", slice_size=256, overlap=0.4)
     assert ResultIndex(url, in_s3, s3_client).find(sha).keys == {
         "result": "s3://dag/cli/copy.json"}
+
+
+class FailingAfterOneImageModel(CountingBlobModel):
+    """The counting blob detector that breaks down (not a bad input: a model crash) once it
+    has seen one image's slices."""
+
+    name = "failing-blobs"
+    budget = 0
+    slice_seconds = 1e6  # as slow as can be: a unit per image (units.unit_slice_budget)
+
+    def predict(self, images):
+        if type(self).slices_run >= type(self).budget:
+            raise RuntimeError("the model server went away")
+        return super().predict(images)
+
+
+register_model("failing-blobs", FailingAfterOneImageModel)
+
+
+def test_a_folder_run_that_breaks_part_way_records_the_images_it_wrote(tmp_path):
+    """Seen red with the rows recorded only after the loop (not in its ``finally``): the
+    first image's JSON was written and the catalog had no row for it, so ``--reuse`` would
+    have analysed it again."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    photos = tmp_path / "photos"
+    for seed in (1, 2, 3):
+        save_blobs(photos / f"p{seed}.png", seed)
+    FailingAfterOneImageModel.slices_run = 0
+    FailingAfterOneImageModel.budget = 2  # the first image's 2 slices go through, then it fails
+    with pytest.raises(RuntimeError, match="went away"):
+        main(["predict", str(photos), "--model", "failing-blobs", "--slice", "256",
+              "--quiet", "--out-dir", str(tmp_path / "out"),
+              "--catalog", url])
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.png.json"))
+    assert written, "the first image was analysed and written before the model failed"
+    rows = rows_of(url)
+    assert sorted(Path(r["image_uri"]).name + ".json" for r in rows) == written

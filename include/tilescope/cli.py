@@ -661,24 +661,27 @@ def _predict_many(args: argparse.Namespace, params: InferenceParams,
             bar.clear()  # the line goes where the bar was; the bar redraws below it
         print(line, flush=True)
 
-    for uri, (_, stored_result) in reused.items():
-        record(uri, _as_input(stored_result, uri))
-    if images:
-        with load_model(args.model, **options) as model:
-            for uri, outcome in predict_many(images, params, model,
-                                             max_pixels=args.max_pixels, progress=bar):
-                record(uri, outcome)
-    for uri, container in videos.items():  # one by one, as a single video runs
-        try:
-            result, _ = _video_result(uri, args, params, container, None)
-        except (BadImageError, ConfigError) as exc:
-            record(uri, exc)
-        else:
-            record(uri, result)
-    if catalog:
-        catalog.record([(o, _written_keys(written[uri], o)) for uri, o in outcomes.items()
-                        if isinstance(o, Result) and uri not in reused],
-                       [(uri, stored) for uri, (stored, _) in reused.items()])
+    try:
+        for uri, (_, stored_result) in reused.items():
+            record(uri, _as_input(stored_result, uri))
+        if images:
+            with load_model(args.model, **options) as model:
+                for uri, outcome in predict_many(images, params, model,
+                                                 max_pixels=args.max_pixels, progress=bar):
+                    record(uri, outcome)
+        for uri, container in videos.items():  # one by one, as a single video runs
+            try:
+                result, _ = _video_result(uri, args, params, container, None)
+            except (BadImageError, ConfigError) as exc:
+                record(uri, exc)
+            else:
+                record(uri, result)
+    finally:  # a model failing part-way: the images whose JSON was written get their rows
+        if catalog:
+            catalog.record([(o, _written_keys(written[uri], o)) for uri, o in outcomes.items()
+                            if isinstance(o, Result) and uri not in reused],
+                           [(uri, stored) for uri, (stored, _) in reused.items()
+                            if uri in outcomes])
     seconds = time.perf_counter() - started
     ordered = sorted(outcomes.items(), key=lambda pair: order[pair[0]])
     ok = [o for _, o in ordered if isinstance(o, Result)]
