@@ -10,8 +10,10 @@ from tilescope.layout import (
     ResultsLayout,
     ScratchLayout,
     finding_uri,
+    preview_names,
     safe_key_part,
 )
+from tilescope.previews import preview_format
 
 IMAGE = "0123456789abcdef"
 RUN = "manual__2026-12-01T22:00:00+00:00"
@@ -23,10 +25,11 @@ def test_keys_are_where_earlier_runs_put_them():
     scratch = ScratchLayout("b", IMAGE, RUN)
     assert scratch.prefix_uri == f"s3://b/scratch/{IMAGE}/{SAFE}/"
     assert finding_uri(scratch.prefix_uri, 7) == f"s3://b/scratch/{IMAGE}/{SAFE}/findings/region-0007.json"
-    assert ResultsLayout("b", IMAGE, "a1b2c3d4").artifacts() == {
+    assert ResultsLayout("b", IMAGE, "a1b2c3d4").artifacts(preview_format("png")) == {
         "result": f"s3://b/results/{IMAGE}/a1b2c3d4/result.json",
         "coco": f"s3://b/results/{IMAGE}/a1b2c3d4/coco.json",
-        "overlay": f"s3://b/results/{IMAGE}/a1b2c3d4/overlay.png"}
+        "overlay": f"s3://b/results/{IMAGE}/a1b2c3d4/overlay.png",
+        "thumbnail": f"s3://b/results/{IMAGE}/a1b2c3d4/thumbnail.png"}
     batch = BatchLayout("b", RUN)
     assert (batch.scratch_uri, batch.plan_uri, batch.outcomes_uri) == (
         f"s3://b/scratch/batch/{SAFE}/", f"s3://b/scratch/batch/{SAFE}/plan.json",
@@ -35,7 +38,25 @@ def test_keys_are_where_earlier_runs_put_them():
 
 def test_a_result_key_parses_back_to_its_layout():
     layout = ResultsLayout("b", IMAGE, "a1b2c3d4")
-    assert ResultsLayout.of_result(layout.artifacts()["result"]) == layout
+    assert ResultsLayout.of_result(layout.artifacts(preview_format("webp"))["result"]) == layout
+
+
+def test_previews_are_named_by_the_format_and_found_by_the_recorded_keys():
+    """The previews take the run's format's extension; a result's recorded keys name them,
+    and keys recorded before the format existed (no thumbnail key) mean the PNGs. Seen red
+    with preview_names ignoring the keys (always the PNGs)."""
+    layout = ResultsLayout("b", IMAGE, "a1b2c3d4")
+    webp = layout.artifacts(preview_format("webp"))
+    assert webp["overlay"].endswith("/overlay.webp")
+    assert webp["thumbnail"].endswith("/thumbnail.webp")
+    assert layout.artifacts(preview_format("jpeg"))["thumbnail"].endswith("/thumbnail.jpg")
+    assert preview_names(webp) == {"overlay": "overlay.webp", "thumbnail": "thumbnail.webp"}
+    old = {"result": webp["result"], "coco": webp["coco"], "overlay": layout.uri("overlay.png")}
+    assert preview_names(old) == {"overlay": "overlay.png", "thumbnail": "thumbnail.png"}
+    assert layout.is_preview("overlay", webp["overlay"])
+    assert layout.is_preview("thumbnail", layout.uri("thumbnail.png"))
+    assert not layout.is_preview("overlay", layout.uri("result.json"))
+    assert not layout.is_preview("overlay", webp["overlay"].replace("a1b2c3d4", "ffffffff"))
 
 
 @pytest.mark.parametrize("uri", [

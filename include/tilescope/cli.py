@@ -43,6 +43,7 @@ from tilescope.params import (
     parse_slice_size,
 )
 from tilescope.pipeline import run_image
+from tilescope.previews import format_of_path
 from tilescope.readers import open_image
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
 from tilescope.results import Result, merged_coco
@@ -311,8 +312,10 @@ def _add_predict_options(predict: argparse.ArgumentParser,
                          help="the same in the scene's own CRS (GeoJSON with a crs member)")
     predict.add_argument("--stac", help="a STAC Item (label extension) for the scene and its "
                                         "detections (path or s3:// URI)")
-    predict.add_argument("--overlay", help="overlay PNG path (or s3:// URI); for a video, "
-                                           "a contact sheet of annotated frames")
+    predict.add_argument("--overlay", metavar="PATH",
+                         help="overlay picture (path or s3:// URI), its format from the "
+                              "extension: .webp (compact), .jpg/.jpeg, or .png (lossless); "
+                              "for a video, a contact sheet of annotated frames")
     predict.add_argument("--archive", metavar="PATH",
                          help="an archival copy of the image (path or s3:// URI), its format "
                               "from the extension: .webp .avif .jpg .jxl, or .tif (lossless "
@@ -459,6 +462,8 @@ def _predict(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     catalog = _catalog_run(args, params)
     archive = _archive_policy(args)
+    if args.overlay:  # a bad extension refused before any model runs
+        format_of_path(args.overlay)
     if len(args.inputs) > 1 or args.out_dir or not is_plain_file(args.inputs[0]):
         if archive:
             raise ConfigError("--archive copies one image: give exactly one image file")

@@ -7,16 +7,21 @@ objects and by the results viewer that checks a run's XComs against it.
                                                         offloaded findings (removed by store)
 ``scratch/batch/<run>/plan.json``                       a batch run's plan (removed at the end)
 ``results/<image-id>/<params digest>/result.json``      a stored result, with ``coco.json``,
-                                                        ``overlay.png``, ``thumbnail.png``,
-                                                        ``anonymized.<ext>`` if asked (and
-                                                        ``evaluation.json``,
+                                                        ``overlay.<ext>``,
+                                                        ``thumbnail.<ext>`` (``webp``,
+                                                        ``jpg`` or ``png``: the preview
+                                                        format), ``anonymized.<ext>`` if
+                                                        asked (and ``evaluation.json``,
                                                         ``evaluation-pr.png`` when scored)
 ``results/batches/<run>/outcomes.json``                 a batch run's per-image outcomes (kept)
 ======================================================  =====================================
 
 ``<run>`` is the run id made safe for a key (:func:`safe_key_part`). The same image and
 parameters always land on the same ``results/`` keys, so a re-run overwrites instead of
-duplicating.
+duplicating. The preview format is not a parameter (:mod:`tilescope.previews`): which
+overlay and thumbnail a result has is what its store summary's (and catalog row's) ``keys``
+say — results stored before the format was chosen have ``overlay.png`` and
+``thumbnail.png`` (:data:`LEGACY_PREVIEWS`), and no ``thumbnail`` key.
 
 Preprocess stages an image's decoded pixels (or each sampled frame of a video) once as a
 *tiled* TIFF under ``scratch/<image_id>/<run>/``, so every analyze task fetches only the
@@ -29,11 +34,13 @@ from __future__ import annotations
 import io
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from tilescope.previews import EXTENSIONS, PreviewFormat, encode_preview
 from tilescope.readers import TiffReader
 from tilescope.readers.base import DEFAULT_MAX_PIXELS, ImageReader
 from tilescope.readers.masks import sidecar_opener
@@ -41,14 +48,18 @@ from tilescope.settings import TMP
 from tilescope.slicing import Box
 from tilescope.storage import S3Client, open_in_place, parse_s3_uri
 
-#: a stored result's files by role, as the store summary and the viewer name them
-ARTIFACTS = {"result": "result.json", "coco": "coco.json", "overlay": "overlay.png"}
+#: a stored result's files by role, as the store summary and the viewer name them; the
+#: previews (:data:`PREVIEWS`) are named by the run's preview format
+ARTIFACTS = {"result": "result.json", "coco": "coco.json"}
+#: the stored previews by role: the name's stem, its extension the preview format's
+PREVIEWS = {"overlay": "overlay", "thumbnail": "thumbnail"}
 #: a georeferenced image's extra files beside them (:mod:`tilescope.outputs.geo`)
 GEO_ARTIFACTS = {"geojson": "detections.geojson", "geojson_native": "detections.native.geojson",
                  "stac": "item.json"}
 #: what the optional evaluate step writes beside a result (:mod:`tilescope.tasks.evaluate`)
 EVALUATION_ARTIFACTS = {"evaluation": "evaluation.json", "pr_plot": "evaluation-pr.png"}
-THUMBNAIL = "thumbnail.png"
+#: the previews' names before the preview format existed (always PNG): still shown
+LEGACY_PREVIEWS = {role: f"{stem}.png" for role, stem in PREVIEWS.items()}
 #: an anonymized copy of the image beside its result: ``anonymized.<ext>`` (tif, png, jpg…)
 ANONYMIZED = "anonymized"
 PLAN, OUTCOMES = "plan.json", "outcomes.json"
@@ -81,6 +92,21 @@ class ScratchLayout:
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
 
+    def thumbnail(self, pixels: np.ndarray, fmt: PreviewFormat) -> tuple[str, bytes, str]:
+        """The run's staged thumbnail: its URI, bytes and media type, in the run's preview
+        format — store keeps these very bytes as the stored thumbnail (one encode a run,
+        and ~20× fewer bytes through S3 than a PNG)."""
+        return (self.uri(fmt.file_name(PREVIEWS["thumbnail"])), encode_preview(pixels, fmt),
+                fmt.media_type)
+
+
+def preview_names(keys: Mapping[str, Any]) -> dict[str, str]:
+    """A stored result's preview file names by role, from its recorded ``keys`` (a store
+    summary's, a catalog row's): ``{"overlay": "overlay.webp", "thumbnail": …}``; a result
+    stored before the preview format existed has PNGs (:data:`LEGACY_PREVIEWS`)."""
+    return {role: str(keys[role]).rsplit("/", 1)[-1] if keys.get(role) else legacy
+            for role, legacy in LEGACY_PREVIEWS.items()}
+
 
 def finding_uri(scratch_prefix_uri: str, index: int) -> str:
     """Where a region's detections go when its finding is too big for an XCom."""
@@ -102,9 +128,18 @@ class ResultsLayout:
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
 
-    def artifacts(self) -> dict[str, str]:
-        """``{"result": uri, "coco": uri, "overlay": uri}``: the store summary's ``keys``."""
-        return {role: self.uri(name) for role, name in ARTIFACTS.items()}
+    def artifacts(self, fmt: PreviewFormat) -> dict[str, str]:
+        """``{"result": uri, "coco": uri, "overlay": uri, "thumbnail": uri}``, the previews
+        in ``fmt``: the store summary's ``keys``."""
+        return {**{role: self.uri(name) for role, name in ARTIFACTS.items()},
+                **{role: self.uri(fmt.file_name(stem)) for role, stem in PREVIEWS.items()}}
+
+    def is_preview(self, role: str, uri: object) -> bool:
+        """Whether ``uri`` is this result's ``role`` preview (``overlay``, ``thumbnail``) in
+        any preview format — what a recorded key may be, whichever format its run chose."""
+        stem = PREVIEWS[role]
+        return isinstance(uri, str) and any(
+            uri == self.uri(stem + ext) for ext in EXTENSIONS)
 
     @classmethod
     def of_result(cls, uri: str) -> ResultsLayout | None:
@@ -152,16 +187,6 @@ class BatchLayout:
 def safe_key_part(text: str) -> str:
     """``text`` made safe for one S3 key segment (run ids contain ``:`` and ``+``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """RGB pixels as a PNG (thumbnails, contact-sheet cells)."""
-    from PIL import Image
-
-    out = io.BytesIO()
-    # Level 1: a 2048² thumbnail in ~0.1 s instead of ~0.6 s at the default level 6.
-    Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
-    return out.getvalue()
 
 
 def scratch_tile_shape(width: int, height: int) -> tuple[int, int]:

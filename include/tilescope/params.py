@@ -17,6 +17,7 @@ from typing import Any
 from tilescope.describe import SYNTHESIS_MODELS
 from tilescope.errors import ConfigError
 from tilescope.limits import GRID_PATTERN, SLICE_SIZE_PATTERN
+from tilescope.previews import DEFAULT_PREVIEW_FORMAT, PREVIEW_FORMATS, preview_format
 from tilescope.slicing import parse_grid, validate_slicing
 
 POSTPROCESS_TYPES = ("greedynmm", "nmm", "nms", "softnms", "softnms-linear", "wbf")
@@ -40,6 +41,10 @@ _ANONYMIZE_FIELDS = ("anonymize", "anonymize_mode", "anonymize_margin")
 #: while unset, so existing results keep their keys
 _OPTIONAL_IN_DIGEST = ("model_options", "synthesis_model", "synthesis_options", "bands",
                        "magnification")
+#: how results are *stored*, not what they are: never in :meth:`InferenceParams.to_dict`
+#: (the result's ``params``) nor its digest, so the same detections keep the same
+#: ``results/`` keys (and are reused) whatever preview format a run asks for
+_OUTPUT_ONLY = ("preview_format",)
 #: the largest objective magnification a run may ask a whole-slide scan's pyramid for
 MAX_MAGNIFICATION = 1000.0
 #: ``bands`` as typed: one or three 1-based band numbers, e.g. ``4,3,2``
@@ -221,6 +226,14 @@ class InferenceParams:
                                       "side, from 1 pixels",
         schema={"type": "number", "minimum": 0, "maximum": 4096}, metavar="FRACTION|PX"))
 
+    #: the stored overlay's and thumbnail's format (:mod:`tilescope.previews`)
+    preview_format: str = field(default=DEFAULT_PREVIEW_FORMAT, metadata=_spec(
+        title="Preview format", doc="the stored overlay and thumbnail: webp (compact), jpeg, "
+                                    "or png (lossless, ~20x larger); not part of the "
+                                    "parameter digest: it changes no detection",
+        schema={"enum": list(PREVIEW_FORMATS)}, flag=None,
+        cli_absent="the --overlay path's extension chooses (.webp, .jpg/.jpeg, .png)"))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_options",
                            _check_options("model_options", self.model_options))
@@ -272,6 +285,7 @@ class InferenceParams:
         object.__setattr__(self, "anonymize_margin", _number_in(
             "anonymize_margin", self.anonymize_margin, 0.0, 4096.0))
         object.__setattr__(self, "anonymize", str(self.anonymize or "").strip())
+        object.__setattr__(self, "preview_format", preview_format(self.preview_format).name)
         bands = self.band_list()
         if bands is not None and len(bands) not in (1, 3):
             raise ConfigError(f"bands must be one or three band numbers, got {self.bands!r}")
@@ -303,7 +317,11 @@ class InferenceParams:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters that make the detections (the result's ``params``, the digest's
+        input): fields added since the first release left out at their defaults."""
         data = asdict(self)
+        for name in _OUTPUT_ONLY:
+            del data[name]
         # Added for video: at its default it is left out, so image results and their
         # parameter digests stay exactly what they were.
         if data["video_fps"] == DEFAULT_VIDEO_FPS:

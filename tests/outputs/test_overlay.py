@@ -9,11 +9,13 @@ from PIL import Image
 
 from tilescope.detections import Detections
 from tilescope.outputs.overlay import render_overlay
+from tilescope.previews import preview_format
 
 
 def rendered(dets: Detections, **options) -> np.ndarray:
+    # lossless, so that "no ink" means exactly zero (a lossy codec rings around text)
     png = render_overlay(np.zeros((600, 600, 3), np.uint8), 600, 600, dets, ["a", "b"],
-                         **options)
+                         fmt=preview_format("png"), **options)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
@@ -34,3 +36,16 @@ def test_labels_go_to_the_highest_scores_and_every_box_is_drawn() -> None:
     for x1, y1, x2, y2 in boxes.astype(int):  # every outline, labelled or not
         assert labelled[(y1 + y2) // 2, x1].sum() > 0 and bare[(y1 + y2) // 2, x2].sum() > 0
 
+
+
+def test_an_overlay_is_webp_unless_another_format_is_asked_for() -> None:
+    """Seen red with render_overlay's default format set back to PNG."""
+    dets = Detections(np.array([[50, 100, 150, 200]], np.float32), np.array([0.9]),
+                      np.array([0]))
+    picture = np.full((600, 600, 3), 90, np.uint8)
+    default = render_overlay(picture, 600, 600, dets, ["a"])
+    assert default[:4] == b"RIFF" and default[8:12] == b"WEBP"
+    jpeg = render_overlay(picture, 600, 600, dets, ["a"], fmt=preview_format("jpeg"))
+    assert jpeg[:3] == b"\xff\xd8\xff"
+    with Image.open(io.BytesIO(default)) as image:
+        assert image.size == (600, 600)

@@ -1,5 +1,5 @@
 """The overlay of a video: a contact sheet — a grid of downscaled sampled frames, each drawn
-with its own detections (by :func:`tilescope.outputs.overlay.render_overlay`, as an image's
+with its own detections (by :func:`tilescope.outputs.overlay.draw_overlay`, as an image's
 overlay is) and captioned with its frame number, time and count.
 
 The frames are chosen while the video is decoded
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tilescope.outputs.overlay import render_overlay
+from tilescope.outputs.overlay import draw_overlay
+from tilescope.previews import PreviewFormat, encode_preview, preview_format
 from tilescope.results import Result
 
 #: cells per sheet row
@@ -28,7 +29,8 @@ _BACKGROUND = (24, 24, 24)
 
 def pack_cells(cells: Sequence[tuple[int, np.ndarray]]) -> tuple[bytes, dict[str, Any]]:
     """The chosen pictures side by side in one PNG (how preprocess hands them to store),
-    and the layout to cut them out again with :func:`unpack_cells`."""
+    and the layout to cut them out again with :func:`unpack_cells`. Lossless, unlike the
+    previews: a lossy codec's blocks would bleed each cell's border into its neighbours."""
     height = max(c.shape[0] for _, c in cells)
     strip = np.zeros((height, sum(c.shape[1] for _, c in cells), 3), np.uint8)
     x, boxes = 0, []
@@ -58,9 +60,11 @@ def _caption(result: Result, position: int, count: int) -> str:
 
 
 def render_contact_sheet(result: Result, cells: Sequence[tuple[int, np.ndarray]],
-                         columns: int = SHEET_COLUMNS) -> bytes:
-    """PNG bytes of the sheet: each cell is frame ``position`` of ``result`` with its boxes
-    (and its failed regions hatched, as on an image's overlay) and a caption."""
+                         columns: int = SHEET_COLUMNS, fmt: PreviewFormat | None = None
+                         ) -> bytes:
+    """The sheet encoded as ``fmt`` (default: :mod:`tilescope.previews`' WebP): each cell
+    is frame ``position`` of ``result`` with its boxes (and its failed regions hatched, as on
+    an image's overlay) and a caption."""
     if not cells:
         raise ValueError("a contact sheet needs at least one frame")
     columns = max(1, min(columns, len(cells)))
@@ -76,16 +80,13 @@ def render_contact_sheet(result: Result, cells: Sequence[tuple[int, np.ndarray]]
         units = [r for r in result.regions
                  if r.frame is not None and result.frames
                  and r.frame.frame_index == result.frames[position].frame_index]
-        png = render_overlay(picture, result.image.width, result.image.height, detections,
+        drawn = draw_overlay(picture, result.image.width, result.image.height, detections,
                              result.category_names,
                              regions=[u.box for u in units] if len(units) > 1 else (),
                              failed=[i for i, u in enumerate(units) if u.status != "success"])
         x = _GAP + (number % columns) * (cell_w + _GAP)
         y = _GAP + (number // columns) * (cell_h + _CAPTION + _GAP)
-        with Image.open(io.BytesIO(png)) as drawn:
-            sheet.paste(drawn.convert("RGB"), (x, y + _CAPTION))
+        sheet.paste(drawn, (x, y + _CAPTION))
         draw.text((x + 2, y + 3), _caption(result, position, len(detections)),
                   fill=(235, 235, 235), font=font)
-    out = io.BytesIO()
-    sheet.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    return encode_preview(sheet, fmt or preview_format(None))

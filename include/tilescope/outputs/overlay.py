@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tilescope.detections import Detections
+from tilescope.previews import PreviewFormat, encode_preview, preview_format
 
 #: long side of the overlay picture, in pixels
 DEFAULT_OVERLAY_SIDE = 2048
@@ -29,8 +29,19 @@ def category_colour(category_id: int) -> tuple[int, int, int]:
 def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
                    detections: Detections, category_names: Sequence[str], *,
                    regions: Sequence[Sequence[int]] = (), failed: Sequence[int] = (),
-                   max_labels: int = DEFAULT_MAX_LABELS) -> bytes:
-    """PNG bytes of ``thumbnail`` with boxes, labels and (optionally) the region grid.
+                   max_labels: int = DEFAULT_MAX_LABELS,
+                   fmt: PreviewFormat | None = None) -> bytes:
+    """:func:`draw_overlay` encoded as ``fmt`` (default: :mod:`tilescope.previews`' WebP)."""
+    canvas = draw_overlay(thumbnail, image_width, image_height, detections, category_names,
+                          regions=regions, failed=failed, max_labels=max_labels)
+    return encode_preview(canvas, fmt or preview_format(None))
+
+
+def draw_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
+                 detections: Detections, category_names: Sequence[str], *,
+                 regions: Sequence[Sequence[int]] = (), failed: Sequence[int] = (),
+                 max_labels: int = DEFAULT_MAX_LABELS) -> Image.Image:
+    """``thumbnail`` with boxes, labels and (optionally) the region grid drawn on it.
 
     ``thumbnail`` is the whole image downscaled; detections are in full-image pixels. Every
     box is drawn; the ``max_labels`` highest-scoring ones also get their label (the results
@@ -71,9 +82,7 @@ def render_overlay(thumbnail: np.ndarray, image_width: int, image_height: int,
         draw.rectangle([x1, text_y, x1 + (right - left) + 4, text_y + (bottom - top) + 2],
                        fill=(*colour, 200))
         draw.text((x1 + 2, text_y), label, fill=(0, 0, 0), font=font)
-    out = io.BytesIO()
-    canvas.save(out, format="PNG", compress_level=1)  # ~4× faster than level 6 at 2048²
-    return out.getvalue()
+    return canvas
 
 
 def _masks_filled(canvas: Image.Image, detections: Detections,

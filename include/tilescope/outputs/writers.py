@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilescope.outputs.overlay import DEFAULT_OVERLAY_SIDE, render_overlay
+from tilescope.previews import PreviewFormat, format_of_path
 from tilescope.readers.base import ImageReader
 from tilescope.results import Result
 from tilescope.storage import S3Client, write_bytes
@@ -26,14 +27,14 @@ def coco_json(result: Result) -> bytes:
     return json.dumps(result.to_coco()).encode()
 
 
-def overlay_png(result: Result, thumbnail: np.ndarray) -> bytes:
+def overlay_bytes(result: Result, thumbnail: np.ndarray, fmt: PreviewFormat) -> bytes:
     """The overlay picture drawn on ``thumbnail`` (the whole image downscaled), failed
-    regions marked."""
+    regions marked, encoded as ``fmt``."""
     failed = [i for i, r in enumerate(result.regions) if r.status != "success"]
     return render_overlay(thumbnail, result.image.width, result.image.height,
                           result.detections, result.category_names,
                           regions=[r.box for r in result.regions] if len(result.regions) > 1
-                          else (), failed=failed)
+                          else (), failed=failed, fmt=fmt)
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,27 @@ class OutputTargets:
 
 @dataclass(frozen=True)
 class ResultTargets(OutputTargets):
-    """A stored result's three artefacts, every one written (the DAG's ``results/`` keys)."""
+    """A stored result's artefacts, every one written (the DAG's ``results/`` keys): the
+    overlay and the thumbnail in the run's preview format."""
 
     result: str
     coco: str
     overlay: str
+    thumbnail: str = ""
 
     def keys(self) -> dict[str, str]:
-        """``{"result": uri, "coco": uri, "overlay": uri}`` (the store summary's ``keys``)."""
-        return {"result": self.result, "coco": self.coco, "overlay": self.overlay}
+        """``{"result": uri, "coco": uri, "overlay": uri, "thumbnail": uri}`` (the store
+        summary's ``keys``)."""
+        return {"result": self.result, "coco": self.coco, "overlay": self.overlay,
+                "thumbnail": self.thumbnail}
 
 
 def write_outputs(result: Result, reader: ImageReader, targets: OutputTargets,
                   client: S3Client | None = None) -> dict[str, str]:
-    """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written."""
-    return _write(result, targets, lambda: overlay_png(
-        result, reader.thumbnail(DEFAULT_OVERLAY_SIDE)), client)
+    """Write the requested artefacts; returns ``{"result": uri, ...}`` of what was written.
+    The overlay's format is its path's extension (:func:`tilescope.previews.format_of_path`)."""
+    return _write(result, targets, lambda fmt: overlay_bytes(
+        result, reader.thumbnail(DEFAULT_OVERLAY_SIDE), fmt), client)
 
 
 def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
@@ -81,20 +87,23 @@ def write_video_outputs(result: Result, cells: Sequence[tuple[int, np.ndarray]],
     :class:`tilescope.video.sampling.SheetCells`)."""
     from tilescope.outputs.contact_sheet import render_contact_sheet
 
-    return _write(result, targets, lambda: render_contact_sheet(result, cells), client)
+    return _write(result, targets, lambda fmt: render_contact_sheet(result, cells, fmt=fmt),
+                  client)
 
 
-def _write(result: Result, targets: OutputTargets, overlay: Callable[[], bytes],
-           client: S3Client | None) -> dict[str, str]:
+def _write(result: Result, targets: OutputTargets,
+           overlay: Callable[[PreviewFormat], bytes], client: S3Client | None
+           ) -> dict[str, str]:
+    # a bad overlay extension is refused before anything is written
+    fmt = format_of_path(targets.overlay) if targets.overlay else None
     written: dict[str, str] = {}
     if targets.georeferenced:
         written.update(write_geo_outputs(result, targets, client))
     if targets.coco:
         write_bytes(targets.coco, coco_json(result), "application/json", client=client)
         written["coco"] = targets.coco
-    if targets.overlay:
-        png = overlay()
-        write_bytes(targets.overlay, png, "image/png", client=client)
+    if targets.overlay and fmt is not None:
+        write_bytes(targets.overlay, overlay(fmt), fmt.media_type, client=client)
         written["overlay"] = targets.overlay
     if targets.result:  # last, so a reader who sees the result JSON finds its companions too
         write_bytes(targets.result, result_json(result), "application/json", client=client)

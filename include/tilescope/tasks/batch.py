@@ -483,18 +483,18 @@ def _image_result(item: BatchItem, findings: Sequence[RegionFinding],
 
 def _write_companions(result: Result, thumbnail: Any, params: InferenceParams,
                       client: S3Client) -> None:
-    """``thumbnail.png``, ``coco.json`` and ``overlay.png`` beside the image's future
-    ``result.json``."""
-    from tilescope.layout import THUMBNAIL, png_bytes
-    from tilescope.outputs.writers import coco_json, overlay_png
-    from tilescope.tasks.image import result_targets, results_layout
+    """The thumbnail, ``coco.json`` and the overlay (in the run's preview format) beside the
+    image's future ``result.json``."""
+    from tilescope.outputs.writers import coco_json, overlay_bytes
+    from tilescope.previews import encode_preview, preview_format
+    from tilescope.tasks.image import result_targets
 
-    bucket = parse_s3_uri(result.image.uri).bucket
-    targets = result_targets(bucket, result.image.image_id, params)
-    write_bytes(results_layout(bucket, result.image.image_id, params).uri(THUMBNAIL),
-                png_bytes(thumbnail), "image/png", client)
+    fmt = preview_format(params.preview_format)
+    targets = result_targets(parse_s3_uri(result.image.uri).bucket, result.image.image_id,
+                             params)
+    write_bytes(targets.thumbnail, encode_preview(thumbnail, fmt), fmt.media_type, client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
-    write_bytes(targets.overlay, overlay_png(result, thumbnail), "image/png", client)
+    write_bytes(targets.overlay, overlay_bytes(result, thumbnail, fmt), fmt.media_type, client)
 
 
 def combine_batch(prepared: BatchPrepared, findings: Iterable[Mapping[str, Any] | None],
@@ -662,7 +662,7 @@ def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                             catalog_url=None).keys
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
     write_bytes(targets.result, result_json(result), "application/json", client)
-    keys = {"result": targets.result, "coco": targets.coco, "overlay": targets.overlay}
+    keys = targets.keys()
     if result.anonymized:
         keys["anonymized"] = result.anonymized["uri"]
     return keys

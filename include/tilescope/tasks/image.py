@@ -26,14 +26,12 @@ from tilescope.errors import BadImageError, ConfigError, ImageBlockedError
 from tilescope.handoffs import Prepared, StoreSummary
 from tilescope.layout import (
     GEO_ARTIFACTS,
-    THUMBNAIL,
     THUMBNAIL_SIDE,
     ResultsLayout,
     ScratchLayout,
     delete_prefix,
     finding_uri,
     open_source,
-    png_bytes,
     upload_tiled_tiff,
 )
 from tilescope.limits import RunLimits
@@ -46,7 +44,7 @@ from tilescope.outputs.writers import (
     OutputTargets,
     ResultTargets,
     coco_json,
-    overlay_png,
+    overlay_bytes,
     result_json,
     write_geo_outputs,
 )
@@ -58,6 +56,7 @@ from tilescope.pipeline import (
     plan_image,
     synthesize,
 )
+from tilescope.previews import encode_preview, format_of_path, preview_format
 from tilescope.readers import TiffReader, image_info, open_input
 from tilescope.readers.base import DEFAULT_MAX_PIXELS
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
@@ -163,9 +162,11 @@ def prepare(image_uri: str, params: InferenceParams, *, client: S3Client, run: s
             full_image = detections_to_compact(
                 full_image_detections(reader, full_image_model, params))
         thumbnail = reader.thumbnail(THUMBNAIL_SIDE)
-    # encoded once the reader has let the decoded image go: the two never add up
-    thumbnail_uri = scratch.uri(THUMBNAIL)
-    write_bytes(thumbnail_uri, png_bytes(thumbnail), "image/png", client)
+    # encoded once the reader has let the decoded image go: the two never add up; in the
+    # run's preview format already, so store keeps these very bytes (one encode a run)
+    thumbnail_uri, thumbnail_bytes, media_type = scratch.thumbnail(
+        thumbnail, preview_format(params.preview_format))
+    write_bytes(thumbnail_uri, thumbnail_bytes, media_type, client)
     return [r.to_dict() for r in plan.regions], Prepared(
         image=image, plan=plan.summary(), source_uri=source_uri, thumbnail_uri=thumbnail_uri,
         full_image=full_image,
@@ -328,8 +329,10 @@ def results_layout(bucket: str, image_id: str, params: InferenceParams) -> Resul
 
 
 def result_targets(bucket: str, image_id: str, params: InferenceParams) -> ResultTargets:
-    """Where a stored result's ``result.json``, ``coco.json`` and ``overlay.png`` go."""
-    return ResultTargets(**results_layout(bucket, image_id, params).artifacts())
+    """Where a stored result's ``result.json``, ``coco.json``, overlay and thumbnail go (the
+    previews in the run's ``preview_format``)."""
+    return ResultTargets(**results_layout(bucket, image_id, params).artifacts(
+        preview_format(params.preview_format)))
 
 
 def store(result_uri: str, prepared: Prepared, params: InferenceParams, *,
@@ -353,21 +356,23 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
 
     bucket = parse_s3_uri(result.image.uri).bucket
     targets = result_targets(bucket, result.image.image_id, params)
-    thumbnail_png = read_bytes(prepared.thumbnail_uri, client)
-    with Image.open(io.BytesIO(thumbnail_png)) as thumb:
+    fmt = preview_format(params.preview_format)
+    staged = read_bytes(prepared.thumbnail_uri, client)
+    with Image.open(io.BytesIO(staged)) as thumb:
         thumbnail = np.asarray(thumb.convert("RGB"))
-    # The plain picture outlives scratch: the results viewer draws its boxes over it.
-    write_bytes(results_layout(bucket, result.image.image_id, params).uri(THUMBNAIL),
-                thumbnail_png, "image/png", client)
+    # The plain picture outlives scratch: the results viewer draws its boxes over it. Staged
+    # in the run's format, it is kept as it is (a run staged by an older version: PNG).
+    write_bytes(targets.thumbnail, staged if format_of_path(prepared.thumbnail_uri) == fmt
+                else encode_preview(thumbnail, fmt), fmt.media_type, client)
     write_bytes(targets.coco, coco_json(result), "application/json", client)
     if prepared.video:  # a contact sheet of annotated frames
-        from tilescope.tasks.video import video_overlay_png
+        from tilescope.tasks.video import video_overlay
 
-        overlay = video_overlay_png(result, prepared, client)
+        overlay = video_overlay(result, prepared, client, fmt)
     else:
-        overlay = overlay_png(result, thumbnail)
-    write_bytes(targets.overlay, overlay, "image/png", client)
-    keys = {"coco": targets.coco, "overlay": targets.overlay}
+        overlay = overlay_bytes(result, thumbnail, fmt)
+    write_bytes(targets.overlay, overlay, fmt.media_type, client)
+    keys = {"coco": targets.coco, "overlay": targets.overlay, "thumbnail": targets.thumbnail}
     if has_crs(result):  # a georeferenced scene: GeoJSON (lon/lat, native CRS), STAC Item
         layout = results_layout(bucket, result.image.image_id, params)
         keys.update(write_geo_outputs(result, OutputTargets(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tilescope.handoffs import Prepared, StoreSummary
-from tilescope.layout import THUMBNAIL, ScratchLayout
+from tilescope.layout import ScratchLayout, preview_names
 from tilescope.moderation import ModerationPolicy
 from tilescope.outputs.reuse import ResultIndex, StoredResult, record_reused
 from tilescope.params import InferenceParams
@@ -40,8 +40,10 @@ def reused_prepared(image: ImageInfo, plan: SlicePlan, stored: StoredResult,
                     run: str) -> Prepared:
     """A one-image run's hand-off when its image has a stored result: nothing staged."""
     scratch = ScratchLayout(parse_s3_uri(image.uri).bucket, image.image_id, run)
-    # the stored result's plain picture (store keeps it beside result.json)
-    thumbnail = stored.keys["result"].rsplit("/", 1)[0] + "/" + THUMBNAIL
+    # the stored result's own plain picture, in whatever format it was stored (before the
+    # preview format existed: always thumbnail.png, not in its keys)
+    thumbnail = stored.keys["result"].rsplit("/", 1)[0] + "/" \
+        + preview_names(stored.keys)["thumbnail"]
     return Prepared(image=image, plan=plan.summary(), source_uri="", thumbnail_uri=thumbnail,
                     scratch_prefix=scratch.prefix_uri, ready_at=time.time(),
                     reused=stored.to_dict())

@@ -9,7 +9,7 @@ how an image is staged. Each staged frame is then a range-read source of
 (:func:`tilescope.units.pack_units`) and each unit runs with :func:`tilescope.units.run_unit`,
 in a run of its own (:func:`analyze_frames`) as in a batch (the frames packed with the other
 images' sources). ``combine_video`` merges per frame, never across frames;
-``video_overlay_png`` draws the contact sheet for ``store``. Nothing here imports Airflow
+``video_overlay`` draws the contact sheet for ``store``. Nothing here imports Airflow
 or :mod:`tilescope.tasks.image`.
 """
 
@@ -27,12 +27,10 @@ from typing import Any
 from tilescope.errors import BadImageError, ConfigError, StorageError
 from tilescope.handoffs import Prepared
 from tilescope.layout import (
-    THUMBNAIL,
     THUMBNAIL_SIDE,
     ScratchLayout,
     delete_prefix,
     open_source,
-    png_bytes,
     upload_tiled_tiff,
 )
 from tilescope.limits import RunLimits
@@ -41,6 +39,7 @@ from tilescope.models.registry import model_categories, model_coco_ids, model_sl
 from tilescope.moderation import ModerationPolicy, gate
 from tilescope.outputs.contact_sheet import pack_cells, render_contact_sheet, unpack_cells
 from tilescope.params import InferenceParams
+from tilescope.previews import PreviewFormat, preview_format
 from tilescope.readers.array import ArrayReader
 from tilescope.readers.base import ImageReader
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_video
@@ -151,11 +150,12 @@ def prepare_video(uri: str, params: InferenceParams, *, container: str, client: 
             verdict = gate(ArrayReader(_plain_sheet(cells)), image, moderation)
             sheet_uri = scratch.uri("sheet.png")
             write_bytes(sheet_uri, sheet_png, "image/png", client)
-            thumbnail_uri = scratch.uri(THUMBNAIL)
             if sampled.first_frame is None:  # sample_video refuses this first; typed out
                 raise BadImageError(f"{uri}: no frame could be decoded")
             first = ArrayReader(sampled.first_frame).thumbnail(THUMBNAIL_SIDE)
-            write_bytes(thumbnail_uri, png_bytes(first), "image/png", client)
+            thumbnail_uri, thumbnail, media_type = scratch.thumbnail(
+                first, preview_format(params.preview_format))
+            write_bytes(thumbnail_uri, thumbnail, media_type, client)
             units = frame_units(sampled.frames, sampled.plan, params, limits)
         except BaseException:
             delete_prefix(scratch.prefix_uri, client)
@@ -298,8 +298,11 @@ def combine_video(prepared: Prepared, findings: Sequence[Mapping[str, Any] | Non
     return result
 
 
-def video_overlay_png(result: Result, prepared: Prepared, client: S3Client) -> bytes:
-    """The contact sheet of a stored video result, from the cells preprocess kept."""
+def video_overlay(result: Result, prepared: Prepared, client: S3Client,
+                  fmt: PreviewFormat) -> bytes:
+    """The contact sheet of a stored video result, from the cells preprocess kept, encoded
+    as ``fmt``."""
     sheet = (prepared.video or {})["sheet"]
-    return render_contact_sheet(result, unpack_cells(read_bytes(sheet["uri"], client), sheet))
+    return render_contact_sheet(result, unpack_cells(read_bytes(sheet["uri"], client), sheet),
+                                fmt=fmt)
 

@@ -49,7 +49,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilescope.errors import BadImageError, StorageError
-from tilescope.layout import ARTIFACTS, EVALUATION_ARTIFACTS, GEO_ARTIFACTS, THUMBNAIL
+from tilescope.layout import ARTIFACTS, EVALUATION_ARTIFACTS, GEO_ARTIFACTS
+from tilescope.previews import MEDIA_TYPES
 from tilescope.storage import S3Client, S3Location, read_bytes
 from tilescope.viewer import links, metadata
 from tilescope.viewer.images import downscale, parse_side
@@ -82,8 +83,8 @@ from tilescope.viewer.shaping import (
 )
 
 RUN_PATH = "/dags/{dag_id}/runs/{run_id}"
-_MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg",
-                ".jpeg": "image/jpeg", ".geojson": "application/geo+json"}
+_MEDIA_TYPES = {".json": "application/json", **MEDIA_TYPES,
+                ".geojson": "application/geo+json"}
 # Each route checks the caller may read this DAG's runs / task instances / XComs, exactly
 # as Airflow's REST API would (dag_id comes from the path).
 CanReadRun = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
@@ -196,6 +197,16 @@ def _stored_image(session: Any, run: metadata.RunInfo, image: str | None
     if prefixes.object(index, ARTIFACTS["result"]) is None:
         raise HTTPException(404, f"image {index} of this batch has no stored result")
     return prefixes, index
+
+
+def _staged_thumbnail(prepared: dict[str, Any] | None,
+                      prefixes: RunPrefixes) -> S3Location | None:
+    """The thumbnail preprocess staged (its ``thumbnail_uri``), if it is one of the run's
+    own objects (a reused result's lives beside that result: shown once store named it)."""
+    try:
+        return resolve_key(str((prepared or {}).get("thumbnail_uri") or ""), prefixes)
+    except ViewerInputError:
+        return None
 
 
 def _category_names(conf: dict[str, Any]) -> list[str]:
@@ -347,7 +358,8 @@ def create_app(static_dir: Path) -> FastAPI:
             raise HTTPException(404, "no result stored for this run yet")
         payload = result_payload(json.loads(_read(location)))
         payload["evaluation"] = _evaluation(prefixes)
-        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if has_crs(payload) else ()),
+        names = [*ARTIFACTS.values(), prefixes.previews["overlay"],
+                 *(GEO_ARTIFACTS.values() if has_crs(payload) else ()),
                  *(EVALUATION_ARTIFACTS.values() if payload["evaluation"] else ())]
         payload["artifacts"] = {name: f"{prefixes.results}{name}" for name in names}
         return payload
@@ -360,16 +372,18 @@ def create_app(static_dir: Path) -> FastAPI:
         max_side = parse_side(side)
         if _is_batch(run):  # a stored image's thumbnail, beside its result
             batch, index = _stored_image(session, run, image)
-            candidates = [batch.object(index, THUMBNAIL)]
+            candidates = [batch.preview(index, "thumbnail")]
         else:
             if image is not None:
                 raise ViewerInputError("image= names an image of a batch run; this run has one")
-            prefixes = _prefixes(session, run)
+            prepared = _prepared(session, run)
+            prefixes = _prefixes(session, run, prepared)
             if prefixes is None:
                 raise HTTPException(404, "the run has no image yet")
-            # After store the thumbnail lives beside the result; before, in the run's scratch.
-            candidates = [prefixes.object(THUMBNAIL, where=where)
-                          for where in ("results", "scratch")]
+            # After store the thumbnail lives beside the result (named by store's keys);
+            # before, in the run's scratch (named by preprocess's hand-off).
+            candidates = [prefixes.object(prefixes.previews["thumbnail"], where="results"),
+                          _staged_thumbnail(prepared, prefixes)]
         for location in candidates:
             if location is None:
                 continue

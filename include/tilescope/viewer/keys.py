@@ -8,7 +8,9 @@ proxy for the bucket. A *batch* run (many images in one run) owns its
 ``results/batches/<run>/`` prefix and the ``results/<image-id>/<params-hash>/`` prefix of each
 image its own ``outcomes.json`` says it stored (:func:`batch_prefixes`), nothing else.
 GeoJSON (``.geojson``) is served from a stored image's results prefix only
-(:data:`RESULTS_ONLY_SUFFIXES`).
+(:data:`RESULTS_ONLY_SUFFIXES`). A stored result's overlay and thumbnail are found by the
+keys its run recorded (WebP, JPEG or PNG: the run's preview format), never by a fixed
+name; results stored before the preview format existed have PNGs and no thumbnail key.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from tilescope.layout import (
     ARTIFACTS,
     GEO_ARTIFACTS,
     IMAGE_ID,
+    LEGACY_PREVIEWS,
     OUTCOMES,
     PLAN,
     BatchLayout,
     ResultsLayout,
     ScratchLayout,
+    preview_names,
 )
+from tilescope.previews import EXTENSIONS
 from tilescope.storage import S3Location
 
 # Airflow's own limits: ids are at most 250 characters; run ids match
@@ -42,7 +47,7 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 KEY_MAX = 1024
 #: what the viewer serves from a run's prefixes (results, COCO, overlay, thumbnails, STAC
 #: items, GeoJSON)
-SERVABLE_SUFFIXES = (".json", ".png", ".jpg", ".jpeg", ".geojson")
+SERVABLE_SUFFIXES = (".json", *EXTENSIONS, ".geojson")
 #: suffixes served from a stored image's results prefix only (never scratch, never a batch's
 #: own ``results/batches/<run>/``): the georeferenced detections beside ``coco.json``
 RESULTS_ONLY_SUFFIXES = (".geojson",)
@@ -94,6 +99,8 @@ class RunPrefixes:
     bucket: str
     scratch: str | None = None  # "scratch/<image-id>/<safe run id>/"
     results: str | None = None  # "results/<image-id>/<params hash>/"
+    #: the stored previews' file names by role, from the run's recorded keys
+    previews: Mapping[str, str] = field(default_factory=lambda: dict(LEGACY_PREVIEWS))
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -142,13 +149,23 @@ def run_prefixes(run_id: str, prepared: dict[str, Any] | None,
     if scratch != ScratchLayout(bucket, image_id, run_id).prefix:
         raise ViewerInputError(f"run {run_id}: unexpected scratch prefix {scratch!r}")
     results = None
-    result_uri = ((stored or {}).get("keys") or {}).get("result")
+    keys = (stored or {}).get("keys") or {}
+    result_uri = keys.get("result")
     if result_uri:
         layout = ResultsLayout.of_result(str(result_uri))
         if layout is None or layout.bucket != bucket or layout.image_id != image_id:
             raise ViewerInputError(f"run {run_id}: unexpected result key {result_uri!r}")
+        _check_previews(run_id, layout, keys)
         results = layout.prefix
-    return RunPrefixes(bucket, scratch, results)
+    return RunPrefixes(bucket, scratch, results, preview_names(keys))
+
+
+def _check_previews(run_id: str, layout: ResultsLayout, keys: Mapping[str, Any]) -> None:
+    """Each recorded preview key must be that preview beside the result, in a preview
+    format: a tampered key cannot name another object through the preview's name."""
+    for role in LEGACY_PREVIEWS:
+        if keys.get(role) is not None and not layout.is_preview(role, keys[role]):
+            raise ViewerInputError(f"run {run_id}: unexpected {role} key {keys[role]!r}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,8 @@ class BatchPrefixes:
     bucket: str
     batch: str
     images: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    #: each stored image's preview file names by role (missing: the legacy PNGs)
+    previews: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -221,10 +240,15 @@ class BatchPrefixes:
         where = self.images.get(index)
         return S3Location(where[0], where[1] + name) if where else None
 
+    def preview(self, index: int, role: str) -> S3Location | None:
+        """The stored image's ``overlay`` or ``thumbnail``, by the name its keys recorded."""
+        return self.object(index, self.previews.get(index, LEGACY_PREVIEWS)[role])
+
     def artifacts(self, index: int, *, geo: bool = False) -> dict[str, str]:
         """The stored image's result, COCO and overlay as ``s3://`` URIs, and with ``geo``
         (its image has a CRS) its GeoJSON, native GeoJSON and STAC Item."""
-        names = [*ARTIFACTS.values(), *(GEO_ARTIFACTS.values() if geo else ())]
+        names = [*ARTIFACTS.values(), self.previews.get(index, LEGACY_PREVIEWS)["overlay"],
+                 *(GEO_ARTIFACTS.values() if geo else ())]
         return {name: loc.uri for name in names
                 if (loc := self.object(index, name)) is not None}
 
@@ -241,9 +265,10 @@ def _image_prefix(run_id: str, outcome: Mapping[str, Any]) -> tuple[str, str]:
     if (layout is None or layout.bucket != source_bucket or not _BUCKET.fullmatch(layout.bucket)
             or layout.image_id != image_id):
         raise ViewerInputError(f"run {run_id}: unexpected result key {keys.get('result')!r}")
-    for name, uri in layout.artifacts().items():
-        if keys.get(name) not in (None, uri):
+    for name, file_name in ARTIFACTS.items():
+        if keys.get(name) not in (None, layout.uri(file_name)):
             raise ViewerInputError(f"run {run_id}: unexpected {name} key {keys.get(name)!r}")
+    _check_previews(run_id, layout, keys)
     return layout.bucket, layout.prefix
 
 
@@ -256,6 +281,7 @@ def batch_prefixes(run: BatchRun, outcomes_doc: dict[str, Any] | None) -> BatchP
     if not isinstance(outcomes_doc, dict) or outcomes_doc.get("run_id") != run.run_id:
         raise ViewerInputError(f"run {run.run_id}: its outcomes.json names another run")
     images: dict[int, tuple[str, str]] = {}
+    previews: dict[int, dict[str, str]] = {}
     for outcome in outcomes_doc.get("outcomes") or []:
         if not isinstance(outcome, dict):
             raise ViewerInputError(f"run {run.run_id}: unexpected outcome {outcome!r}")
@@ -265,7 +291,8 @@ def batch_prefixes(run: BatchRun, outcomes_doc: dict[str, Any] | None) -> BatchP
                                    f"{outcome.get('index')!r}")
         if outcome.get("status") == "stored":
             images[index] = _image_prefix(run.run_id, outcome)
-    return BatchPrefixes(run.bucket, run.batch, images)
+            previews[index] = preview_names(outcome.get("keys") or {})
+    return BatchPrefixes(run.bucket, run.batch, images, previews)
 
 
 def resolve_key(raw: str, run: RunPrefixes | BatchPrefixes,
