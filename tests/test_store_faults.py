@@ -170,7 +170,7 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
 
     written = [k.rsplit("/", 1)[1] for k in keys(client, results)]
-    companions = ["coco.json", "overlay.png", "thumbnail.png"]
+    companions = ["coco.json", "overlay.webp", "thumbnail.webp"]
     engine = connect(staged["catalog"])
     assert find_results(engine) == []  # a catalog row only ever follows a stored result.json
     if crash_before == "result.json":

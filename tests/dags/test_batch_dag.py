@@ -108,8 +108,8 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
             inputs[key], uri, params, clip if key.endswith(".avi") else None), key
         prefix = row["result_keys"]["result"].rsplit("/", 1)[0].split(f"{BUCKET}/", 1)[1]
         assert sorted(keys_under(client, prefix + "/")) == sorted(
-            f"{prefix}/{n}" for n in ("result.json", "coco.json", "overlay.png",
-                                      "thumbnail.png"))
+            f"{prefix}/{n}" for n in ("result.json", "coco.json", "overlay.webp",
+                                      "thumbnail.webp"))
     assert rows[f"s3://{BUCKET}/incoming/kite.jpg"]["detections"] >= 10
     assert rows[f"s3://{BUCKET}/incoming/clip.avi"]["regions"] == 3  # one unit per frame
 

@@ -39,11 +39,11 @@ def test_a_cog_scene_end_to_end_stores_geojson_and_stac(dag, airflow_env, tmp_pa
 
     rows = find_results(connect(airflow_env["catalog"]))
     keys = rows[0]["result_keys"]
-    assert set(keys) == {"result", "coco", "overlay", *GEO_ARTIFACTS}
+    assert set(keys) == {"result", "coco", "overlay", "thumbnail", *GEO_ARTIFACTS}
     prefix = keys["result"].rsplit("/", 1)[0] + "/"
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix.split(f"{BUCKET}/", 1)[1])
     names = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
-    assert names == sorted(["result.json", "coco.json", "overlay.png", "thumbnail.png",
+    assert names == sorted(["result.json", "coco.json", "overlay.webp", "thumbnail.webp",
                             *GEO_ARTIFACTS.values()])
 
     def stored(role: str) -> dict:

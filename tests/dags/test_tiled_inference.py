@@ -84,7 +84,7 @@ def test_kite_end_to_end_equals_the_cli(dag, airflow_env, sample):
     params = InferenceParams.from_dict(conf)
     prefix = f"results/{__import__('hashlib').sha256(data).hexdigest()[:16]}/{params.digest()}/"
     assert sorted(keys_under(client, prefix)) == sorted(
-        prefix + name for name in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
+        prefix + name for name in ("result.json", "coco.json", "overlay.webp", "thumbnail.webp"))
     doc = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"].read())
     assert doc["status"] == "complete" and doc["plan"]["regions"] == 4
     assert doc["summary"]["counts"]["person"] >= 10
@@ -98,23 +98,27 @@ def test_kite_end_to_end_equals_the_cli(dag, airflow_env, sample):
 
     coco = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "coco.json")["Body"].read())
     assert len(coco["annotations"]) == len(doc["detections"])
-    overlay = client.get_object(Bucket=BUCKET, Key=prefix + "overlay.png")["Body"].read()
-    assert Image.open(io.BytesIO(overlay)).size == (1352, 900)
+    overlay = client.get_object(Bucket=BUCKET, Key=prefix + "overlay.webp")["Body"].read()
+    with Image.open(io.BytesIO(overlay)) as picture:  # the compact default preview format
+        assert (picture.format, picture.size) == ("WEBP", (1352, 900))
 
     rows = find_results(connect(airflow_env["catalog"]), doc["image"]["sha256"])
     assert len(rows) == 1 and rows[0]["status"] == "complete"
     assert rows[0]["detections"] == len(doc["detections"])
     assert rows[0]["result_keys"]["result"] == f"s3://{BUCKET}/{prefix}result.json"
+    assert rows[0]["result_keys"]["thumbnail"] == f"s3://{BUCKET}/{prefix}thumbnail.webp"
 
     assert keys_under(client, "scratch/") == []  # scratch cleaned after store
     assert keys_under(client, "incoming/") == ["incoming/kite.jpg"]  # original untouched
     sizes = run_xcoms(dag.dag_id, run.run_id)
     assert sizes and max(size for _, _, size in sizes) < 64 * 1024
 
-    # Same image and params again: same keys overwritten, still one catalog row.
-    assert str(dag.test(run_conf=conf).state) == "success"
+    # Same image and params again — asking for PNG previews, which are no parameter of the
+    # detections: same digest, the stored result reused as it is, still one catalog row.
+    assert str(dag.test(run_conf={**conf, "preview_format": "png"}).state) == "success"
     assert len(find_results(connect(airflow_env["catalog"]), doc["image"]["sha256"])) == 1
-    assert len(keys_under(client, f"results/{doc['image']['image_id']}/")) == 4
+    assert sorted(keys_under(client, f"results/{doc['image']['image_id']}/")) == sorted(
+        prefix + name for name in ("result.json", "coco.json", "overlay.webp", "thumbnail.webp"))
 
 
 def poisoned_kite(sample) -> bytes:

@@ -39,7 +39,7 @@ def test_transform_stores_the_anonymized_copy_and_records_it(dag, airflow_env, s
     params = InferenceParams.from_dict(conf)
     prefix = f"results/{hashlib.sha256(data).hexdigest()[:16]}/{params.digest()}/"
     assert keys_under(client, prefix) == sorted(
-        prefix + name for name in ("result.json", "coco.json", "overlay.png", "thumbnail.png",
+        prefix + name for name in ("result.json", "coco.json", "overlay.webp", "thumbnail.webp",
                                    "anonymized.png"))
     doc = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"].read())
     record = doc["anonymized"]

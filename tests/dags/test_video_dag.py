@@ -53,7 +53,7 @@ def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     sha = hashlib.sha256(data).hexdigest()
     prefix = f"results/{sha[:16]}/{params.digest()}/"
     assert sorted(keys_under(client, prefix)) == sorted(
-        prefix + name for name in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
+        prefix + name for name in ("result.json", "coco.json", "overlay.webp", "thumbnail.webp"))
     assert keys_under(client, "scratch/") == []
     doc = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"]
                      .read())
@@ -66,7 +66,7 @@ def test_street_video_end_to_end_equals_the_cli(dag, airflow_env, monkeypatch):
     coco = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "coco.json")["Body"].read())
     assert [i["frame_index"] for i in coco["images"]] == [100 * k for k in range(8)]
     assert len(coco["annotations"]) == len(doc["detections"])
-    with Image.open(io.BytesIO(client.get_object(Bucket=BUCKET, Key=prefix + "overlay.png")
+    with Image.open(io.BytesIO(client.get_object(Bucket=BUCKET, Key=prefix + "overlay.webp")
                                ["Body"].read())) as sheet:
         assert sheet.size == (4 + 6 * 324, 4 + 2 * 262)  # 8 annotated frames, 6 a row
 

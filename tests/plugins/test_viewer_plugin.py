@@ -200,6 +200,13 @@ def test_authenticated_json_describes_the_finished_run(viewer_stack):
     status, _, body = _get(urls["object"].replace("x.json", urllib.parse.quote(coco_key)),
                            token=token)
     assert status == 200 and json.loads(body)["annotations"]
+    # the overlay in the default preview format, named by store's keys, served as what it is
+    overlay_key = result["artifacts"]["overlay.webp"]
+    status, headers, body = _get(urls["object"].replace("x.json",
+                                                        urllib.parse.quote(overlay_key)),
+                                 token=token)
+    assert status == 200 and headers["content-type"] == "image/webp"
+    assert body[:4] == b"RIFF" and body[8:12] == b"WEBP"
 
 
 def test_an_evaluated_run_shows_its_figures_and_pr_plot_and_nothing_without(viewer_stack):
@@ -335,6 +342,53 @@ def test_a_batch_run_lists_its_images_and_units_and_shows_each_stored_image(view
     assert _get(f"{api}/result?image=99", token=token)[0] == 404
     for query in ("image=x", "image=-1x", "image=1.5", ""):
         assert _get(f"{api}/result?{query}", token=token)[0] == 400, query
+
+
+def test_an_image_stored_with_png_previews_before_the_format_existed_still_shows(
+        viewer_stack):
+    """Results stored before previews had a format: ``overlay.png``, ``thumbnail.png`` and
+    no thumbnail key in the outcome. The batch's stored image is turned into one (its
+    outcomes.json and previews rewritten as an older version wrote them, then restored):
+    its thumbnail, overlay link and overlay are still served. Seen red with the viewer
+    looking for ``thumbnail.webp`` whatever the keys say."""
+    from PIL import Image
+
+    from tilescope.layout import safe_key_part
+
+    token, client = viewer_stack["airflow"].token(), viewer_stack["client"]
+    urls = _batch_urls(viewer_stack)
+    outcomes_key = (f"results/batches/{safe_key_part(viewer_stack['batch_run_id'])}/"
+                    "outcomes.json")
+    original = client.get_object(Bucket=BUCKET, Key=outcomes_key)["Body"].read()
+    doc = json.loads(original)
+    outcome = next(o for o in doc["outcomes"] if o["status"] == "stored")
+    prefix = outcome["keys"]["result"].rsplit("/", 1)[0].split(f"{BUCKET}/", 1)[1] + "/"
+    made = []
+    try:
+        for role in ("overlay", "thumbnail"):
+            webp = client.get_object(Bucket=BUCKET, Key=f"{prefix}{role}.webp")["Body"].read()
+            out = io.BytesIO()
+            Image.open(io.BytesIO(webp)).save(out, format="PNG")
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}{role}.png", Body=out.getvalue())
+            client.delete_object(Bucket=BUCKET, Key=f"{prefix}{role}.webp")
+            made.append((role, webp))
+        outcome["keys"]["overlay"] = f"s3://{BUCKET}/{prefix}overlay.png"
+        del outcome["keys"]["thumbnail"]
+        client.put_object(Bucket=BUCKET, Key=outcomes_key, Body=json.dumps(doc).encode())
+
+        api, index = urls["api"], outcome["index"]
+        status, headers, body = _get(f"{api}/image?image={index}&side=320", token=token)
+        assert status == 200 and body[:2] == b"\xff\xd8", body[:200]
+        overlay = _json(f"{api}/result?image={index}", token)["artifacts"]["overlay.png"]
+        status, headers, body = _get(f"{api}/object?key={urllib.parse.quote(overlay, safe='')}",
+                                     token=token)
+        assert status == 200 and headers["content-type"] == "image/png"
+        assert body[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        client.put_object(Bucket=BUCKET, Key=outcomes_key, Body=original)
+        for role, webp in made:
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}{role}.webp", Body=webp)
+            client.delete_object(Bucket=BUCKET, Key=f"{prefix}{role}.png")
 
 
 def test_batch_keys_are_confined_to_the_batch_and_its_outcomes(viewer_stack):

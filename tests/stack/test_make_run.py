@@ -37,7 +37,7 @@ BUCKET = "tilescope"
 SERVICES = {SEAWEED, "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
             "airflow-triggerer"}
 # What a finished tiled_inference run stores under results/<image_id>/.
-RESULT_FILES = {"result.json", "coco.json", "overlay.png"}
+RESULT_FILES = {"result.json", "coco.json", "overlay.webp", "thumbnail.webp"}
 
 
 def make_recipe(target: str) -> list[str]:

@@ -100,18 +100,19 @@ def test_video_through_the_steps_equals_the_one_process_path(bucket, blobs_avi, 
     # the stored documents
     prefix = f"results/{prepared.image.image_id}/{PARAMS.digest()}/"
     assert sorted(keys(bucket, prefix)) == sorted(
-        prefix + n for n in ("result.json", "coco.json", "overlay.png", "thumbnail.png"))
+        prefix + n for n in ("result.json", "coco.json", "overlay.webp", "thumbnail.webp"))
     doc = json.loads(bucket.get_object(Bucket=BUCKET, Key=prefix + "result.json")["Body"]
                      .read())
     assert [f["frame_index"] for f in doc["frames"]] == [0, 2, 4, 6, 8, 10]
     assert [f["detections"] for f in doc["frames"]] == [3] * 6
     coco = json.loads(bucket.get_object(Bucket=BUCKET, Key=prefix + "coco.json")["Body"].read())
     assert len(coco["images"]) == 6 and len(coco["annotations"]) == 18
-    overlay = bucket.get_object(Bucket=BUCKET, Key=prefix + "overlay.png")["Body"].read()
+    overlay = bucket.get_object(Bucket=BUCKET, Key=prefix + "overlay.webp")["Body"].read()
     with Image.open(io.BytesIO(overlay)) as sheet:
+        assert sheet.format == "WEBP"
         assert sheet.size == (4 + 6 * 324, 4 + 262)  # six annotated 320×240 frames
     with Image.open(io.BytesIO(bucket.get_object(
-            Bucket=BUCKET, Key=prefix + "thumbnail.png")["Body"].read())) as first:
+            Bucket=BUCKET, Key=prefix + "thumbnail.webp")["Body"].read())) as first:
         assert first.size == (640, 480)  # the first sampled frame
     assert keys(bucket, "scratch/") == []
 

@@ -21,6 +21,7 @@ from tilescope.outputs.contact_sheet import render_contact_sheet
 from tilescope.outputs.overlay import category_colour
 from tilescope.params import InferenceParams
 from tilescope.pipeline import plan_image
+from tilescope.previews import preview_format
 from tilescope.results import ImageInfo, RegionFinding, Result, VideoFrame
 from tilescope.video.decoder import VideoSource
 from tilescope.video.pipeline import run_video, synthesize_video, video_units
@@ -177,7 +178,8 @@ def test_contact_sheet_draws_each_frame_with_its_own_boxes(blob_run):
     result, sheet, *_ = blob_run
     cells = sheet.chosen()
     assert [p for p, _ in cells] == [0, 1, 2, 3, 4, 5]
-    png = render_contact_sheet(result, cells)
+    # lossless, so the 1-px outlines keep their colour exactly (WebP halves chroma)
+    png = render_contact_sheet(result, cells, fmt=preview_format("png"))
     with Image.open(io.BytesIO(png)) as picture:
         canvas = np.asarray(picture.convert("RGB"))
     cell_w, cell_h = cells[0][1].shape[1], cells[0][1].shape[0]  # 320 × 240

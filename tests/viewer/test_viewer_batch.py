@@ -289,3 +289,21 @@ def test_a_batch_video_shows_the_grid_and_boxes_of_its_first_sampled_frame():
                                                                      (1, "f7 r0c1")]
     assert payload["region_states"] == ["success", "failed"]
     assert payload["boxes"] == [[1.0, 2.0, 4.0, 6.0]]
+
+
+def test_each_stored_image_shows_the_previews_its_keys_name_webp_or_older_png(run):
+    """A batch image stored with WebP previews shows those; one stored before the preview
+    format existed (overlay.png, no thumbnail key) its PNGs. Seen red with batch_prefixes
+    keeping no per-image preview names (the legacy PNGs for every image)."""
+    webp = stored(0, A)
+    prefix = f"s3://tilescope/results/{A}/{HASH}/"
+    webp["keys"].update(overlay=prefix + "overlay.webp", thumbnail=prefix + "thumbnail.webp")
+    doc = {"run_id": RUN_ID, "outcomes": [webp, stored(1, B)]}
+    prefixes = batch_prefixes(run, doc)
+    assert prefixes.preview(0, "thumbnail").uri == prefix + "thumbnail.webp"
+    assert prefixes.artifacts(0)["overlay.webp"] == prefix + "overlay.webp"
+    assert prefixes.preview(1, "thumbnail").key == f"results/{B}/{HASH}/thumbnail.png"
+    assert "overlay.png" in prefixes.artifacts(1)
+    webp["keys"]["thumbnail"] = prefix + "result.json"  # tampered: not a preview
+    with pytest.raises(ViewerInputError, match="unexpected thumbnail key"):
+        batch_prefixes(run, doc)

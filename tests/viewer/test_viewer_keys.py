@@ -109,3 +109,35 @@ def test_keys_inside_the_run_resolve(run):
 def test_keys_outside_the_run_or_traversing_are_refused(run, key):
     with pytest.raises(ViewerInputError):
         resolve_key(key, run)
+
+
+def test_the_stored_previews_are_found_by_the_keys_store_recorded():
+    """A run's overlay and thumbnail are the ones its store summary names (WebP, JPEG or
+    PNG); a run stored before the preview format existed recorded ``overlay.png`` and no
+    thumbnail key: its PNGs are still found and served. Seen red with run_prefixes ignoring
+    the recorded keys (the legacy PNG names for every run)."""
+    results = f"s3://tilescope/results/{IMAGE_ID}/a1b2c3d4e5f6/"
+    webp = run_prefixes(RUN_ID, PREPARED, {"keys": {
+        "result": results + "result.json", "coco": results + "coco.json",
+        "overlay": results + "overlay.webp", "thumbnail": results + "thumbnail.webp"}})
+    assert dict(webp.previews) == {"overlay": "overlay.webp", "thumbnail": "thumbnail.webp"}
+    assert webp.object(webp.previews["thumbnail"], where="results").uri == \
+        results + "thumbnail.webp"
+    assert resolve_key(results + "overlay.webp", webp).key.endswith("/overlay.webp")
+    legacy = run_prefixes(RUN_ID, PREPARED, {"keys": {
+        "result": results + "result.json", "coco": results + "coco.json",
+        "overlay": results + "overlay.png"}})
+    assert dict(legacy.previews) == {"overlay": "overlay.png", "thumbnail": "thumbnail.png"}
+    assert resolve_key(results + "thumbnail.png", legacy).key.endswith("/thumbnail.png")
+
+
+@pytest.mark.parametrize("role, uri", [
+    ("overlay", f"s3://tilescope/results/{IMAGE_ID}/a1b2c3d4e5f6/result.json"),
+    ("thumbnail", f"s3://tilescope/results/{IMAGE_ID}/ffffffff/thumbnail.webp"),
+    ("thumbnail", f"s3://tilescope/results/{IMAGE_ID}/a1b2c3d4e5f6/overlay.webp"),
+    ("overlay", "s3://tilescope/incoming/kite.webp"),
+])
+def test_a_tampered_preview_key_is_refused(role, uri):
+    """Seen red with the preview-key check removed from run_prefixes."""
+    with pytest.raises(ViewerInputError, match=f"unexpected {role} key"):
+        run_prefixes(RUN_ID, PREPARED, {"keys": {**STORED["keys"], role: uri}})
