@@ -12,7 +12,7 @@ down to `min_success_ratio`; **store** first transforms (only when `anonymize` n
 classes, or `face`): it writes an anonymized copy of the full-resolution image beside the
 result (`anonymized.<ext>`, blurred or pixelated boxes) and records it in the result; then
 it writes
-`results/<image-id>/<params-hash>/` (`result.json`, `coco.json`, `overlay.png`), upserts the
+`results/<image-id>/<params-hash>/` (`result.json`, `coco.json`, `overlay.webp`), upserts the
 SQL catalog row, emits an Asset event on `s3://<bucket>/results/`, and removes the run's
 scratch objects; **finalize** (last, `all_done`) moves an arrival's original to `processed/` —
 or leaves it in `quarantine/`, or releases its claim for another attempt — and fails whenever

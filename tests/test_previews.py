@@ -8,8 +8,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from support.blob_model import BrightBlobModel, blob_image
 
+from tilescope.cli import main
 from tilescope.errors import ConfigError
+from tilescope.models import register_model
 from tilescope.params import InferenceParams
 from tilescope.previews import encode_preview, format_of_path, preview_format
 
@@ -67,3 +70,33 @@ def test_the_preview_format_is_a_parameter_outside_the_digest():
     assert InferenceParams.from_dict(png.to_conf()) == png
     with pytest.raises(ConfigError, match="preview_format must be one of webp, jpeg, png"):
         InferenceParams(preview_format="gif")
+
+
+def _never_loaded(**options: object) -> BrightBlobModel:
+    raise AssertionError("the model was loaded before the overlay path was checked")
+
+
+register_model("preview-blobs", BrightBlobModel)
+register_model("preview-never-loaded", _never_loaded)
+
+
+@pytest.mark.parametrize(("name", "pillow"), [("o.webp", "WEBP"), ("o.JPG", "JPEG"),
+                                              ("o.jpeg", "JPEG"), ("o.png", "PNG")])
+def test_the_cli_writes_the_overlay_in_its_extensions_format(tmp_path, name, pillow):
+    """Seen red with write_outputs encoding every overlay as PNG."""
+    pixels, _ = blob_image(300, 200, 5, seed=7)
+    Image.fromarray(pixels).save(tmp_path / "blobs.png")
+    assert main(["predict", str(tmp_path / "blobs.png"), "--model", "preview-blobs",
+                 "--slice", "256", "--overlay", str(tmp_path / name), "--quiet"]) == 0
+    with Image.open(tmp_path / name) as overlay:
+        assert (overlay.format, overlay.size) == (pillow, (300, 200))
+
+
+def test_the_cli_refuses_another_overlay_extension_before_the_model_runs(tmp_path, capsys):
+    """Seen red with _predict's up-front format_of_path check removed (the model loads)."""
+    pixels, _ = blob_image(300, 200, 5, seed=7)
+    Image.fromarray(pixels).save(tmp_path / "blobs.png")
+    assert main(["predict", str(tmp_path / "blobs.png"), "--model", "preview-never-loaded",
+                 "--overlay", str(tmp_path / "o.gif"), "--quiet"]) == 2
+    assert "chosen by the extension" in capsys.readouterr().err
+    assert not (tmp_path / "o.gif").exists()
