@@ -65,7 +65,7 @@ def test_a_cog_is_read_in_place_and_stored_with_geojson_and_stac_beside_coco(buc
     assert prepared["source_uri"] == uri  # tiled 8-bit RGB: regions read its tiles directly
     assert prepared["image"]["crs"] == "EPSG:32633"
     keys = summary["keys"]
-    assert set(keys) == {"result", "coco", "overlay", *GEO_ARTIFACTS}
+    assert set(keys) == {"result", "coco", "overlay", "thumbnail", *GEO_ARTIFACTS}
     prefix = keys["coco"].rsplit("/", 1)[0]
     assert all(keys[role] == f"{prefix}/{name}" for role, name in GEO_ARTIFACTS.items())
     stored = json.loads(read_bytes(keys["geojson"], bucket))
@@ -93,7 +93,7 @@ def test_a_plain_image_keeps_todays_outputs(bucket, tmp_path: Path):
     Image.fromarray(dark_photo_scene(512, 384)).save(tmp_path / "plain.png")
     uri = put_file(bucket, "incoming/plain.png", tmp_path / "plain.png")
     _, summary = run_steps(uri, bucket, tmp_path)
-    assert set(summary["keys"]) == {"result", "coco", "overlay"}
+    assert set(summary["keys"]) == {"result", "coco", "overlay", "thumbnail"}
     image = json.loads(read_bytes(summary["keys"]["result"], bucket))["image"]
     assert image["crs"] is None and image["transform"] is None
 
