@@ -163,7 +163,8 @@ class StoreSummary:
     failed_regions: list[str]
     regions: int
     model_share: float | None
-    #: ``{"result": uri, "coco": uri, "overlay": uri}``
+    #: ``{"result": uri, "coco": uri, "overlay": uri, "thumbnail": uri, ...}`` (no
+    #: ``thumbnail`` from versions before the preview format: its ``thumbnail.png``)
     keys: dict[str, str]
     scratch_objects_deleted: int
 
