@@ -31,7 +31,6 @@ prefix. Both the image and the video steps use this module; it imports neither.
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
