@@ -192,11 +192,10 @@ def tiled_inference() -> None:
         # fails, synthesize (all_done) still renders its argument and fails at once, instead
         # of retrying an XComNotFound.
         context["ti"].xcom_push(key="prepared", value={})
-        # e.g. anonymize naming a class the model does not have, bad archive options, or
-        # an archive of a batch
+        # e.g. anonymize naming a class the model does not have, or bad archive options
         with task_outcome():
-            check_transform(_params(), batch=is_batch(context["params"]),
-                            archive=_archive().active)
+            check_transform(_params())
+            _archive()
         if is_batch(context["params"]):
             from tilescope.tasks.batch import batch_entries, prepare_batch
 
@@ -273,7 +272,7 @@ def tiled_inference() -> None:
 
             totals, outcomes = store_batch(result_uri, run, _params(), client=s3_client(),
                                            catalog_url=catalog_url(),
-                                           run_id=context["run_id"])
+                                           run_id=context["run_id"], archive=_archive())
             extras = [o.asset_extra() for o in outcomes if o.status == "stored"]
             if len(extras) > _IMAGE_EVENTS_PER_RUN:  # one event for the batch (see README)
                 context["outlet_events"][RESULTS_ASSET].extra = batch_event(run, totals)

@@ -303,3 +303,70 @@ def test_anonymize_on_a_batch_copies_each_image_in_store(s3_client, tmp_path):
     with pytest.raises(ConfigError, match="is a video: anonymize works on images"):
         prepare_batch([*entries, {"uri": f"s3://{BUCKET}/in/clip.mp4"}], params,
                       client=s3_client, run="r-anon-video", model_slice_size=416)
+
+
+def test_archive_facts_land_in_each_images_result_and_catalog_row(s3_client, tmp_path):
+    """``archive_format`` on a batch: store encodes each image's archival copy — a small
+    photo's from its original read again, a tiled TIFF's from its pixels read in place —
+    records its facts in the image's ``result.json``, keys and catalog row, and only then
+    deletes the originals (``keep_original=delete``); a photo changed since it was planned
+    fails on its own and is left, the others are stored. (Seen red with ``_keep_copies`` not
+    recording ``result.archive``: no facts, no row columns, no original deleted; and with
+    the per-image failure re-raised: the whole store failed.)"""
+    from pathlib import Path
+
+    import tifffile
+
+    from tilescope.archival import ArchivePolicy, decode
+    from tilescope.models.nanodet import NanoDetModel
+    from tilescope.outputs.catalog import connect, find_results
+    from tilescope.samples import sample_array, sample_path
+    from tilescope.storage import parse_s3_uri
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    tifffile.imwrite(tmp_path / "horses.tif", sample_array("horses"), tile=(256, 256),
+                     photometric="rgb")
+    inputs = {"in/person.jpg": Path(sample_path("person")).read_bytes(),
+              "in/horses.tif": (tmp_path / "horses.tif").read_bytes(),
+              "in/dog.jpg": Path(sample_path("dog")).read_bytes()}
+    for key, data in inputs.items():
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    entries = [{"uri": f"s3://{BUCKET}/{key}"} for key in inputs]
+    mapped, prepared = prepare_batch(entries, PARAMS, client=s3_client, run="r-archive",
+                                     model_slice_size=416)
+    assert [i.whole for i in load_items(prepared, s3_client)] == [True, False, True]
+    with NanoDetModel() as model:
+        findings = [analyze_unit(m, prepared, PARAMS, model, client=s3_client, budget=48_000)
+                    for m in mapped]
+    results = combine_batch(prepared, findings, PARAMS, "nanodet-coco", client=s3_client)
+    changed = tiny_jpeg(5, (320, 240))  # a new upload under the same key, after planning
+    s3_client.put_object(Bucket=BUCKET, Key="in/dog.jpg", Body=changed)
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    summary, outcomes = store_batch(
+        results, prepared, PARAMS, client=s3_client, catalog_url=catalog, run_id="r-archive",
+        archive=ArchivePolicy("webp", quality=80, keep_original="delete"))
+
+    assert [o.status for o in outcomes] == [STORED, STORED, "failed"]
+    assert summary.stored == 2 and "changed since it was planned" in outcomes[2].error
+    assert read_bytes(f"s3://{BUCKET}/in/dog.jpg", s3_client) == changed  # left alone
+    rows = {row["image_uri"]: row for row in find_results(connect(catalog))}
+    assert sorted(rows) == sorted(o.uri for o in outcomes[:2])
+    for outcome, original in zip(outcomes[:2], inputs.values(), strict=False):
+        doc = json.loads(read_bytes(outcome.keys["result"], s3_client))
+        facts, row = doc["archive"], rows[outcome.uri]
+        copy = read_bytes(facts["uri"], s3_client)
+        assert outcome.keys["archive"] == facts["uri"] == row["archive_uri"]
+        assert facts["uri"] == outcome.keys["result"].replace("result.json", "archive.webp")
+        assert decode(copy, "webp").shape == (doc["image"]["height"], doc["image"]["width"], 3)
+        assert (facts["format"], facts["quality"], facts["keep_original"]) == (
+            "webp", 80, "delete")
+        assert facts["bytes"] == len(copy) == row["archive_bytes"]
+        assert facts["original_bytes"] == len(original)
+        assert facts["bytes_saved"] == len(original) - len(copy) == row["bytes_saved"]
+        assert row["archive_quality"] == 80 and row["archive_ssim"] == facts["ssim"] > 0.8
+        assert row["result_keys"]["archive"] == facts["uri"]
+        with pytest.raises(s3_client.exceptions.NoSuchKey):  # deleted once its copy was kept
+            s3_client.get_object(Bucket=BUCKET, Key=parse_s3_uri(outcome.uri).key)
+    batch_scratch = parse_s3_uri(prepared.scratch_prefix).key
+    left = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/").get("Contents", [])
+    assert all(o["Key"].startswith(batch_scratch) for o in left)  # the TIFF's: removed

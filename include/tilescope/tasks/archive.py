@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -99,19 +100,22 @@ def earlier_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
 
 def store_archive(source_uri: str, image: ImageInfo, layout: ResultsLayout,
                   policy: ArchivePolicy, client: S3Client,
-                  anonymized: dict[str, Any] | None = None) -> ArchiveOutcome:
+                  anonymized: dict[str, Any] | None = None,
+                  reader: ImageReader | None = None) -> ArchiveOutcome:
     """Encode, upload and verify the archival copy → its outcome (with ``uri``). With
     ``anonymized`` (the transform's record) the copy is of the anonymized pixels: the staged
     source replayed through the same regions, so ``replace``/``delete`` keep nothing of what
-    was hidden."""
+    was hidden. ``reader``: the source already open (a batch's small photo, read again from
+    the original and checked against its SHA-256 — it has no staged TIFF); else
+    ``source_uri`` is opened (a staged or in-place tiled TIFF)."""
     refuse_lossy_stand_in(image, policy)
     earlier = earlier_archive(source_uri, image, layout, client)
     if earlier is not None:
         return earlier
     uri = archive_uri(image, layout, policy)
     loc = parse_s3_uri(uri)
-    with open_source(source_uri, client) as source, tempfile.TemporaryDirectory(
-            dir=TMP.get()) as folder:
+    opened = nullcontext(reader) if reader is not None else open_source(source_uri, client)
+    with opened as source, tempfile.TemporaryDirectory(dir=TMP.get()) as folder:
         replayed = replayed_reader(source, anonymized) if anonymized else None
         reader = replayed or source
         path = os.path.join(folder, f"{ARCHIVE_NAME}{policy.extension}")

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from tilescope.archival import ArchivePolicy
 from tilescope.errors import (
     BadImageError,
     ConfigError,
@@ -59,7 +62,7 @@ from tilescope.moderation import ModerationPolicy
 from tilescope.params import InferenceParams
 from tilescope.pipeline import plan_image, synthesize
 from tilescope.readers import reader_for_bytes, reopen_planned
-from tilescope.readers.base import refuse_over_pixel_limit
+from tilescope.readers.base import ImageReader, refuse_over_pixel_limit
 from tilescope.readers.sniff import SNIFF_BYTES, sniff_format, sniff_video
 from tilescope.results import ImageInfo, RegionFinding, Result
 from tilescope.slicing import SlicePlan
@@ -87,6 +90,9 @@ WHOLE_MAX_PIXELS = 4096 * 4096
 FIRST_READ_BYTES = 1 << 20
 #: S3 requests of one task at once (planning reads, stores, settling moves)
 IO_THREADS = 8
+#: images whose copies (anonymized, archival) store makes at once: each holds its picture
+#: decoded (~7 bytes a pixel while an archive is encoded) and keeps a core busy
+COPY_THREADS = max(1, os.cpu_count() or 1)
 #: at most this many images in one batch run (each is a row in the plan, an entry in results)
 MAX_BATCH_IMAGES = 10_000
 #: the merged results of a batch, parked in its scratch for store
@@ -575,15 +581,30 @@ class ItemOutcome:
 
 
 def store_batch(results_uri: str, prepared: BatchPrepared, params: InferenceParams, *,
-                client: S3Client, catalog_url: str | None, run_id: str | None = None
+                client: S3Client, catalog_url: str | None, run_id: str | None = None,
+                archive: ArchivePolicy | None = None
                 ) -> tuple[BatchStoreSummary, list[ItemOutcome]]:
     """Write every stored image's ``result.json``, COCO, overlay and thumbnail under its own
-    ``results/`` prefix and its catalog row (one transaction); a big image's scratch goes as
-    in a run of its own. Writes the per-image outcomes to the batch's ``outcomes.json``.
-    Returns a small summary and the outcomes."""
+    ``results/`` prefix and its catalog row (one transaction). Writes the per-image outcomes
+    to the batch's ``outcomes.json``, then removes the big images' scratch. Returns a small
+    summary and the outcomes.
+
+    Each image's copies — anonymized (``anonymize``) and archival (``archive``) — are made
+    before its ``result.json``, as in a run of its own; only once every catalog row is
+    committed are the originals settled by ``keep_original``
+    (:func:`tilescope.intake.keep.settle_original`). An image whose copy cannot be made for
+    a reason no retry changes (a :class:`TilescopeError` that is not retryable: a WebP over
+    16383 px, a scene with ``replace``, a video, an original changed since planning) is
+    ``failed`` on its own — no result, no row, its original untouched — and the others are
+    stored; anything retryable (S3, a copy that does not read back) fails the store, whose
+    retry redoes every image (nothing was settled yet, or the settled ones' copies are taken
+    back from their ``result.json``)."""
     items = load_items(prepared, client)
     entries = json.loads(read_bytes(results_uri, client))["results"]
     by_index = {item.index: item for item in items}
+    archive = archive if archive is not None and archive.active else None
+    clashes = _replace_clashes(entries, by_index, archive)
+    copying = threading.BoundedSemaphore(COPY_THREADS)
 
     def store_one(entry: Mapping[str, Any]) -> tuple[ItemOutcome, Result | None]:
         item = by_index[int(entry["index"])]
@@ -599,8 +620,17 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
                 setattr(outcome, name, value)
             return outcome, None
         result = Result.from_dict(entry["result"])
-        if params.anonymize:  # before its result.json, as a single-image run's transform
-            result.anonymized = _anonymize(item, result, params, client)
+        try:  # before its result.json, as a single-image run's transform and store
+            if item.index in clashes:
+                raise ConfigError(clashes[item.index])
+            with copying:
+                _keep_copies(item, result, params, archive, client)
+        except TilescopeError as exc:
+            if exc.retryable:
+                raise
+            outcome.status, outcome.error_class = FAILED, type(exc).__name__
+            outcome.error = f"its copies were not made: {exc}"
+            return outcome, None
         outcome.keys = _write_outputs(item, result, params, client)
         outcome.detections, outcome.counts = len(result.detections), result.counts()
         outcome.result_status = result.status
@@ -621,10 +651,14 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
         finally:
             engine.dispose()
         record_batch_reused(catalog_url, entries, by_index, run_id=run_id)
+    if archive is not None:  # every row committed: only now may an original be touched
+        _settle_originals([result for _, result in done if result is not None], archive,
+                          client)
     outcomes = [outcome for outcome, _ in done]
     write_bytes(prepared.outcomes_uri,
                 json.dumps({"run_id": run_id, "outcomes": [asdict(o) for o in outcomes]}
                            ).encode(), "application/json", client)
+    _clean_staged([by_index[o.index] for o in outcomes if o.status == STORED], client)
     stored = [o for o in outcomes if o.status == STORED]
     return BatchStoreSummary(images=len(outcomes), stored=len(stored),
                              bad=sum(1 for o in outcomes if o.status == BAD),
@@ -632,40 +666,109 @@ def store_batch(results_uri: str, prepared: BatchPrepared, params: InferencePara
                              detections=sum(o.detections or 0 for o in stored)), outcomes
 
 
-def _anonymize(item: BatchItem, result: Result, params: InferenceParams,
-               client: S3Client) -> dict[str, Any]:
-    """One image's anonymized copy beside its result: a small image's from the original
-    (read again, its SHA-256 checked: the bytes that were analysed), a big one's from its
-    staged pixels (still in scratch: store_result removes them after)."""
-    from tilescope.layout import open_source
-    from tilescope.readers import reopen_planned
+def _replace_clashes(entries: Sequence[Mapping[str, Any]], by_index: Mapping[int, BatchItem],
+                     archive: ArchivePolicy | None) -> dict[int, str]:
+    """Images whose ``replace`` copy would land where another image of the batch puts its
+    own (``incoming/a.jpg`` and ``incoming/a.png`` both → ``processed/a.webp``): index → why
+    it is refused. The first keeps the place; a later copy overwriting it would leave the
+    first original deleted for a copy of another picture."""
+    if archive is None or archive.keep_original != "replace":
+        return {}
+    from tilescope.intake.keep import replacement_key
+
+    taken: dict[str, str] = {}
+    clashes: dict[int, str] = {}
+    for entry in entries:
+        item = by_index[int(entry["index"])]
+        if entry["status"] != STORED or entry.get("reused"):
+            continue
+        key = replacement_key(parse_s3_uri(item.uri).key, archive.extension)
+        if key in taken:
+            clashes[item.index] = (f"keep_original=replace: its archival copy would take "
+                                   f"{key}, the place of {taken[key]}'s: kept")
+        else:
+            taken[key] = item.uri
+    return clashes
+
+
+def _keep_copies(item: BatchItem, result: Result, params: InferenceParams,
+                 archive: ArchivePolicy | None, client: S3Client) -> None:
+    """One image's copies beside its result, recorded in ``result``: the anonymized copy
+    (``anonymize``) and the archival copy (``archive``: of the anonymized pixels when both),
+    from one reading of its pixels — a small image's original read again (its SHA-256
+    checked: the bytes that were analysed), a big one's staged or in-place pixels. A retry
+    after the keep policy removed an original that was also the source takes back what the
+    earlier attempt stored and verified (:func:`tilescope.tasks.archive.earlier_record`)."""
+    from tilescope.tasks.archive import earlier_archive, earlier_record, store_archive
+    from tilescope.tasks.image import results_layout
     from tilescope.tasks.transform import anonymize_beside
 
+    if archive is not None and item.video:
+        raise ConfigError(f"{item.uri} is a video: an archival copy is made of images")
+    source_uri = item.uri if item.whole else item.staged.source_uri
+    layout = results_layout(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
+    anonymized = earlier_record(source_uri, result.image, layout, "anonymized", client) \
+        if params.anonymize else None
+    archived = earlier_archive(source_uri, result.image, layout, client) if archive else None
+    if (params.anonymize and anonymized is None) or (archive and archived is None):
+        with _open_pixels(item, result, client) as reader:
+            if params.anonymize and anonymized is None:
+                anonymized = anonymize_beside(result, reader, params, client)
+            if archive is not None and archived is None:
+                archived = store_archive(source_uri, result.image, layout, archive, client,
+                                         anonymized=anonymized, reader=reader)
+    result.anonymized = anonymized
+    result.archive = archived.to_dict() if archived else None
+
+
+def _open_pixels(item: BatchItem, result: Result, client: S3Client) -> ImageReader:
+    """The pixels the model saw: a small image's original read again and checked against
+    its SHA-256 (changed meanwhile: :class:`BadImageError`), a big one's staged or in-place
+    tiled TIFF (still in scratch: removed once every image is stored)."""
+    from tilescope.layout import open_source
+
     if item.whole:
-        reader = reopen_planned(item.uri, result.image.sha256, client=client,
-                                max_pixels=RunLimits().max_pixels)
-    else:
-        reader = open_source(item.staged.source_uri, client)
-    with reader:
-        return anonymize_beside(result, reader, params, client)
+        return reopen_planned(item.uri, result.image.sha256, client=client,
+                              max_pixels=RunLimits().max_pixels)
+    return open_source(item.staged.source_uri, client)
+
+
+def _settle_originals(results: Sequence[Result], archive: ArchivePolicy,
+                      client: S3Client) -> None:
+    """``keep_original`` applied to every stored image with a verified archival copy, as a
+    run of its own applies it (:func:`tilescope.intake.keep.settle_original`: deleted only
+    while still the analysed bytes, conditional on the ETag)."""
+    from tilescope.intake.keep import settle_original
+
+    archived = [result for result in results if result.archive]
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="keep") as pool:
+        list(pool.map(lambda result: settle_original(
+            result.image.uri, result.image.sha256, archive.keep_original, client), archived))
+
+
+def _clean_staged(items: Iterable[BatchItem], client: S3Client) -> None:
+    """Remove the stored big images' scratch (kept until now: a retry of store reads it)."""
+    from tilescope.layout import delete_prefix
+
+    staged = [item.staged.scratch_prefix for item in items if item.prepared is not None]
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="clean") as pool:
+        list(pool.map(lambda prefix: delete_prefix(prefix, client), staged))
 
 
 def _write_outputs(item: BatchItem, result: Result, params: InferenceParams,
                    client: S3Client) -> dict[str, str]:
-    """One image's outputs: a big image's as a run of its own stores them (its scratch
-    removed); a small one's ``result.json`` beside the companions its unit wrote."""
+    """One image's outputs: a big image's as a run of its own stores them (its scratch kept
+    for now: :func:`_clean_staged`); a small one's ``result.json`` beside the companions
+    its unit wrote."""
     from tilescope.outputs.writers import result_json
-    from tilescope.tasks.image import result_targets, store_result
+    from tilescope.tasks.image import copy_keys, result_targets, store_result
 
     if not item.whole:
         return store_result(result, item.staged, params, client=client,
-                            catalog_url=None).keys
+                            catalog_url=None, clean_scratch=False).keys
     targets = result_targets(parse_s3_uri(item.uri).bucket, result.image.image_id, params)
     write_bytes(targets.result, result_json(result), "application/json", client)
-    keys = targets.keys()
-    if result.anonymized:
-        keys["anonymized"] = result.anonymized["uri"]
-    return keys
+    return {**targets.keys(), **copy_keys(result)}
 
 
 def batch_event(prepared: BatchPrepared, summary: BatchStoreSummary) -> dict[str, Any]:

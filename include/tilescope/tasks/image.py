@@ -335,6 +335,13 @@ def result_targets(bucket: str, image_id: str, params: InferenceParams) -> Resul
         preview_format(params.preview_format)))
 
 
+def copy_keys(result: Result) -> dict[str, str]:
+    """The catalog's result keys of the image's copies made before its ``result.json``: the
+    anonymized copy (the transform step's) and the archival copy, those it has."""
+    return {role: str(record["uri"]) for role, record in
+            (("anonymized", result.anonymized), ("archive", result.archive)) if record}
+
+
 def store(result_uri: str, prepared: Prepared, params: InferenceParams, *,
           client: S3Client, catalog_url: str | None, run_id: str | None = None,
           archive: ArchivePolicy | None = None) -> StoreSummary:
@@ -350,8 +357,11 @@ def store(result_uri: str, prepared: Prepared, params: InferenceParams, *,
 def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
                  client: S3Client, catalog_url: str | None,
                  run_id: str | None = None,
-                 archive: ArchivePolicy | None = None) -> StoreSummary:
-    """:func:`store` for a result already in hand (a batch's big image)."""
+                 archive: ArchivePolicy | None = None,
+                 clean_scratch: bool = True) -> StoreSummary:
+    """:func:`store` for a result already in hand (a batch's big image: its copies made
+    and its original settled by the batch, its scratch kept — ``clean_scratch=False`` — until
+    every image of the batch is stored, so that a retry of the batch's store finds it)."""
     from PIL import Image
 
     bucket = parse_s3_uri(result.image.uri).bucket
@@ -386,11 +396,9 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
         outcome = store_archive(prepared.source_uri, result.image,
                                 results_layout(bucket, result.image.image_id, params),
                                 archive, client, anonymized=result.anonymized)
-        result.archive, keys["archive"] = outcome.to_dict(), outcome.uri
+        result.archive = outcome.to_dict()
     write_bytes(targets.result, result_json(result), "application/json", client)  # last
-    keys = {"result": targets.result, **keys}
-    if result.anonymized:  # written by the transform step, beside the result
-        keys["anonymized"] = result.anonymized["uri"]
+    keys = {"result": targets.result, **keys, **copy_keys(result)}
     if catalog_url:
         from tilescope.models.fingerprint import model_fingerprint
         from tilescope.outputs.catalog import connect, record_result
@@ -405,7 +413,7 @@ def store_result(result: Result, prepared: Prepared, params: InferenceParams, *,
         from tilescope.intake.keep import settle_original
 
         settle_original(result.image.uri, result.image.sha256, archive.keep_original, client)
-    deleted = delete_prefix(prepared.scratch_prefix, client)
+    deleted = delete_prefix(prepared.scratch_prefix, client) if clean_scratch else 0
     return StoreSummary(image_id=result.image.image_id, image_uri=result.image.uri,
                         status=result.status, detections=len(result.detections),
                         counts=result.counts(), failed_regions=result.failed_regions,

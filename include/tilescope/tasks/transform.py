@@ -27,13 +27,11 @@ from tilescope.storage import S3Client, parse_s3_uri, read_bytes, write_bytes
 from tilescope.tasks.archive import earlier_record
 
 
-def check_transform(params: InferenceParams, *, batch: bool, archive: bool = False) -> None:
-    """What preprocess refuses up front: classes the model does not have, and an archival
-    copy of a batch (one-image runs). Anonymize with an archival copy is fine: the copy is
-    encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`); a batch anonymizes
-    each image in its store step (:func:`tilescope.tasks.batch.store_batch`)."""
-    if archive and batch:
-        raise ConfigError("archive_format applies to one-image runs, not batches")
+def check_transform(params: InferenceParams) -> None:
+    """What preprocess refuses up front: classes the model does not have (and anonymize
+    with a magnification). Anonymize with an archival copy is fine, one image or a batch:
+    the copy is encoded from the anonymized pixels (:mod:`tilescope.tasks.archive`); a batch
+    makes each image's copies in its store step (:func:`tilescope.tasks.batch.store_batch`)."""
     check_anonymize(params)
 
 
