@@ -65,9 +65,20 @@ elif args["crash"] == "after the copy is written":
                                 lambda params, **_: args.__setitem__("key", params["Key"]))
     client.meta.events.register("after-call.s3.PutObject",
                                 lambda **_: after_put({"Key": args["key"]}))
+elif args["crash"] == "after the originals went":  # a batch's: before its outcomes.json
+    client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_:
+                                params["Key"].endswith("/outcomes.json") and crash())
 else:
     client.meta.events.register("before-parameter-build.s3.DeleteObject", before_delete)
 params = InferenceParams.from_dict(args["params"])
+if args.get("batch"):  # a batch run's store: every image's copies and rows, then originals
+    from tilescope.handoffs import BatchPrepared
+    from tilescope.tasks.batch import store_batch
+
+    store_batch(args["result_uri"], BatchPrepared.from_dict(args["batch"]), params,
+                client=client, catalog_url=args["catalog"], run_id="crashing",
+                archive=ArchivePolicy(**args["archive"]))
+    sys.exit(0)
 prepared = Prepared.from_dict(args["prepared"])
 transform(args["result_uri"], prepared, params, client=client)  # as the DAG's store does
 store(args["result_uri"], prepared, params, client=client, catalog_url=args["catalog"],
@@ -294,3 +305,86 @@ def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_cli
         assert not np.array_equal(expected, sample_array("astronaut"))
     assert np.array_equal(tifffile.imread(io.BytesIO(copy)), expected)
     assert summary.scratch_objects_deleted > 0
+
+
+@pytest.mark.parametrize(("crash", "policy", "anonymize"), [
+    ("after the copy is written", "replace", ""),
+    ("before the original goes", "replace", ""),
+    ("after the originals went", "replace", ""),
+    ("before the original goes", "delete", "white"),
+    ("after the originals went", "delete", "white")])
+def test_a_batch_store_killed_between_copies_and_originals_loses_nothing_and_its_retry_completes(
+        s3_client, tmp_path, crash, policy, anonymize):
+    """A batch's store killed after writing a copy, before removing an original, or once the
+    originals are gone (before its outcomes.json): no original goes before its copy is
+    stored and read back and every row committed, and the retry completes — for an original
+    already removed from the copies its first attempt verified (a photo is its own source:
+    it cannot be read again), anonymized ones included. (Seen red with the originals settled
+    before the catalog rows: killed before an original's delete, no row was committed; and
+    with _keep_copies not taking back the earlier records: the retry after the originals
+    went failed on the missing photo.)"""
+    from tilescope.tasks.batch import (
+        STORED,
+        analyze_unit,
+        combine_batch,
+        prepare_batch,
+        store_batch,
+    )
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    originals = {}
+    for name in ("astronaut", "coffee"):
+        out = io.BytesIO()
+        Image.fromarray(sample_array(name)).save(out, format="PNG")
+        originals[f"incoming/{name}.png"] = out.getvalue()
+        s3_client.put_object(Bucket=BUCKET, Key=f"incoming/{name}.png", Body=out.getvalue())
+    params = InferenceParams(model="bright-blobs", slice_size=256, grid="1x1",
+                             anonymize=anonymize, anonymize_margin=4)
+    mapped, prepared = prepare_batch([{"uri": f"s3://{BUCKET}/{key}"} for key in originals],
+                                     params, client=s3_client, run="manual__batch",
+                                     model_slice_size=256)
+    findings = [analyze_unit(m, prepared, params, BrightBlobModel(), client=s3_client,
+                             budget=48_000) for m in mapped]
+    results = combine_batch(prepared, findings, params, "bright-blobs", client=s3_client)
+    archive = {"format": "webp", "quality": 80, "keep_original": policy}
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    args = {"crash": crash, "result_uri": results, "original": ORIGINAL,
+            "batch": prepared.to_dict(), "params": params.to_dict(), "catalog": catalog,
+            "archive": archive}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
+                             capture_output=True, text=True, timeout=300, env=child_env())
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    kept = {key: body(s3_client, key) for key in originals}
+    rows_before = len(find_results(connect(catalog)))
+    if crash == "after the originals went":
+        assert kept == dict.fromkeys(originals)  # both gone: their copies stand in
+    else:
+        assert kept[ORIGINAL] == originals[ORIGINAL]  # nothing lost
+    # every row committed before any original is touched
+    assert rows_before == (0 if crash == "after the copy is written" else 2)
+
+    _, outcomes = store_batch(results, prepared, params, client=s3_client,
+                              catalog_url=catalog, run_id="retry",
+                              archive=ArchivePolicy(**archive))  # Airflow's retry
+    assert [o.status for o in outcomes] == [STORED, STORED], [o.error for o in outcomes]
+    rows = {row["image_uri"]: row for row in find_results(connect(catalog))}
+    for outcome, key in zip(outcomes, originals, strict=True):
+        assert body(s3_client, key) is None
+        doc = json.loads(body(s3_client, parse_s3_uri(outcome.keys["result"]).key) or b"{}")
+        copy_key = parse_s3_uri(doc["archive"]["uri"]).key
+        assert copy_key == (key.replace("incoming/", "processed/").replace(".png", ".webp")
+                            if policy == "replace" else
+                            parse_s3_uri(outcome.keys["result"]).key.replace("result.json",
+                                                                             "archive.webp"))
+        copy = body(s3_client, copy_key) or b""
+        assert rows[outcome.uri]["archive_uri"] == doc["archive"]["uri"]
+        assert rows[outcome.uri]["archive_bytes"] == len(copy) == doc["archive"]["bytes"]
+        if anonymize and key == ORIGINAL:  # a copy of the anonymized pixels
+            import cv2
+
+            pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(copy, np.uint8),
+                                               cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            anonymized = np.asarray(Image.open(io.BytesIO(body(s3_client, parse_s3_uri(
+                doc["anonymized"]["uri"]).key) or b"")).convert("RGB"))
+            has_the_anonymized_pixels(pixels, sample_array("astronaut"), anonymized,
+                                      doc["anonymized"]["regions"])
