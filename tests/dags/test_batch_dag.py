@@ -145,3 +145,57 @@ def asset_event_extras(run_id: str) -> list[dict]:
     with create_session() as session:
         return [dict(e.extra) for e in session.query(AssetEvent).filter(
             AssetEvent.source_run_id == run_id).all()]
+
+
+def test_a_batch_with_webp_archives_replaces_each_original_by_its_verified_copy(
+        dag, airflow_env, sample):
+    """``archive_format=webp`` and ``keep_original=replace`` on a claimed batch of photos:
+    each image's copy (adaptive quality, SSIM ≥ 0.95) stands in ``processed/`` where its
+    original would have gone, the originals are gone, every claim is settled as processed,
+    and each catalog row records the bytes saved. (Seen red with the batch refusal back in
+    check_transform: preprocess failed and nothing was stored.)"""
+    import hashlib
+
+    import cv2
+
+    client = airflow_env["client"]
+    engine = connect(airflow_env["catalog"])
+    inputs = {f"incoming/{name}.jpg": Path(sample(name)).read_bytes()
+              for name in ("person", "horses")}
+    images = []
+    for key, data in inputs.items():
+        uri = upload(client, key, data)
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        owned = claim(engine, BUCKET, key, head["ETag"].strip('"'), len(data))
+        images.append({"uri": uri, "claim": owned.to_dict()})
+    run = dag.test(run_conf={"manifest": _manifest(client, images), "images": [],
+                             "model": "nanodet-coco", "archive_format": "webp",
+                             "archive_ssim": 0.95, "keep_original": "replace"})
+    assert str(run.state) == "success"
+
+    assert keys_under(client, "incoming/") == []
+    assert sorted(keys_under(client, "processed/")) == ["processed/horses.webp",
+                                                        "processed/person.webp"]
+    assert {c["status"] for c in all_claims(engine)} == {PROCESSED}
+    for key, data in inputs.items():
+        copy_key = key.replace("incoming/", "processed/").replace(".jpg", ".webp")
+        copy = client.get_object(Bucket=BUCKET, Key=copy_key)["Body"].read()
+        pixels = cv2.imdecode(np.frombuffer(copy, np.uint8), cv2.IMREAD_COLOR)
+        original = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert pixels is not None and pixels.shape == original.shape
+        [row] = find_results(engine, hashlib.sha256(data).hexdigest())
+        assert row["archive_uri"] == f"s3://{BUCKET}/{copy_key}"
+        assert row["archive_bytes"] == len(copy) and row["bytes_saved"] == len(data) - len(copy)
+        assert row["bytes_saved"] > 0 and row["archive_ssim"] >= 0.95
+        doc = json.loads(client.get_object(Bucket=BUCKET, Key=row["result_keys"]["result"]
+                                           .split(f"s3://{BUCKET}/", 1)[1])["Body"].read())
+        assert doc["archive"]["quality"] == row["archive_quality"]
+        assert doc["archive"]["target_met"] and doc["archive"]["keep_original"] == "replace"
+    assert keys_under(client, "scratch/") == []
+
+
+def _manifest(client, images: list[dict]) -> str:
+    """The batch's manifest, as s3_arrivals writes one (its entries carry the claims)."""
+    client.put_object(Bucket=BUCKET, Key="manifests/archive.json",
+                      Body=json.dumps({"images": images}).encode())
+    return f"s3://{BUCKET}/manifests/archive.json"
