@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from support.photos_s3 import CountingClient, tiny_jpeg
@@ -370,3 +371,39 @@ def test_archive_facts_land_in_each_images_result_and_catalog_row(s3_client, tmp
     batch_scratch = parse_s3_uri(prepared.scratch_prefix).key
     left = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="scratch/").get("Contents", [])
     assert all(o["Key"].startswith(batch_scratch) for o in left)  # the TIFF's: removed
+
+
+def test_two_originals_replaced_to_one_key_keep_the_second_original(s3_client):
+    """``keep_original=replace`` puts ``incoming/a.jpg``'s and ``incoming/a.png``'s copies at
+    ``processed/a.webp``: the first image takes the place, the second fails on its own with
+    its original kept (its copy would have overwritten the first's, leaving ``a.jpg`` deleted
+    for a copy of another picture). Seen red with the clash check off: the two copies raced
+    for ``processed/a.webp`` and the whole store failed (``read back … is not what was
+    written``); made one after the other, the later would have replaced the verified one."""
+    from tilescope.archival import ArchivePolicy, decode
+    from tilescope.models.nanodet import NanoDetModel
+
+    s3_client.create_bucket(Bucket=BUCKET)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(tiny_jpeg(7, (160, 120)))).save(png, format="PNG")
+    inputs = {"incoming/a.jpg": tiny_jpeg(6, (160, 120)), "incoming/a.png": png.getvalue()}
+    for key, data in inputs.items():
+        s3_client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    mapped, prepared = prepare_batch([{"uri": f"s3://{BUCKET}/{key}"} for key in inputs],
+                                     PARAMS, client=s3_client, run="r-clash",
+                                     model_slice_size=416)
+    with NanoDetModel() as model:
+        findings = [analyze_unit(m, prepared, PARAMS, model, client=s3_client, budget=48_000)
+                    for m in mapped]
+    results = combine_batch(prepared, findings, PARAMS, "nanodet-coco", client=s3_client)
+    _, outcomes = store_batch(results, prepared, PARAMS, client=s3_client, catalog_url=None,
+                              archive=ArchivePolicy("webp", 90, keep_original="replace"))
+    assert [o.status for o in outcomes] == [STORED, "failed"]
+    assert "would take processed/a.webp, the place of s3://batches/incoming/a.jpg's" in \
+        outcomes[1].error
+    assert read_bytes(f"s3://{BUCKET}/incoming/a.png", s3_client) == inputs["incoming/a.png"]
+    with pytest.raises(s3_client.exceptions.NoSuchKey):
+        s3_client.get_object(Bucket=BUCKET, Key="incoming/a.jpg")
+    kept = decode(read_bytes(f"s3://{BUCKET}/processed/a.webp", s3_client), "webp")
+    jpeg = np.asarray(Image.open(io.BytesIO(inputs["incoming/a.jpg"])).convert("RGB"))
+    assert np.abs(kept.astype(int) - jpeg).mean() < 10  # a.jpg's picture (random noise)

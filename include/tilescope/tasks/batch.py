@@ -25,7 +25,8 @@ asset event, notification and claim. What changes is what one mapped ``analyze``
   single-image run does; ``min_success_ratio`` applies per image (a failed unit fails only the
   images whose slices it carried).
 * **store** (:func:`store_batch`) writes each stored image's outputs and catalog row, and
-  the per-image outcomes to ``outcomes.json``.
+  the per-image outcomes to ``outcomes.json``; with ``anonymize`` or an archival copy, each
+  image's copies first and, once every row is committed, the keep policy for its original.
 * **finalize** (:func:`settle_batch`) settles each image's claim: ``processed/``,
   ``quarantine/`` with its reason, or released for another attempt.
 
@@ -750,7 +751,8 @@ def _clean_staged(items: Iterable[BatchItem], client: S3Client) -> None:
     """Remove the stored big images' scratch (kept until now: a retry of store reads it)."""
     from tilescope.layout import delete_prefix
 
-    staged = [item.staged.scratch_prefix for item in items if item.prepared is not None]
+    staged = [item.staged.scratch_prefix for item in items
+              if item.prepared is not None and not item.reused]
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="clean") as pool:
         list(pool.map(lambda prefix: delete_prefix(prefix, client), staged))
 
