@@ -19,10 +19,11 @@ or leaves it in `quarantine/`, or releases its claim for another attempt — and
 no result was stored; its callbacks emit the image's StatsD metrics and send one SNS message
 per image to the success or error topic (`tilescope_success_topic_arn` /
 `tilescope_error_topic_arn` Variables, or `TILESCOPE_SUCCESS_TOPIC_ARN` /
-`TILESCOPE_ERROR_TOPIC_ARN`; none set → no message). **evaluate** (optional, after store)
-scores the stored result against COCO ground truth — the `ground_truth` param, or
-`<image key>.gt.json` beside the image — and writes `evaluation.json` and `evaluation-pr.png`
-beside the result; without ground truth it is skipped and the run succeeds.
+`TILESCOPE_ERROR_TOPIC_ARN`; none set → no message). **evaluate** (optional, after
+finalize) scores the stored result against COCO ground truth — the `ground_truth` param, or
+`<image key>.gt.json` beside the image, looked for once by preprocess — and writes
+`evaluation.json` and `evaluation-pr.png` beside the result; without ground truth it is
+mapped over nothing, so it is skipped without ever starting and the run succeeds.
 
 A **video** (AVI, MP4/MOV, MKV/WebM — recognised by its bytes) runs through the same tasks:
 preprocess samples `video_fps` frames per second and stages each frame; analyze is mapped
@@ -43,6 +44,7 @@ the `sagemaker-async` model it defers while the endpoint works); this file only 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from datetime import timedelta
@@ -69,6 +71,7 @@ RESULTS_ASSET = results_asset(settings.BUCKET.get())
 #: a batch's store emits one results-asset event per image through this alias
 RESULTS_ALIAS = AssetAlias("tilescope-results")
 _S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
+log = logging.getLogger(__name__)
 
 
 def _quarantine_claimed(error: Exception) -> None:
@@ -184,6 +187,7 @@ def tiled_inference() -> None:
         from tilescope.airflow.connections import s3_client
         from tilescope.models import load_model, model_slice_size
         from tilescope.models.registry import model_slice_seconds
+        from tilescope.tasks.evaluate import ground_truth_for
         from tilescope.tasks.image import image_units, prepare
         from tilescope.tasks.transform import check_transform
 
@@ -219,6 +223,9 @@ def tiled_inference() -> None:
                 run=context["run_id"], moderation=_moderation(),
                 model_slice_size=model_slice_size(params.model, params.model_options),
                 full_image_model=model, limits=limits, reuse=_reuse(params, client))
+            # decided here (one HEAD at most) so that evaluate never starts without it
+            prepared = replace(prepared, ground_truth=ground_truth_for(
+                prepared, context["params"].get("ground_truth"), client))
         # grid=auto with an embedded model: regions packed into fewer tasks (work units)
         units = image_units(prepared, params, workers=os.cpu_count() or 1,
                             slice_seconds=model_slice_seconds(params.model),
@@ -312,13 +319,15 @@ def tiled_inference() -> None:
         prepared=prepared,
     ).expand(region=regions).output
     @task(trigger_rule=TriggerRule.ALL_DONE, **finalize_callbacks())  # metrics, SNS message
-    def finalize() -> str:
+    def finalize() -> list[str]:
         """Settle the run: move a claimed original to processed/ (or leave it quarantined or
-        claimable again), and fail — as the last task — whenever no result was stored."""
+        claimable again), and fail whenever no result was stored. Returns what evaluate is
+        mapped over: the ground truth preprocess found, or nothing."""
         from tilescope.airflow.adapters import catalog_engine, fail
         from tilescope.airflow.connections import s3_client
         from tilescope.intake.claims import Claim
         from tilescope.intake.flow import settle
+        from tilescope.tasks.evaluate import evaluations
 
         context = get_current_context()
         prepared = context["ti"].xcom_pull(task_ids="preprocess", key="prepared") or {}
@@ -336,7 +345,8 @@ def tiled_inference() -> None:
                 listed = "; ".join(f"{o.uri}: {o.status} ({o.error})" for o in missed[:20])
                 fail(f"{len(missed)} of {len(outcomes)}{NOT_STORED_MARK}: {listed}"
                      + (" …" if len(missed) > 20 else ""))
-            return f"{len(outcomes)} images stored"
+            log.info("%d images stored", len(outcomes))
+            return evaluations(prepared)
         stored = context["ti"].xcom_pull(task_ids="store") is not None
         claim = context["params"].get("claim")
         outcome = "stored" if stored else "failed"
@@ -345,29 +355,28 @@ def tiled_inference() -> None:
                              Claim.from_dict(claim), stored=stored).value
         if not stored:
             fail(f"no result stored ({outcome}); see the failed task's log")
-        return outcome
+        log.info("outcome: %s", outcome)
+        return evaluations(prepared)
 
     @task
-    def evaluate(summary: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
-        """Score the stored result against ground truth (the ``ground_truth`` param or
-        ``<image key>.gt.json``); skipped when there is none."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
+    def evaluate(ground_truth: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Score the stored result against the ground truth preprocess found (the
+        ``ground_truth`` param or ``<image key>.gt.json``)."""
         from tilescope.airflow.adapters import task_outcome
         from tilescope.airflow.connections import s3_client
-        from tilescope.tasks.evaluate import evaluate_run
+        from tilescope.tasks.evaluate import evaluate_stored
 
         with task_outcome():
-            outcome = evaluate_run(summary, prepared,
-                                   get_current_context()["params"].get("ground_truth"),
-                                   client=s3_client())
-        if outcome.skipped:
-            raise AirflowSkipException(outcome.skipped)
-        return outcome.to_dict()
+            return evaluate_stored(summary, ground_truth, client=s3_client()).to_dict()
 
     stored = store(synthesize(prepared, findings), prepared)
-    stored >> finalize()
-    evaluate(stored, prepared)
+    settled = finalize()
+    stored >> settled
+    # Mapped over finalize's list — one ground truth or none: without one the scheduler skips
+    # evaluate as it expands it, and no worker starts (a started task costs ~0.4 CPU-s).
+    # The list is finalize's return because Airflow keeps one map length per upstream task
+    # and preprocess's is the region count.
+    evaluate.partial(summary=stored).expand(ground_truth=settled)
 
 
 tiled_inference()

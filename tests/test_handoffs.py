@@ -39,6 +39,8 @@ VIDEO_XCOM = {**IMAGE_XCOM, "full_image": None, "moderation": None,
               "video": {"fps": 1.0, "frames": [[0, 0.0], [30, 1000.0]],
                         "sheet": {"uri": "s3://tilescope/scratch/x/sheet.png", "cells": 2}},
               "units": 3}
+#: …of an image with ground truth found beside it (``evaluate`` runs)
+LABELLED_XCOM = {**IMAGE_XCOM, "ground_truth": "s3://tilescope/incoming/kite.jpg.gt.json"}
 BATCH_XCOM = {"batch": {"plan_uri": "s3://tilescope/scratch/batch/r1/plan.json",
                         "images": 12, "bad": 1, "units": 2,
                         "outcomes_uri": "s3://tilescope/results/batches/r1/outcomes.json"},
@@ -59,11 +61,12 @@ UNIT_OFFLOADED_XCOM = {"index": 3, "slice_count": 40, "attempts": 1,
                        "seconds": {"model": 1.5}, "bad": {},
                        "finding_uri": "s3://tilescope/scratch/x/r1/findings/unit-0003.json"}
 
-CASES = [(Prepared, IMAGE_XCOM), (Prepared, VIDEO_XCOM), (BatchPrepared, BATCH_XCOM),
-         (StoreSummary, STORED_XCOM), (BatchStoreSummary, BATCH_STORED_XCOM),
-         (UnitFinding, UNIT_XCOM), (UnitFinding, UNIT_OFFLOADED_XCOM)]
-IDS = ["prepared", "prepared-video", "prepared-batch", "stored", "stored-batch", "unit",
-       "unit-offloaded"]
+CASES = [(Prepared, IMAGE_XCOM), (Prepared, VIDEO_XCOM), (Prepared, LABELLED_XCOM),
+         (BatchPrepared, BATCH_XCOM), (StoreSummary, STORED_XCOM),
+         (BatchStoreSummary, BATCH_STORED_XCOM), (UnitFinding, UNIT_XCOM),
+         (UnitFinding, UNIT_OFFLOADED_XCOM)]
+IDS = ["prepared", "prepared-video", "prepared-labelled", "prepared-batch", "stored",
+       "stored-batch", "unit", "unit-offloaded"]
 
 
 @pytest.mark.parametrize(("kind", "xcom"), CASES, ids=IDS)

@@ -70,6 +70,9 @@ class Prepared:
     #: a stored result these bytes, model and parameters already have
     #: (:class:`tilescope.outputs.reuse.StoredResult`'s dict): nothing is analysed
     reused: dict[str, Any] | None = None
+    #: the COCO ground truth preprocess found for the image (the ``ground_truth`` Param or
+    #: ``<image key>.gt.json``): what ``evaluate`` scores against; absent, it never starts
+    ground_truth: str | None = None
 
     _REQUIRED = ("image", "plan", "source_uri", "thumbnail_uri", "full_image",
                  "full_image_names", "moderation", "scratch_prefix", "ready_at")
@@ -95,12 +98,14 @@ class Prepared:
             data["units"] = self.units
         if self.reused is not None:
             data["reused"] = self.reused
+        if self.ground_truth is not None:
+            data["ground_truth"] = self.ground_truth
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Prepared:
         d = checked_keys("prepared (one-image run)", data, cls._REQUIRED,
-                         ("video", "units", "reused"))
+                         ("video", "units", "reused", "ground_truth"))
         names = d["full_image_names"]
         return cls(image=ImageInfo.from_dict(d["image"]), plan=dict(d["plan"]),
                    source_uri=str(d["source_uri"]), thumbnail_uri=str(d["thumbnail_uri"]),
@@ -109,7 +114,8 @@ class Prepared:
                    full_image_names=[str(n) for n in names] if names is not None else None,
                    moderation=d["moderation"], video=d.get("video"),
                    units=int(d["units"]) if d.get("units") is not None else None,
-                   reused=d.get("reused"))
+                   reused=d.get("reused"),
+                   ground_truth=str(d["ground_truth"]) if d.get("ground_truth") else None)
 
 
 @dataclass(frozen=True)

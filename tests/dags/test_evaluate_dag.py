@@ -34,7 +34,8 @@ def scene_png() -> tuple[bytes, dict]:
     return out.getvalue(), ground_truth("scene.png", (640, 416), objects)
 
 
-def state_of(dag_id: str, run_id: str, task_id: str) -> str:
+def task_row(dag_id: str, run_id: str, task_id: str) -> dict:
+    """The one task instance of ``task_id`` in the run: state, tries, start, process."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
@@ -42,7 +43,12 @@ def state_of(dag_id: str, run_id: str, task_id: str) -> str:
         ti = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
                                                 TaskInstance.run_id == run_id,
                                                 TaskInstance.task_id == task_id).one()
-        return str(ti.state)
+        return {"state": str(ti.state), "try_number": ti.try_number,
+                "start_date": ti.start_date, "pid": ti.pid}
+
+
+def state_of(dag_id: str, run_id: str, task_id: str) -> str:
+    return task_row(dag_id, run_id, task_id)["state"]
 
 
 def read_json(client, key: str) -> dict:
@@ -73,13 +79,17 @@ def test_ground_truth_beside_the_image_is_scored_and_written_beside_the_result(
 
 
 def test_without_ground_truth_evaluate_is_skipped_and_the_run_succeeds(dag, airflow_env):
-    """Seen red with the skip turned into an empty success (state success, not skipped)."""
+    """Seen red with the skip turned into an empty success (state success, not skipped).
+    And evaluate never starts (no try, no start, no process: skipped as Airflow expands it
+    over an empty list) — seen red on the evaluate that looked for ground truth itself and
+    raised a skip (try 1, started)."""
     client = airflow_env["client"]
     data, _ = scene_png()
     client.put_object(Bucket=BUCKET, Key="scenes/unlabelled.png", Body=data)
     run = dag.test(run_conf={"image_uri": f"s3://{BUCKET}/scenes/unlabelled.png"})
     assert str(run.state) == "success"
-    assert state_of(dag.dag_id, run.run_id, "evaluate") == "skipped"
+    assert task_row(dag.dag_id, run.run_id, "evaluate") == {
+        "state": "skipped", "try_number": 0, "start_date": None, "pid": None}
     assert state_of(dag.dag_id, run.run_id, "finalize") == "success"
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix="results/")
     keys = [o["Key"] for o in listing.get("Contents", [])]

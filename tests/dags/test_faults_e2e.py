@@ -226,7 +226,7 @@ def test_kill_9_of_a_region_task_retries_only_that_region(stack):
     assert tries(stack, run_id) == {
         ("preprocess", -1): 1, ("analyze", 0): 1, ("analyze", 1): 2, ("analyze", 2): 1,
         ("analyze", 3): 1, ("synthesize", -1): 1, ("store", -1): 1, ("finalize", -1): 1,
-        ("evaluate", -1): 1}  # skipped: no ground truth
+        ("evaluate", -1): 0}  # skipped unstarted: no ground truth
     assert region_successes(stack, run_id) == {0: 1, 1: 1, 2: 1, 3: 1}
     doc = stored(stack, client, conf, run_id)
     assert doc["status"] == "complete"
@@ -271,7 +271,7 @@ def test_kill_9_of_a_batch_unit_retries_only_that_unit(stack):
     assert task_tries == {("preprocess", -1): 1, **{("analyze", i): 2 if i == 1 else 1
                                                     for i in units},
                           ("synthesize", -1): 1, ("store", -1): 1, ("finalize", -1): 1,
-                          ("evaluate", -1): 1}  # skipped: a batch has no ground truth
+                          ("evaluate", -1): 0}  # skipped unstarted: a batch
     assert region_successes(stack, run_id) == {i: 1 for i in units}
 
     # every image: one result.json, one catalog row, the clean run's detections
