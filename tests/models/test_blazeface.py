@@ -125,3 +125,13 @@ def test_registered_as_blazeface(blazeface_onnx: Path) -> None:
         assert isinstance(model, BlazeFaceModel)
         (dets,) = model.predict([sample_array("astronaut")])
         assert len(dets) == 1
+
+
+def test_mediapipes_thresholds_are_its_defaults_and_options_win(blazeface_onnx: Path) -> None:
+    """MediaPipe's 0.5 / 0.3 unless given (the shared embedded defaults are 0.4 / 0.5).
+    Seen red with BlazeFace's configured_options removed (0.4 / 0.5)."""
+    with BlazeFaceModel(model_path=blazeface_onnx, parallel_slices=1) as model:
+        assert (model.score_threshold, model.nms_threshold) == (0.5, 0.3)
+    with load_model("blazeface", model_path=blazeface_onnx, parallel_slices=1,
+                    score_threshold=0.7, nms_threshold=0.45) as model:
+        assert (model.score_threshold, model.nms_threshold) == (0.7, 0.45)

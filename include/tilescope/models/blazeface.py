@@ -22,7 +22,7 @@ Boxes are scaled back to slice pixels, clipped, then NMS (one class).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 
@@ -91,19 +91,8 @@ class BlazeFaceModel(EmbeddedSliceModel):
     CATEGORY_NAMES = ("face",)
     INPUT_SHAPE = (1, INPUT_SIZE, INPUT_SIZE, 3)
     LABEL = "BlazeFace"
-
-    def __init__(
-        self,
-        score_threshold: float = 0.5,
-        nms_threshold: float = 0.3,
-        intra_op_threads: int = 1,
-        parallel_slices: int | None = None,
-        model_path: str | Path | None = None,
-        share_cores: bool = False,
-    ) -> None:
-        """MediaPipe's own defaults: a face from score 0.5, overlaps above 0.3 suppressed."""
-        super().__init__(score_threshold, nms_threshold, intra_op_threads, parallel_slices,
-                         model_path, share_cores)
+    #: MediaPipe's own defaults: a face from score 0.5, overlaps above 0.3 suppressed
+    configured_options: ClassVar[dict[str, Any]] = {"score_threshold": 0.5, "nms_threshold": 0.3}
 
     @classmethod
     def default_model_path(cls) -> Path:

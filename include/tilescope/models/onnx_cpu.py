@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import cv2
 import numpy as np
@@ -258,16 +258,24 @@ class EmbeddedSliceModel(DetectionModel):
     INPUT_SHAPE: tuple[int, ...] = ()
     #: a name for error messages and the pool's threads
     LABEL = "model"
+    #: options this model has unless given (a model's authors' own thresholds; a name bound
+    #: by configuration adds its options here too — ``registry._bound``), over the shared
+    #: defaults: ``score_threshold`` 0.4, ``nms_threshold`` 0.5
+    configured_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
-        score_threshold: float = 0.4,
-        nms_threshold: float = 0.5,
+        score_threshold: float | None = None,
+        nms_threshold: float | None = None,
         intra_op_threads: int = 1,
         parallel_slices: int | None = None,
         model_path: str | Path | None = None,
         share_cores: bool = False,
     ) -> None:
+        if score_threshold is None:
+            score_threshold = float(self.configured_options.get("score_threshold", 0.4))
+        if nms_threshold is None:
+            nms_threshold = float(self.configured_options.get("nms_threshold", 0.5))
         if not 0.0 <= score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < nms_threshold <= 1.0:
