@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -24,7 +21,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from PIL import Image
-from support.blob_model import REGISTER_IN_CHILD, BrightBlobModel, blob_image, child_env
+from support.blob_model import BrightBlobModel, blob_image
+from support.crashing_store import assert_killed, crashing_store
 
 from tilescope.models import register_model
 from tilescope.outputs.catalog import connect, find_results
@@ -35,34 +33,18 @@ from tilescope.tasks.image import analyze, combine, prepare, result_targets, sav
 register_model("bright-blobs", BrightBlobModel)
 BUCKET = "store-faults"
 
-CRASHING_STORE = """
-import json, os, signal, sys
-
+#: where the child running store dies (support.crashing_store)
+CRASH_BEFORE = {
+    "result.json": """
+crash_on("before-parameter-build.s3.PutObject",
+         lambda params: params["Key"].endswith("/result.json"))
+""",
+    "catalog row": """
 import tilescope.outputs.catalog
-from tilescope.handoffs import Prepared
-from tilescope.params import InferenceParams
-from tilescope.tasks.image import store
-from tilescope.storage import default_s3_client
-""" + REGISTER_IN_CHILD + """
-args = json.loads(sys.argv[1])
-client = default_s3_client()
 
-
-def crash(**_):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-if args["crash_before"] == "result.json":
-    def before_put(params, **_):
-        if params["Key"].endswith("/result.json"):
-            crash()
-    client.meta.events.register("before-parameter-build.s3.PutObject", before_put)
-else:  # the catalog row
-    tilescope.outputs.catalog.record_result = lambda *a, **k: crash()
-store(args["result_uri"], Prepared.from_dict(args["prepared"]),
-      InferenceParams.from_dict(args["params"]),
-      client=client, catalog_url=args["catalog"], run_id="crashing")
-"""
+tilescope.outputs.catalog.record_result = lambda *a, **k: crash()
+""",
+}
 
 
 @pytest.fixture
@@ -162,12 +144,9 @@ def test_a_crash_inside_store_leaves_no_partial_result_and_the_retry_completes_i
         staged, crash_before):
     client, params, prepared = staged["client"], staged["params"], staged["prepared"]
     results = parse_s3_uri(staged["targets"].result).key.rsplit("/", 1)[0] + "/"
-    args = {"crash_before": crash_before, "result_uri": staged["result_uri"],
-            "prepared": prepared.to_dict(), "params": params.to_dict(),
-            "catalog": staged["catalog"]}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=120, env=child_env())
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert_killed(crashing_store(CRASH_BEFORE[crash_before], result_uri=staged["result_uri"],
+                                 prepared=prepared, params=params, catalog=staged["catalog"],
+                                 timeout=120))
 
     written = [k.rsplit("/", 1)[1] for k in keys(client, results)]
     companions = ["coco.json", "overlay.webp", "thumbnail.webp"]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from support.blob_model import REGISTER_IN_CHILD, BrightBlobModel, child_env
+from support.blob_model import BrightBlobModel
+from support.crashing_store import assert_killed, crashing_store
 
 from tilescope.archival import ArchivePolicy
 from tilescope.errors import StorageError
@@ -29,61 +27,32 @@ register_model("bright-blobs", BrightBlobModel)
 BUCKET = "archive-keep"
 ORIGINAL = "incoming/astronaut.png"
 
-CRASHING_STORE = """
-import json, os, signal, sys
-
-from tilescope.archival import ArchivePolicy
-from tilescope.handoffs import Prepared
-from tilescope.params import InferenceParams
-from tilescope.storage import default_s3_client
-from tilescope.tasks.image import store
-from tilescope.tasks.transform import transform
-""" + REGISTER_IN_CHILD + """
-
-args = json.loads(sys.argv[1])
-client = default_s3_client()
-
-
-def crash(**_):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def after_put(params, **_):  # the archival copy is written: die before anything else
-    if "/archive." in params["Key"] or params["Key"].startswith("processed/"):
-        crash()
-
-
-def before_delete(params, **_):  # about to delete the original
-    if params["Key"] == args["original"]:
-        crash()
-
-
-if args["crash"] == "at the scratch clean-up":  # the original is already gone
-    client.meta.events.register("before-parameter-build.s3.DeleteObjects", crash)
-elif args["crash"] == "after the copy is written":
-    client.meta.events.register("before-parameter-build.s3.PutObject",
-                                lambda params, **_: args.__setitem__("key", params["Key"]))
-    client.meta.events.register("after-call.s3.PutObject",
-                                lambda **_: after_put({"Key": args["key"]}))
-elif args["crash"] == "after the originals went":  # a batch's: before its outcomes.json
-    client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_:
-                                params["Key"].endswith("/outcomes.json") and crash())
-else:
-    client.meta.events.register("before-parameter-build.s3.DeleteObject", before_delete)
-params = InferenceParams.from_dict(args["params"])
-if args.get("batch"):  # a batch run's store: every image's copies and rows, then originals
-    from tilescope.handoffs import BatchPrepared
-    from tilescope.tasks.batch import store_batch
-
-    store_batch(args["result_uri"], BatchPrepared.from_dict(args["batch"]), params,
-                client=client, catalog_url=args["catalog"], run_id="crashing",
-                archive=ArchivePolicy(**args["archive"]))
-    sys.exit(0)
-prepared = Prepared.from_dict(args["prepared"])
-transform(args["result_uri"], prepared, params, client=client)  # as the DAG's store does
-store(args["result_uri"], prepared, params, client=client, catalog_url=args["catalog"],
-      run_id="crashing", archive=ArchivePolicy(**args["archive"]))
-"""
+#: where the child running store dies (support.crashing_store); ``args["original"]`` is
+#: the original's key
+CRASH_AT = {
+    # the copy is written (or, with replace, moved to processed/): die before anything else
+    "after the copy is written": """
+written = {}
+client.meta.events.register("before-parameter-build.s3.PutObject",
+                            lambda params, **_: written.__setitem__("key", params["Key"]))
+crash_on("after-call.s3.PutObject", lambda _: "/archive." in written["key"]
+         or written["key"].startswith("processed/"))
+""",
+    # about to delete the original
+    "before the original goes": """
+crash_on("before-parameter-build.s3.DeleteObject",
+         lambda params: params["Key"] == args["original"])
+""",
+    # the original is already gone
+    "at the scratch clean-up": """
+crash_on("before-parameter-build.s3.DeleteObjects")
+""",
+    # a batch's: its originals are gone, its outcomes.json not written yet
+    "after the originals went": """
+crash_on("before-parameter-build.s3.PutObject",
+         lambda params: params["Key"].endswith("/outcomes.json"))
+""",
+}
 
 
 @pytest.fixture
@@ -128,14 +97,12 @@ def test_a_crash_between_copy_and_original_loses_nothing_and_the_retry_completes
         staged, policy, crash):
     client, prepared = staged["client"], staged["prepared"]
     archive = {"format": "webp", "quality": 80, "keep_original": policy}  # no search: quick
-    args = {"crash": crash, "result_uri": staged["result_uri"], "original": ORIGINAL,
-            "prepared": prepared.to_dict(), "params": staged["params"].to_dict(),
-            "catalog": staged["catalog"], "archive": archive}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=child_env())
+    crashed = crashing_store(CRASH_AT[crash], result_uri=staged["result_uri"],
+                             prepared=prepared, params=staged["params"],
+                             catalog=staged["catalog"], archive=archive, original=ORIGINAL)
     expect_crash = policy != "keep" or crash == "after the copy is written"
     if expect_crash:
-        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        assert_killed(crashed)
     else:  # keep never deletes the original: there was no delete to die at
         assert crashed.returncode == 0, crashed.stderr[-2000:]
     assert body(client, ORIGINAL) == staged["original"]  # nothing lost
@@ -189,12 +156,9 @@ def test_an_anonymized_archive_stands_in_for_the_original_and_a_crash_loses_noth
 
     client, prepared, params = staged["client"], staged["prepared"], staged["params"]
     archive = {"format": "webp", "quality": 80, "keep_original": policy}
-    args = {"crash": crash, "result_uri": staged["result_uri"], "original": ORIGINAL,
-            "prepared": prepared.to_dict(), "params": params.to_dict(),
-            "catalog": staged["catalog"], "archive": archive}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=child_env())
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert_killed(crashing_store(CRASH_AT[crash], result_uri=staged["result_uri"],
+                                 prepared=prepared, params=params, catalog=staged["catalog"],
+                                 archive=archive, original=ORIGINAL))
     assert body(client, ORIGINAL) == staged["original"]  # nothing lost
 
     transform(staged["result_uri"], prepared, params, client=client)  # Airflow's retry
@@ -284,17 +248,15 @@ def test_a_tiled_original_read_in_place_survives_a_crash_after_its_delete(s3_cli
                       client=s3_client, scratch_prefix=prepared.scratch_prefix)
     result = combine(prepared, [finding], params, "bright-blobs", client=s3_client)
     archive = {"format": "tiff", "keep_original": "delete"}
-    args = {"crash": "at the scratch clean-up", "original": key,
-            "result_uri": save_result(result, prepared.scratch_prefix, s3_client),
-            "prepared": prepared.to_dict(), "params": params.to_dict(),
-            "catalog": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "archive": archive}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=child_env())
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    result_uri = save_result(result, prepared.scratch_prefix, s3_client)
+    catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    assert_killed(crashing_store(CRASH_AT["at the scratch clean-up"], result_uri=result_uri,
+                                 prepared=prepared, params=params, catalog=catalog,
+                                 archive=archive))
     assert body(s3_client, key) is None  # deleted: its verified copy stands in for it
-    transform(args["result_uri"], prepared, params, client=s3_client)
-    summary = store(args["result_uri"], prepared, params, client=s3_client,
-                    catalog_url=args["catalog"], archive=ArchivePolicy(**archive))
+    transform(result_uri, prepared, params, client=s3_client)
+    summary = store(result_uri, prepared, params, client=s3_client, catalog_url=catalog,
+                    archive=ArchivePolicy(**archive))
     copy = body(s3_client, parse_s3_uri(summary.keys["archive"]).key)
     expected = sample_array("astronaut")
     if anonymize:  # the lossless copy is the anonymized pixels, exactly
@@ -348,12 +310,9 @@ def test_a_batch_store_killed_between_copies_and_originals_loses_nothing_and_its
     results = combine_batch(prepared, findings, params, "bright-blobs", client=s3_client)
     archive = {"format": "webp", "quality": 80, "keep_original": policy}
     catalog = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    args = {"crash": crash, "result_uri": results, "original": ORIGINAL,
-            "batch": prepared.to_dict(), "params": params.to_dict(), "catalog": catalog,
-            "archive": archive}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_STORE, json.dumps(args)],
-                             capture_output=True, text=True, timeout=300, env=child_env())
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert_killed(crashing_store(CRASH_AT[crash], result_uri=results, prepared=prepared,
+                                 params=params, catalog=catalog, archive=archive,
+                                 original=ORIGINAL))
     kept = {key: body(s3_client, key) for key in originals}
     rows_before = len(find_results(connect(catalog)))
     if crash == "after the originals went":
