@@ -116,6 +116,17 @@ def run_burst(stack, images: list[bytes], prefix: str, *, reused: bool = False
     return uploaded_at, upload_s, time.perf_counter() - started, ticks
 
 
+def finish_runs(stack) -> float:
+    """Seconds until every ``tiled_inference`` run has ended (its last tasks — finalize, and
+    evaluate when it runs — come after the catalog rows ``run_burst`` waits for)."""
+    from tilescope.stack.provision import list_runs, wait_for_run
+
+    started = time.perf_counter()
+    for run in list_runs(stack.api, "tiled_inference"):
+        wait_for_run(stack.api, "tiled_inference", run["dag_run_id"], timeout=3600)
+    return time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1000)
@@ -140,6 +151,7 @@ def main() -> int:
             Path(tmp), pool_slots=args.pool_slots, dags=("tiled_inference", "s3_arrivals"),
             extra_env=env) as stack:
         uploaded_at, upload_s, wall, ticks = run_burst(stack, images, "burst")
+        runs_done = wall + finish_runs(stack)
         reuse = None
         if args.reuse:  # the same bytes again under new keys, once the first burst is done
             reuse = run_burst(stack, images, "again", reused=True)
@@ -150,10 +162,15 @@ def main() -> int:
         runs = [r for r in list_runs(stack.api, "tiled_inference") if r.get("start_date")
                  and (reuse is None  # the fresh burst's runs only
                       or datetime.fromisoformat(r["start_date"]) < reuse[0])]
-        for run in runs[:3]:  # where a batch run's time went
+        evaluate = []  # each run's evaluate instance: did it start a worker?
+        for number, run in enumerate(runs):
             path = f"/api/v2/dags/tiled_inference/dagRuns/{run['dag_run_id']}"
-            _print_timeline(stack.api.request("GET", path),
-                            paged(stack.api, f"{path}/taskInstances", "task_instances"))
+            tis = paged(stack.api, f"{path}/taskInstances", "task_instances")
+            evaluate += [{"state": t["state"], "try_number": t["try_number"],
+                          "started": t.get("start_date") is not None}
+                         for t in tis if t["task_id"] == "evaluate"]
+            if number < 3:  # where a batch run's time went
+                _print_timeline(stack.api.request("GET", path), tis)
         waits = [(datetime.fromisoformat(r["start_date"]) - uploaded_at).total_seconds()
                  for r in runs]
         metadata = stack.metadata
@@ -162,11 +179,12 @@ def main() -> int:
                "pool_slots": args.pool_slots, "upload_s": round(upload_s, 1),
                "all_stored_s": round(wall, 1), "images_per_minute": round(rate, 1),
                "max_backlog_s": round(max(waits), 1), "arrival_ticks": ticks,
-               "pipeline_runs": len(runs), "metadata_db": metadata}
+               "all_runs_done_s": round(runs_done, 1),
+               "pipeline_runs": len(runs), "evaluate": evaluate, "metadata_db": metadata}
     print(f"burst of {args.count} images of {summary['size']} (pool {args.pool_slots} slots): "
           f"all stored after {wall:.0f}s → {summary['images_per_minute']} images/min, "
           f"longest wait for a run {summary['max_backlog_s']:.0f}s, {ticks} arrival ticks, "
-          f"{len(runs)} tiled_inference runs")
+          f"{len(runs)} tiled_inference runs, all ended after {runs_done:.0f}s")
     if not args.skip_model_only:
         from batch_bench import measure_model  # one model-only limit for both benches
 
