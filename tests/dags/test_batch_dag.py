@@ -60,6 +60,20 @@ def expected_detections(data: bytes, uri: str, params: InferenceParams,
         return run_image(reader, info, params, model).to_dict()["detections"]
 
 
+def claimed_manifest(client, engine, inputs: dict[str, bytes], name: str) -> str:
+    """Upload ``inputs`` (key → bytes), claim each as s3_arrivals does and write the batch's
+    manifest ``manifests/<name>.json`` (its entries carry the claims) → its URI."""
+    images = []
+    for key, data in inputs.items():
+        uri = upload(client, key, data)
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        owned = claim(engine, BUCKET, key, head["ETag"].strip('"'), len(data))
+        images.append({"uri": uri, "claim": owned.to_dict()})
+    client.put_object(Bucket=BUCKET, Key=f"manifests/{name}.json",
+                      Body=json.dumps({"images": images}).encode())
+    return f"s3://{BUCKET}/manifests/{name}.json"
+
+
 def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
         dag, airflow_env, sample, tmp_path, monkeypatch):
     monkeypatch.setenv("TILESCOPE_UNIT_SECONDS", "0.5")  # several units for a few images
@@ -76,15 +90,7 @@ def test_a_batch_of_mixed_inputs_stores_each_image_and_quarantines_the_bad(
         "incoming/notes.jpg": b"this is not a picture",
     }
     engine = connect(airflow_env["catalog"])
-    images = []
-    for key, data in inputs.items():
-        uri = upload(client, key, data)
-        head = client.head_object(Bucket=BUCKET, Key=key)
-        owned = claim(engine, BUCKET, key, head["ETag"].strip('"'), len(data))
-        images.append({"uri": uri, "claim": owned.to_dict()})
-    client.put_object(Bucket=BUCKET, Key="manifests/batch.json",
-                      Body=json.dumps({"images": images}).encode())
-    conf = {"manifest": f"s3://{BUCKET}/manifests/batch.json", "images": [],
+    conf = {"manifest": claimed_manifest(client, engine, inputs, "batch"), "images": [],
             "image_uri": "s3://tilescope/incoming/unused.jpg", "grid": "auto",
             "model": "nanodet-coco", "score_threshold": 0.3, "min_success_ratio": 1.0}
     run = dag.test(run_conf=conf)
@@ -162,13 +168,8 @@ def test_a_batch_with_webp_archives_replaces_each_original_by_its_verified_copy(
     engine = connect(airflow_env["catalog"])
     inputs = {f"incoming/{name}.jpg": Path(sample(name)).read_bytes()
               for name in ("person", "horses")}
-    images = []
-    for key, data in inputs.items():
-        uri = upload(client, key, data)
-        head = client.head_object(Bucket=BUCKET, Key=key)
-        owned = claim(engine, BUCKET, key, head["ETag"].strip('"'), len(data))
-        images.append({"uri": uri, "claim": owned.to_dict()})
-    run = dag.test(run_conf={"manifest": _manifest(client, images), "images": [],
+    run = dag.test(run_conf={"manifest": claimed_manifest(client, engine, inputs, "archive"),
+                             "images": [],
                              "model": "nanodet-coco", "archive_format": "webp",
                              "archive_ssim": 0.95, "keep_original": "replace"})
     assert str(run.state) == "success"
@@ -192,10 +193,3 @@ def test_a_batch_with_webp_archives_replaces_each_original_by_its_verified_copy(
         assert doc["archive"]["quality"] == row["archive_quality"]
         assert doc["archive"]["target_met"] and doc["archive"]["keep_original"] == "replace"
     assert keys_under(client, "scratch/") == []
-
-
-def _manifest(client, images: list[dict]) -> str:
-    """The batch's manifest, as s3_arrivals writes one (its entries carry the claims)."""
-    client.put_object(Bucket=BUCKET, Key="manifests/archive.json",
-                      Body=json.dumps({"images": images}).encode())
-    return f"s3://{BUCKET}/manifests/archive.json"

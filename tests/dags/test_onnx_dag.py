@@ -44,6 +44,26 @@ def read_json(s3, uri: str) -> dict:
                       ["Body"].read())
 
 
+def dag_and_cli(dag, airflow_env, conf: dict, model_uri: str, data: bytes, tmp_path: Path,
+                monkeypatch) -> tuple[dict, dict, dict]:
+    """``conf`` run by ``dag.test()`` (its model cache ``dag-cache``), then the same photo
+    (``data``) by ``tilescope predict`` with the model by URI, another cache and the image
+    as a local file → (the run's catalog row, its stored result, the CLI's result)."""
+    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "dag-cache"))
+    run = dag.test(run_conf=conf)
+    assert str(run.state) == "success"
+    (row,) = find_results(connect(airflow_env["catalog"]))
+    doc = read_json(airflow_env["client"], row["result_keys"]["result"])
+
+    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "cli-cache"))
+    image, out = tmp_path / "kite.jpg", tmp_path / "cli.json"
+    image.write_bytes(data)
+    assert main(["predict", str(image), "--model", "onnx", "--model-option",
+                 f"path={model_uri}", "--grid", "2x2", "--overlap", "0.2",
+                 "--score-threshold", "0.3", "--out", str(out), "--quiet"]) == 0
+    return row, doc, json.loads(out.read_text())
+
+
 def test_user_onnx_model_from_s3_dag_equals_cli(dag, airflow_env, sample, tmp_path: Path,
                                                 monkeypatch) -> None:
     s3 = airflow_env["client"]
@@ -54,26 +74,14 @@ def test_user_onnx_model_from_s3_dag_equals_cli(dag, airflow_env, sample, tmp_pa
     models.write_text(json.dumps({"kite-finder": {"model": "onnx", "options": {
         "path": MODEL_URI, "conn_id": "aws_default", "batch": 4}}}))
     monkeypatch.setenv("TILESCOPE_MODELS", str(models))
-    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "dag-cache"))
 
     conf = {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "2x2",
             "model": "kite-finder", "model_options": {}, "slice_size": "model",
             "overlap": 0.2, "score_threshold": 0.3, "full_image_pass": False,
             "min_success_ratio": 1.0, "claim": None}
-    run = dag.test(run_conf=conf)
-    assert str(run.state) == "success"
-    (row,) = find_results(connect(airflow_env["catalog"]))
-    doc = read_json(s3, row["result_keys"]["result"])
+    row, doc, local = dag_and_cli(dag, airflow_env, conf, MODEL_URI, data, tmp_path,
+                                  monkeypatch)
     assert doc["model"] == "kite-finder" and doc["plan"]["slice_width"] == 320
-
-    # the CLI, another cache, the model by URI and the image as a local file
-    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "cli-cache"))
-    image, out = tmp_path / "kite.jpg", tmp_path / "cli.json"
-    image.write_bytes(data)
-    assert main(["predict", str(image), "--model", "onnx", "--model-option",
-                 f"path={MODEL_URI}", "--grid", "2x2", "--overlap", "0.2",
-                 "--score-threshold", "0.3", "--out", str(out), "--quiet"]) == 0
-    local = json.loads(out.read_text())
     assert len(doc["detections"]) > 10
     assert detection_keys(doc["detections"]) == detection_keys(local["detections"])
 

@@ -5,17 +5,15 @@ the stored COCO export carries them as RLE segmentations."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.airflow_support import detection_keys
 from support.onnx_graphs import detector, names_metadata
+from test_onnx_dag import dag_and_cli, read_json
 
-from tilescope.cli import main
 from tilescope.instance_masks import Mask
-from tilescope.outputs.catalog import connect, find_results
 
 pytestmark = pytest.mark.slow
 BUCKET = "tilescope"
@@ -46,11 +44,6 @@ def kite_segmenter() -> bytes:
                     input_shape=("N", 3, SIDE, SIDE), metadata=names_metadata(NAMES))
 
 
-def read_json(s3, uri: str) -> dict:
-    return json.loads(s3.get_object(Bucket=BUCKET, Key=uri.split(f"{BUCKET}/", 1)[1])
-                      ["Body"].read())
-
-
 def masks_by_box(records: list[dict]) -> list[tuple]:
     return sorted((r["category_name"], r["bbox"], r["score"], r["segmentation"]["counts"],
                    r["area"]) for r in records)
@@ -62,23 +55,12 @@ def test_seg_model_dag_equals_cli_masks_and_all(dag, airflow_env, sample, tmp_pa
     s3.put_object(Bucket=BUCKET, Key="models/kites-seg.onnx", Body=kite_segmenter())
     data = Path(sample("kite")).read_bytes()
     s3.put_object(Bucket=BUCKET, Key="incoming/kite.jpg", Body=data)
-    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "dag-cache"))
     conf = {"image_uri": f"s3://{BUCKET}/incoming/kite.jpg", "grid": "2x2", "model": "onnx",
             "model_options": {"path": MODEL_URI, "conn_id": "aws_default"},
             "slice_size": "model", "overlap": 0.2, "score_threshold": 0.3,
             "full_image_pass": False, "min_success_ratio": 1.0, "claim": None}
-    run = dag.test(run_conf=conf)
-    assert str(run.state) == "success"
-    (row,) = find_results(connect(airflow_env["catalog"]))
-    doc = read_json(s3, row["result_keys"]["result"])
-
-    monkeypatch.setenv("TILESCOPE_CACHE_DIR", str(tmp_path / "cli-cache"))
-    image, out = tmp_path / "kite.jpg", tmp_path / "cli.json"
-    image.write_bytes(data)
-    assert main(["predict", str(image), "--model", "onnx", "--model-option",
-                 f"path={MODEL_URI}", "--grid", "2x2", "--overlap", "0.2",
-                 "--score-threshold", "0.3", "--out", str(out), "--quiet"]) == 0
-    local = json.loads(out.read_text())
+    row, doc, local = dag_and_cli(dag, airflow_env, conf, MODEL_URI, data, tmp_path,
+                                  monkeypatch)
     assert len(doc["detections"]) > 10
     assert detection_keys(doc["detections"]) == detection_keys(local["detections"])
     assert masks_by_box(doc["detections"]) == masks_by_box(local["detections"])
