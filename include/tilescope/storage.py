@@ -254,6 +254,16 @@ def object_size(uri: str, client: S3Client | None = None) -> int:
         raise StorageError(f"head of {uri} failed: {exc}") from exc
 
 
+def exists(uri: str, client: S3Client | None = None) -> bool:
+    """Whether the object (or file) is there: a missing one is ``False``, other failures
+    raise :class:`StorageError` (:func:`object_size`)."""
+    try:
+        object_size(uri, client)
+    except BadImageError:  # no such object
+        return False
+    return True
+
+
 def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream",
                 client: S3Client | None = None) -> None:
     """Write an object or file whole; local files are replaced atomically."""

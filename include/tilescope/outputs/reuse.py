@@ -33,7 +33,7 @@ from tilescope.models.fingerprint import model_fingerprint
 from tilescope.outputs.catalog import RESULTS, connect, record_results, upsert_rows
 from tilescope.params import InferenceParams
 from tilescope.results import Result
-from tilescope.storage import S3Client, default_s3_client, is_s3_uri, object_size, read_bytes
+from tilescope.storage import S3Client, default_s3_client, exists, is_s3_uri, read_bytes
 
 #: only these results are reused (a partial one lost regions; a blocked one was never run)
 REUSABLE_STATUS = "complete"
@@ -174,13 +174,7 @@ def record_computed(catalog_url: str, results: Iterable[tuple[Result, dict[str, 
 def _exists(uri: str, client: S3Client | None) -> bool:
     """Whether a stored result's object is still there (a retention rule may have gone
     through ``results/`` since the row was written)."""
-    if not uri:
-        return False
-    try:
-        object_size(uri, client)
-    except BadImageError:  # no such object
-        return False
-    return True
+    return bool(uri) and exists(uri, client)
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -29,14 +29,14 @@ import numpy as np
 
 from tilescope.anonymize import replayed_reader
 from tilescope.archival import ArchiveOutcome, ArchivePolicy, archive_reader, decode
-from tilescope.errors import BadImageError, ConfigError, StorageError
+from tilescope.errors import ConfigError, StorageError
 from tilescope.intake.keep import replacement_key
 from tilescope.layout import ARTIFACTS, ResultsLayout, open_source
 from tilescope.readers.base import ImageReader
 from tilescope.results import ImageInfo
 from tilescope.settings import TMP
 from tilescope.slicing import Box
-from tilescope.storage import S3Client, object_size, parse_s3_uri, read_bytes
+from tilescope.storage import S3Client, exists, parse_s3_uri, read_bytes
 
 #: the archival copy's name beside the results
 ARCHIVE_NAME = "archive"
@@ -65,27 +65,19 @@ def refuse_lossy_stand_in(image: ImageInfo, policy: ArchivePolicy) -> None:
                           "copy holds only the 8-bit RGB the model saw — keep the original")
 
 
-def _exists(uri: str, client: S3Client) -> bool:
-    try:
-        object_size(uri, client)
-    except BadImageError:
-        return False
-    return True
-
-
 def earlier_record(source_uri: str, image: ImageInfo, layout: ResultsLayout, field: str,
                    client: S3Client) -> dict[str, Any] | None:
     """On a retry of ``store`` after the original was removed — when the original was also
     the source (a tiled TIFF read in place) it cannot be read again — what an earlier attempt
     stored and verified (the original goes only after that): ``result.json``'s ``field``
     (``archive``, ``anonymized``) whose copy still exists, else ``None``."""
-    if source_uri != image.uri or _exists(source_uri, client):
+    if source_uri != image.uri or exists(source_uri, client):
         return None
     result_uri = layout.uri(ARTIFACTS["result"])
-    if not _exists(result_uri, client):
+    if not exists(result_uri, client):
         return None
     facts = json.loads(read_bytes(result_uri, client)).get(field)
-    if facts and _exists(str(facts.get("uri", "")), client):
+    if facts and exists(str(facts.get("uri", "")), client):
         return dict(facts)
     return None
 
